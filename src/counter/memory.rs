@@ -1,0 +1,256 @@
+//! In-process counters on governor's keyed GCRA rate limiters.
+
+use std::future::{Ready, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::middleware::NoOpMiddleware;
+use governor::{Quota, RateLimiter};
+
+use super::{Charge, ChargeError, CounterStore};
+use crate::policy::Policy;
+use crate::scope::ScopeValue;
+
+/// Counters kept in this process, one governor keyed rate limiter per policy counter.
+///
+/// A counter with `max` per `window` is a GCRA bucket of `max` cells refilled at
+/// `max / window`: a burst of up to `max` calls, then one call every `window / max`.
+/// So a fresh key can make up to `2·max − 1` calls within its first window (the full
+/// burst plus what refills during the window), and never more than `max` plus the
+/// refill in any window.
+///
+/// Charges of one request are applied under a short lock and undone if a later one does
+/// not fit, so a request is charged all or nothing. Idle buckets (those that have fully
+/// refilled) are dropped from time to time, so memory follows the active callers.
+///
+/// Cloning is cheap and shares the counters.
+pub struct MemoryCounters<C: Clock = DefaultClock> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: Clock> Clone for MemoryCounters<C> {
+    fn clone(&self) -> Self {
+        MemoryCounters {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for MemoryCounters<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCounters")
+            .field("counters", &self.inner.limiters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<C: Clock> {
+    limiters: Vec<Limiter<C>>,
+    clock: C,
+    /// Serializes charge transactions so an undo never erases another request's charge.
+    transaction: Mutex<()>,
+    transactions: AtomicU64,
+    sweep_above: AtomicU64,
+}
+
+struct Limiter<C: Clock> {
+    store: SharedStore,
+    limiter: RateLimiter<ScopeValue, SharedStore, C, NoOpMiddleware<C::Instant>>,
+}
+
+/// A dashmap store reachable both from its rate limiter and from us (for undo).
+#[derive(Clone, Default)]
+struct SharedStore(Arc<DashMapStateStore<ScopeValue>>);
+
+impl StateStore for SharedStore {
+    type Key = ScopeValue;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ScopeValue, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<ScopeValue> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::<ScopeValue>::retain_recent(&*self.0, drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::<ScopeValue>::shrink_to_fit(&*self.0);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl SharedStore {
+    /// The stored state of `key` (`None`: fresh), without changing it.
+    fn peek(&self, key: &ScopeValue) -> Option<Nanos> {
+        match self.measure_and_replace(key, |state| Err::<((), Nanos), _>(state)) {
+            Err(state) => state,
+            Ok(()) => unreachable!("the probe never replaces"),
+        }
+    }
+
+    /// Puts back a state read by [`SharedStore::peek`].
+    fn restore(&self, key: &ScopeValue, state: Option<Nanos>) {
+        let state = state.unwrap_or(Nanos::new(0));
+        let _ = self.measure_and_replace(key, |_| Ok::<_, ()>(((), state)));
+    }
+}
+
+const SWEEP_EVERY: u64 = 1024;
+const SWEEP_MIN_KEYS: u64 = 4096;
+
+impl MemoryCounters<DefaultClock> {
+    /// Counters for `policy`'s counter definitions, on the default (monotonic) clock.
+    pub fn new(policy: &Policy) -> Self {
+        Self::with_clock(policy, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> MemoryCounters<C> {
+    /// Counters on a given clock, such as governor's `FakeRelativeClock` in tests.
+    pub fn with_clock(policy: &Policy, clock: C) -> Self {
+        let limiters = policy
+            .counters()
+            .iter()
+            .map(|def| {
+                let period = def.window() / def.max().get();
+                let quota = Quota::with_period(period)
+                    .expect("the compiler rejects windows shorter than max nanoseconds")
+                    .allow_burst(def.max());
+                let store = SharedStore::default();
+                Limiter {
+                    limiter: RateLimiter::new(quota, store.clone(), clock.clone()),
+                    store,
+                }
+            })
+            .collect();
+        MemoryCounters {
+            inner: Arc::new(Inner {
+                limiters,
+                clock,
+                transaction: Mutex::new(()),
+                transactions: AtomicU64::new(0),
+                sweep_above: AtomicU64::new(SWEEP_MIN_KEYS),
+            }),
+        }
+    }
+}
+
+impl<C: Clock> MemoryCounters<C> {
+    /// Applies every charge or none, synchronously.
+    pub fn try_charge(&self, charges: &[Charge]) -> Result<(), ChargeError> {
+        let inner = &*self.inner;
+        let result = {
+            let _guard = inner
+                .transaction
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut undo: Vec<(usize, Option<Nanos>)> = Vec::new();
+            let mut result = Ok(());
+            for (index, charge) in charges.iter().enumerate() {
+                let Some(limiter) = inner.limiters.get(charge.counter) else {
+                    result = Err(ChargeError::Unavailable(format!(
+                        "no counter number {} in this store",
+                        charge.counter
+                    )));
+                    break;
+                };
+                let last = index + 1 == charges.len();
+                let before = (!last).then(|| limiter.store.peek(&charge.key));
+                match limiter.limiter.check_key_n(&charge.key, charge.cost) {
+                    Ok(Ok(())) => {
+                        if let Some(state) = before {
+                            undo.push((index, state));
+                        }
+                    }
+                    Ok(Err(not_until)) => {
+                        let wait = not_until.wait_time_from(inner.clock.now());
+                        result = Err(ChargeError::Exceeded {
+                            index,
+                            retry_after: Some(wait.max(Duration::from_nanos(1))),
+                        });
+                        break;
+                    }
+                    Err(_insufficient) => {
+                        result = Err(ChargeError::Exceeded {
+                            index,
+                            retry_after: None,
+                        });
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                for (index, state) in undo.into_iter().rev() {
+                    let charge = &charges[index];
+                    inner.limiters[charge.counter].store.restore(&charge.key, state);
+                }
+            }
+            result
+        };
+        self.maybe_sweep();
+        result
+    }
+
+    /// How many buckets are held, over all counters.
+    pub fn len(&self) -> usize {
+        self.inner.limiters.iter().map(|l| l.store.0.len()).sum()
+    }
+
+    /// True when no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every bucket that has fully refilled (it is the same as a fresh one).
+    pub fn retain_recent(&self) {
+        for limiter in &self.inner.limiters {
+            limiter.limiter.retain_recent();
+            limiter.limiter.shrink_to_fit();
+        }
+    }
+
+    fn maybe_sweep(&self) {
+        let inner = &*self.inner;
+        let n = inner.transactions.fetch_add(1, Ordering::Relaxed);
+        if n % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        if (self.len() as u64) < inner.sweep_above.load(Ordering::Relaxed) {
+            return;
+        }
+        self.retain_recent();
+        let kept = self.len() as u64;
+        inner
+            .sweep_above
+            .store((kept * 2).max(SWEEP_MIN_KEYS), Ordering::Relaxed);
+    }
+}
+
+impl<C> CounterStore for MemoryCounters<C>
+where
+    C: Clock + Send + Sync + 'static,
+    C::Instant: Reference + Send + Sync,
+{
+    type Future = Ready<Result<(), ChargeError>>;
+
+    fn charge(&self, charges: Vec<Charge>) -> Self::Future {
+        ready(self.try_charge(&charges))
+    }
+}

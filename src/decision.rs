@@ -1,0 +1,368 @@
+//! The decision: a pure function of (compiled policy, tool call, scope keys, counters).
+//!
+//! It runs in two phases so that a denied call never touches a counter:
+//!
+//! 1. [`Policy::evaluate`] applies, in order, `hide` → `default` → `deny_if` → `require`
+//!    (for `all_tools` and the tool's own rule) and, if the call passes, lists the
+//!    [`Charge`]s its limits ask for. No state is read or written.
+//! 2. A [`CounterStore`](crate::counter::CounterStore) applies all the charges of a
+//!    request at once, or none of them.
+//!
+//! [`Engine`](crate::Engine) runs both phases for you.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::counter::Charge;
+use crate::policy::condition::{Truth, kind};
+use crate::policy::{Clause, Limit, Policy, Resolved, Rule};
+use crate::scope::ScopeKeys;
+
+/// Why a call was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DenialKind {
+    /// The tool is hidden; it is answered as an unknown tool.
+    Hidden,
+    /// The tool has no rule and the policy's default is `deny`.
+    NotAllowed,
+    /// A `deny_if` item matched, or could not be checked.
+    DenyIf,
+    /// A `require` item was not met, or could not be checked.
+    Require,
+    /// A limit's counter is exhausted (`retry_after` is set), or the call's cost is
+    /// invalid or larger than the limit allows (it is not).
+    Limit,
+    /// The counter store could not be reached; the call is denied (fail closed).
+    CounterUnavailable,
+}
+
+/// The policy's answer to a denied call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    kind: DenialKind,
+    tool: String,
+    rule: String,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+/// The `rule` of a denial by the default action.
+pub const RULE_DEFAULT_DENY: &str = "(default deny)";
+/// The `rule` of a denial of a hidden tool.
+pub const RULE_HIDDEN: &str = "(hidden)";
+/// The `rule` of a denial because the counter store failed.
+pub const RULE_COUNTER_STORE: &str = "(counter store)";
+
+impl Denial {
+    fn new(kind: DenialKind, tool: &str, rule: &str, message: String) -> Denial {
+        Denial {
+            kind,
+            tool: tool.to_owned(),
+            rule: rule.to_owned(),
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// Why the call was denied.
+    pub fn kind(&self) -> DenialKind {
+        self.kind
+    }
+
+    /// The tool that was called.
+    pub fn tool(&self) -> &str {
+        &self.tool
+    }
+
+    /// The rule that fired: a JSON Pointer into the policy (`/tools/transfer/deny_if/0`,
+    /// `/all_tools/limits/0`), or [`RULE_DEFAULT_DENY`], [`RULE_HIDDEN`], [`RULE_COUNTER_STORE`].
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// The message for the agent: the rule's `on_deny`, or a generated one.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// For rate limits: whole seconds (rounded up, at least 1) until a retry can pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// A denial for a call that could not be charged because the store failed.
+    pub fn counter_unavailable(tool: &str, reason: &str) -> Denial {
+        Denial::new(
+            DenialKind::CounterUnavailable,
+            tool,
+            RULE_COUNTER_STORE,
+            format!("Rate limits for \"{tool}\" cannot be checked right now ({reason}), so the call was not made."),
+        )
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.message, self.rule)
+    }
+}
+
+/// A call that passed the rules, with the charges its limits ask for.
+#[derive(Debug)]
+pub struct Allowed<'p> {
+    tool: String,
+    pending: Vec<Pending<'p>>,
+    policy: &'p Policy,
+}
+
+#[derive(Debug)]
+struct Pending<'p> {
+    limit: &'p Limit,
+    charge: Charge,
+}
+
+impl<'p> Allowed<'p> {
+    /// The tool that was called.
+    pub fn tool(&self) -> &str {
+        &self.tool
+    }
+
+    /// The charges to apply, all or none, before the call may run.
+    pub fn charges(&self) -> impl ExactSizeIterator<Item = Charge> + '_ {
+        self.pending.iter().map(|p| p.charge)
+    }
+
+    /// The denial for when the store reports that charge `index` does not fit.
+    ///
+    /// `retry_after` is the wait until it would fit; `None` means it never can.
+    pub fn exceeded(&self, index: usize, retry_after: Option<Duration>) -> Denial {
+        let pending = &self.pending[index];
+        let counter = self.policy.counter(pending.charge.counter);
+        let rule = &*pending.limit.pointer;
+        let Some(wait) = retry_after else {
+            return Denial::new(
+                DenialKind::Limit,
+                &self.tool,
+                rule,
+                format!(
+                    "This call to \"{}\" costs {}, more than the limit of {} allows.",
+                    self.tool,
+                    pending.charge.cost,
+                    counter.describe()
+                ),
+            );
+        };
+        let seconds = retry_seconds(wait);
+        let base = match &pending.limit.on_deny {
+            Some(text) => text.to_string(),
+            None => format!(
+                "Rate limit of {} reached for \"{}\".",
+                counter.describe(),
+                self.tool
+            ),
+        };
+        let mut denial = Denial::new(
+            DenialKind::Limit,
+            &self.tool,
+            rule,
+            format!("{base} Try again in {seconds}s."),
+        );
+        denial.retry_after = Some(seconds);
+        denial
+    }
+}
+
+/// Whole seconds until a retry, rounded up and never 0.
+pub(crate) fn retry_seconds(wait: Duration) -> u64 {
+    let nanos = wait.as_nanos();
+    let seconds = nanos.div_ceil(1_000_000_000);
+    u64::try_from(seconds).unwrap_or(u64::MAX).max(1)
+}
+
+impl Policy {
+    /// Phase 1 of the decision: the rules, with no state.
+    ///
+    /// `args` are the call's arguments (`None` when it has none); they may be the pruned
+    /// value the decoder builds from [`Policy::plan_for`], or the whole arguments.
+    pub fn evaluate<'p>(
+        &'p self,
+        tool: &str,
+        args: Option<&Value>,
+        scope: &ScopeKeys,
+    ) -> Result<Allowed<'p>, Denial> {
+        let own = match self.resolve(tool) {
+            Resolved::Hidden => {
+                return Err(Denial::new(
+                    DenialKind::Hidden,
+                    tool,
+                    RULE_HIDDEN,
+                    format!("Unknown tool: {tool}"),
+                ));
+            }
+            Resolved::NotAllowed => {
+                return Err(Denial::new(
+                    DenialKind::NotAllowed,
+                    tool,
+                    RULE_DEFAULT_DENY,
+                    format!("Tool \"{tool}\" is not allowed by this policy."),
+                ));
+            }
+            Resolved::Rules(own) => own.map(|t| &t.rule),
+        };
+        let rules = || self.all_tools().into_iter().chain(own);
+
+        for clause in rules().flat_map(|r: &Rule| &r.deny_if) {
+            match clause_truth(clause, args) {
+                Truth::False => {}
+                Truth::True => {
+                    let message = match &clause.on_deny {
+                        Some(text) => text.to_string(),
+                        None => format!(
+                            "Calls to \"{tool}\" are denied when {}.",
+                            describe_conditions(clause)
+                        ),
+                    };
+                    return Err(Denial::new(DenialKind::DenyIf, tool, &clause.pointer, message));
+                }
+                Truth::Unknown(reason) => {
+                    return Err(unchecked(DenialKind::DenyIf, tool, clause, &reason));
+                }
+            }
+        }
+        for clause in rules().flat_map(|r: &Rule| &r.require) {
+            match clause_truth(clause, args) {
+                Truth::True => {}
+                Truth::False => {
+                    let message = match &clause.on_deny {
+                        Some(text) => text.to_string(),
+                        None => format!(
+                            "Calls to \"{tool}\" require {}.",
+                            describe_conditions(clause)
+                        ),
+                    };
+                    return Err(Denial::new(DenialKind::Require, tool, &clause.pointer, message));
+                }
+                Truth::Unknown(reason) => {
+                    return Err(unchecked(DenialKind::Require, tool, clause, &reason));
+                }
+            }
+        }
+
+        let mut pending = Vec::new();
+        for limit in rules().flat_map(|r: &Rule| &r.limits) {
+            let Some(cost) = cost(limit, tool, args)? else {
+                continue;
+            };
+            let counter = self.counter(limit.counter);
+            if cost.get() > counter.max().get() {
+                return Err(Denial::new(
+                    DenialKind::Limit,
+                    tool,
+                    &limit.pointer,
+                    format!(
+                        "This call to \"{tool}\" costs {cost}, more than the limit of {} allows.",
+                        counter.describe()
+                    ),
+                ));
+            }
+            pending.push(Pending {
+                limit,
+                charge: Charge {
+                    counter: limit.counter,
+                    key: scope.value_for(counter.scope()),
+                    cost,
+                },
+            });
+        }
+        Ok(Allowed {
+            tool: tool.to_owned(),
+            pending,
+            policy: self,
+        })
+    }
+}
+
+/// Three-valued AND: false wins over unknown, unknown over true; no conditions is true.
+fn clause_truth(clause: &Clause, args: Option<&Value>) -> Truth {
+    let mut unknown = None;
+    for condition in &clause.conditions {
+        match condition.eval(args) {
+            Truth::False => return Truth::False,
+            Truth::Unknown(reason) => {
+                unknown.get_or_insert(reason);
+            }
+            Truth::True => {}
+        }
+    }
+    unknown.map_or(Truth::True, Truth::Unknown)
+}
+
+fn describe_conditions(clause: &Clause) -> String {
+    if clause.conditions.is_empty() {
+        return "always".to_owned();
+    }
+    let parts: Vec<String> = clause.conditions.iter().map(|c| c.describe()).collect();
+    parts.join(" and ")
+}
+
+/// The denial for a rule whose conditions could not be evaluated (fail closed).
+fn unchecked(kind: DenialKind, tool: &str, clause: &Clause, reason: &str) -> Denial {
+    let message = match &clause.on_deny {
+        Some(text) => format!("{text} (the rule could not be checked: {reason})"),
+        None => format!("The call to \"{tool}\" could not be checked against its policy: {reason}."),
+    };
+    Denial::new(kind, tool, &clause.pointer, message)
+}
+
+/// The cost of one call for `limit`: 1, or the rounded-up `increment_from` argument.
+/// `Ok(None)` for a zero cost, which charges nothing.
+fn cost(limit: &Limit, tool: &str, args: Option<&Value>) -> Result<Option<NonZeroU32>, Denial> {
+    let Some(path) = &limit.increment_from else {
+        return Ok(Some(NonZeroU32::MIN));
+    };
+    let deny = |problem: String| {
+        Denial::new(
+            DenialKind::Limit,
+            tool,
+            &limit.pointer,
+            format!(
+                "The call to \"{tool}\" is charged by argument `{}`, but {problem}.",
+                path.as_str()
+            ),
+        )
+    };
+    let value = match path.lookup(args) {
+        None | Some(Value::Null) => return Err(deny("it is missing".to_owned())),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(other) => return Err(deny(format!("it is {}, not a number", kind(other)))),
+    };
+    if value.is_nan() || value < 0.0 {
+        return Err(deny("it is negative".to_owned()));
+    }
+    let rounded = value.ceil();
+    if rounded == 0.0 {
+        return Ok(None);
+    }
+    // Anything past u32::MAX is past every `max`; saturate so the caller reports it.
+    let cost = if rounded >= f64::from(u32::MAX) { u32::MAX } else { rounded as u32 };
+    Ok(NonZeroU32::new(cost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_seconds;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_seconds(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_seconds(Duration::from_secs(59)), 59);
+    }
+}

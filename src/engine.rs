@@ -1,0 +1,245 @@
+//! [`Engine`]: a compiled policy plus its counters, deciding whole requests.
+
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use serde_json::Value;
+
+use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
+use crate::decision::{Allowed, Denial};
+use crate::policy::Policy;
+use crate::scope::ScopeKeys;
+
+/// One tool call to judge: its name and its (possibly pruned) arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The tool's name, with JSON escapes decoded.
+    pub tool: &'a str,
+    /// The arguments, `None` when the call has none.
+    pub args: Option<&'a Value>,
+}
+
+/// The decision for a single call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The call may run; its charges were applied.
+    Allow,
+    /// The call must not run; nothing was charged.
+    Deny(Denial),
+}
+
+/// What became of one call of a refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// This call was denied.
+    Denied(Denial),
+    /// This call was allowed, but another call of the same request was denied, so
+    /// nothing was executed.
+    NotExecuted,
+}
+
+/// The decision for a request of one or more calls (a JSON-RPC batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every call is allowed and every charge was applied: forward the request.
+    Forward,
+    /// At least one call is denied: forward nothing. One entry per call, in order.
+    /// Nothing was charged.
+    Refuse(Vec<Refusal>),
+}
+
+/// A policy and its counters: the whole decision, from calls to [`Verdict`].
+///
+/// The rules run first for every call; only if all pass are the charges of all calls
+/// applied, together, so a refused request consumes no quota.
+///
+/// ```
+/// use governor::clock::FakeRelativeClock;
+/// use serde_json::json;
+/// use tower_mcp_policy::{Decision, Engine, Policy, ScopeHasher, ScopeKeys};
+///
+/// let policy: Policy = r#"{"version":"1","default":"deny","tools":{"write":{
+///     "limits":[{"counter":"w","window":"minute","max":2}]}}}"#.parse()?;
+/// let clock = FakeRelativeClock::default();
+/// let engine = Engine::with_clock(policy, clock.clone());
+/// let hasher = ScopeHasher::random();
+/// let alice = ScopeKeys::new(hasher.credential(b"Bearer alice"), hasher.session(None));
+///
+/// let args = json!({});
+/// assert_eq!(engine.decide("write", Some(&args), &alice), Decision::Allow);
+/// assert_eq!(engine.decide("write", Some(&args), &alice), Decision::Allow);
+/// let Decision::Deny(denial) = engine.decide("write", Some(&args), &alice) else { panic!() };
+/// assert_eq!(denial.retry_after(), Some(30));
+/// clock.advance(std::time::Duration::from_secs(30));
+/// assert_eq!(engine.decide("write", Some(&args), &alice), Decision::Allow);
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
+#[derive(Debug)]
+pub struct Engine<S = MemoryCounters> {
+    policy: Arc<Policy>,
+    counters: S,
+}
+
+impl<S: Clone> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            policy: self.policy.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl Engine<MemoryCounters<DefaultClock>> {
+    /// An engine with in-memory counters on the default clock.
+    pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
+        let policy = policy.into();
+        let counters = MemoryCounters::new(&policy);
+        Engine { policy, counters }
+    }
+}
+
+impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
+    /// An engine with in-memory counters on `clock` (a `FakeRelativeClock` in tests).
+    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
+        let policy = policy.into();
+        let counters = MemoryCounters::with_clock(&policy, clock);
+        Engine { policy, counters }
+    }
+
+    /// Decides one call now.
+    pub fn decide(&self, tool: &str, args: Option<&Value>, scope: &ScopeKeys) -> Decision {
+        match self.decide_all(&[Call { tool, args }], scope) {
+            Verdict::Forward => Decision::Allow,
+            Verdict::Refuse(mut refusals) => match refusals.pop() {
+                Some(Refusal::Denied(denial)) => Decision::Deny(denial),
+                _ => unreachable!("a lone call is refused only by its own denial"),
+            },
+        }
+    }
+
+    /// Decides a request of several calls now.
+    pub fn decide_all(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
+        match self.prepare(calls, scope) {
+            Prepared::Done(verdict) => verdict,
+            Prepared::Charge(pending) => {
+                let result = self.counters.try_charge(&pending.charges);
+                pending.finish(result)
+            }
+        }
+    }
+}
+
+impl<S> Engine<S> {
+    /// An engine over any counter store (for example one shared by replicas).
+    pub fn with_counters(policy: impl Into<Arc<Policy>>, counters: S) -> Self {
+        Engine {
+            policy: policy.into(),
+            counters,
+        }
+    }
+
+    /// The compiled policy.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The counter store.
+    pub fn counters(&self) -> &S {
+        &self.counters
+    }
+
+    /// Phase 1 for every call: the rules, and the charges to apply if all pass.
+    pub fn prepare<'p>(&'p self, calls: &[Call<'_>], scope: &ScopeKeys) -> Prepared<'p> {
+        let mut allowed = Vec::with_capacity(calls.len());
+        let mut denials: Vec<Option<Denial>> = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            match self.policy.evaluate(call.tool, call.args, scope) {
+                Ok(ok) => allowed.push(ok),
+                Err(denial) => {
+                    denials.resize(i, None);
+                    denials.push(Some(denial));
+                }
+            }
+        }
+        if !denials.is_empty() {
+            denials.resize(calls.len(), None);
+            return Prepared::Done(Verdict::Refuse(
+                denials
+                    .into_iter()
+                    .map(|d| d.map_or(Refusal::NotExecuted, Refusal::Denied))
+                    .collect(),
+            ));
+        }
+        let mut charges = Vec::new();
+        let mut owners = Vec::new();
+        for (call, ok) in allowed.iter().enumerate() {
+            for (index, charge) in ok.charges().enumerate() {
+                charges.push(charge);
+                owners.push((call, index));
+            }
+        }
+        if charges.is_empty() {
+            return Prepared::Done(Verdict::Forward);
+        }
+        Prepared::Charge(PendingCharges {
+            allowed,
+            charges,
+            owners,
+        })
+    }
+}
+
+impl<S: CounterStore> Engine<S> {
+    /// Decides a request of several calls, charging through the store's future.
+    pub async fn decide_async(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
+        match self.prepare(calls, scope) {
+            Prepared::Done(verdict) => verdict,
+            Prepared::Charge(pending) => {
+                let result = self.counters.charge(pending.charges.clone()).await;
+                pending.finish(result)
+            }
+        }
+    }
+}
+
+/// The state between the rules and the counters; see [`Engine::prepare`].
+#[derive(Debug)]
+pub enum Prepared<'p> {
+    /// Decided by the rules alone (a denial, or no charges to apply).
+    Done(Verdict),
+    /// Every call passed the rules; these charges decide.
+    Charge(PendingCharges<'p>),
+}
+
+/// Charges waiting for a counter store.
+#[derive(Debug)]
+pub struct PendingCharges<'p> {
+    allowed: Vec<Allowed<'p>>,
+    charges: Vec<Charge>,
+    owners: Vec<(usize, usize)>,
+}
+
+impl PendingCharges<'_> {
+    /// The charges to apply, all or none.
+    pub fn charges(&self) -> &[Charge] {
+        &self.charges
+    }
+
+    /// The verdict, given the store's answer for [`PendingCharges::charges`].
+    pub fn finish(self, result: Result<(), ChargeError>) -> Verdict {
+        let (culprit, denial) = match result {
+            Ok(()) => return Verdict::Forward,
+            Err(ChargeError::Exceeded { index, retry_after }) => {
+                let (call, charge) = self.owners[index];
+                (call, self.allowed[call].exceeded(charge, retry_after))
+            }
+            Err(ChargeError::Unavailable(reason)) => {
+                let (call, _) = self.owners[0];
+                (call, Denial::counter_unavailable(self.allowed[call].tool(), &reason))
+            }
+        };
+        let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];
+        refusals[culprit] = Refusal::Denied(denial);
+        Verdict::Refuse(refusals)
+    }
+}

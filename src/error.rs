@@ -1,0 +1,157 @@
+//! Errors raised while loading a policy.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What went wrong while loading a policy; see [`PolicyError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyErrorKind {
+    /// The file could not be read.
+    Io,
+    /// The text is not JSON (a syntax error, with line and column).
+    Syntax,
+    /// The JSON is not a valid policy: a wrong type, an unknown field, a bad value.
+    Invalid,
+}
+
+/// A policy that could not be loaded.
+///
+/// Its [`Display`](fmt::Display) is one line naming the file (when there is one), the
+/// JSON Pointer of the offending value, the reason and, for syntax errors, line and column:
+///
+/// ```text
+/// policy.json: /tools/transfer/deny_if/0/conditions/1/op: unknown variant `gtt`, expected one of `eq`, … (line 9, column 52)
+/// ```
+#[derive(Debug)]
+pub struct PolicyError {
+    kind: PolicyErrorKind,
+    file: Option<PathBuf>,
+    pointer: String,
+    message: String,
+    position: Option<(usize, usize)>,
+}
+
+impl PolicyError {
+    pub(crate) fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        PolicyError {
+            kind: PolicyErrorKind::Invalid,
+            file: None,
+            pointer: pointer.into(),
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    pub(crate) fn io(file: &Path, err: &std::io::Error) -> Self {
+        PolicyError {
+            kind: PolicyErrorKind::Io,
+            file: Some(file.to_path_buf()),
+            pointer: String::new(),
+            message: format!("cannot read the policy file: {err}"),
+            position: None,
+        }
+    }
+
+    /// Builds the error for a `serde_json` failure at `pointer`.
+    pub(crate) fn from_json(pointer: String, err: &serde_json::Error) -> Self {
+        let kind = match err.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                PolicyErrorKind::Syntax
+            }
+            _ => PolicyErrorKind::Invalid,
+        };
+        let full = err.to_string();
+        let position = (err.line() > 0).then(|| (err.line(), err.column()));
+        // serde_json appends " at line L column C"; we print the position our own way.
+        let message = match position {
+            Some((line, column)) => full
+                .strip_suffix(&format!(" at line {line} column {column}"))
+                .unwrap_or(&full)
+                .to_owned(),
+            None => full,
+        };
+        PolicyError {
+            kind,
+            file: None,
+            pointer,
+            message,
+            position,
+        }
+    }
+
+    pub(crate) fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> PolicyErrorKind {
+        self.kind
+    }
+
+    /// The JSON Pointer (RFC 6901) of the offending value; empty for the whole document.
+    pub fn pointer(&self) -> &str {
+        &self.pointer
+    }
+
+    /// The reason, without location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The line of the error, when the JSON parser knows it (1-based).
+    pub fn line(&self) -> Option<usize> {
+        self.position.map(|(line, _)| line)
+    }
+
+    /// The column of the error, when the JSON parser knows it (1-based).
+    pub fn column(&self) -> Option<usize> {
+        self.position.map(|(_, column)| column)
+    }
+
+    /// The file the policy was loaded from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if self.kind != PolicyErrorKind::Io {
+            let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+            write!(f, "{pointer}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some((line, column)) = self.position {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Appends one reference token to a JSON Pointer, escaping `~` and `/` (RFC 6901).
+pub(crate) fn push_token(pointer: &mut String, token: &str) {
+    pointer.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => pointer.push_str("~0"),
+            '/' => pointer.push_str("~1"),
+            c => pointer.push(c),
+        }
+    }
+}
+
+/// `base` followed by `tokens`, as a JSON Pointer.
+pub(crate) fn pointer(base: &str, tokens: &[&str]) -> String {
+    let mut p = base.to_owned();
+    for t in tokens {
+        push_token(&mut p, t);
+    }
+    p
+}

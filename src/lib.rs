@@ -1,0 +1,40 @@
+//! # tower-mcp-policy
+//!
+//! A [tower] middleware that puts a policy in front of an MCP server speaking
+//! Streamable HTTP: it decodes every JSON-RPC body, checks each `tools/call` against a
+//! PolicyLayer `policy.json` (allow and deny rules, argument conditions, rate limits),
+//! forwards what is allowed and answers the rest with a result the agent can read.
+//!
+//! The crate is layered so that data flows one way:
+//!
+//! ```text
+//! HTTP request ─▶ body bytes ─▶ JSON-RPC messages ─▶ tool calls + scope keys ─▶ decision ─▶ forward | denial
+//!                 (layer)       (jsonrpc)            (scope)                   (policy, engine, counter)
+//! ```
+//!
+//! * [`Policy`]: the document, validated and compiled once.
+//! * [`jsonrpc`]: a strict decoder from body bytes to the calls the policy must judge.
+//! * [`Engine`]: the decision, a pure function of policy, calls, scope keys and counters.
+//! * [`counter`]: where rate-limit state lives ([`MemoryCounters`] on governor).
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod counter;
+mod decision;
+mod engine;
+mod error;
+pub mod jsonrpc;
+mod policy;
+mod scope;
+
+pub use counter::{Charge, ChargeError, CounterStore, MemoryCounters};
+pub use decision::{
+    Allowed, Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN,
+};
+pub use engine::{Call, Decision, Engine, PendingCharges, Prepared, Refusal, Verdict};
+pub use error::{PolicyError, PolicyErrorKind};
+pub use policy::{ArgPlan, CounterDef, Policy, Scope};
+pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};

@@ -1,0 +1,243 @@
+//! Validation and compilation: [`Document`] → [`Policy`] (stage 2 of 2).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use super::condition::Condition;
+use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, ScopeDoc};
+use super::glob::Glob;
+use super::path::{ArgPath, ArgPlan};
+use super::window::Window;
+use super::{Clause, CounterDef, Limit, NameSet, Policy, Rule, Scope, ToolRule};
+use crate::error::{PolicyError, pointer, push_token};
+
+/// Parses the document, naming the JSON Pointer and position of any error.
+pub(super) fn parse(text: &str) -> Result<Document, PolicyError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let mut at = String::new();
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => push_token(&mut at, &index.to_string()),
+                serde_path_to_error::Segment::Map { key } => push_token(&mut at, key),
+                serde_path_to_error::Segment::Enum { variant } => push_token(&mut at, variant),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        PolicyError::from_json(at, err.inner())
+    })?;
+    de.end().map_err(|e| PolicyError::from_json(String::new(), &e))?;
+    Ok(doc)
+}
+
+/// Validates a document and builds the compiled policy.
+pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
+    if doc.version != "1" {
+        return Err(PolicyError::invalid(
+            "/version",
+            format!("unsupported version {:?}: only \"1\" is supported", doc.version),
+        ));
+    }
+    let mut counters = Counters::default();
+
+    let mut hidden = NameSet::default();
+    for (i, name) in doc.hide.iter().enumerate() {
+        if name.is_empty() {
+            return Err(PolicyError::invalid(
+                pointer("/hide", &[&i.to_string()]),
+                "a hidden tool name must not be empty",
+            ));
+        }
+        match Glob::new(name) {
+            Some(glob) => hidden.patterns.push(glob),
+            None => {
+                hidden.exact.insert(name.as_str().into());
+            }
+        }
+    }
+
+    let all_tools = doc
+        .all_tools
+        .map(|rule| compile_rule(rule, "/all_tools", &mut counters))
+        .transpose()?;
+    let mut unlisted_plan = ArgPlan::empty();
+    if let Some(rule) = &all_tools {
+        add_paths(&mut unlisted_plan, rule);
+    }
+
+    let mut tools = Vec::with_capacity(doc.tools.0.len());
+    let mut exact = HashMap::new();
+    let mut patterns = Vec::new();
+    for (key, rule_doc) in doc.tools.0 {
+        let at = pointer("/tools", &[&key]);
+        if key.is_empty() {
+            return Err(PolicyError::invalid(at, "a tool name must not be empty"));
+        }
+        let rule = compile_rule(rule_doc, &at, &mut counters)?;
+        let mut plan = unlisted_plan.clone();
+        add_paths(&mut plan, &rule);
+        let index = tools.len();
+        match Glob::new(&key) {
+            Some(glob) => patterns.push((glob, index)),
+            None => {
+                exact.insert(key.as_str().into(), index);
+            }
+        }
+        tools.push(ToolRule {
+            key: key.into(),
+            rule,
+            plan,
+        });
+    }
+    patterns.sort_by(|(a, ai), (b, bi)| {
+        b.literal_len()
+            .cmp(&a.literal_len())
+            .then_with(|| tools[*ai].key.cmp(&tools[*bi].key))
+    });
+
+    Ok(Policy {
+        default_allow: matches!(doc.default, DefaultAction::Allow),
+        hidden,
+        all_tools,
+        exact,
+        patterns,
+        tools,
+        unlisted_plan,
+        counters: counters.defs,
+    })
+}
+
+fn add_paths(plan: &mut ArgPlan, rule: &Rule) {
+    for clause in rule.deny_if.iter().chain(&rule.require) {
+        for condition in &clause.conditions {
+            plan.add(&condition.path);
+        }
+    }
+    for limit in &rule.limits {
+        if let Some(path) = &limit.increment_from {
+            plan.add(path);
+        }
+    }
+}
+
+fn compile_rule(doc: RuleDoc, at: &str, counters: &mut Counters) -> Result<Rule, PolicyError> {
+    let clauses = |docs: Vec<ClauseDoc>, field: &str| -> Result<Vec<Clause>, PolicyError> {
+        docs.into_iter()
+            .enumerate()
+            .map(|(i, clause)| compile_clause(clause, &pointer(at, &[field, &i.to_string()])))
+            .collect()
+    };
+    let deny_if = clauses(doc.deny_if, "deny_if")?;
+    let require = clauses(doc.require, "require")?;
+    let limits = doc
+        .limits
+        .into_iter()
+        .enumerate()
+        .map(|(i, limit)| compile_limit(limit, &pointer(at, &["limits", &i.to_string()]), counters))
+        .collect::<Result<_, _>>()?;
+    Ok(Rule {
+        deny_if,
+        require,
+        limits,
+    })
+}
+
+fn compile_clause(doc: ClauseDoc, at: &str) -> Result<Clause, PolicyError> {
+    let conditions = doc
+        .conditions
+        .into_iter()
+        .enumerate()
+        .map(|(i, condition)| {
+            Condition::compile(condition).map_err(|(field, message)| {
+                PolicyError::invalid(pointer(at, &["conditions", &i.to_string(), field]), message)
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Clause {
+        pointer: at.into(),
+        conditions,
+        on_deny: doc.on_deny.map(Into::into),
+    })
+}
+
+fn compile_limit(doc: LimitDoc, at: &str, counters: &mut Counters) -> Result<Limit, PolicyError> {
+    let field = |name: &str| pointer(at, &[name]);
+    if doc.counter.is_empty() {
+        return Err(PolicyError::invalid(field("counter"), "a counter name must not be empty"));
+    }
+    let window = Window::parse(&doc.window).map_err(|m| PolicyError::invalid(field("window"), m))?;
+    let max = u32::try_from(doc.max)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| {
+            PolicyError::invalid(
+                field("max"),
+                format!("max must be a whole number from 1 to {}, not {}", u32::MAX, doc.max),
+            )
+        })?;
+    if u128::from(window.seconds) * 1_000_000_000 < u128::from(max.get()) {
+        return Err(PolicyError::invalid(
+            field("max"),
+            format!("max {max} is more than one call per nanosecond over the window"),
+        ));
+    }
+    let scope = match doc.scope.unwrap_or(ScopeDoc::Grant) {
+        ScopeDoc::Grant => Scope::Grant,
+        ScopeDoc::Session => Scope::Session,
+        ScopeDoc::Global => Scope::Global,
+    };
+    let increment_from = doc
+        .increment_from
+        .as_deref()
+        .map(ArgPath::parse)
+        .transpose()
+        .map_err(|m| PolicyError::invalid(field("increment_from"), m))?;
+    let def = CounterDef {
+        name: doc.counter.as_str().into(),
+        window,
+        max,
+        scope,
+    };
+    let counter = counters.intern(def, at)?;
+    Ok(Limit {
+        pointer: at.into(),
+        counter,
+        increment_from,
+        on_deny: doc.on_deny.map(Into::into),
+    })
+}
+
+/// Counter definitions by name: one shared budget per name.
+#[derive(Default)]
+struct Counters {
+    defs: Vec<CounterDef>,
+    first_seen: Vec<String>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Counters {
+    fn intern(&mut self, def: CounterDef, at: &str) -> Result<usize, PolicyError> {
+        if let Some(&index) = self.by_name.get(&*def.name) {
+            let first = &self.defs[index];
+            if *first != def {
+                let show = |d: &CounterDef| format!("{} per {}", d.describe(), d.scope.as_str());
+                return Err(PolicyError::invalid(
+                    at,
+                    format!(
+                        "counter `{}` is defined as {} here but as {} at {}; one counter is one budget, so its window, max and scope must agree",
+                        def.name,
+                        show(&def),
+                        show(first),
+                        self.first_seen[index]
+                    ),
+                ));
+            }
+            return Ok(index);
+        }
+        let index = self.defs.len();
+        self.by_name.insert(def.name.to_string(), index);
+        self.defs.push(def);
+        self.first_seen.push(at.to_owned());
+        Ok(index)
+    }
+}

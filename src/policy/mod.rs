@@ -1,0 +1,282 @@
+//! Policies: the PolicyLayer document format, validated and compiled once.
+//!
+//! Loading has two stages with separate types, as in cedar: the serde model of the
+//! document ([`document`]) is parsed first, then [`compile`] validates it and builds a
+//! [`Policy`]: glob matchers, compiled regexes, argument plans and counter definitions.
+//! Requests only ever see the compiled form.
+//!
+//! ```
+//! use tower_mcp_policy::Policy;
+//!
+//! let policy: Policy = r#"{ "version": "1", "default": "deny",
+//!     "tools": { "get_price": {} } }"#.parse()?;
+//! assert_eq!(policy.summary(), "default deny; 1 tool rule; nothing hidden; no counters");
+//! # Ok::<(), tower_mcp_policy::PolicyError>(())
+//! ```
+
+mod compile;
+pub(crate) mod condition;
+pub(crate) mod document;
+mod glob;
+pub(crate) mod path;
+pub(crate) mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::PolicyError;
+use condition::Condition;
+use glob::Glob;
+pub use path::ArgPlan;
+use path::ArgPath;
+use window::Window;
+
+/// A validated, compiled policy. Build one with [`Policy::from_file`] or [`str::parse`].
+#[derive(Debug)]
+pub struct Policy {
+    default_allow: bool,
+    hidden: NameSet,
+    all_tools: Option<Rule>,
+    exact: HashMap<Box<str>, usize>,
+    /// Sorted by precedence: most literal characters first, then by key.
+    patterns: Vec<(Glob, usize)>,
+    tools: Vec<ToolRule>,
+    /// What to read of the arguments of a tool that has no rule of its own (default allow).
+    unlisted_plan: ArgPlan,
+    counters: Vec<CounterDef>,
+}
+
+/// Exact names and patterns, as used by `hide`.
+#[derive(Debug, Default)]
+struct NameSet {
+    exact: HashSet<Box<str>>,
+    patterns: Vec<Glob>,
+}
+
+impl NameSet {
+    fn contains(&self, name: &str) -> bool {
+        self.exact.contains(name) || self.patterns.iter().any(|g| g.is_match(name))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.patterns.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ToolRule {
+    pub key: Box<str>,
+    pub rule: Rule,
+    /// Arguments read by this rule and by `all_tools`.
+    pub plan: ArgPlan,
+}
+
+/// The compiled body of a tool rule or of `all_tools`.
+#[derive(Debug, Default)]
+pub(crate) struct Rule {
+    pub deny_if: Vec<Clause>,
+    pub require: Vec<Clause>,
+    pub limits: Vec<Limit>,
+}
+
+/// One `deny_if` or `require` item.
+#[derive(Debug)]
+pub(crate) struct Clause {
+    pub pointer: Box<str>,
+    pub conditions: Vec<Condition>,
+    pub on_deny: Option<Box<str>>,
+}
+
+/// One `limits` item, pointing at its (possibly shared) counter.
+#[derive(Debug)]
+pub(crate) struct Limit {
+    pub pointer: Box<str>,
+    pub counter: usize,
+    pub increment_from: Option<ArgPath>,
+    pub on_deny: Option<Box<str>>,
+}
+
+/// Whose calls a counter counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Per caller credential (the `Authorization` header, or the application's key).
+    Grant,
+    /// Per MCP session (`Mcp-Session-Id`).
+    Session,
+    /// One bucket shared by every caller.
+    Global,
+}
+
+impl Scope {
+    /// The name used in policy documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// A named counter: `max` calls (or cost units) per `window`, per `scope`.
+///
+/// All limits that name the same counter share one budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterDef {
+    name: Box<str>,
+    window: Window,
+    max: NonZeroU32,
+    scope: Scope,
+}
+
+impl CounterDef {
+    /// The counter's name in the policy.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window.seconds)
+    }
+
+    /// The budget per window, which is also the largest burst.
+    pub fn max(&self) -> NonZeroU32 {
+        self.max
+    }
+
+    /// Whose calls share the budget.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// `"30 per minute"`.
+    pub(crate) fn describe(&self) -> String {
+        format!("{} {}", self.max, self.window.describe())
+    }
+}
+
+/// What the policy says about a tool name before any argument is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resolved<'p> {
+    Hidden,
+    NotAllowed,
+    Rules(Option<&'p ToolRule>),
+}
+
+impl Policy {
+    /// Loads and compiles a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, &e))?;
+        text.parse::<Policy>().map_err(|e| e.in_file(path))
+    }
+
+    /// What the policy says about `tool`, before arguments.
+    pub(crate) fn resolve(&self, tool: &str) -> Resolved<'_> {
+        if self.hidden.contains(tool) {
+            return Resolved::Hidden;
+        }
+        let index = self.exact.get(tool).copied().or_else(|| {
+            self.patterns
+                .iter()
+                .find(|(glob, _)| glob.is_match(tool))
+                .map(|&(_, i)| i)
+        });
+        match index {
+            Some(i) => Resolved::Rules(Some(&self.tools[i])),
+            None if self.default_allow => Resolved::Rules(None),
+            None => Resolved::NotAllowed,
+        }
+    }
+
+    /// The key under `tools` that governs `tool` (exact name or pattern), if any.
+    pub fn rule_key(&self, tool: &str) -> Option<&str> {
+        match self.resolve(tool) {
+            Resolved::Rules(Some(rule)) => Some(&rule.key),
+            _ => None,
+        }
+    }
+
+    /// Which arguments of `tool` the policy reads. Empty for hidden or not-allowed tools.
+    pub fn plan_for(&self, tool: &str) -> &ArgPlan {
+        static EMPTY: std::sync::OnceLock<ArgPlan> = std::sync::OnceLock::new();
+        match self.resolve(tool) {
+            Resolved::Rules(Some(rule)) => &rule.plan,
+            Resolved::Rules(None) => &self.unlisted_plan,
+            _ => EMPTY.get_or_init(ArgPlan::empty),
+        }
+    }
+
+    /// True when `tool` is hidden: absent from `tools/list` and unknown to calls.
+    pub fn is_hidden(&self, tool: &str) -> bool {
+        self.hidden.contains(tool)
+    }
+
+    /// True when the policy hides at least one name or pattern.
+    pub fn hides_anything(&self) -> bool {
+        !self.hidden.is_empty()
+    }
+
+    /// True when tools with no rule of their own are allowed.
+    pub fn default_allows(&self) -> bool {
+        self.default_allow
+    }
+
+    /// The counters the policy defines, in the order they first appear.
+    pub fn counters(&self) -> &[CounterDef] {
+        &self.counters
+    }
+
+    pub(crate) fn counter(&self, index: usize) -> &CounterDef {
+        &self.counters[index]
+    }
+
+    pub(crate) fn all_tools(&self) -> Option<&Rule> {
+        self.all_tools.as_ref()
+    }
+
+    /// One line describing the policy, for logs and start-up banners.
+    pub fn summary(&self) -> String {
+        let patterns = self.patterns.len();
+        let rules = match self.tools.len() {
+            1 => "1 tool rule".to_owned(),
+            n => format!("{n} tool rules"),
+        };
+        let rules = if patterns > 0 {
+            format!("{rules} ({patterns} by pattern)")
+        } else {
+            rules
+        };
+        let hidden = self.hidden.exact.len() + self.hidden.patterns.len();
+        let hidden = match hidden {
+            0 => "nothing hidden".to_owned(),
+            n => format!("{n} hidden"),
+        };
+        let counters = match self.counters.len() {
+            0 => "no counters".to_owned(),
+            _ => {
+                let list: Vec<String> = self
+                    .counters
+                    .iter()
+                    .map(|c| format!("{} {} per {}", c.name, c.describe(), c.scope.as_str()))
+                    .collect();
+                format!("counters: {}", list.join(", "))
+            }
+        };
+        let default = if self.default_allow { "allow" } else { "deny" };
+        let all = if self.all_tools.is_some() { "; all_tools rule" } else { "" };
+        format!("default {default}; {rules}{all}; {hidden}; {counters}")
+    }
+}
+
+impl FromStr for Policy {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Policy, PolicyError> {
+        compile::compile(compile::parse(text)?)
+    }
+}

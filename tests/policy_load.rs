@@ -1,0 +1,167 @@
+//! Loading: every fixture loads unchanged, and every load error names its path.
+
+use tower_mcp_policy::{Policy, PolicyErrorKind, Scope};
+
+const FIXTURES: &[&str] = &[
+    "docs-allow-one.json",
+    "docs-deny-transfer.json",
+    "docs-skeleton.json",
+    "docs-write-rate.json",
+    "hide-all.json",
+    "payments.json",
+    "seed-binance-rate-limit.json",
+];
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies").join(name)
+}
+
+#[test]
+fn every_fixture_loads() {
+    for name in FIXTURES {
+        Policy::from_file(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let count = std::fs::read_dir(fixture("")).unwrap().count();
+    assert_eq!(count, FIXTURES.len(), "a fixture was added without a test");
+}
+
+#[test]
+fn fixtures_compile_to_what_they_say() {
+    let payments = Policy::from_file(fixture("payments.json")).unwrap();
+    let names: Vec<_> = payments.counters().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["calls_per_minute", "charges", "emails", "reports"]);
+    let charges = &payments.counters()[1];
+    assert_eq!(charges.max().get(), 50);
+    assert_eq!(charges.window().as_secs(), 3600);
+    assert_eq!(payments.counters()[2].scope(), Scope::Session);
+    assert_eq!(payments.counters()[3].scope(), Scope::Global);
+    assert!(payments.is_hidden("delete_account"));
+    assert!(!payments.default_allows());
+
+    let hide_all = Policy::from_file(fixture("hide-all.json")).unwrap();
+    assert!(hide_all.is_hidden("anything") && hide_all.is_hidden(""));
+
+    let seed = Policy::from_file(fixture("seed-binance-rate-limit.json")).unwrap();
+    assert_eq!(
+        seed.summary(),
+        "default deny; 1 tool rule; nothing hidden; counters: binance_us_close_listen_key_rate 30 per minute per grant"
+    );
+}
+
+/// Loads `text` and returns the error's Display, pointer and kind.
+fn load_error(text: &str) -> (String, String, PolicyErrorKind) {
+    let err = text.parse::<Policy>().expect_err("should not load");
+    (err.to_string(), err.pointer().to_owned(), err.kind())
+}
+
+#[test]
+fn syntax_errors_have_line_and_column() {
+    let (shown, _, kind) = load_error("{\n  \"version\": \"1\",\n  \"default\": deny\n}");
+    assert_eq!(kind, PolicyErrorKind::Syntax);
+    assert!(shown.contains("(line 3, column 14)"), "{shown}");
+    let (shown, _, kind) = load_error(r#"{"version":"1","default":"deny"} extra"#);
+    assert_eq!(kind, PolicyErrorKind::Syntax);
+    assert!(shown.contains("trailing characters"), "{shown}");
+}
+
+#[test]
+fn invalid_documents_name_the_json_pointer() {
+    let cases: &[(&str, &str, &str)] = &[
+        (r#"{"version":"2","default":"deny"}"#, "/version", "only \"1\""),
+        (r#"{"default":"deny"}"#, "", "missing field `version`"),
+        (r#"{"version":"1"}"#, "", "missing field `default`"),
+        (r#"{"version":"1","default":"maybe"}"#, "/default", "unknown variant `maybe`"),
+        (r#"{"version":"1","default":"deny","colour":1}"#, "/colour", "unknown field `colour`"),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"conditions":[{"path":"args.a","op":"eq","value":1},{"path":"args.b","op":"gtt","value":1}]}]}}}"#,
+            "/tools/t/deny_if/0/conditions/1/op",
+            "unknown variant `gtt`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require":[{"conditions":[{"path":"args.a","op":"gt","value":"1000"}]}]}}}"#,
+            "/tools/t/require/0/conditions/0/value",
+            "must be a number, not a string",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"conditions":[{"path":"amount","op":"eq","value":1}]}]}}}"#,
+            "/tools/t/deny_if/0/conditions/0/path",
+            "must start with `args`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"conditions":[{"path":"args.a","op":"regex","value":"("}]}]}}}"#,
+            "/tools/t/deny_if/0/conditions/0/value",
+            "invalid regex",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"conditions":[],"unless":1}]}}}"#,
+            "/tools/t/deny_if/0/unless",
+            "unknown field `unless`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"on_deny":"x"}]}}}"#,
+            "/tools/t/deny_if/0",
+            "missing field `conditions`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"a/b~c":{"limits":[{"counter":"c","window":"fortnight","max":3}]}}}"#,
+            "/tools/a~1b~0c/limits/0/window",
+            "invalid window \"fortnight\"",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"limits":[{"counter":"c","window":"minute","max":0}]}}}"#,
+            "/tools/t/limits/0/max",
+            "from 1 to 4294967295, not 0",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"limits":[{"counter":"c","window":"minute","max":-1}]}}}"#,
+            "/tools/t/limits/0/max",
+            "invalid value: integer `-1`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"limits":[{"counter":"c","window":"minute","max":5,"scope":"tenant"}]}}}"#,
+            "/tools/t/limits/0/scope",
+            "unknown variant `tenant`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"limits":[{"counter":"c","window":"minute","max":5,"increment_from":"amount"}]}}}"#,
+            "/tools/t/limits/0/increment_from",
+            "must start with `args`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{},"t":{}}}"#,
+            "/tools",
+            "duplicate key `t`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","all_tools":{"limits":[{"counter":"c","window":"minute","max":5}]},"tools":{"t":{"limits":[{"counter":"c","window":"hour","max":5}]}}}"#,
+            "/tools/t/limits/0",
+            "counter `c` is defined as 5 per hour per grant here but as 5 per minute per grant at /all_tools/limits/0",
+        ),
+        (r#"{"version":"1","default":"deny","hide":[""]}"#, "/hide/0", "must not be empty"),
+        (r#"{"version":"1","default":"deny","hide":"x"}"#, "/hide", "invalid type: string"),
+    ];
+    for (text, pointer, needle) in cases {
+        let (shown, at, kind) = load_error(text);
+        assert_eq!(&at, pointer, "{text}\n=> {shown}");
+        assert!(shown.contains(needle), "{text}\n=> {shown}\nwanted: {needle}");
+        assert!(!shown.contains('\n'), "one line: {shown}");
+        assert_ne!(kind, PolicyErrorKind::Io);
+    }
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let missing = Policy::from_file("/nonexistent/policy.json").unwrap_err();
+    assert_eq!(missing.kind(), PolicyErrorKind::Io);
+    assert!(missing.to_string().starts_with("/nonexistent/policy.json: cannot read"));
+
+    let dir = std::env::temp_dir().join(format!("tmp-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.json");
+    std::fs::write(&file, "{\"version\":\"1\",\n\"default\":\"deny\",\n\"tools\":{\"t\":{\"limits\":[{\"counter\":\"c\",\"window\":\"minute\",\"max\":1.5}]}}}").unwrap();
+    let err = Policy::from_file(&file).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.starts_with(&format!("{}: /tools/t/limits/0/max: invalid type: floating point `1.5`", file.display())), "{shown}");
+    assert_eq!(err.line(), Some(3));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
