@@ -46,7 +46,7 @@ use serde_json::{Number, Value};
 
 pub use crate::policy::ArgPlan;
 use crate::policy::Policy;
-use strict::{Arguments, Key, KeySet, Validate};
+use strict::{Arguments, Key, KeySet, Text, Validate};
 
 /// The JSON-RPC error code for a body that is not JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -359,9 +359,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
             }
             match &*key {
                 "jsonrpc" => {
-                    let Key(version) = map.next_value().map_err(|_: A::Error| {
-                        de::Error::custom("\"jsonrpc\" must be the string \"2.0\"")
-                    })?;
+                    let version = map.next_value_seed(Text("\"jsonrpc\" to be the string \"2.0\""))?;
                     version_ok = Some(version == "2.0");
                 }
                 "id" => {
@@ -370,10 +368,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                     id = Some(value);
                 }
                 "method" => {
-                    let Key(name) = map
-                        .next_value()
-                        .map_err(|_: A::Error| de::Error::custom("\"method\" must be a string"))?;
-                    method = Some(name);
+                    method = Some(map.next_value_seed(Text("\"method\" to be a string"))?);
                 }
                 "params" => match &method {
                     Some(m) => params = Some(map.next_value_seed(ParamsSeed::new(self.0, m))?),
@@ -539,10 +534,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
         while let Some(Key(key)) = map.next_key()? {
             seen.insert::<A::Error>(&key, "params")?;
             if is_call && key == "name" {
-                let Key(n) = map.next_value().map_err(|_: A::Error| {
-                    de::Error::custom("params.name of tools/call must be a string")
-                })?;
-                name = Some(n);
+                name = Some(map.next_value_seed(Text("params.name of tools/call to be a string"))?);
             } else if is_call && key == "arguments" {
                 match &name {
                     Some(n) => {
