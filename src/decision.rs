@@ -15,6 +15,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::counter::Charge;
 use crate::policy::condition::{Truth, kind};
@@ -114,8 +115,8 @@ impl fmt::Display for Denial {
 /// A call that passed the rules, with the charges its limits ask for.
 #[derive(Debug)]
 pub struct Allowed<'p> {
-    tool: String,
-    pending: Vec<Pending<'p>>,
+    tool: &'p str,
+    pending: SmallVec<[Pending<'p>; 2]>,
     policy: &'p Policy,
 }
 
@@ -128,7 +129,7 @@ struct Pending<'p> {
 impl<'p> Allowed<'p> {
     /// The tool that was called.
     pub fn tool(&self) -> &str {
-        &self.tool
+        self.tool
     }
 
     /// The charges to apply, all or none, before the call may run.
@@ -146,7 +147,7 @@ impl<'p> Allowed<'p> {
         let Some(wait) = retry_after else {
             return Denial::new(
                 DenialKind::Limit,
-                &self.tool,
+                self.tool,
                 rule,
                 format!(
                     "This call to \"{}\" costs {}, more than the limit of {} allows.",
@@ -167,7 +168,7 @@ impl<'p> Allowed<'p> {
         };
         let mut denial = Denial::new(
             DenialKind::Limit,
-            &self.tool,
+            self.tool,
             rule,
             format!("{base} Try again in {seconds}s."),
         );
@@ -190,7 +191,7 @@ impl Policy {
     /// value the decoder builds from [`Policy::plan_for`], or the whole arguments.
     pub fn evaluate<'p>(
         &'p self,
-        tool: &str,
+        tool: &'p str,
         args: Option<&Value>,
         scope: &ScopeKeys,
     ) -> Result<Allowed<'p>, Denial> {
@@ -252,7 +253,7 @@ impl Policy {
             }
         }
 
-        let mut pending = Vec::new();
+        let mut pending = SmallVec::new();
         for limit in rules().flat_map(|r: &Rule| &r.limits) {
             let Some(cost) = cost(limit, tool, args)? else {
                 continue;
@@ -279,7 +280,7 @@ impl Policy {
             });
         }
         Ok(Allowed {
-            tool: tool.to_owned(),
+            tool,
             pending,
             policy: self,
         })

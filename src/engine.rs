@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
 use crate::decision::{Allowed, Denial};
@@ -149,8 +150,8 @@ impl<S> Engine<S> {
     }
 
     /// Phase 1 for every call: the rules, and the charges to apply if all pass.
-    pub fn prepare<'p>(&'p self, calls: &[Call<'_>], scope: &ScopeKeys) -> Prepared<'p> {
-        let mut allowed = Vec::with_capacity(calls.len());
+    pub fn prepare<'p>(&'p self, calls: &[Call<'p>], scope: &ScopeKeys) -> Prepared<'p> {
+        let mut allowed: SmallVec<[Allowed<'p>; 1]> = SmallVec::with_capacity(calls.len());
         let mut denials: Vec<Option<Denial>> = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             match self.policy.evaluate(call.tool, call.args, scope) {
@@ -170,8 +171,8 @@ impl<S> Engine<S> {
                     .collect(),
             ));
         }
-        let mut charges = Vec::new();
-        let mut owners = Vec::new();
+        let mut charges = SmallVec::new();
+        let mut owners = SmallVec::new();
         for (call, ok) in allowed.iter().enumerate() {
             for (index, charge) in ok.charges().enumerate() {
                 charges.push(charge);
@@ -195,7 +196,7 @@ impl<S: CounterStore> Engine<S> {
         match self.prepare(calls, scope) {
             Prepared::Done(verdict) => verdict,
             Prepared::Charge(pending) => {
-                let result = self.counters.charge(pending.charges.clone()).await;
+                let result = self.counters.charge(pending.charges.to_vec()).await;
                 pending.finish(result)
             }
         }
@@ -214,9 +215,9 @@ pub enum Prepared<'p> {
 /// Charges waiting for a counter store.
 #[derive(Debug)]
 pub struct PendingCharges<'p> {
-    allowed: Vec<Allowed<'p>>,
-    charges: Vec<Charge>,
-    owners: Vec<(usize, usize)>,
+    allowed: SmallVec<[Allowed<'p>; 1]>,
+    charges: SmallVec<[Charge; 4]>,
+    owners: SmallVec<[(usize, usize); 4]>,
 }
 
 impl PendingCharges<'_> {

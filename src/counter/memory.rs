@@ -11,6 +11,7 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::StateStore;
 use governor::middleware::NoOpMiddleware;
 use governor::{Quota, RateLimiter};
+use smallvec::SmallVec;
 
 use super::{Charge, ChargeError, CounterStore};
 use crate::policy::Policy;
@@ -161,7 +162,7 @@ impl<C: Clock> MemoryCounters<C> {
                 .transaction
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let mut undo: Vec<(usize, Option<Nanos>)> = Vec::new();
+            let mut undo: SmallVec<[(usize, Option<Nanos>); 4]> = SmallVec::new();
             let mut result = Ok(());
             for (index, charge) in charges.iter().enumerate() {
                 let Some(limiter) = inner.limiters.get(charge.counter) else {

@@ -344,7 +344,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
         *self.0.last_id.borrow_mut() = None;
         let mut seen = KeySet::new();
         let mut version_ok = None;
-        let mut id: Option<Option<Id>> = None;
+        let mut has_id = false;
         let mut method: Option<Cow<'de, str>> = None;
         let mut params: Option<Params<'de>> = None;
         let mut raw_params: Option<&'de RawValue> = None;
@@ -363,9 +363,10 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                     version_ok = Some(version == "2.0");
                 }
                 "id" => {
-                    let value = map.next_value_seed(IdSeed)?;
-                    *self.0.last_id.borrow_mut() = value.clone();
-                    id = Some(value);
+                    // Kept in the context until the message is complete, so that an
+                    // error later in this message can still name it.
+                    *self.0.last_id.borrow_mut() = map.next_value_seed(IdSeed)?;
+                    has_id = true;
                 }
                 "method" => {
                     method = Some(map.next_value_seed(Text("\"method\" to be a string"))?);
@@ -398,6 +399,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                 .map_err(|e| de::Error::custom(format_args!("in params: {e}")))?;
             params = Some(read);
         }
+        let id = has_id.then(|| self.0.last_id.borrow_mut().take());
         match (method, has_result || has_error) {
             (Some(_), true) => Err(de::Error::custom(
                 "a message cannot have both a \"method\" and a \"result\" or \"error\"",

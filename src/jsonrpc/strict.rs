@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use smallvec::SmallVec;
 
 use crate::policy::path::PlanNode;
 
@@ -49,7 +50,7 @@ impl<'de> Visitor<'de> for Text {
 
 /// Keys seen so far in one object; a repeat is an error.
 pub(crate) struct KeySet<'de> {
-    small: Vec<Cow<'de, str>>,
+    small: SmallVec<[Cow<'de, str>; LINEAR_LIMIT]>,
     large: Option<HashSet<Cow<'de, str>>>,
 }
 
@@ -58,7 +59,7 @@ const LINEAR_LIMIT: usize = 16;
 impl<'de> KeySet<'de> {
     pub fn new() -> Self {
         KeySet {
-            small: Vec::new(),
+            small: SmallVec::new(),
             large: None,
         }
     }
