@@ -27,6 +27,7 @@ mod decision;
 mod engine;
 mod error;
 pub mod jsonrpc;
+pub mod layer;
 mod policy;
 mod scope;
 
@@ -36,5 +37,6 @@ pub use decision::{
 };
 pub use engine::{Call, Decision, Engine, PendingCharges, Prepared, Refusal, Verdict};
 pub use error::{PolicyError, PolicyErrorKind};
+pub use layer::{DenialFormat, Grant, PolicyLayer, PolicyService};
 pub use policy::{ArgPlan, CounterDef, Policy, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};

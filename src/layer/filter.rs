@@ -1,0 +1,213 @@
+//! Removing hidden tools from `tools/list` results, in JSON bodies and SSE events.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+use crate::policy::Policy;
+
+/// Removes hidden tools from every tools/list-shaped result in `message` (a JSON-RPC
+/// message or a batch). Returns how many tools were removed.
+pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy) -> usize {
+    match message {
+        Value::Array(items) => items.iter_mut().map(|m| strip_hidden(m, policy)).sum(),
+        Value::Object(object) => {
+            let Some(Value::Array(tools)) = object
+                .get_mut("result")
+                .and_then(|r| r.as_object_mut())
+                .and_then(|r| r.get_mut("tools"))
+            else {
+                return 0;
+            };
+            let before = tools.len();
+            tools.retain(|tool| match tool.get("name") {
+                Some(Value::String(name)) => !policy.is_hidden(name),
+                // A tool entry without a string name cannot be checked: drop it.
+                _ => false,
+            });
+            before - tools.len()
+        }
+        _ => 0,
+    }
+}
+
+/// True when a message might hold a tool list: it mentions `tools`, or has escapes
+/// that could spell it.
+pub(crate) fn might_list_tools(data: &[u8]) -> bool {
+    memmem(data, b"tools") || memmem(data, b"\\u")
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Splits an SSE byte stream into whole events, as they complete.
+#[derive(Default)]
+pub(crate) struct SseSplitter {
+    buffer: BytesMut,
+    /// How far the buffer has been scanned without finding an event end.
+    scanned: usize,
+}
+
+impl SseSplitter {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete event (with its terminating blank line), if any.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        let end = self.find_event_end()?;
+        self.scanned = 0;
+        Some(self.buffer.split_to(end).freeze())
+    }
+
+    /// Whatever is left when the stream ends (an unterminated event).
+    pub fn rest(&mut self) -> Option<Bytes> {
+        self.scanned = 0;
+        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+
+    /// The offset just past the blank line that ends the first event. A line ends at
+    /// CRLF, LF or CR; a CR at the very end of the buffer waits for the next byte.
+    fn find_event_end(&mut self) -> Option<usize> {
+        let bytes = &self.buffer[..];
+        // Restart at the start of the line containing `scanned`, so a line split across
+        // chunks is judged whole.
+        let mut i = bytes[..self.scanned]
+            .iter()
+            .rposition(|&b| b == b'\n' || b == b'\r')
+            .map_or(0, |p| p + 1);
+        let mut line_start = i;
+        while i < bytes.len() {
+            let end_of_line = match bytes[i] {
+                b'\n' => i + 1,
+                b'\r' if i + 1 < bytes.len() => {
+                    if bytes[i + 1] == b'\n' { i + 2 } else { i + 1 }
+                }
+                // A CR at the end of the buffer may be the first half of a CRLF. If it
+                // ends a blank line the event is complete either way (a following LF
+                // is then an empty line of its own); otherwise wait for the next byte.
+                b'\r' if i == line_start => return Some(i + 1),
+                b'\r' => break,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if i == line_start {
+                return Some(end_of_line);
+            }
+            i = end_of_line;
+            line_start = i;
+        }
+        self.scanned = i.min(bytes.len());
+        None
+    }
+}
+
+/// Filters one SSE event. `None`: pass the event through untouched. `Some(bytes)`: the
+/// rewritten event (possibly empty, when it had to be dropped).
+pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
+    if !might_list_tools(event) {
+        return None;
+    }
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = String::new();
+    let mut other_lines = Vec::new();
+    let mut has_data = false;
+    for line in text.split_inclusive(['\n', '\r']).map(|l| l.trim_end_matches(['\n', '\r'])) {
+        if line.is_empty() {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            if has_data {
+                data.push('\n');
+            }
+            data.push_str(value);
+            has_data = true;
+        } else {
+            other_lines.push(line);
+        }
+    }
+    if !has_data || !might_list_tools(data.as_bytes()) {
+        return None;
+    }
+    let mut message: Value = match serde_json::from_str(&data) {
+        Ok(message) => message,
+        // Not JSON: no client can read it as a tool list either.
+        Err(_) => return None,
+    };
+    if strip_hidden(&mut message, policy) == 0 {
+        return None;
+    }
+    let mut out = String::with_capacity(event.len());
+    for line in other_lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&message.to_string());
+    out.push_str("\n\n");
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(chunks: &[&str]) -> Vec<String> {
+        let mut s = SseSplitter::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            s.push(chunk.as_bytes());
+            while let Some(e) = s.next_event() {
+                out.push(String::from_utf8(e.to_vec()).unwrap());
+            }
+        }
+        if let Some(rest) = s.rest() {
+            out.push(format!("REST:{}", String::from_utf8(rest.to_vec()).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn splits_on_blank_lines_with_any_line_ending() {
+        assert_eq!(events(&["data: a\n\ndata: b\n\n"]), ["data: a\n\n", "data: b\n\n"]);
+        assert_eq!(events(&["data: a\r\n\r\nid: 2\r\ndata: b\r\n\r\n"]), ["data: a\r\n\r\n", "id: 2\r\ndata: b\r\n\r\n"]);
+        assert_eq!(events(&["data: a\r\rdata: b\r\r"]), ["data: a\r\r", "data: b\r\r"]);
+        assert_eq!(events(&["\n", "data: a\n\n"]), ["\n", "data: a\n\n"]);
+    }
+
+    #[test]
+    fn events_split_across_chunks_are_reassembled() {
+        assert_eq!(events(&["da", "ta: a\n", "\n", "data: b\r", "\n\r", "\n"]), ["data: a\n\n", "data: b\r\n\r", "\n"]);
+        assert_eq!(events(&["data: a\r", "\r"]), ["data: a\r\r"]);
+        // A CR that ends a non-empty line waits: the next byte may make it a CRLF.
+        assert_eq!(events(&["data: a\r", "\ndata: b\n\n"]), ["data: a\r\ndata: b\n\n"]);
+        assert_eq!(events(&["data: a\r\r", "\n"]), ["data: a\r\r", "\n"]);
+        assert_eq!(events(&["data: a\n", "id: 1"]), ["REST:data: a\nid: 1"]);
+        assert_eq!(events(&[": keep-alive\n\n"]), [": keep-alive\n\n"]);
+    }
+
+    #[test]
+    fn filters_only_events_with_hidden_tools() {
+        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#.parse().unwrap();
+        let listing = "id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"secret_b\"}]}}\n\n";
+        let out = filter_event(listing.as_bytes(), &policy).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "id: 7\nevent: message\ndata: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n"
+        );
+        let clean = "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n";
+        assert!(filter_event(clean.as_bytes(), &policy).is_none());
+        let other = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+        assert!(filter_event(other.as_bytes(), &policy).is_none());
+        // Multi-line data and escaped names are read as a client would read them.
+        let multi = "data: {\"jsonrpc\":\"2.0\",\"id\":1,\ndata: \"result\":{\"tools\":[{\"name\":\"secret\\u005fb\"}]}}\n\n";
+        let out = filter_event(multi.as_bytes(), &policy).unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+    }
+}

@@ -1,0 +1,116 @@
+//! [`PolicyLayer`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use tower_layer::Layer;
+
+use super::service::{Config, PolicyService, Shared};
+use super::DenialFormat;
+use crate::counter::MemoryCounters;
+use crate::engine::Engine;
+use crate::error::PolicyError;
+use crate::policy::Policy;
+use crate::scope::ScopeHasher;
+
+/// The default request body limit: 4 MiB.
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+/// The default limit on a tools/list JSON response the layer buffers to filter: 16 MiB.
+pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// A tower [`Layer`] that enforces a policy on MCP tool calls; see the
+/// [module docs](crate::layer) for an example.
+///
+/// Every service it makes shares one [`Engine`], so counters are shared by all clones.
+#[derive(Debug)]
+pub struct PolicyLayer<S = MemoryCounters> {
+    engine: Arc<Engine<S>>,
+    config: Config,
+}
+
+impl<S> Clone for PolicyLayer<S> {
+    fn clone(&self) -> Self {
+        PolicyLayer {
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl PolicyLayer<MemoryCounters<DefaultClock>> {
+    /// A layer for `policy`, with in-memory counters.
+    pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
+        PolicyLayer::from_engine(Engine::new(policy))
+    }
+
+    /// Loads a policy file; the error names the file, the JSON Pointer and the line.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        Ok(PolicyLayer::new(Policy::from_file(path)?))
+    }
+}
+
+impl<C: Clock + Clone> PolicyLayer<MemoryCounters<C>> {
+    /// A layer whose counters run on `clock`: governor's `FakeRelativeClock` makes
+    /// rate-limit tests deterministic.
+    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
+        PolicyLayer::from_engine(Engine::with_clock(policy, clock))
+    }
+}
+
+impl<S> PolicyLayer<S> {
+    /// A layer over an engine with any counter store.
+    pub fn from_engine(engine: Engine<S>) -> Self {
+        PolicyLayer {
+            engine: Arc::new(engine),
+            config: Config::default(),
+        }
+    }
+
+    /// The engine (policy and counters) shared by every service of this layer.
+    pub fn engine(&self) -> &Engine<S> {
+        &self.engine
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// The largest request body read (default [`DEFAULT_MAX_BODY`]); larger ones get 413.
+    pub fn max_body_size(self, bytes: usize) -> Self {
+        self.configure(|c| c.max_body = bytes)
+    }
+
+    /// The largest `application/json` tools/list response buffered to remove hidden
+    /// tools (default [`DEFAULT_MAX_FILTERED_RESPONSE`]); a larger one is replaced by a
+    /// JSON-RPC error rather than shown unfiltered.
+    pub fn max_filtered_response_size(self, bytes: usize) -> Self {
+        self.configure(|c| c.max_filtered_response = bytes)
+    }
+
+    /// How denied calls are answered (default [`DenialFormat::ToolResult`]).
+    pub fn denial_format(self, format: DenialFormat) -> Self {
+        self.configure(|c| c.denial_format = format)
+    }
+
+    /// The hasher that turns credentials and session ids into counter keys. Replicas
+    /// that share counters must share its key; the default is random per layer.
+    pub fn scope_hasher(self, hasher: ScopeHasher) -> Self {
+        self.configure(|c| c.hasher = hasher)
+    }
+}
+
+impl<Inner, S> Layer<Inner> for PolicyLayer<S> {
+    type Service = PolicyService<Inner, S>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        PolicyService::from_shared(
+            inner,
+            Arc::new(Shared {
+                engine: self.engine.clone(),
+                config: self.config.clone(),
+            }),
+        )
+    }
+}

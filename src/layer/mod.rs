@@ -1,0 +1,77 @@
+//! The tower middleware: [`PolicyLayer`] and [`PolicyService`].
+//!
+//! Add it in front of an MCP server that speaks Streamable HTTP. For every POST it reads
+//! the body (up to a limit), decodes the JSON-RPC message or batch, and asks the policy
+//! about every `tools/call`:
+//!
+//! * allowed: the request is forwarded unchanged (the inner service gets exactly the
+//!   bytes the policy read);
+//! * denied: nothing is forwarded, and the agent gets an answer it can read:
+//!   by default HTTP 200 with a `CallToolResult` whose text is
+//!   `[POLICY DENIED] <message>` and `isError: true` (see [`DenialFormat`]);
+//! * not understood: HTTP 400, 413 or 415 with a JSON-RPC error, never forwarded.
+//!
+//! GET (the SSE stream), DELETE, HEAD and OPTIONS pass through, but never with a body.
+//! When the policy hides tools, `tools/list` results (JSON or SSE, event by event) and
+//! every SSE stream are filtered so hidden tools never show.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use tower_mcp_policy::PolicyLayer;
+//!
+//! # async fn mcp() -> &'static str { "" }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(mcp))
+//!     .layer(PolicyLayer::from_file("policy.json")?);
+//! # Ok(()) }
+//! ```
+//!
+//! # Testing an application offline
+//!
+//! ```
+//! use governor::clock::FakeRelativeClock;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceExt, service_fn};
+//! use tower_mcp_policy::{PolicyLayer, layer::PolicyBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let policy = r#"{"version":"1","default":"deny","tools":{"get_price":{}}}"#.parse().unwrap();
+//! let server = service_fn(|_req: http::Request<PolicyBody>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(
+//!         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+//! });
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(PolicyLayer::with_clock(std::sync::Arc::new(policy), FakeRelativeClock::default()))
+//!     .service(server);
+//!
+//! let request = http::Request::post("/mcp")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(bytes::Bytes::from_static(
+//!         br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer"}}"#)))
+//!     .unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert!(std::str::from_utf8(&body).unwrap().contains("[POLICY DENIED]"));
+//! # }
+//! ```
+
+mod body;
+mod filter;
+mod future;
+#[allow(clippy::module_inception)]
+mod layer;
+mod request;
+mod response;
+mod service;
+
+pub use body::{PolicyBody, ResponseBody};
+pub use future::ResponseFuture;
+pub use layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
+pub use response::{
+    DENIED_PREFIX, DenialFormat, HEADER_MISMATCH, INTERNAL_ERROR, META_KEY, NOT_EXECUTED,
+    POLICY_DENIED, UNKNOWN_TOOL,
+};
+pub use service::{Grant, PolicyService};

@@ -1,0 +1,206 @@
+//! Checks on the request line and headers, before and after the body is decoded.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use crate::jsonrpc::Decoded;
+
+/// A refusal: HTTP status, JSON-RPC code and message.
+pub(crate) struct Refused {
+    pub status: http::StatusCode,
+    pub code: i64,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: http::StatusCode, code: i64, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+use http::StatusCode;
+
+use super::response::HEADER_MISMATCH;
+use crate::jsonrpc::INVALID_REQUEST;
+
+/// The one value of a header that must not repeat; `Err` when it repeats.
+pub(crate) fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h HeaderValue>, Refused> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            format!("the {name} header appears more than once"),
+        ));
+    }
+    Ok(first)
+}
+
+/// `Content-Type` must be JSON in UTF-8, and `Content-Encoding` absent or identity.
+pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<(), Refused> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let identity = value
+            .to_str()
+            .map(|v| v.split(',').all(|c| c.trim().eq_ignore_ascii_case("identity")))
+            .unwrap_or(false);
+        if !identity {
+            return Err(Refused::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_REQUEST,
+                format!(
+                    "unsupported Content-Encoding {}: the policy must read the body, so send it uncompressed",
+                    show(value)
+                ),
+            ));
+        }
+    }
+    let content_type = single(headers, &header::CONTENT_TYPE)?;
+    let Some(content_type) = content_type else {
+        return Err(Refused::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_REQUEST,
+            "missing Content-Type: expected application/json",
+        ));
+    };
+    if !is_json_utf8(content_type) {
+        return Err(Refused::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_REQUEST,
+            format!("unsupported Content-Type {}: expected application/json", show(content_type)),
+        ));
+    }
+    if let Some(length) = single(headers, &header::CONTENT_LENGTH)? {
+        let length: Option<u64> = length.to_str().ok().and_then(|l| l.parse().ok());
+        match length {
+            Some(n) if n > max as u64 => return Err(too_large(max)),
+            Some(_) => {}
+            None => {
+                return Err(Refused::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid Content-Length"));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn too_large(max: usize) -> Refused {
+    Refused::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        INVALID_REQUEST,
+        format!("the request body is larger than the limit of {max} bytes"),
+    )
+}
+
+fn is_json_utf8(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let value = value.trim().trim_matches('"');
+        !name.trim().eq_ignore_ascii_case("charset") || value.eq_ignore_ascii_case("utf-8")
+    })
+}
+
+fn show(value: &HeaderValue) -> String {
+    match value.to_str() {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => "(not text)".to_owned(),
+    }
+}
+
+/// SEP-2243 headers: when present they must say what the body says.
+pub(crate) fn check_routing_headers(headers: &HeaderMap, decoded: &Decoded<'_>) -> Result<(), Refused> {
+    static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+    static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+    let mismatch = |message: String| Refused::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
+    let method_header = single(headers, &MCP_METHOD)?;
+    let name_header = single(headers, &MCP_NAME)?;
+    if method_header.is_none() && name_header.is_none() {
+        return Ok(());
+    }
+    let [message] = decoded.messages() else {
+        return Err(mismatch("Mcp-Method and Mcp-Name headers cannot describe a batch".to_owned()));
+    };
+    if let Some(value) = method_header {
+        let value = value
+            .to_str()
+            .map_err(|_| mismatch("the Mcp-Method header is not valid text".to_owned()))?;
+        match message.method() {
+            Some(method) if method == value => {}
+            Some(method) => {
+                return Err(mismatch(format!(
+                    "Mcp-Method header `{value}` does not match body method `{method}`"
+                )));
+            }
+            None => {
+                return Err(mismatch(format!(
+                    "Mcp-Method header `{value}` sent with a response, which has no method"
+                )));
+            }
+        }
+    }
+    if let Some(value) = name_header {
+        let decoded_name = decode_header_value(value)
+            .ok_or_else(|| mismatch("the Mcp-Name header is not valid text or Base64".to_owned()))?;
+        match message.routing_name() {
+            Some(name) if name == decoded_name => {}
+            Some(name) => {
+                return Err(mismatch(format!(
+                    "Mcp-Name header `{decoded_name}` does not match body value `{name}`"
+                )));
+            }
+            None => {
+                return Err(mismatch(format!(
+                    "Mcp-Name header `{decoded_name}` sent for a message that names nothing"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A SEP-2243 header value: plain text, or `=?base64?…?=` for values that cannot travel
+/// as a header.
+fn decode_header_value(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    match text.strip_prefix("=?base64?").and_then(|t| t.strip_suffix("?=")) {
+        Some(inner) => String::from_utf8(STANDARD.decode(inner).ok()?).ok(),
+        None => Some(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        let ok = |v: &'static str| is_json_utf8(&HeaderValue::from_static(v));
+        assert!(ok("application/json"));
+        assert!(ok("Application/JSON; charset=UTF-8"));
+        assert!(ok("application/json;charset=\"utf-8\""));
+        assert!(!ok("application/json; charset=latin1"));
+        assert!(!ok("application/jsonx"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn header_values_decode_base64_sentinels() {
+        let v = |s: &'static str| decode_header_value(&HeaderValue::from_static(s));
+        assert_eq!(v("transfer").as_deref(), Some("transfer"));
+        assert_eq!(v("=?base64?dHJhbnNmZXI=?=").as_deref(), Some("transfer"));
+        assert_eq!(v("=?base64?!!?="), None);
+    }
+}

@@ -1,0 +1,437 @@
+//! [`PolicyService`]: decode, ask, then forward or answer. No policy logic lives here.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+use tower_service::Service;
+
+use super::body::{PolicyBody, ResponseBody};
+use super::future::ResponseFuture;
+use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
+use super::request::{Refused, check_entity_headers, check_routing_headers, single, too_large};
+use super::response::{self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed};
+use crate::counter::{CounterStore, MemoryCounters};
+use crate::engine::{Call, Engine, Refusal, Verdict};
+use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
+use crate::policy::Policy;
+use crate::scope::{ScopeHasher, ScopeKeys};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+
+/// The grant a request belongs to, chosen by the application.
+///
+/// Insert it as a request extension (for example in your own auth middleware, with the
+/// tenant or user id it established) and it takes precedence over the `Authorization`
+/// header for `"scope": "grant"` counters.
+///
+/// ```
+/// # use tower_mcp_policy::layer::Grant;
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(Grant::new("tenant-42"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Grant(Arc<str>);
+
+impl Grant {
+    /// A grant named `key`.
+    pub fn new(key: impl Into<Arc<str>>) -> Grant {
+        Grant(key.into())
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub max_body: usize,
+    pub max_filtered_response: usize,
+    pub denial_format: DenialFormat,
+    pub hasher: ScopeHasher,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_body: DEFAULT_MAX_BODY,
+            max_filtered_response: DEFAULT_MAX_FILTERED_RESPONSE,
+            denial_format: DenialFormat::default(),
+            hasher: ScopeHasher::random(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub engine: Arc<Engine<S>>,
+    pub config: Config,
+}
+
+/// Middleware that enforces a policy on the MCP requests it passes to `Inner`; see the
+/// [module docs](crate::layer) for an example.
+pub struct PolicyService<Inner, S = MemoryCounters> {
+    inner: Inner,
+    shared: Arc<Shared<S>>,
+}
+
+impl<Inner: Clone, S> Clone for PolicyService<Inner, S> {
+    fn clone(&self) -> Self {
+        PolicyService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Inner: fmt::Debug, S> fmt::Debug for PolicyService<Inner, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyService")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.engine.policy().summary())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Inner> PolicyService<Inner> {
+    /// Wraps `inner` with `policy` and in-memory counters.
+    pub fn new(inner: Inner, policy: impl Into<Arc<Policy>>) -> Self {
+        tower_layer::Layer::layer(&PolicyLayer::new(policy), inner)
+    }
+
+    /// A [`PolicyLayer`] for `policy`.
+    pub fn layer(policy: impl Into<Arc<Policy>>) -> PolicyLayer {
+        PolicyLayer::new(policy)
+    }
+}
+
+impl<Inner, S> PolicyService<Inner, S> {
+    pub(crate) fn from_shared(inner: Inner, shared: Arc<Shared<S>>) -> Self {
+        PolicyService { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> Inner {
+        self.inner
+    }
+
+    /// The engine (policy and counters).
+    pub fn engine(&self) -> &Engine<S> {
+        &self.shared.engine
+    }
+}
+
+impl<Inner, S, ReqBody, ResBody> Service<Request<ReqBody>> for PolicyService<Inner, S>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Inner::Future: Send + 'static,
+    Inner::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    S: CounterStore,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = Inner::Error;
+    type Future = ResponseFuture<ResBody, Inner::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The instance that was polled ready serves this request; a clone takes its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(handle(self.shared.clone(), inner, request))
+    }
+}
+
+/// What the policy made of a decoded body.
+enum Judged<B> {
+    /// Forward it; `lists_tools` when it holds a tools/list request.
+    Forward { lists_tools: bool },
+    /// Answer it without forwarding.
+    Answer(Response<ResponseBody<B>>),
+}
+
+async fn handle<Inner, S, ReqBody, ResBody>(
+    shared: Arc<Shared<S>>,
+    mut inner: Inner,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+    S: CounterStore,
+{
+    let (parts, body) = request.into_parts();
+    if matches!(parts.method, Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS) {
+        if let Err(refused) = ensure_empty(body, &parts.method).await {
+            return Ok(refused_response(refused, None));
+        }
+        let response = inner.call(Request::from_parts(parts, PolicyBody::empty())).await?;
+        return Ok(shared.wrap(response, false));
+    }
+
+    // POST, and every other method that can carry a body, is read and judged.
+    if let Err(refused) = check_entity_headers(&parts.headers, shared.config.max_body) {
+        return Ok(refused_response(refused, None));
+    }
+    let bytes = match read_body(body, shared.config.max_body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return Ok(refused_response(refused, None)),
+    };
+    match shared.judge(&parts, &bytes).await {
+        Judged::Forward { lists_tools } => {
+            let response = inner.call(Request::from_parts(parts, PolicyBody::new(bytes))).await?;
+            Ok(shared.wrap(response, lists_tools))
+        }
+        Judged::Answer(response) => Ok(response),
+    }
+}
+
+impl<S: CounterStore> Shared<S> {
+    async fn judge<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
+        let policy = self.engine.policy();
+        let decoded = match jsonrpc::decode(bytes, &**policy) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                tracing::info!(
+                    target: "tower_mcp_policy",
+                    decision = "reject",
+                    code = err.code(),
+                    message = err.message(),
+                    "request refused: not a valid JSON-RPC body"
+                );
+                return Judged::Answer(http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message()));
+            }
+        };
+        let first_id = decoded.messages().first().and_then(|m| m.id());
+        if let Err(refused) = check_routing_headers(&parts.headers, &decoded) {
+            return Judged::Answer(refused_response(refused, first_id));
+        }
+        let keys = match self.scope_keys(parts) {
+            Ok(keys) => keys,
+            Err(refused) => return Judged::Answer(refused_response(refused, first_id)),
+        };
+        let calls: Vec<Call<'_>> = decoded
+            .messages()
+            .iter()
+            .filter_map(|m| m.tool_call())
+            .map(|call| Call {
+                tool: call.name(),
+                args: call.arguments(),
+            })
+            .collect();
+        let lists_tools = decoded
+            .messages()
+            .iter()
+            .any(|m| m.kind() == MessageKind::Request && m.method() == Some("tools/list"));
+        if calls.is_empty() {
+            return Judged::Forward { lists_tools };
+        }
+        let verdict = self.engine.decide_async(&calls, &keys).await;
+        trace_decisions(&decoded, &verdict, &keys);
+        match verdict {
+            Verdict::Forward => Judged::Forward { lists_tools },
+            Verdict::Refuse(refusals) => Judged::Answer(self.refusal_response(&decoded, refusals)),
+        }
+    }
+
+    fn scope_keys(&self, parts: &Parts) -> Result<ScopeKeys, Refused> {
+        let hasher = &self.config.hasher;
+        let authorization = single(&parts.headers, &header::AUTHORIZATION)?;
+        let grant = match (parts.extensions.get::<Grant>(), authorization) {
+            (Some(grant), _) => hasher.application(grant.as_str()),
+            (None, Some(credential)) => hasher.credential(credential.as_bytes()),
+            (None, None) => hasher.anonymous(),
+        };
+        let session = single(&parts.headers, &MCP_SESSION_ID)?.map(|v| v.as_bytes());
+        Ok(ScopeKeys::new(grant, hasher.session(session)))
+    }
+
+    /// One entry per request of the body; notifications get none.
+    fn refusal_response<B>(&self, decoded: &Decoded<'_>, refusals: Vec<Refusal>) -> Response<ResponseBody<B>> {
+        let mut refusals = refusals.into_iter();
+        let mut entries = Vec::new();
+        for message in decoded.messages() {
+            let refusal = match message.tool_call() {
+                Some(_) => refusals.next().unwrap_or(Refusal::NotExecuted),
+                None => Refusal::NotExecuted,
+            };
+            if message.kind() != MessageKind::Request {
+                continue;
+            }
+            entries.push(match refusal {
+                Refusal::Denied(denial) => denial_message(message.id(), &denial, self.config.denial_format),
+                Refusal::NotExecuted => not_executed(message.id()),
+            });
+        }
+        match entries.len() {
+            0 => accepted(),
+            _ if !decoded.is_batch() => json_response(StatusCode::OK, &entries[0]),
+            _ => json_response(StatusCode::OK, &Value::Array(entries)),
+        }
+    }
+
+    /// Wraps the inner response so hidden tools never show in a tool list.
+    fn wrap<B>(&self, mut response: Response<B>, json_may_list_tools: bool) -> Response<ResponseBody<B>> {
+        let policy = self.engine.policy();
+        if !policy.hides_anything() {
+            return response.map(ResponseBody::inner);
+        }
+        let essence = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        match essence.as_deref() {
+            Some("text/event-stream") => {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                let policy = policy.clone();
+                response.map(|body| ResponseBody::sse(body, policy))
+            }
+            Some("application/json") if json_may_list_tools => {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                let (policy, limit) = (policy.clone(), self.config.max_filtered_response);
+                response.map(|body| ResponseBody::json(body, policy, limit))
+            }
+            _ => response.map(ResponseBody::inner),
+        }
+    }
+}
+
+fn refused_response<B>(refused: Refused, id: Option<&jsonrpc::Id>) -> Response<ResponseBody<B>> {
+    tracing::info!(
+        target: "tower_mcp_policy",
+        decision = "reject",
+        status = refused.status.as_u16(),
+        code = refused.code,
+        message = %refused.message,
+        "request refused"
+    );
+    http_error(refused.status, id, refused.code, &refused.message)
+}
+
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, Refused>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(too_large(max)),
+        Err(err) => Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: INVALID_REQUEST,
+            message: format!("could not read the request body: {err}"),
+        }),
+    }
+}
+
+/// GET, DELETE, HEAD and OPTIONS pass untouched, but never with a body nobody read.
+async fn ensure_empty<B>(body: B, method: &Method) -> Result<(), Refused>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    match Limited::new(body, 0).collect().await {
+        Ok(_) => Ok(()),
+        Err(err) => Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: INVALID_REQUEST,
+            message: if err.is::<LengthLimitError>() {
+                format!("a {method} request must not carry a body")
+            } else {
+                format!("could not read the request body: {err}")
+            },
+        }),
+    }
+}
+
+/// Argument keys the policy read, formatted only when the event is enabled.
+struct ArgKeys<'a>(Option<&'a Value>);
+
+impl fmt::Debug for ArgKeys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.0.and_then(Value::as_object).into_iter().flat_map(|m| m.keys());
+        f.debug_list().entries(keys).finish()
+    }
+}
+
+/// One `tracing` event per judged call; never argument values or credentials.
+fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
+    let refusals = match verdict {
+        Verdict::Forward => None,
+        Verdict::Refuse(refusals) => Some(refusals),
+    };
+    let calls = decoded.messages().iter().filter_map(|m| Some((m, m.tool_call()?)));
+    for (index, (message, call)) in calls.enumerate() {
+        let id = message.id().map(|id| id.to_string());
+        let id = id.as_deref().unwrap_or("(notification)");
+        match refusals.map(|r| &r[index]) {
+            None => tracing::debug!(
+                target: "tower_mcp_policy",
+                decision = "allow",
+                tool = call.name(),
+                grant = %keys.grant,
+                session = %keys.session,
+                jsonrpc_id = id,
+                arg_keys = ?ArgKeys(call.arguments()),
+                "tool call allowed"
+            ),
+            Some(Refusal::Denied(denial)) => tracing::info!(
+                target: "tower_mcp_policy",
+                decision = "deny",
+                kind = response::kind_name(denial.kind()),
+                tool = call.name(),
+                rule = denial.rule(),
+                message = denial.message(),
+                retry_after_seconds = denial.retry_after(),
+                grant = %keys.grant,
+                session = %keys.session,
+                jsonrpc_id = id,
+                arg_keys = ?ArgKeys(call.arguments()),
+                "tool call denied"
+            ),
+            Some(Refusal::NotExecuted) => tracing::info!(
+                target: "tower_mcp_policy",
+                decision = "not_executed",
+                tool = call.name(),
+                grant = %keys.grant,
+                session = %keys.session,
+                jsonrpc_id = id,
+                "tool call not executed: another call in its batch was denied"
+            ),
+        }
+    }
+}
