@@ -226,8 +226,8 @@ impl<S: CounterStore> Shared<S> {
                     target: "tower_mcp_policy",
                     decision = "reject",
                     code = err.code(),
-                    message = err.message(),
-                    "request refused: not a valid JSON-RPC body"
+                    "{}",
+                    err.message()
                 );
                 return Judged::Answer(http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message()));
             }
@@ -333,8 +333,8 @@ fn refused_response<B>(refused: Refused, id: Option<&jsonrpc::Id>) -> Response<R
         decision = "reject",
         status = refused.status.as_u16(),
         code = refused.code,
-        message = %refused.message,
-        "request refused"
+        "{}",
+        refused.message
     );
     http_error(refused.status, id, refused.code, &refused.message)
 }
@@ -415,13 +415,13 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
                 kind = response::kind_name(denial.kind()),
                 tool = call.name(),
                 rule = denial.rule(),
-                message = denial.message(),
                 retry_after_seconds = denial.retry_after(),
                 grant = %keys.grant,
                 session = %keys.session,
                 jsonrpc_id = id,
                 arg_keys = ?ArgKeys(call.arguments()),
-                "tool call denied"
+                "{}",
+                denial.message()
             ),
             Some(Refusal::NotExecuted) => tracing::info!(
                 target: "tower_mcp_policy",

@@ -1,0 +1,229 @@
+//! A crypto/DeFi exchange MCP server (rmcp, Streamable HTTP, inside axum) guarded by
+//! `PolicyLayer::from_file`.
+//!
+//! ```text
+//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json]
+//! ```
+//!
+//! The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`
+//! instead of SSE streams (stateless mode). The tools are `get_price`,
+//! `binance_us_close_listen_key`, `transfer`, `delete_account` and `echo`; each returns a
+//! text naming the tool and its arguments. The tests include this file as a module and
+//! count executions through [`Executions`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::{Deserialize, Serialize};
+use tower_mcp_policy::{CounterStore, PolicyLayer};
+
+/// How many times each tool actually ran.
+#[derive(Debug, Clone, Default)]
+pub struct Executions(Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl Executions {
+    fn record(&self, tool: &str) {
+        *self.0.lock().unwrap().entry(tool.to_owned()).or_default() += 1;
+    }
+
+    /// Executions of `tool` so far.
+    pub fn of(&self, tool: &str) -> usize {
+        self.0.lock().unwrap().get(tool).copied().unwrap_or(0)
+    }
+
+    /// Executions of every tool so far.
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Symbol {
+    /// A trading pair or asset, e.g. "BTCUSD".
+    symbol: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ListenKey {
+    /// The user-data stream key to close.
+    #[serde(rename = "listenKey")]
+    listen_key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Transfer {
+    /// The amount to send.
+    amount: f64,
+    /// The receiving account.
+    to: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Account {
+    /// The account to delete.
+    account: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Text {
+    /// The text to echo.
+    text: String,
+}
+
+/// The exchange's MCP server.
+#[derive(Clone)]
+pub struct Exchange {
+    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
+    tool_router: ToolRouter<Self>,
+    executions: Executions,
+}
+
+impl Exchange {
+    pub fn new(executions: Executions) -> Self {
+        Exchange {
+            tool_router: Self::tool_router(),
+            executions,
+        }
+    }
+
+    fn ran(&self, tool: &str, args: &impl Serialize) -> String {
+        self.executions.record(tool);
+        let args = serde_json::to_string(args).unwrap_or_default();
+        format!("{tool} ran with {args}")
+    }
+}
+
+#[tool_router]
+impl Exchange {
+    #[tool(description = "Read the current price of a symbol.")]
+    fn get_price(&self, Parameters(args): Parameters<Symbol>) -> String {
+        self.ran("get_price", &args)
+    }
+
+    #[tool(description = "Close a user-data stream listen key (a write).")]
+    fn binance_us_close_listen_key(&self, Parameters(args): Parameters<ListenKey>) -> String {
+        self.ran("binance_us_close_listen_key", &args)
+    }
+
+    #[tool(description = "Transfer funds to another account (financial).")]
+    fn transfer(&self, Parameters(args): Parameters<Transfer>) -> String {
+        self.ran("transfer", &args)
+    }
+
+    #[tool(description = "Delete an account (destructive).")]
+    fn delete_account(&self, Parameters(args): Parameters<Account>) -> String {
+        self.ran("delete_account", &args)
+    }
+
+    #[tool(description = "Echo a text back.")]
+    fn echo(&self, Parameters(args): Parameters<Text>) -> String {
+        self.ran("echo", &args)
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Exchange {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions("A demo crypto exchange. Every call passes a PolicyLayer first.")
+    }
+}
+
+/// The MCP server's transport settings: SSE streams with sessions, or plain JSON.
+pub fn server_config(json: bool) -> StreamableHttpServerConfig {
+    let config = StreamableHttpServerConfig::default();
+    if json {
+        config.with_legacy_session_mode(false).with_json_response(true)
+    } else {
+        config
+    }
+}
+
+/// The whole app: `/mcp` served by the exchange, behind the policy layer.
+pub fn app<S: CounterStore>(
+    layer: PolicyLayer<S>,
+    executions: Executions,
+    config: StreamableHttpServerConfig,
+) -> axum::Router {
+    let mcp: StreamableHttpService<Exchange, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(Exchange::new(executions.clone())),
+        Default::default(),
+        config,
+    );
+    axum::Router::new().nest_service("/mcp", mcp).layer(layer)
+}
+
+struct Options {
+    policy: PathBuf,
+    listen: SocketAddr,
+    json: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        policy: PathBuf::from("examples/policy.json"),
+        listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--policy" => options.policy = args.next().ok_or("--policy needs a path")?.into(),
+            "--listen" => {
+                let value = args.next().ok_or("--listen needs an address")?;
+                options.listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e} (expected e.g. 127.0.0.1:3000)"))?;
+            }
+            "--json" => options.json = true,
+            "-h" | "--help" => {
+                println!("usage: demo_server [--policy PATH] [--listen ADDR] [--json]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(options)
+}
+
+#[allow(dead_code)]
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_mcp_policy=debug".into()),
+        )
+        .init();
+    let options = options().unwrap_or_else(|message| {
+        eprintln!("demo_server: {message}");
+        std::process::exit(2);
+    });
+    let layer = PolicyLayer::from_file(&options.policy).unwrap_or_else(|err| {
+        eprintln!("demo_server: cannot load the policy: {err}");
+        std::process::exit(1);
+    });
+    let summary = layer.engine().policy().summary();
+    let listener = tokio::net::TcpListener::bind(options.listen).await.unwrap_or_else(|err| {
+        eprintln!("demo_server: cannot listen on {}: {err}", options.listen);
+        std::process::exit(1);
+    });
+    let address = listener.local_addr().expect("a bound listener has an address");
+    println!("demo MCP server listening on http://{address}/mcp");
+    println!("policy {}: {summary}", options.policy.display());
+    let app = app(layer, Executions::default(), server_config(options.json));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .expect("the server runs until Ctrl-C");
+}
