@@ -37,11 +37,20 @@ fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
 
 fn bench(c: &mut Criterion) {
     let hasher = ScopeHasher::random();
-    let keys = ScopeKeys::new(hasher.credential(b"Bearer bench"), hasher.session(Some(b"s")));
-    for (label, policy, body) in [("a_200B_one_limit", POLICY_A, BODY_A), ("b_1KiB_deny_if_two_limits", POLICY_B, BODY_B)] {
+    let keys = ScopeKeys::new(
+        hasher.credential(b"Bearer bench"),
+        hasher.session(Some(b"s")),
+    );
+    for (label, policy, body) in [
+        ("a_200B_one_limit", POLICY_A, BODY_A),
+        ("b_1KiB_deny_if_two_limits", POLICY_B, BODY_B),
+    ] {
         let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
         let engine = Engine::new(policy);
-        assert!(decide(&engine, body.as_bytes(), &keys), "{label} must be allowed");
+        assert!(
+            decide(&engine, body.as_bytes(), &keys),
+            "{label} must be allowed"
+        );
         let mut group = c.benchmark_group(format!("engine/{label}"));
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function("decode_and_decide", |b| {

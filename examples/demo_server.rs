@@ -141,7 +141,9 @@ impl ServerHandler for Exchange {
 pub fn server_config(json: bool) -> StreamableHttpServerConfig {
     let config = StreamableHttpServerConfig::default();
     if json {
-        config.with_legacy_session_mode(false).with_json_response(true)
+        config
+            .with_legacy_session_mode(false)
+            .with_json_response(true)
     } else {
         config
     }
@@ -212,11 +214,15 @@ async fn main() {
         std::process::exit(1);
     });
     let summary = layer.engine().policy().summary();
-    let listener = tokio::net::TcpListener::bind(options.listen).await.unwrap_or_else(|err| {
-        eprintln!("demo_server: cannot listen on {}: {err}", options.listen);
-        std::process::exit(1);
-    });
-    let address = listener.local_addr().expect("a bound listener has an address");
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .unwrap_or_else(|err| {
+            eprintln!("demo_server: cannot listen on {}: {err}", options.listen);
+            std::process::exit(1);
+        });
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     println!("demo MCP server listening on http://{address}/mcp");
     println!("policy {}: {summary}", options.policy.display());
     let app = app(layer, Executions::default(), server_config(options.json));

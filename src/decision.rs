@@ -101,7 +101,9 @@ impl Denial {
             DenialKind::CounterUnavailable,
             tool,
             RULE_COUNTER_STORE,
-            format!("Rate limits for \"{tool}\" cannot be checked right now ({reason}), so the call was not made."),
+            format!(
+                "Rate limits for \"{tool}\" cannot be checked right now ({reason}), so the call was not made."
+            ),
         )
     }
 }
@@ -227,7 +229,12 @@ impl Policy {
                             describe_conditions(clause)
                         ),
                     };
-                    return Err(Denial::new(DenialKind::DenyIf, tool, &clause.pointer, message));
+                    return Err(Denial::new(
+                        DenialKind::DenyIf,
+                        tool,
+                        &clause.pointer,
+                        message,
+                    ));
                 }
                 Truth::Unknown(reason) => {
                     return Err(unchecked(DenialKind::DenyIf, tool, clause, &reason));
@@ -245,7 +252,12 @@ impl Policy {
                             describe_conditions(clause)
                         ),
                     };
-                    return Err(Denial::new(DenialKind::Require, tool, &clause.pointer, message));
+                    return Err(Denial::new(
+                        DenialKind::Require,
+                        tool,
+                        &clause.pointer,
+                        message,
+                    ));
                 }
                 Truth::Unknown(reason) => {
                     return Err(unchecked(DenialKind::Require, tool, clause, &reason));
@@ -314,7 +326,9 @@ fn describe_conditions(clause: &Clause) -> String {
 fn unchecked(kind: DenialKind, tool: &str, clause: &Clause, reason: &str) -> Denial {
     let message = match &clause.on_deny {
         Some(text) => format!("{text} (the rule could not be checked: {reason})"),
-        None => format!("The call to \"{tool}\" could not be checked against its policy: {reason}."),
+        None => {
+            format!("The call to \"{tool}\" could not be checked against its policy: {reason}.")
+        }
     };
     Denial::new(kind, tool, &clause.pointer, message)
 }
@@ -349,7 +363,11 @@ fn cost(limit: &Limit, tool: &str, args: Option<&Value>) -> Result<Option<NonZer
         return Ok(None);
     }
     // Anything past u32::MAX is past every `max`; saturate so the caller reports it.
-    let cost = if rounded >= f64::from(u32::MAX) { u32::MAX } else { rounded as u32 };
+    let cost = if rounded >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        rounded as u32
+    };
     Ok(NonZeroU32::new(cost))
 }
 

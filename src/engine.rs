@@ -204,6 +204,8 @@ impl<S: CounterStore> Engine<S> {
 }
 
 /// The state between the rules and the counters; see [`Engine::prepare`].
+// A short-lived stack value: boxing the large variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Prepared<'p> {
     /// Decided by the rules alone (a denial, or no charges to apply).
@@ -236,7 +238,10 @@ impl PendingCharges<'_> {
             }
             Err(ChargeError::Unavailable(reason)) => {
                 let (call, _) = self.owners[0];
-                (call, Denial::counter_unavailable(self.allowed[call].tool(), &reason))
+                (
+                    call,
+                    Denial::counter_unavailable(self.allowed[call].tool(), &reason),
+                )
             }
         };
         let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];

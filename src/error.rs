@@ -122,7 +122,11 @@ impl fmt::Display for PolicyError {
             write!(f, "{}: ", file.display())?;
         }
         if self.kind != PolicyErrorKind::Io {
-            let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+            let pointer = if self.pointer.is_empty() {
+                "/"
+            } else {
+                &self.pointer
+            };
             write!(f, "{pointer}: ")?;
         }
         f.write_str(&self.message)?;

@@ -146,7 +146,10 @@ mod tests {
         assert_ne!(h.session(Some(b"")), h.session(None));
         let other = ScopeHasher::with_key([8; 16]);
         assert_ne!(h.credential(b"Bearer a"), other.credential(b"Bearer a"));
-        assert_ne!(ScopeHasher::random().anonymous(), ScopeHasher::random().anonymous());
+        assert_ne!(
+            ScopeHasher::random().anonymous(),
+            ScopeHasher::random().anonymous()
+        );
     }
 
     #[test]

@@ -21,14 +21,22 @@ fn invalid(body: &str, needle: &str) -> DecodeError {
     let e = err(body.as_bytes());
     assert_eq!(e.kind(), DecodeErrorKind::InvalidRequest, "{body} => {e}");
     assert_eq!(e.code(), -32600);
-    assert!(e.message().contains(needle), "{body}\n=> {e}\nwanted: {needle}");
+    assert!(
+        e.message().contains(needle),
+        "{body}\n=> {e}\nwanted: {needle}"
+    );
     e
 }
 
 #[track_caller]
 fn not_json(body: &[u8], needle: &str) -> DecodeError {
     let e = err(body);
-    assert_eq!(e.kind(), DecodeErrorKind::Parse, "{} => {e}", String::from_utf8_lossy(body));
+    assert_eq!(
+        e.kind(),
+        DecodeErrorKind::Parse,
+        "{} => {e}",
+        String::from_utf8_lossy(body)
+    );
     assert_eq!(e.code(), -32700);
     assert!(e.message().contains(needle), "=> {e}\nwanted: {needle}");
     assert_eq!(e.id(), None);
@@ -37,7 +45,9 @@ fn not_json(body: &[u8], needle: &str) -> DecodeError {
 
 #[test]
 fn a_tool_call_request() {
-    let d = ok(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"transfer","arguments":{"amount":5,"to":"x"},"_meta":{"progressToken":1}}}"#);
+    let d = ok(
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"transfer","arguments":{"amount":5,"to":"x"},"_meta":{"progressToken":1}}}"#,
+    );
     assert!(!d.is_batch());
     let m = &d.messages()[0];
     assert_eq!(m.kind(), MessageKind::Request);
@@ -61,7 +71,10 @@ fn requests_notifications_and_responses_are_told_apart() {
     assert!(d.is_batch());
     let kinds: Vec<_> = d.messages().iter().map(|m| m.kind()).collect();
     use MessageKind::*;
-    assert_eq!(kinds, [Request, Notification, Notification, Response, Response]);
+    assert_eq!(
+        kinds,
+        [Request, Notification, Notification, Response, Response]
+    );
     assert_eq!(d.messages()[0].id(), Some(&Id::String("a".into())));
     assert_eq!(d.messages()[2].tool_call().unwrap().name(), "t");
     assert_eq!(d.messages()[2].tool_call().unwrap().arguments(), None);
@@ -70,7 +83,9 @@ fn requests_notifications_and_responses_are_told_apart() {
 
 #[test]
 fn escapes_are_decoded_before_anything_is_compared() {
-    let d = ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","p\u0061rams":{"n\u0061me":"\u0074ransfer","arguments":{"\u0061mount":"\ud83d\ude00"}}}"#);
+    let d = ok(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","p\u0061rams":{"n\u0061me":"\u0074ransfer","arguments":{"\u0061mount":"\ud83d\ude00"}}}"#,
+    );
     let call = d.messages()[0].tool_call().unwrap();
     assert_eq!(d.messages()[0].method(), Some("tools/call"));
     assert_eq!(call.name(), "transfer");
@@ -79,7 +94,9 @@ fn escapes_are_decoded_before_anything_is_compared() {
 
 #[test]
 fn field_order_does_not_matter() {
-    let canonical = ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,{"b":2}]}}}"#);
+    let canonical = ok(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,{"b":2}]}}}"#,
+    );
     for body in [
         r#"{"params":{"arguments":{"a":[1,{"b":2}]},"name":"t"},"id":1,"method":"tools/call","jsonrpc":"2.0"}"#,
         r#"{"jsonrpc":"2.0","params":{"name":"t","arguments":{"a":[1,{"b":2}]}},"method":"tools/call","id":1}"#,
@@ -95,7 +112,11 @@ fn duplicate_keys_are_refused_wherever_the_policy_reads() {
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_price","name":"transfer"}}"#,
         "duplicate key \"name\" in params",
     );
-    assert_eq!(e.id(), Some(&Id::Number(1.into())), "the id was read before the error");
+    assert_eq!(
+        e.id(),
+        Some(&Id::Number(1.into())),
+        "the id was read before the error"
+    );
     invalid(
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_price","n\u0061me":"transfer"}}"#,
         "duplicate key \"name\" in params",
@@ -144,11 +165,22 @@ fn duplicates_the_policy_never_reads_are_tolerated() {
         .unwrap();
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":{"b":2},"memo":{"x":1,"x":2}}}}"#;
     let d = decode(body, &policy).unwrap();
-    assert_eq!(d.messages()[0].tool_call().unwrap().arguments(), Some(&json!({"a": {"b": 2}})));
+    assert_eq!(
+        d.messages()[0].tool_call().unwrap().arguments(),
+        Some(&json!({"a": {"b": 2}}))
+    );
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":{"b":2,"b":1}}}}"#;
-    assert!(decode(body, &policy).unwrap_err().message().contains("duplicate key \"b\""));
+    assert!(
+        decode(body, &policy)
+            .unwrap_err()
+            .message()
+            .contains("duplicate key \"b\"")
+    );
     let body = br#"{"jsonrpc":"2.0","id":1,"result":{"x":1,"x":2}}"#;
-    assert!(decode(body, &policy).is_ok(), "a client's response is not judged");
+    assert!(
+        decode(body, &policy).is_ok(),
+        "a client's response is not judged"
+    );
 }
 
 #[test]
@@ -172,37 +204,108 @@ fn arguments_are_pruned_to_the_plan() {
 
 #[test]
 fn bad_tool_calls() {
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#, "expected params.name of tools/call to be a string");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}"#, "invalid type: null, expected params.name of tools/call to be a string");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#, "need a \"name\"");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, "tools/call needs params");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#, "must be an object");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"t"}"#, "params to be an object");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#, "params.arguments to be an object");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":"x","name":"t"}}"#, "params.arguments to be an object");
-    let d = ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":null}}"#);
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+        "expected params.name of tools/call to be a string",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}"#,
+        "invalid type: null, expected params.name of tools/call to be a string",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+        "need a \"name\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+        "tools/call needs params",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#,
+        "must be an object",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"t"}"#,
+        "params to be an object",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#,
+        "params.arguments to be an object",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":"x","name":"t"}}"#,
+        "params.arguments to be an object",
+    );
+    let d = ok(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":null}}"#,
+    );
     assert_eq!(d.messages()[0].tool_call().unwrap().arguments(), None);
 }
 
 #[test]
 fn bad_envelopes() {
-    invalid(r#"{"id":1,"method":"ping"}"#, "\"jsonrpc\" must be the string \"2.0\"");
-    invalid(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, "\"jsonrpc\" must be");
-    invalid(r#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#, "expected \"jsonrpc\" to be the string \"2.0\"");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":7}"#, "expected \"method\" to be a string");
-    invalid(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#, "not null");
-    invalid(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#, "not a fraction");
-    invalid(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, "string or an integer");
-    invalid(r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#, "string or an integer");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#, "both a \"method\" and a \"result\"");
-    invalid(r#"{"jsonrpc":"2.0","result":{}}"#, "a response needs an \"id\"");
-    invalid(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#, "both \"result\" and \"error\"");
-    invalid(r#"{"jsonrpc":"2.0","id":1}"#, "no \"method\", \"result\" or \"error\"");
-    invalid(r#"{"jsonrpc":"2.0","params":{}}"#, "\"params\" without a \"method\"");
+    invalid(
+        r#"{"id":1,"method":"ping"}"#,
+        "\"jsonrpc\" must be the string \"2.0\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+        "\"jsonrpc\" must be",
+    );
+    invalid(
+        r#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#,
+        "expected \"jsonrpc\" to be the string \"2.0\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+        "expected \"method\" to be a string",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#,
+        "not null",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+        "not a fraction",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+        "string or an integer",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+        "string or an integer",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#,
+        "both a \"method\" and a \"result\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","result":{}}"#,
+        "a response needs an \"id\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+        "both \"result\" and \"error\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1}"#,
+        "no \"method\", \"result\" or \"error\"",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","params":{}}"#,
+        "\"params\" without a \"method\"",
+    );
     invalid(r#"[]"#, "an empty batch");
     invalid(r#"[1]"#, "expected a JSON-RPC message object");
-    invalid(r#"[[{"jsonrpc":"2.0","method":"ping"}]]"#, "expected a JSON-RPC message object");
-    invalid(r#""tools/call""#, "expected a JSON-RPC message (an object) or a batch");
+    invalid(
+        r#"[[{"jsonrpc":"2.0","method":"ping"}]]"#,
+        "expected a JSON-RPC message object",
+    );
+    invalid(
+        r#""tools/call""#,
+        "expected a JSON-RPC message (an object) or a batch",
+    );
     invalid(r#"42"#, "expected a JSON-RPC message");
     invalid(r#"null"#, "expected a JSON-RPC message");
 }
@@ -221,25 +324,61 @@ fn not_json_at_all() {
     not_json(b"", "EOF while parsing");
     not_json(b"{", "EOF while parsing");
     not_json(b"tools/call", "expected ident");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping"} {"#, "trailing characters");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}x"#, "trailing characters");
-    not_json(b"\xef\xbb\xbf{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}", "expected value");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping",}"#, "trailing comma");
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"} {"#,
+        "trailing characters",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}x"#,
+        "trailing characters",
+    );
+    not_json(
+        b"\xef\xbb\xbf{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}",
+        "expected value",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping",}"#,
+        "trailing comma",
+    );
     not_json(br#"{'jsonrpc':'2.0'}"#, "key must be a string");
 }
 
 #[test]
 fn bad_text_anywhere_in_the_body() {
     // Invalid UTF-8 in a field nobody reads.
-    not_json(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"x\":\"\xff\"}}", "not valid UTF-8 (at byte 39)");
+    not_json(
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"x\":\"\xff\"}}",
+        "not valid UTF-8 (at byte 39)",
+    );
     // Lone surrogates, in read and unread strings alike.
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\ud800"}}"#, "hex escape");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\ud800\u0041"}}"#, "hex escape");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"x":"\udc00"}}}"#, "hex escape");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"result":{"x":["\ud800 "]}}"#, "hex escape");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"\ud800":1}}"#, "hex escape");
-    not_json(br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\q"}}"#, "invalid escape");
-    not_json(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"a\x01\"}}", "control character");
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\ud800"}}"#,
+        "hex escape",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\ud800\u0041"}}"#,
+        "hex escape",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"x":"\udc00"}}}"#,
+        "hex escape",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"result":{"x":["\ud800 "]}}"#,
+        "hex escape",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"\ud800":1}}"#,
+        "hex escape",
+    );
+    not_json(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\q"}}"#,
+        "invalid escape",
+    );
+    not_json(
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"a\x01\"}}",
+        "control character",
+    );
 }
 
 #[test]
@@ -255,9 +394,24 @@ fn nesting_is_bounded() {
 #[test]
 fn routing_names_for_the_mcp_name_header() {
     let name = |body: &str| ok(body).messages()[0].routing_name().map(str::to_owned);
-    assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#), Some("p".into()));
-    assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#), Some("file:///x".into()));
-    assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":"t1"}}"#), Some("t1".into()));
-    assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"x"}}"#), None);
-    assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":3}}"#), None);
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#),
+        Some("p".into())
+    );
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#),
+        Some("file:///x".into())
+    );
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":"t1"}}"#),
+        Some("t1".into())
+    );
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"x"}}"#),
+        None
+    );
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":3}}"#),
+        None
+    );
 }

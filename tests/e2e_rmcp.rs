@@ -29,12 +29,17 @@ fn params(tool: &'static str, args: Value) -> CallToolRequestParams {
 }
 
 async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
-    let result: CallToolResult = client.call_tool(params(tool, args)).await.expect("a tool result");
+    let result: CallToolResult = client
+        .call_tool(params(tool, args))
+        .await
+        .expect("a tool result");
     serde_json::to_value(result).unwrap()
 }
 
 fn text(result: &Value) -> &str {
-    result["content"][0]["text"].as_str().expect("a text result")
+    result["content"][0]["text"]
+        .as_str()
+        .expect("a text result")
 }
 
 async fn tool_names(client: &Client) -> Vec<String> {
@@ -49,7 +54,12 @@ async fn tool_names(client: &Client) -> Vec<String> {
     names
 }
 
-const VISIBLE: [&str; 4] = ["binance_us_close_listen_key", "echo", "get_price", "transfer"];
+const VISIBLE: [&str; 4] = [
+    "binance_us_close_listen_key",
+    "echo",
+    "get_price",
+    "transfer",
+];
 
 async fn the_product_works(json: bool) {
     let demo = Demo::example(json).await;
@@ -63,21 +73,39 @@ async fn the_product_works(json: bool) {
     assert_eq!(text(&result), r#"get_price ran with {"symbol":"BTCUSD"}"#);
     assert_eq!(result["isError"], json!(false));
     let result = call(&client, "transfer", json!({"amount": 1000, "to": "bob"})).await;
-    assert_eq!(text(&result), r#"transfer ran with {"amount":1000.0,"to":"bob"}"#);
+    assert_eq!(
+        text(&result),
+        r#"transfer ran with {"amount":1000.0,"to":"bob"}"#
+    );
     assert_eq!(demo.executions.of("transfer"), 1);
 
     // A denied transfer comes back as a tool error the model can read.
-    let result = call(&client, "transfer", json!({"amount": 5000, "to": "mallory"})).await;
+    let result = call(
+        &client,
+        "transfer",
+        json!({"amount": 5000, "to": "mallory"}),
+    )
+    .await;
     assert_eq!(result["isError"], json!(true));
-    assert_eq!(text(&result), "[POLICY DENIED] Transfers above 1000 need human approval.");
+    assert_eq!(
+        text(&result),
+        "[POLICY DENIED] Transfers above 1000 need human approval."
+    );
     let meta = &result["_meta"]["tower-mcp-policy/denial"];
     assert_eq!(meta["rule"], "/tools/transfer/deny_if/0");
     assert_eq!(meta["tool"], "transfer");
-    assert_eq!(demo.executions.of("transfer"), 1, "the denied transfer never ran");
+    assert_eq!(
+        demo.executions.of("transfer"),
+        1,
+        "the denied transfer never ran"
+    );
 
     // Everything not named is denied by default.
     let result = call(&client, "withdraw_all", json!({})).await;
-    assert_eq!(text(&result), "[POLICY DENIED] Tool \"withdraw_all\" is not allowed by this policy.");
+    assert_eq!(
+        text(&result),
+        "[POLICY DENIED] Tool \"withdraw_all\" is not allowed by this policy."
+    );
 
     // The hidden tool is an unknown tool, exactly as if the server did not have it.
     let err = client
@@ -85,7 +113,10 @@ async fn the_product_works(json: bool) {
         .await
         .expect_err("a hidden tool is unknown");
     let shown = format!("{err:?}");
-    assert!(shown.contains("-32602") && shown.contains("Unknown tool: delete_account"), "{shown}");
+    assert!(
+        shown.contains("-32602") && shown.contains("Unknown tool: delete_account"),
+        "{shown}"
+    );
     assert_eq!(demo.executions.of("delete_account"), 0);
 
     client.cancel().await.unwrap();

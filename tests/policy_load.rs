@@ -13,7 +13,9 @@ const FIXTURES: &[&str] = &[
 ];
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policies")
+        .join(name)
 }
 
 #[test]
@@ -67,11 +69,23 @@ fn syntax_errors_have_line_and_column() {
 #[test]
 fn invalid_documents_name_the_json_pointer() {
     let cases: &[(&str, &str, &str)] = &[
-        (r#"{"version":"2","default":"deny"}"#, "/version", "only \"1\""),
+        (
+            r#"{"version":"2","default":"deny"}"#,
+            "/version",
+            "only \"1\"",
+        ),
         (r#"{"default":"deny"}"#, "", "missing field `version`"),
         (r#"{"version":"1"}"#, "", "missing field `default`"),
-        (r#"{"version":"1","default":"maybe"}"#, "/default", "unknown variant `maybe`"),
-        (r#"{"version":"1","default":"deny","colour":1}"#, "/colour", "unknown field `colour`"),
+        (
+            r#"{"version":"1","default":"maybe"}"#,
+            "/default",
+            "unknown variant `maybe`",
+        ),
+        (
+            r#"{"version":"1","default":"deny","colour":1}"#,
+            "/colour",
+            "unknown field `colour`",
+        ),
         (
             r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[{"conditions":[{"path":"args.a","op":"eq","value":1},{"path":"args.b","op":"gtt","value":1}]}]}}}"#,
             "/tools/t/deny_if/0/conditions/1/op",
@@ -137,13 +151,24 @@ fn invalid_documents_name_the_json_pointer() {
             "/tools/t/limits/0",
             "counter `c` is defined as 5 per hour per grant here but as 5 per minute per grant at /all_tools/limits/0",
         ),
-        (r#"{"version":"1","default":"deny","hide":[""]}"#, "/hide/0", "must not be empty"),
-        (r#"{"version":"1","default":"deny","hide":"x"}"#, "/hide", "invalid type: string"),
+        (
+            r#"{"version":"1","default":"deny","hide":[""]}"#,
+            "/hide/0",
+            "must not be empty",
+        ),
+        (
+            r#"{"version":"1","default":"deny","hide":"x"}"#,
+            "/hide",
+            "invalid type: string",
+        ),
     ];
     for (text, pointer, needle) in cases {
         let (shown, at, kind) = load_error(text);
         assert_eq!(&at, pointer, "{text}\n=> {shown}");
-        assert!(shown.contains(needle), "{text}\n=> {shown}\nwanted: {needle}");
+        assert!(
+            shown.contains(needle),
+            "{text}\n=> {shown}\nwanted: {needle}"
+        );
         assert!(!shown.contains('\n'), "one line: {shown}");
         assert_ne!(kind, PolicyErrorKind::Io);
     }
@@ -153,7 +178,11 @@ fn invalid_documents_name_the_json_pointer() {
 fn file_errors_name_the_file() {
     let missing = Policy::from_file("/nonexistent/policy.json").unwrap_err();
     assert_eq!(missing.kind(), PolicyErrorKind::Io);
-    assert!(missing.to_string().starts_with("/nonexistent/policy.json: cannot read"));
+    assert!(
+        missing
+            .to_string()
+            .starts_with("/nonexistent/policy.json: cannot read")
+    );
 
     let dir = std::env::temp_dir().join(format!("tmp-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -161,7 +190,13 @@ fn file_errors_name_the_file() {
     std::fs::write(&file, "{\"version\":\"1\",\n\"default\":\"deny\",\n\"tools\":{\"t\":{\"limits\":[{\"counter\":\"c\",\"window\":\"minute\",\"max\":1.5}]}}}").unwrap();
     let err = Policy::from_file(&file).unwrap_err();
     let shown = err.to_string();
-    assert!(shown.starts_with(&format!("{}: /tools/t/limits/0/max: invalid type: floating point `1.5`", file.display())), "{shown}");
+    assert!(
+        shown.starts_with(&format!(
+            "{}: /tools/t/limits/0/max: invalid type: floating point `1.5`",
+            file.display()
+        )),
+        "{shown}"
+    );
     assert_eq!(err.line(), Some(3));
     std::fs::remove_dir_all(&dir).unwrap();
 }

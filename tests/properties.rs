@@ -145,13 +145,15 @@ proptest! {
 }
 
 fn payments() -> Policy {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies/payments.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policies/payments.json");
     Policy::from_file(path).unwrap()
 }
 
 fn argument_value() -> impl Strategy<Value = Value> {
     let keys = prop::sample::select(vec![
-        "amount", "currency", "reason", "branch", "force", "to", "cc", "pages", "format", "year", "x",
+        "amount", "currency", "reason", "branch", "force", "to", "cc", "pages", "format", "year",
+        "x",
     ]);
     prop::collection::btree_map(keys, json_value(), 0..6)
         .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))

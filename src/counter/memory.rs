@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::StateStore;
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 
@@ -100,7 +100,7 @@ impl ShrinkableKeyedStateStore<ScopeValue> for SharedStore {
 impl SharedStore {
     /// The stored state of `key` (`None`: fresh), without changing it.
     fn peek(&self, key: &ScopeValue) -> Option<Nanos> {
-        match self.measure_and_replace(key, |state| Err::<((), Nanos), _>(state)) {
+        match self.measure_and_replace(key, Err::<((), Nanos), _>) {
             Err(state) => state,
             Ok(()) => unreachable!("the probe never replaces"),
         }
@@ -200,7 +200,9 @@ impl<C: Clock> MemoryCounters<C> {
             if result.is_err() {
                 for (index, state) in undo.into_iter().rev() {
                     let charge = &charges[index];
-                    inner.limiters[charge.counter].store.restore(&charge.key, state);
+                    inner.limiters[charge.counter]
+                        .store
+                        .restore(&charge.key, state);
                 }
             }
             result

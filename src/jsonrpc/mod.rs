@@ -39,8 +39,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 
@@ -219,7 +219,11 @@ impl DecodeError {
         DecodeError {
             kind,
             message: err.to_string(),
-            id: if kind == DecodeErrorKind::Parse { None } else { id },
+            id: if kind == DecodeErrorKind::Parse {
+                None
+            } else {
+                id
+            },
         }
     }
 
@@ -261,7 +265,10 @@ pub fn decode<'a, P: PlanSource + ?Sized>(
     plans: &P,
 ) -> Result<Decoded<'a>, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        DecodeError::parse(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        DecodeError::parse(format!(
+            "the body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
     })?;
     let last_id = RefCell::new(None);
     let context = Context {
@@ -359,7 +366,8 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
             }
             match &*key {
                 "jsonrpc" => {
-                    let version = map.next_value_seed(Text("\"jsonrpc\" to be the string \"2.0\""))?;
+                    let version =
+                        map.next_value_seed(Text("\"jsonrpc\" to be the string \"2.0\""))?;
                     version_ok = Some(version == "2.0");
                 }
                 "id" => {
@@ -474,7 +482,9 @@ impl<'de> Visitor<'de> for IdSeed {
         Ok(Some(Id::Number(v.into())))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<Id>, E> {
-        Err(E::custom("an id must be a string or an integer, not a fraction"))
+        Err(E::custom(
+            "an id must be a string or an integer, not a fraction",
+        ))
     }
     fn visit_str<E>(self, v: &str) -> Result<Option<Id>, E> {
         Ok(Some(Id::String(v.to_owned())))

@@ -64,7 +64,9 @@ impl<'de> KeySet<'de> {
         }
     }
 
-    /// Records `key`; errors when it was already there.
+    /// Records `key`; errors when it was already there. It takes the `Cow` so that a
+    /// borrowed key stays a borrow of the body in the set.
+    #[allow(clippy::ptr_arg)]
     pub fn insert<E: de::Error>(&mut self, key: &Cow<'de, str>, object: &str) -> Result<(), E> {
         let repeated = match &mut self.large {
             Some(set) => !set.insert(key.clone()),
@@ -244,7 +246,9 @@ impl<'de> Visitor<'de> for Guided<'_> {
         loop {
             let more = match self.0.child_for_index(index) {
                 Some(child) => seq.next_element_seed(Guided(child))?.map(|v| items.push(v)),
-                None if index < keep => seq.next_element_seed(Validate)?.map(|()| items.push(Value::Null)),
+                None if index < keep => seq
+                    .next_element_seed(Validate)?
+                    .map(|()| items.push(Value::Null)),
                 None => seq.next_element_seed(Validate)?,
             };
             if more.is_none() {

@@ -73,7 +73,9 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
-        ResponseBody { kind: Kind::Inner { body } }
+        ResponseBody {
+            kind: Kind::Inner { body },
+        }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
@@ -153,7 +155,9 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 if *done {
-                    let rest = splitter.rest().map(|rest| filter_event(&rest, policy).unwrap_or(rest));
+                    let rest = splitter
+                        .rest()
+                        .map(|rest| filter_event(&rest, policy).unwrap_or(rest));
                     return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
                 }
                 match ready!(body.as_mut().poll_frame(cx)) {
@@ -211,7 +215,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { bytes } => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Full { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Kind::Sse { .. } | Kind::Json { .. } => SizeHint::default(),
         }
     }

@@ -81,7 +81,11 @@ impl SseSplitter {
             let end_of_line = match bytes[i] {
                 b'\n' => i + 1,
                 b'\r' if i + 1 < bytes.len() => {
-                    if bytes[i + 1] == b'\n' { i + 2 } else { i + 1 }
+                    if bytes[i + 1] == b'\n' {
+                        i + 2
+                    } else {
+                        i + 1
+                    }
                 }
                 // A CR at the end of the buffer may be the first half of a CRLF. If it
                 // ends a blank line the event is complete either way (a following LF
@@ -114,7 +118,10 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
     let mut data = String::new();
     let mut other_lines = Vec::new();
     let mut has_data = false;
-    for line in text.split_inclusive(['\n', '\r']).map(|l| l.trim_end_matches(['\n', '\r'])) {
+    for line in text
+        .split_inclusive(['\n', '\r'])
+        .map(|l| l.trim_end_matches(['\n', '\r']))
+    {
         if line.is_empty() {
             continue;
         }
@@ -168,25 +175,43 @@ mod tests {
             }
         }
         if let Some(rest) = s.rest() {
-            out.push(format!("REST:{}", String::from_utf8(rest.to_vec()).unwrap()));
+            out.push(format!(
+                "REST:{}",
+                String::from_utf8(rest.to_vec()).unwrap()
+            ));
         }
         out
     }
 
     #[test]
     fn splits_on_blank_lines_with_any_line_ending() {
-        assert_eq!(events(&["data: a\n\ndata: b\n\n"]), ["data: a\n\n", "data: b\n\n"]);
-        assert_eq!(events(&["data: a\r\n\r\nid: 2\r\ndata: b\r\n\r\n"]), ["data: a\r\n\r\n", "id: 2\r\ndata: b\r\n\r\n"]);
-        assert_eq!(events(&["data: a\r\rdata: b\r\r"]), ["data: a\r\r", "data: b\r\r"]);
+        assert_eq!(
+            events(&["data: a\n\ndata: b\n\n"]),
+            ["data: a\n\n", "data: b\n\n"]
+        );
+        assert_eq!(
+            events(&["data: a\r\n\r\nid: 2\r\ndata: b\r\n\r\n"]),
+            ["data: a\r\n\r\n", "id: 2\r\ndata: b\r\n\r\n"]
+        );
+        assert_eq!(
+            events(&["data: a\r\rdata: b\r\r"]),
+            ["data: a\r\r", "data: b\r\r"]
+        );
         assert_eq!(events(&["\n", "data: a\n\n"]), ["\n", "data: a\n\n"]);
     }
 
     #[test]
     fn events_split_across_chunks_are_reassembled() {
-        assert_eq!(events(&["da", "ta: a\n", "\n", "data: b\r", "\n\r", "\n"]), ["data: a\n\n", "data: b\r\n\r", "\n"]);
+        assert_eq!(
+            events(&["da", "ta: a\n", "\n", "data: b\r", "\n\r", "\n"]),
+            ["data: a\n\n", "data: b\r\n\r", "\n"]
+        );
         assert_eq!(events(&["data: a\r", "\r"]), ["data: a\r\r"]);
         // A CR that ends a non-empty line waits: the next byte may make it a CRLF.
-        assert_eq!(events(&["data: a\r", "\ndata: b\n\n"]), ["data: a\r\ndata: b\n\n"]);
+        assert_eq!(
+            events(&["data: a\r", "\ndata: b\n\n"]),
+            ["data: a\r\ndata: b\n\n"]
+        );
         assert_eq!(events(&["data: a\r\r", "\n"]), ["data: a\r\r", "\n"]);
         assert_eq!(events(&["data: a\n", "id: 1"]), ["REST:data: a\nid: 1"]);
         assert_eq!(events(&[": keep-alive\n\n"]), [": keep-alive\n\n"]);
@@ -194,14 +219,17 @@ mod tests {
 
     #[test]
     fn filters_only_events_with_hidden_tools() {
-        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#.parse().unwrap();
+        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#
+            .parse()
+            .unwrap();
         let listing = "id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"secret_b\"}]}}\n\n";
         let out = filter_event(listing.as_bytes(), &policy).unwrap();
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "id: 7\nevent: message\ndata: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n"
         );
-        let clean = "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n";
+        let clean =
+            "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n";
         assert!(filter_event(clean.as_bytes(), &policy).is_none());
         let other = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
         assert!(filter_event(other.as_bytes(), &policy).is_none());

@@ -20,7 +20,9 @@ pub struct ResponseFuture<B, E> {
 }
 
 impl<B, E> ResponseFuture<B, E> {
-    pub(crate) fn new(future: impl Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static) -> Self {
+    pub(crate) fn new(
+        future: impl Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static,
+    ) -> Self {
         ResponseFuture {
             inner: Box::pin(future),
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use governor::clock::{Clock, DefaultClock};
 use tower_layer::Layer;
 
-use super::service::{Config, PolicyService, Shared};
 use super::DenialFormat;
+use super::service::{Config, PolicyService, Shared};
 use crate::counter::MemoryCounters;
 use crate::engine::Engine;
 use crate::error::PolicyError;

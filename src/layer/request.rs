@@ -29,7 +29,10 @@ use super::response::HEADER_MISMATCH;
 use crate::jsonrpc::INVALID_REQUEST;
 
 /// The one value of a header that must not repeat; `Err` when it repeats.
-pub(crate) fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h HeaderValue>, Refused> {
+pub(crate) fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h HeaderValue>, Refused> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -47,7 +50,10 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let identity = value
             .to_str()
-            .map(|v| v.split(',').all(|c| c.trim().eq_ignore_ascii_case("identity")))
+            .map(|v| {
+                v.split(',')
+                    .all(|c| c.trim().eq_ignore_ascii_case("identity"))
+            })
             .unwrap_or(false);
         if !identity {
             return Err(Refused::new(
@@ -72,7 +78,10 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
         return Err(Refused::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_REQUEST,
-            format!("unsupported Content-Type {}: expected application/json", show(content_type)),
+            format!(
+                "unsupported Content-Type {}: expected application/json",
+                show(content_type)
+            ),
         ));
     }
     if let Some(length) = single(headers, &header::CONTENT_LENGTH)? {
@@ -81,7 +90,11 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
             Some(n) if n > max as u64 => return Err(too_large(max)),
             Some(_) => {}
             None => {
-                return Err(Refused::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid Content-Length"));
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    INVALID_REQUEST,
+                    "invalid Content-Length",
+                ));
             }
         }
     }
@@ -120,17 +133,23 @@ fn show(value: &HeaderValue) -> String {
 }
 
 /// SEP-2243 headers: when present they must say what the body says.
-pub(crate) fn check_routing_headers(headers: &HeaderMap, decoded: &Decoded<'_>) -> Result<(), Refused> {
+pub(crate) fn check_routing_headers(
+    headers: &HeaderMap,
+    decoded: &Decoded<'_>,
+) -> Result<(), Refused> {
     static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
     static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-    let mismatch = |message: String| Refused::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
+    let mismatch =
+        |message: String| Refused::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
     let method_header = single(headers, &MCP_METHOD)?;
     let name_header = single(headers, &MCP_NAME)?;
     if method_header.is_none() && name_header.is_none() {
         return Ok(());
     }
-    let [message] = decoded.messages() else {
-        return Err(mismatch("Mcp-Method and Mcp-Name headers cannot describe a batch".to_owned()));
+    let (false, [message]) = (decoded.is_batch(), decoded.messages()) else {
+        return Err(mismatch(
+            "Mcp-Method and Mcp-Name headers cannot describe a batch".to_owned(),
+        ));
     };
     if let Some(value) = method_header {
         let value = value
@@ -151,8 +170,9 @@ pub(crate) fn check_routing_headers(headers: &HeaderMap, decoded: &Decoded<'_>) 
         }
     }
     if let Some(value) = name_header {
-        let decoded_name = decode_header_value(value)
-            .ok_or_else(|| mismatch("the Mcp-Name header is not valid text or Base64".to_owned()))?;
+        let decoded_name = decode_header_value(value).ok_or_else(|| {
+            mismatch("the Mcp-Name header is not valid text or Base64".to_owned())
+        })?;
         match message.routing_name() {
             Some(name) if name == decoded_name => {}
             Some(name) => {
@@ -174,7 +194,10 @@ pub(crate) fn check_routing_headers(headers: &HeaderMap, decoded: &Decoded<'_>) 
 /// as a header.
 fn decode_header_value(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
-    match text.strip_prefix("=?base64?").and_then(|t| t.strip_suffix("?=")) {
+    match text
+        .strip_prefix("=?base64?")
+        .and_then(|t| t.strip_suffix("?="))
+    {
         Some(inner) => String::from_utf8(STANDARD.decode(inner).ok()?).ok(),
         None => Some(text.to_owned()),
     }

@@ -102,7 +102,12 @@ pub(crate) fn not_executed(id: Option<&Id>) -> Value {
 }
 
 /// An HTTP error answer with a JSON-RPC error body.
-pub(crate) fn http_error<B>(status: StatusCode, id: Option<&Id>, code: i64, message: &str) -> Response<ResponseBody<B>> {
+pub(crate) fn http_error<B>(
+    status: StatusCode,
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+) -> Response<ResponseBody<B>> {
     json_response(status, &error_object(id, code, message, None))
 }
 
@@ -111,9 +116,10 @@ pub(crate) fn json_response<B>(status: StatusCode, body: &Value) -> Response<Res
     let bytes = Bytes::from(serde_json::to_vec(body).expect("a Value always serializes"));
     let mut response = Response::new(ResponseBody::full(bytes));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -17,7 +17,9 @@ use super::body::{PolicyBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
 use super::request::{Refused, check_entity_headers, check_routing_headers, single, too_large};
-use super::response::{self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed};
+use super::response::{
+    self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
+};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::{Call, Engine, Refusal, Verdict};
 use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
@@ -191,11 +193,16 @@ where
     S: CounterStore,
 {
     let (parts, body) = request.into_parts();
-    if matches!(parts.method, Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS) {
+    if matches!(
+        parts.method,
+        Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
+    ) {
         if let Err(refused) = ensure_empty(body, &parts.method).await {
             return Ok(refused_response(refused, None));
         }
-        let response = inner.call(Request::from_parts(parts, PolicyBody::empty())).await?;
+        let response = inner
+            .call(Request::from_parts(parts, PolicyBody::empty()))
+            .await?;
         return Ok(shared.wrap(response, false));
     }
 
@@ -209,7 +216,9 @@ where
     };
     match shared.judge(&parts, &bytes).await {
         Judged::Forward { lists_tools } => {
-            let response = inner.call(Request::from_parts(parts, PolicyBody::new(bytes))).await?;
+            let response = inner
+                .call(Request::from_parts(parts, PolicyBody::new(bytes)))
+                .await?;
             Ok(shared.wrap(response, lists_tools))
         }
         Judged::Answer(response) => Ok(response),
@@ -229,7 +238,12 @@ impl<S: CounterStore> Shared<S> {
                     "{}",
                     err.message()
                 );
-                return Judged::Answer(http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message()));
+                return Judged::Answer(http_error(
+                    StatusCode::BAD_REQUEST,
+                    err.id(),
+                    err.code(),
+                    err.message(),
+                ));
             }
         };
         let first_id = decoded.messages().first().and_then(|m| m.id());
@@ -277,7 +291,11 @@ impl<S: CounterStore> Shared<S> {
     }
 
     /// One entry per request of the body; notifications get none.
-    fn refusal_response<B>(&self, decoded: &Decoded<'_>, refusals: Vec<Refusal>) -> Response<ResponseBody<B>> {
+    fn refusal_response<B>(
+        &self,
+        decoded: &Decoded<'_>,
+        refusals: Vec<Refusal>,
+    ) -> Response<ResponseBody<B>> {
         let mut refusals = refusals.into_iter();
         let mut entries = Vec::new();
         for message in decoded.messages() {
@@ -289,7 +307,9 @@ impl<S: CounterStore> Shared<S> {
                 continue;
             }
             entries.push(match refusal {
-                Refusal::Denied(denial) => denial_message(message.id(), &denial, self.config.denial_format),
+                Refusal::Denied(denial) => {
+                    denial_message(message.id(), &denial, self.config.denial_format)
+                }
                 Refusal::NotExecuted => not_executed(message.id()),
             });
         }
@@ -301,7 +321,11 @@ impl<S: CounterStore> Shared<S> {
     }
 
     /// Wraps the inner response so hidden tools never show in a tool list.
-    fn wrap<B>(&self, mut response: Response<B>, json_may_list_tools: bool) -> Response<ResponseBody<B>> {
+    fn wrap<B>(
+        &self,
+        mut response: Response<B>,
+        json_may_list_tools: bool,
+    ) -> Response<ResponseBody<B>> {
         let policy = self.engine.policy();
         if !policy.hides_anything() {
             return response.map(ResponseBody::inner);
@@ -310,7 +334,13 @@ impl<S: CounterStore> Shared<S> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         match essence.as_deref() {
             Some("text/event-stream") => {
                 response.headers_mut().remove(header::CONTENT_LENGTH);
@@ -383,7 +413,11 @@ struct ArgKeys<'a>(Option<&'a Value>);
 
 impl fmt::Debug for ArgKeys<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self.0.and_then(Value::as_object).into_iter().flat_map(|m| m.keys());
+        let keys = self
+            .0
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.keys());
         f.debug_list().entries(keys).finish()
     }
 }
@@ -394,7 +428,10 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
         Verdict::Forward => None,
         Verdict::Refuse(refusals) => Some(refusals),
     };
-    let calls = decoded.messages().iter().filter_map(|m| Some((m, m.tool_call()?)));
+    let calls = decoded
+        .messages()
+        .iter()
+        .filter_map(|m| Some((m, m.tool_call()?)));
     for (index, (message, call)) in calls.enumerate() {
         let id = message.id().map(|id| id.to_string());
         let id = id.as_deref().unwrap_or("(notification)");

@@ -18,7 +18,9 @@ pub(super) fn parse(text: &str) -> Result<Document, PolicyError> {
         let mut at = String::new();
         for segment in err.path().iter() {
             match segment {
-                serde_path_to_error::Segment::Seq { index } => push_token(&mut at, &index.to_string()),
+                serde_path_to_error::Segment::Seq { index } => {
+                    push_token(&mut at, &index.to_string())
+                }
                 serde_path_to_error::Segment::Map { key } => push_token(&mut at, key),
                 serde_path_to_error::Segment::Enum { variant } => push_token(&mut at, variant),
                 serde_path_to_error::Segment::Unknown => {}
@@ -26,7 +28,8 @@ pub(super) fn parse(text: &str) -> Result<Document, PolicyError> {
         }
         PolicyError::from_json(at, err.inner())
     })?;
-    de.end().map_err(|e| PolicyError::from_json(String::new(), &e))?;
+    de.end()
+        .map_err(|e| PolicyError::from_json(String::new(), &e))?;
     Ok(doc)
 }
 
@@ -35,7 +38,10 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     if doc.version != "1" {
         return Err(PolicyError::invalid(
             "/version",
-            format!("unsupported version {:?}: only \"1\" is supported", doc.version),
+            format!(
+                "unsupported version {:?}: only \"1\" is supported",
+                doc.version
+            ),
         ));
     }
     let mut counters = Counters::default();
@@ -163,16 +169,24 @@ fn compile_clause(doc: ClauseDoc, at: &str) -> Result<Clause, PolicyError> {
 fn compile_limit(doc: LimitDoc, at: &str, counters: &mut Counters) -> Result<Limit, PolicyError> {
     let field = |name: &str| pointer(at, &[name]);
     if doc.counter.is_empty() {
-        return Err(PolicyError::invalid(field("counter"), "a counter name must not be empty"));
+        return Err(PolicyError::invalid(
+            field("counter"),
+            "a counter name must not be empty",
+        ));
     }
-    let window = Window::parse(&doc.window).map_err(|m| PolicyError::invalid(field("window"), m))?;
+    let window =
+        Window::parse(&doc.window).map_err(|m| PolicyError::invalid(field("window"), m))?;
     let max = u32::try_from(doc.max)
         .ok()
         .and_then(NonZeroU32::new)
         .ok_or_else(|| {
             PolicyError::invalid(
                 field("max"),
-                format!("max must be a whole number from 1 to {}, not {}", u32::MAX, doc.max),
+                format!(
+                    "max must be a whole number from 1 to {}, not {}",
+                    u32::MAX,
+                    doc.max
+                ),
             )
         })?;
     if u128::from(window.seconds) * 1_000_000_000 < u128::from(max.get()) {

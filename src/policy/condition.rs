@@ -49,7 +49,10 @@ impl Condition {
             Value::Number(n) => Ok(n.clone()),
             other => Err((
                 "value",
-                format!("`{name}` compares numbers, so its value must be a number, not {}", kind(other)),
+                format!(
+                    "`{name}` compares numbers, so its value must be a number, not {}",
+                    kind(other)
+                ),
             )),
         };
         let list = |v: Value| match v {
@@ -132,9 +135,15 @@ impl Condition {
                 _ => mismatch("a string"),
             },
             Op::Contains(needle) => match (arg, needle) {
-                (Value::String(hay), Value::String(needle)) => Truth::from(hay.contains(needle.as_str())),
-                (Value::Array(items), needle) => Truth::from(items.iter().any(|v| json_eq(v, needle))),
-                (Value::String(_), _) => mismatch("an array (the value to look for is not a string)"),
+                (Value::String(hay), Value::String(needle)) => {
+                    Truth::from(hay.contains(needle.as_str()))
+                }
+                (Value::Array(items), needle) => {
+                    Truth::from(items.iter().any(|v| json_eq(v, needle)))
+                }
+                (Value::String(_), _) => {
+                    mismatch("an array (the value to look for is not a string)")
+                }
                 _ => mismatch("a string or an array"),
             },
             Op::Exists(_) => unreachable!("handled above"),
@@ -218,12 +227,17 @@ pub(crate) fn kind(value: &Value) -> &'static str {
 /// Compares two JSON numbers by value: `1 == 1.0`, integers exactly.
 pub(crate) fn num_cmp(a: &Number, b: &Number) -> Ordering {
     fn int(n: &Number) -> Option<i128> {
-        n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
     }
     match (int(a), int(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
         _ => {
-            let (x, y) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
             x.partial_cmp(&y).unwrap_or(Ordering::Equal)
         }
     }
@@ -237,7 +251,9 @@ pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -286,7 +302,10 @@ mod tests {
         assert_eq!(eval(&gt, json!({"amount": 1000})), Truth::False);
         assert_eq!(eval(&gt, json!({"amount": 1000.5})), Truth::True);
         let m = unknown(eval(&gt, json!({"amount": "5000"})));
-        assert_eq!(m, "argument `args.amount` is a string, but `gt` needs a number");
+        assert_eq!(
+            m,
+            "argument `args.amount` is a string, but `gt` needs a number"
+        );
         assert!(unknown(eval(&gt, json!({"amount": null}))).contains("missing"));
         let gte = cond("args.p", "gte", json!(100));
         assert_eq!(eval(&gte, json!({"p": 100})), Truth::True);
@@ -303,7 +322,10 @@ mod tests {
     #[test]
     fn big_integers_compare_exactly() {
         let c = cond("args.n", "gt", json!(9_007_199_254_740_992u64));
-        assert_eq!(eval(&c, json!({"n": 9_007_199_254_740_993u64})), Truth::True);
+        assert_eq!(
+            eval(&c, json!({"n": 9_007_199_254_740_993u64})),
+            Truth::True
+        );
         let c = cond("args.n", "lt", json!(0));
         assert_eq!(eval(&c, json!({"n": i64::MIN})), Truth::True);
         assert_eq!(eval(&c, json!({"n": u64::MAX})), Truth::False);
@@ -346,10 +368,19 @@ mod tests {
     #[test]
     fn contains_substring_or_element() {
         let c = cond("args.to", "contains", json!("@competitor.example"));
-        assert_eq!(eval(&c, json!({"to": "bob@competitor.example"})), Truth::True);
+        assert_eq!(
+            eval(&c, json!({"to": "bob@competitor.example"})),
+            Truth::True
+        );
         assert_eq!(eval(&c, json!({"to": "bob@ok.example"})), Truth::False);
-        assert_eq!(eval(&c, json!({"to": ["@competitor.example"]})), Truth::True);
-        assert_eq!(eval(&c, json!({"to": ["a@competitor.example"]})), Truth::False);
+        assert_eq!(
+            eval(&c, json!({"to": ["@competitor.example"]})),
+            Truth::True
+        );
+        assert_eq!(
+            eval(&c, json!({"to": ["a@competitor.example"]})),
+            Truth::False
+        );
         assert!(unknown(eval(&c, json!({"to": 5}))).contains("a string or an array"));
         let c = cond("args.ids", "contains", json!(3));
         assert_eq!(eval(&c, json!({"ids": [1, 3.0]})), Truth::True);
@@ -360,11 +391,16 @@ mod tests {
     fn operand_types_are_checked_at_load() {
         let bad = |op: &str, value: Value| {
             let doc: ConditionDoc =
-                serde_json::from_value(json!({"path": "args.x", "op": op, "value": value})).unwrap();
+                serde_json::from_value(json!({"path": "args.x", "op": op, "value": value}))
+                    .unwrap();
             Condition::compile(doc).unwrap_err()
         };
         assert_eq!(bad("gt", json!("1000")).0, "value");
-        assert!(bad("gt", json!("1000")).1.contains("must be a number, not a string"));
+        assert!(
+            bad("gt", json!("1000"))
+                .1
+                .contains("must be a number, not a string")
+        );
         assert!(bad("in", json!("usd")).1.contains("needs a list"));
         assert!(bad("exists", json!(1)).1.contains("true or false"));
         assert!(bad("regex", json!("(")).1.starts_with("invalid regex"));

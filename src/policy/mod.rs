@@ -30,8 +30,8 @@ use std::time::Duration;
 use crate::error::PolicyError;
 use condition::Condition;
 use glob::Glob;
-pub use path::ArgPlan;
 use path::ArgPath;
+pub use path::ArgPlan;
 use window::Window;
 
 /// A validated, compiled policy. Build one with [`Policy::from_file`] or [`str::parse`].
@@ -268,7 +268,11 @@ impl Policy {
             }
         };
         let default = if self.default_allow { "allow" } else { "deny" };
-        let all = if self.all_tools.is_some() { "; all_tools rule" } else { "" };
+        let all = if self.all_tools.is_some() {
+            "; all_tools rule"
+        } else {
+            ""
+        };
         format!("default {default}; {rules}{all}; {hidden}; {counters}")
     }
 }

@@ -194,9 +194,21 @@ mod tests {
 
     #[test]
     fn bad_paths_are_rejected() {
-        assert!(ArgPath::parse("amount").unwrap_err().contains("must start with `args`"));
-        assert!(ArgPath::parse("args..a").unwrap_err().contains("empty segment"));
-        assert!(ArgPath::parse("args.").unwrap_err().contains("empty segment"));
+        assert!(
+            ArgPath::parse("amount")
+                .unwrap_err()
+                .contains("must start with `args`")
+        );
+        assert!(
+            ArgPath::parse("args..a")
+                .unwrap_err()
+                .contains("empty segment")
+        );
+        assert!(
+            ArgPath::parse("args.")
+                .unwrap_err()
+                .contains("empty segment")
+        );
     }
 
     #[test]

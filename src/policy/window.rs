@@ -38,7 +38,7 @@ impl Window {
     /// `"per minute"`, `"per 90 seconds"`, `"per 2 hours"`.
     pub fn describe(&self) -> String {
         for (size, one, many) in UNITS {
-            if self.seconds % size == 0 {
+            if self.seconds.is_multiple_of(size) {
                 let count = self.seconds / size;
                 return if count == 1 {
                     format!("per {one}")

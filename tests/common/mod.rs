@@ -33,7 +33,11 @@ impl Demo {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Demo { address, executions, task }
+        Demo {
+            address,
+            executions,
+            task,
+        }
     }
 
     /// The demo app under the example policy, as `cargo run --example demo_server` runs it.

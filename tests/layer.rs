@@ -1,0 +1,534 @@
+//! The layer in-process with `oneshot`: no sockets, fake clock where time matters.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::clock::FakeRelativeClock;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Channel, Full};
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::counter::{Charge, ChargeError, CounterStore};
+use tower_mcp_policy::layer::{Grant, PolicyBody};
+use tower_mcp_policy::{DenialFormat, Engine, Policy, PolicyLayer};
+
+const POLICY: &str = r#"{"version":"1","default":"deny","hide":["delete_*"],
+    "tools":{"echo":{},"write":{"limits":[{"counter":"w","window":"minute","max":1}]},
+             "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#;
+
+fn policy() -> Arc<Policy> {
+    Arc::new(POLICY.parse().unwrap())
+}
+
+fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters<FakeRelativeClock>> {
+    PolicyLayer::with_clock(policy(), FakeRelativeClock::default())
+}
+
+/// An inner service that answers every request with `{"ok":true}` and counts calls.
+#[derive(Clone, Default)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<PolicyBody>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            br#"{"ok":true}"#,
+        )))))
+    }
+}
+
+fn post(body: Value) -> Request<Full<Bytes>> {
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn call(tool: &str, args: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+}
+
+async fn body_json<B: Body<Data = Bytes>>(body: B) -> Value
+where
+    B::Error: std::fmt::Debug,
+{
+    serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn the_json_rpc_error_format() {
+    let upstream = Upstream::default();
+    let service = layer()
+        .denial_format(DenialFormat::JsonRpcError)
+        .layer(upstream.clone());
+    let response = service
+        .oneshot(post(call("transfer", json!({"amount": 5000}))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_json(response.into_body()).await;
+    assert_eq!(
+        body,
+        json!({"jsonrpc": "2.0", "id": 1, "error": {
+            "code": -32050,
+            "message": "[POLICY DENIED] Too much.",
+            "data": {"rule": "/tools/transfer/deny_if/0", "tool": "transfer", "kind": "deny_if"}}})
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_tool_result_format_carries_retry_after() {
+    let upstream = Upstream::default();
+    let service = layer().layer(upstream.clone());
+    let ok = service
+        .clone()
+        .oneshot(post(call("write", json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(body_json(ok.into_body()).await, json!({"ok": true}));
+    let limited = service
+        .oneshot(post(call("write", json!({}))))
+        .await
+        .unwrap();
+    let body = body_json(limited.into_body()).await;
+    assert_eq!(
+        body["result"]["content"][0]["text"],
+        "[POLICY DENIED] Rate limit of 1 per minute reached for \"write\". Try again in 60s."
+    );
+    assert_eq!(
+        body["result"]["_meta"]["tower-mcp-policy/denial"]["retryAfterSeconds"],
+        60
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_application_grant_overrides_the_credential() {
+    let upstream = Upstream::default();
+    let service = layer().layer(upstream.clone());
+    let request = |auth: &str, grant: Option<&str>| {
+        let mut request = post(call("write", json!({})));
+        request
+            .headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        if let Some(grant) = grant {
+            request.extensions_mut().insert(Grant::new(grant));
+        }
+        request
+    };
+    let is_denied = |body: &Value| body["result"]["isError"] == json!(true);
+    // Two credentials, one tenant: one budget.
+    let first = service
+        .clone()
+        .oneshot(request("Bearer a", Some("tenant-1")))
+        .await
+        .unwrap();
+    assert!(!is_denied(&body_json(first.into_body()).await));
+    let second = service
+        .clone()
+        .oneshot(request("Bearer b", Some("tenant-1")))
+        .await
+        .unwrap();
+    assert!(is_denied(&body_json(second.into_body()).await));
+    // Without the extension, the credential decides.
+    let third = service
+        .clone()
+        .oneshot(request("Bearer b", None))
+        .await
+        .unwrap();
+    assert!(!is_denied(&body_json(third.into_body()).await));
+    // Requests without any credential share one anonymous grant.
+    let anon = |svc: tower_mcp_policy::PolicyService<Upstream, _>| {
+        svc.oneshot(post(call("write", json!({}))))
+    };
+    assert!(!is_denied(
+        &body_json(anon(service.clone()).await.unwrap().into_body()).await
+    ));
+    assert!(is_denied(
+        &body_json(anon(service.clone()).await.unwrap().into_body()).await
+    ));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_413_without_a_content_length() {
+    let upstream = Upstream::default();
+    let service = layer().max_body_size(64).layer(upstream.clone());
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            if tx
+                .send_data(Bytes::from_static(b"[[[[[[[[[[[[[[[["))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let request = Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = body_json(response.into_body()).await;
+    assert_eq!(
+        body["error"]["message"],
+        "the request body is larger than the limit of 64 bytes"
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
+}
+
+/// An upstream that answers with an SSE stream the test feeds by hand.
+#[derive(Clone)]
+struct SseUpstream {
+    body: Arc<Mutex<Option<Channel<Bytes, Infallible>>>>,
+}
+
+impl Service<Request<PolicyBody>> for SseUpstream {
+    type Response = Response<Channel<Bytes, Infallible>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+        let body = self.body.lock().unwrap().take().expect("one stream");
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok(response))
+    }
+}
+
+async fn next_frame<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> String
+where
+    B::Error: std::fmt::Debug,
+{
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("a frame arrives without waiting for the rest of the stream")
+        .expect("the stream is not over")
+        .unwrap();
+    String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_get_stream_is_filtered_event_by_event_as_it_flows() {
+    let (mut tx, channel) = Channel::<Bytes, Infallible>::new(8);
+    let upstream = SseUpstream {
+        body: Arc::new(Mutex::new(Some(channel))),
+    };
+    let service = layer().layer(upstream);
+    let request = Request::get("/mcp")
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let mut body = response.into_body();
+
+    // An unrelated event passes through unchanged, before anything else is sent.
+    let progress = "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
+    tx.send_data(Bytes::from(progress)).await.unwrap();
+    assert_eq!(next_frame(&mut body).await, progress);
+
+    // A replayed tools/list result, split across chunks, loses its hidden tool.
+    let listing = "id: 2\ndata: {\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{\"tools\":[{\"name\":\"echo\"},{\"name\":\"delete_account\"}]}}\n\n";
+    let (a, b) = listing.split_at(30);
+    tx.send_data(Bytes::from(a)).await.unwrap();
+    tx.send_data(Bytes::from(b)).await.unwrap();
+    let filtered = next_frame(&mut body).await;
+    assert!(filtered.starts_with("id: 2\ndata: "), "{filtered}");
+    assert!(
+        !filtered.contains("delete_account") && filtered.contains("echo"),
+        "{filtered}"
+    );
+
+    // A keep-alive comment, unchanged; then the end of the stream.
+    tx.send_data(Bytes::from(": ping\n\n")).await.unwrap();
+    assert_eq!(next_frame(&mut body).await, ": ping\n\n");
+    drop(tx);
+    assert!(body.frame().await.is_none());
+}
+
+/// An upstream whose instances must be polled ready before they are called.
+struct Picky {
+    ready: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for Picky {
+    fn clone(&self) -> Self {
+        Picky {
+            ready: false,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl Service<Request<PolicyBody>> for Picky {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+        assert!(self.ready, "called an instance that was never polled ready");
+        self.ready = false;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+    }
+}
+
+#[tokio::test]
+async fn the_instance_polled_ready_is_the_one_called() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut service = layer().layer(Picky {
+        ready: false,
+        calls: calls.clone(),
+    });
+    for _ in 0..3 {
+        let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+            .await
+            .unwrap();
+        let response = ready.call(post(call("echo", json!({})))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+/// A remote store that is down.
+#[derive(Clone)]
+struct DownStore;
+
+impl CounterStore for DownStore {
+    type Future = std::future::Ready<Result<(), ChargeError>>;
+    fn charge(&self, _: Vec<Charge>) -> Self::Future {
+        std::future::ready(Err(ChargeError::Unavailable("connection refused".into())))
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_counter_store_fails_closed() {
+    let upstream = Upstream::default();
+    let service = PolicyLayer::from_engine(Engine::with_counters(policy(), DownStore))
+        .layer(upstream.clone());
+    let limited = service
+        .clone()
+        .oneshot(post(call("write", json!({}))))
+        .await
+        .unwrap();
+    let body = body_json(limited.into_body()).await;
+    assert_eq!(
+        body["result"]["content"][0]["text"],
+        "[POLICY DENIED] Rate limits for \"write\" cannot be checked right now (connection refused), so the call was not made."
+    );
+    // A call with no limit does not need the store.
+    let free = service
+        .oneshot(post(call("echo", json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(body_json(free.into_body()).await, json!({"ok": true}));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_tool_list_too_large_to_filter_is_replaced_by_an_error() {
+    #[derive(Clone)]
+    struct BigList;
+    impl Service<Request<PolicyBody>> for BigList {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+            let tools: Vec<Value> = (0..100)
+                .map(|i| json!({"name": format!("delete_{i}")}))
+                .collect();
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string();
+            let response = Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            std::future::ready(Ok(response))
+        }
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let small = layer().max_filtered_response_size(100).layer(BigList);
+    let body = body_json(small.oneshot(post(list.clone())).await.unwrap().into_body()).await;
+    assert_eq!(body["error"]["code"], -32603);
+    let roomy = layer().layer(BigList);
+    let body = body_json(roomy.oneshot(post(list)).await.unwrap().into_body()).await;
+    assert_eq!(body["result"]["tools"], json!([]), "every tool was hidden");
+}
+
+#[tokio::test]
+async fn inner_errors_pass_through_unchanged() {
+    #[derive(Clone)]
+    struct Failing;
+    impl Service<Request<PolicyBody>> for Failing {
+        type Response = Response<Full<Bytes>>;
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<Self::Response, &'static str>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+            std::future::ready(Err("upstream broke"))
+        }
+    }
+    let service = layer().layer(Failing);
+    let err = service
+        .oneshot(post(call("echo", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(err, "upstream broke");
+}
+
+/// Records every event's fields as text.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Visit(String);
+        impl tracing::field::Visit for Visit {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut visit = Visit(String::new());
+        event.record(&mut visit);
+        self.0.lock().unwrap().push(visit.0);
+    }
+}
+
+#[tokio::test]
+async fn every_decision_is_a_tracing_event_without_secrets() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(recorder.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let service = layer().layer(Upstream::default());
+    let mut denied = post(call(
+        "transfer",
+        json!({"amount": 987654, "to": "secret-account"}),
+    ));
+    denied
+        .headers_mut()
+        .insert("authorization", "Bearer sk-live-12345".parse().unwrap());
+    denied
+        .headers_mut()
+        .insert("mcp-session-id", "session-abc".parse().unwrap());
+    service.clone().oneshot(denied).await.unwrap();
+    service
+        .clone()
+        .oneshot(post(call("echo", json!({"text": "hello"}))))
+        .await
+        .unwrap();
+
+    let events = recorder.0.lock().unwrap().clone();
+    let deny = events
+        .iter()
+        .find(|e| e.contains("decision=\"deny\""))
+        .expect("a deny event");
+    for field in [
+        "kind=\"deny_if\"",
+        "tool=\"transfer\"",
+        "rule=\"/tools/transfer/deny_if/0\"",
+        "message=Too much.",
+        "grant=",
+        "session=",
+        "jsonrpc_id=\"1\"",
+        "arg_keys=[\"amount\"]",
+    ] {
+        assert!(deny.contains(field), "{field} missing from {deny}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("decision=\"allow\"") && e.contains("tool=\"echo\""))
+    );
+    for secret in [
+        "987654",
+        "secret-account",
+        "sk-live-12345",
+        "session-abc",
+        "hello",
+    ] {
+        assert!(
+            events.iter().all(|e| !e.contains(secret)),
+            "{secret} leaked into {events:?}"
+        );
+    }
+}
+
+mod common;
+
+#[tokio::test]
+async fn around_rmcp_streamable_http_service_without_axum() {
+    use common::demo_server::{Exchange, Executions, server_config};
+    use rmcp::transport::streamable_http_server::StreamableHttpService;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+    let executions = Executions::default();
+    let exchange = executions.clone();
+    let mcp: StreamableHttpService<Exchange, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(Exchange::new(exchange.clone())),
+        Default::default(),
+        server_config(true),
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(PolicyLayer::new(policy()))
+        .service(mcp);
+    let mut request = post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    request.headers_mut().insert(
+        "accept",
+        "application/json, text/event-stream".parse().unwrap(),
+    );
+    request
+        .headers_mut()
+        .insert("host", "localhost".parse().unwrap());
+    let response = service.clone().oneshot(request).await.unwrap();
+    let body = body_json(response.into_body()).await;
+    let names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && !names.contains(&"delete_account"),
+        "{names:?}"
+    );
+    assert_eq!(executions.total(), 0);
+}
