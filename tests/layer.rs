@@ -327,7 +327,7 @@ struct DownStore;
 
 impl CounterStore for DownStore {
     type Future = std::future::Ready<Result<(), ChargeError>>;
-    fn charge(&self, _: Vec<Charge>) -> Self::Future {
+    fn charge(&self, _: &[Charge]) -> Self::Future {
         std::future::ready(Err(ChargeError::Unavailable("connection refused".into())))
     }
 }
@@ -468,7 +468,7 @@ async fn every_decision_is_a_tracing_event_without_secrets() {
         "message=Too much.",
         "grant=",
         "session=",
-        "jsonrpc_id=\"1\"",
+        "jsonrpc_id=1",
         "arg_keys=[\"amount\"]",
     ] {
         assert!(deny.contains(field), "{field} missing from {deny}");

@@ -253,7 +253,11 @@ where
 {
     type Future = Ready<Result<(), ChargeError>>;
 
-    fn charge(&self, charges: Vec<Charge>) -> Self::Future {
-        ready(self.try_charge(&charges))
+    fn charge(&self, charges: &[Charge]) -> Self::Future {
+        ready(self.try_charge(charges))
+    }
+
+    fn charge_now(&self, charges: &[Charge]) -> Option<Result<(), ChargeError>> {
+        Some(self.try_charge(charges))
     }
 }

@@ -58,10 +58,21 @@ impl std::error::Error for ChargeError {}
 
 /// Keeps counters and applies charges atomically: every charge of a call, or of a
 /// whole batch, is applied, or none is.
+///
+/// A store that can answer without waiting (like [`MemoryCounters`]) implements
+/// [`CounterStore::charge_now`], and the layer never awaits it. A remote store answers
+/// through [`CounterStore::charge`]'s future, which must do nothing until polled.
 pub trait CounterStore: Send + Sync + 'static {
     /// The future of [`CounterStore::charge`].
     type Future: Future<Output = Result<(), ChargeError>> + Send + 'static;
 
-    /// Applies every charge, or none and says why.
-    fn charge(&self, charges: Vec<Charge>) -> Self::Future;
+    /// Applies every charge, or none and says why. The future owns what it needs.
+    fn charge(&self, charges: &[Charge]) -> Self::Future;
+
+    /// Applies every charge now, if this store can answer without waiting; `None`
+    /// otherwise, having charged nothing. The default is `None`.
+    fn charge_now(&self, charges: &[Charge]) -> Option<Result<(), ChargeError>> {
+        let _ = charges;
+        None
+    }
 }

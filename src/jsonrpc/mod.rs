@@ -279,7 +279,16 @@ pub fn decode<'a, P: PlanSource + ?Sized>(
     let decoded = BodySeed(&context)
         .deserialize(&mut de)
         .and_then(|decoded| de.end().map(|()| decoded))
-        .map_err(|e| DecodeError::from_json(&e, last_id.borrow_mut().take()))?;
+        .map_err(|e| {
+            // A message error found before a syntax error further on: what is not JSON
+            // at all is a parse error, whatever else is wrong with it.
+            if e.classify() == serde_json::error::Category::Data
+                && let Err(syntax) = serde_json::from_str::<de::IgnoredAny>(text)
+            {
+                return DecodeError::from_json(&syntax, None);
+            }
+            DecodeError::from_json(&e, last_id.borrow_mut().take())
+        })?;
     Ok(decoded)
 }
 

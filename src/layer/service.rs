@@ -4,13 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
+use smallvec::SmallVec;
 use tower_service::Service;
 
 use super::body::{PolicyBody, ResponseBody};
@@ -214,7 +215,12 @@ where
         Ok(bytes) => bytes,
         Err(refused) => return Ok(refused_response(refused, None)),
     };
-    match shared.judge(&parts, &bytes).await {
+    let judged = match shared.judge_now(&parts, &bytes) {
+        Some(judged) => judged,
+        // Only stores that must be awaited get here; boxing keeps this future small.
+        None => Box::pin(shared.judge_async(&parts, &bytes)).await,
+    };
+    match judged {
         Judged::Forward { lists_tools } => {
             let response = inner
                 .call(Request::from_parts(parts, PolicyBody::new(bytes)))
@@ -225,36 +231,16 @@ where
     }
 }
 
-impl<S: CounterStore> Shared<S> {
-    async fn judge<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
-        let policy = self.engine.policy();
-        let decoded = match jsonrpc::decode(bytes, &**policy) {
-            Ok(decoded) => decoded,
-            Err(err) => {
-                tracing::info!(
-                    target: "tower_mcp_policy",
-                    decision = "reject",
-                    code = err.code(),
-                    "{}",
-                    err.message()
-                );
-                return Judged::Answer(http_error(
-                    StatusCode::BAD_REQUEST,
-                    err.id(),
-                    err.code(),
-                    err.message(),
-                ));
-            }
-        };
-        let first_id = decoded.messages().first().and_then(|m| m.id());
-        if let Err(refused) = check_routing_headers(&parts.headers, &decoded) {
-            return Judged::Answer(refused_response(refused, first_id));
-        }
-        let keys = match self.scope_keys(parts) {
-            Ok(keys) => keys,
-            Err(refused) => return Judged::Answer(refused_response(refused, first_id)),
-        };
-        let calls: Vec<Call<'_>> = decoded
+/// A body that decoded and passed the header checks, ready for the engine.
+struct Inspected<'a> {
+    decoded: Decoded<'a>,
+    keys: ScopeKeys,
+    lists_tools: bool,
+}
+
+impl Inspected<'_> {
+    fn calls(&self) -> SmallVec<[Call<'_>; 2]> {
+        self.decoded
             .messages()
             .iter()
             .filter_map(|m| m.tool_call())
@@ -262,19 +248,82 @@ impl<S: CounterStore> Shared<S> {
                 tool: call.name(),
                 args: call.arguments(),
             })
-            .collect();
+            .collect()
+    }
+}
+
+impl<S: CounterStore> Shared<S> {
+    /// Judges the body synchronously; `None` when the counter store must be awaited
+    /// (nothing was charged then).
+    fn judge_now<B>(&self, parts: &Parts, bytes: &Bytes) -> Option<Judged<B>> {
+        let inspected = match self.inspect(parts, bytes) {
+            Ok(inspected) => inspected,
+            Err(answer) => return Some(Judged::Answer(answer)),
+        };
+        let calls = inspected.calls();
+        if calls.is_empty() {
+            return Some(self.conclude(&inspected, Verdict::Forward));
+        }
+        let verdict = self.engine.decide_now(&calls, &inspected.keys)?;
+        Some(self.conclude(&inspected, verdict))
+    }
+
+    /// Judges the body, awaiting the counter store.
+    async fn judge_async<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
+        let inspected = match self.inspect(parts, bytes) {
+            Ok(inspected) => inspected,
+            Err(answer) => return Judged::Answer(answer),
+        };
+        let calls = inspected.calls();
+        let verdict = self.engine.decide_async(&calls, &inspected.keys).await;
+        self.conclude(&inspected, verdict)
+    }
+
+    /// Decodes the body and checks it against the headers; the error is the answer.
+    #[allow(clippy::result_large_err)]
+    fn inspect<'a, B>(
+        &self,
+        parts: &Parts,
+        bytes: &'a Bytes,
+    ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
+        let policy = self.engine.policy();
+        let decoded = jsonrpc::decode(bytes, &**policy).map_err(|err| {
+            tracing::info!(
+                target: "tower_mcp_policy",
+                decision = "reject",
+                code = err.code(),
+                "{}",
+                err.message()
+            );
+            http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message())
+        })?;
+        let first_id = decoded.messages().first().and_then(|m| m.id());
+        check_routing_headers(&parts.headers, &decoded)
+            .map_err(|refused| refused_response(refused, first_id))?;
+        let keys = self
+            .scope_keys(parts)
+            .map_err(|refused| refused_response(refused, first_id))?;
         let lists_tools = decoded
             .messages()
             .iter()
             .any(|m| m.kind() == MessageKind::Request && m.method() == Some("tools/list"));
-        if calls.is_empty() {
-            return Judged::Forward { lists_tools };
-        }
-        let verdict = self.engine.decide_async(&calls, &keys).await;
-        trace_decisions(&decoded, &verdict, &keys);
+        Ok(Inspected {
+            decoded,
+            keys,
+            lists_tools,
+        })
+    }
+
+    /// Forward, or answer the refusal; one tracing event per judged call.
+    fn conclude<B>(&self, inspected: &Inspected<'_>, verdict: Verdict) -> Judged<B> {
+        trace_decisions(&inspected.decoded, &verdict, &inspected.keys);
         match verdict {
-            Verdict::Forward => Judged::Forward { lists_tools },
-            Verdict::Refuse(refusals) => Judged::Answer(self.refusal_response(&decoded, refusals)),
+            Verdict::Forward => Judged::Forward {
+                lists_tools: inspected.lists_tools,
+            },
+            Verdict::Refuse(refusals) => {
+                Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
+            }
         }
     }
 
@@ -374,15 +423,39 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large(max)),
-        Err(err) => Err(Refused {
-            status: StatusCode::BAD_REQUEST,
-            code: INVALID_REQUEST,
-            message: format!("could not read the request body: {err}"),
-        }),
+    let unreadable = |err: BoxError| Refused {
+        status: StatusCode::BAD_REQUEST,
+        code: INVALID_REQUEST,
+        message: format!("could not read the request body: {err}"),
+    };
+    let mut body = std::pin::pin!(body);
+    // Most bodies arrive as one frame: keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame.map_err(|e| unreadable(e.into()))?.into_data() else {
+            continue; // trailers carry nothing the policy reads
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + rest.len() + data.remaining();
+        if len > max {
+            return Err(too_large(max));
+        }
+        match &first {
+            None if rest.is_empty() => first = Some(data.copy_to_bytes(data.remaining())),
+            _ => {
+                if let Some(first) = first.take() {
+                    rest.extend_from_slice(&first);
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    rest.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// GET, DELETE, HEAD and OPTIONS pass untouched, but never with a body nobody read.
@@ -405,6 +478,18 @@ where
                 format!("could not read the request body: {err}")
             },
         }),
+    }
+}
+
+/// A JSON-RPC id for logs, formatted only when the event is enabled.
+struct IdField<'a>(Option<&'a jsonrpc::Id>);
+
+impl fmt::Display for IdField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("(notification)"),
+        }
     }
 }
 
@@ -433,8 +518,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
         .iter()
         .filter_map(|m| Some((m, m.tool_call()?)));
     for (index, (message, call)) in calls.enumerate() {
-        let id = message.id().map(|id| id.to_string());
-        let id = id.as_deref().unwrap_or("(notification)");
+        let id = IdField(message.id());
         match refusals.map(|r| &r[index]) {
             None => tracing::debug!(
                 target: "tower_mcp_policy",
@@ -442,7 +526,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
                 tool = call.name(),
                 grant = %keys.grant,
                 session = %keys.session,
-                jsonrpc_id = id,
+                jsonrpc_id = %id,
                 arg_keys = ?ArgKeys(call.arguments()),
                 "tool call allowed"
             ),
@@ -455,7 +539,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
                 retry_after_seconds = denial.retry_after(),
                 grant = %keys.grant,
                 session = %keys.session,
-                jsonrpc_id = id,
+                jsonrpc_id = %id,
                 arg_keys = ?ArgKeys(call.arguments()),
                 "{}",
                 denial.message()
@@ -466,7 +550,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
                 tool = call.name(),
                 grant = %keys.grant,
                 session = %keys.session,
-                jsonrpc_id = id,
+                jsonrpc_id = %id,
                 "tool call not executed: another call in its batch was denied"
             ),
         }
