@@ -1,0 +1,351 @@
+//! A policy gateway in front of any MCP server that speaks Streamable HTTP.
+//!
+//! ```text
+//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080]
+//! ```
+//!
+//! It is `PolicyLayer` wrapped around a small reverse proxy built on hyper-util's
+//! client: POST, GET (SSE) and DELETE on the upstream's endpoint path are forwarded over
+//! HTTP/1.1, request bodies once the policy has read them, response bodies (SSE
+//! included) frame by frame as they arrive. Hop-by-hop headers are dropped, `Host` is
+//! set for the upstream, everything else passes both ways. An unreachable upstream gets
+//! a 502 with a JSON-RPC error; Ctrl-C or SIGTERM stops accepting and lets in-flight
+//! requests finish. No TLS and no authentication: put it behind your usual front proxy.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{CounterStore, PolicyLayer};
+
+/// The response body the proxy hands back: the upstream's, streamed, or its own error.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Where requests go: `http://host:port/path`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    uri: Uri,
+    authority: HeaderValue,
+}
+
+impl Upstream {
+    /// Parses an `http://` URL with a path (the MCP endpoint).
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "upstream {url:?} must be an http:// URL (the gateway does not speak TLS; terminate TLS in front of it)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("upstream {url:?} has no host"))?
+            .as_str()
+            .parse()
+            .map_err(|_| format!("upstream {url:?} has an invalid host"))?;
+        Ok(Upstream { uri, authority })
+    }
+
+    /// The endpoint path the gateway serves, e.g. `/mcp`.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn target(&self, incoming: &Uri) -> Uri {
+        let path_and_query = match incoming.query() {
+            Some(query) => format!("{}?{query}", self.uri.path()),
+            None => self.uri.path().to_owned(),
+        };
+        Uri::builder()
+            .scheme("http")
+            .authority(self.uri.authority().expect("checked in parse").clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("built from a valid URI")
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.uri)
+    }
+}
+
+/// The forwarding service that `PolicyLayer` wraps.
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, PolicyBody>,
+    upstream: Arc<Upstream>,
+}
+
+impl Proxy {
+    pub fn new(upstream: Upstream) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Proxy {
+            client,
+            upstream: Arc::new(upstream),
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn bad_gateway(upstream: &Upstream, reason: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32603, "message": format!("upstream MCP server {upstream} is unavailable: {reason}") }
+    });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl tower::Service<Request<PolicyBody>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<PolicyBody>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let upstream = self.upstream.clone();
+        let client = self.client.clone();
+        Box::pin(async move {
+            if parts.uri.path() != upstream.path() {
+                let mut response =
+                    Response::new(Either::Right(Full::new(Bytes::from_static(b"not found"))));
+                *response.status_mut() = StatusCode::NOT_FOUND;
+                return Ok(response);
+            }
+            parts.uri = upstream.target(&parts.uri);
+            parts.version = http::Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::HOST, upstream.authority.clone());
+            match client.request(Request::from_parts(parts, body)).await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(parts, Either::Left(body)))
+                }
+                Err(err) => {
+                    let reason = match std::error::Error::source(&err) {
+                        Some(source) => format!("{err}: {source}"),
+                        None => err.to_string(),
+                    };
+                    tracing::warn!(upstream = %upstream, "{reason}");
+                    Ok(bad_gateway(&upstream, &reason))
+                }
+            }
+        })
+    }
+}
+
+/// Serves `layer` around a [`Proxy`] to `upstream` on `listener` until `shutdown`
+/// resolves, then waits (up to 30 s) for in-flight connections to finish.
+pub async fn serve<S: CounterStore>(
+    listener: TcpListener,
+    layer: PolicyLayer<S>,
+    upstream: Upstream,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = layer.layer(Proxy::new(upstream));
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!("accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!("connection ended: {err}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after 30 s; closing them");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+struct Options {
+    policy: PathBuf,
+    upstream: Upstream,
+    listen: SocketAddr,
+}
+
+fn options() -> Result<Options, String> {
+    let mut policy = None;
+    let mut upstream = None;
+    let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--policy" => policy = Some(PathBuf::from(args.next().ok_or("--policy needs a path")?)),
+            "--upstream" => {
+                upstream = Some(Upstream::parse(
+                    &args.next().ok_or("--upstream needs a URL")?,
+                )?)
+            }
+            "--listen" => {
+                let value = args.next().ok_or("--listen needs an address")?;
+                listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e} (expected e.g. 127.0.0.1:8080)"))?;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: gateway --policy PATH --upstream http://HOST:PORT/PATH [--listen ADDR]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(Options {
+        policy: policy.ok_or("--policy is required")?,
+        upstream: upstream.ok_or("--upstream is required")?,
+        listen,
+    })
+}
+
+#[allow(dead_code)]
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_mcp_policy=debug".into()),
+        )
+        .init();
+    let options = options().unwrap_or_else(|message| {
+        eprintln!("gateway: {message}");
+        std::process::exit(2);
+    });
+    let layer = PolicyLayer::from_file(&options.policy).unwrap_or_else(|err| {
+        eprintln!("gateway: cannot load the policy: {err}");
+        std::process::exit(1);
+    });
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .unwrap_or_else(|err| {
+            eprintln!("gateway: cannot listen on {}: {err}", options.listen);
+            std::process::exit(1);
+        });
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    println!(
+        "policy gateway listening on http://{address}{} -> {}",
+        options.upstream.path(),
+        options.upstream
+    );
+    println!(
+        "policy {}: {}",
+        options.policy.display(),
+        layer.engine().policy().summary()
+    );
+    serve(listener, layer, options.upstream, signal()).await;
+    println!("gateway stopped");
+}

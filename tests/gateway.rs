@@ -1,0 +1,345 @@
+//! The gateway example in front of an rmcp server it knows nothing about, driven by
+//! rmcp's client: initialize, tools/list, allowed and denied calls, rate limit, session
+//! DELETE, a broken upstream, concurrency and graceful shutdown.
+
+mod common;
+
+#[path = "../examples/gateway.rs"]
+#[allow(dead_code)]
+mod gateway;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::Demo;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tower_mcp_policy::{Policy, PolicyLayer};
+
+/// A running gateway; `stop` shuts it down gracefully.
+struct Gateway {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start(policy: PolicyLayer, upstream: &str) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let upstream = gateway::Upstream::parse(upstream).unwrap();
+        let task = tokio::spawn(gateway::serve(listener, policy, upstream, async {
+            let _ = stopped.await;
+        }));
+        Gateway {
+            address,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.address)
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        (&mut self.task).await.unwrap();
+    }
+}
+
+/// The demo exchange with no policy of its own: the gateway is the only guard.
+async fn unguarded_upstream() -> Demo {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    Demo::start(PolicyLayer::new(allow_all), false).await
+}
+
+fn example_layer() -> PolicyLayer {
+    PolicyLayer::from_file(common::example_policy()).unwrap()
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(url: String, token: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("initialize through the gateway")
+}
+
+async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
+    let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone());
+    serde_json::to_value(client.call_tool(params).await.expect("a tool result")).unwrap()
+}
+
+#[tokio::test]
+async fn a_real_client_through_the_gateway() {
+    let upstream = unguarded_upstream().await;
+    let gateway = Gateway::start(example_layer(), &upstream.url()).await;
+    let client = connect(gateway.url(), "alice").await;
+
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "binance_us_close_listen_key",
+            "echo",
+            "get_price",
+            "transfer"
+        ]
+    );
+
+    let result = call(&client, "get_price", json!({"symbol": "ETHUSD"})).await;
+    assert_eq!(
+        result["content"][0]["text"],
+        r#"get_price ran with {"symbol":"ETHUSD"}"#
+    );
+
+    let denied = call(&client, "transfer", json!({"amount": 2500, "to": "x"})).await;
+    assert_eq!(denied["isError"], true);
+    assert_eq!(
+        denied["content"][0]["text"],
+        "[POLICY DENIED] Transfers above 1000 need human approval."
+    );
+    assert_eq!(upstream.executions.of("transfer"), 0);
+
+    for _ in 0..30 {
+        let ok = call(
+            &client,
+            "binance_us_close_listen_key",
+            json!({"listenKey": "k"}),
+        )
+        .await;
+        assert_eq!(ok["isError"], false);
+    }
+    let limited = call(
+        &client,
+        "binance_us_close_listen_key",
+        json!({"listenKey": "k"}),
+    )
+    .await;
+    assert_eq!(limited["isError"], true);
+    let text = limited["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("[POLICY DENIED] Rate limit of 30 per minute reached"),
+        "{text}"
+    );
+    assert_eq!(upstream.executions.of("binance_us_close_listen_key"), 30);
+
+    let hidden = client
+        .call_tool(
+            CallToolRequestParams::new("delete_account")
+                .with_arguments(json!({"account": "a"}).as_object().unwrap().clone()),
+        )
+        .await;
+    assert!(format!("{hidden:?}").contains("Unknown tool: delete_account"));
+    assert_eq!(upstream.executions.of("delete_account"), 0);
+
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[tokio::test]
+async fn sessions_pass_through_and_delete_ends_them() {
+    let upstream = unguarded_upstream().await;
+    let gateway = Gateway::start(example_layer(), &upstream.url()).await;
+    let url = gateway.url();
+    let json = ("content-type", "application/json");
+
+    let response = raw(reqwest::Method::POST, &url, &[json], INIT).await;
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.bytes().await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("\"serverInfo\""));
+    let with_session = [
+        json,
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(
+        raw(reqwest::Method::POST, &url, &with_session, initialized)
+            .await
+            .status(),
+        202
+    );
+
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    assert_eq!(
+        raw(reqwest::Method::POST, &url, &with_session, ping)
+            .await
+            .status(),
+        200
+    );
+
+    let deleted = raw(reqwest::Method::DELETE, &url, &with_session[1..], "").await;
+    assert!(
+        deleted.status().is_success(),
+        "DELETE: {}",
+        deleted.status()
+    );
+    let after = raw(reqwest::Method::POST, &url, &with_session, ping).await;
+    assert_eq!(after.status(), 404, "the upstream forgot the session");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_and_the_gateway_stays_up() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/mcp", closed.local_addr().unwrap());
+    drop(closed);
+    let gateway = Gateway::start(example_layer(), &dead).await;
+    for _ in 0..2 {
+        let response = raw(
+            reqwest::Method::POST,
+            &gateway.url(),
+            &[("content-type", "application/json")],
+            INIT,
+        )
+        .await;
+        assert_eq!(response.status(), 502);
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], -32603);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&dead) && message.contains("unavailable"),
+            "{message}"
+        );
+    }
+    // Policy refusals still work without an upstream.
+    let denied = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"transfer","arguments":{"amount":9999}}}"#;
+    let response = raw(
+        reqwest::Method::POST,
+        &gateway.url(),
+        &[("content-type", "application/json")],
+        denied,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+}
+
+/// An upstream whose `slow` requests take a while, to watch concurrency and shutdown.
+async fn slow_upstream(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/mcp",
+        post(move |body: String| async move {
+            if body.contains("\"slow\"") {
+                tokio::time::sleep(delay).await;
+            }
+            let id: Value = serde_json::from_str::<Value>(&body).unwrap()["id"].clone();
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, task)
+}
+
+fn allow_all() -> PolicyLayer {
+    PolicyLayer::new(r#"{"version":"1","default":"allow"}"#.parse::<Policy>().unwrap())
+}
+
+#[tokio::test]
+async fn a_slow_upstream_call_blocks_no_one_and_finishes_across_shutdown() {
+    let (upstream, _task) = slow_upstream(Duration::from_millis(600)).await;
+    let gateway = Gateway::start(allow_all(), &upstream).await;
+    let url = gateway.url();
+    let slow_body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}}"#;
+    let fast_body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fast"}}"#;
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move {
+            raw(
+                reqwest::Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                slow_body,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Another client is served while the slow call is in flight.
+    let started = std::time::Instant::now();
+    let fast = raw(
+        reqwest::Method::POST,
+        &url,
+        &[("content-type", "application/json")],
+        fast_body,
+    )
+    .await;
+    assert_eq!(fast.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "the fast call waited for the slow one"
+    );
+
+    // Shut down while the slow call is still running: it completes.
+    let stopping = tokio::spawn(gateway.stop());
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 200);
+    let body: Value = serde_json::from_slice(&slow.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "done");
+    stopping.await.unwrap();
+    // And the gateway no longer accepts connections.
+    let refused = reqwest::Client::new()
+        .post(&url)
+        .body(fast_body)
+        .send()
+        .await;
+    assert!(refused.is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn other_paths_are_not_forwarded() {
+    let (upstream, _task) = slow_upstream(Duration::ZERO).await;
+    let gateway = Gateway::start(allow_all(), &upstream).await;
+    let response = raw(
+        reqwest::Method::GET,
+        &format!("http://{}/admin", gateway.address),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    gateway.stop().await;
+}
