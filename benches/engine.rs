@@ -37,10 +37,7 @@ fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
 
 fn bench(c: &mut Criterion) {
     let hasher = ScopeHasher::random();
-    let keys = ScopeKeys::new(
-        hasher.credential(b"Bearer bench"),
-        hasher.session(Some(b"s")),
-    );
+    let keys = ScopeKeys::new(hasher.credential(b"Bearer bench"), hasher.session(b"s"));
     for (label, policy, body) in [
         ("a_200B_one_limit", POLICY_A, BODY_A),
         ("b_1KiB_deny_if_two_limits", POLICY_B, BODY_B),

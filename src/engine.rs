@@ -64,7 +64,8 @@ pub enum Verdict {
 /// let clock = FakeRelativeClock::default();
 /// let engine = Engine::with_clock(policy, clock.clone());
 /// let hasher = ScopeHasher::random();
-/// let alice = ScopeKeys::new(hasher.credential(b"Bearer alice"), hasher.session(None));
+/// let grant = hasher.credential(b"Bearer alice");
+/// let alice = ScopeKeys::new(grant, hasher.no_session(grant));
 ///
 /// let args = json!({});
 /// assert_eq!(engine.decide("write", Some(&args), &alice), Decision::Allow);

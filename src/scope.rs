@@ -98,12 +98,15 @@ impl ScopeHasher {
         self.hash(ANONYMOUS, &[])
     }
 
-    /// The session `id` (`Mcp-Session-Id`), or the one bucket of requests without one.
-    pub fn session(&self, id: Option<&[u8]>) -> ScopeValue {
-        match id {
-            Some(id) => self.hash(SESSION, id),
-            None => self.hash(NO_SESSION, &[]),
-        }
+    /// The session `id` (`Mcp-Session-Id`).
+    pub fn session(&self, id: &[u8]) -> ScopeValue {
+        self.hash(SESSION, id)
+    }
+
+    /// The session bucket of a request that has no session: one per grant, so that
+    /// session-scoped limits still separate callers (MCP 2026-07-28 has no sessions).
+    pub fn no_session(&self, grant: ScopeValue) -> ScopeValue {
+        self.hash(NO_SESSION, &grant.0.to_le_bytes())
     }
 }
 
@@ -143,7 +146,9 @@ mod tests {
         assert_ne!(h.credential(b"Bearer a"), h.credential(b"Bearer b"));
         assert_ne!(h.credential(b"Bearer a"), h.application("Bearer a"));
         assert_ne!(h.credential(b""), h.anonymous());
-        assert_ne!(h.session(Some(b"")), h.session(None));
+        let grant = h.credential(b"Bearer a");
+        assert_ne!(h.session(b""), h.no_session(grant));
+        assert_ne!(h.no_session(grant), h.no_session(h.credential(b"Bearer b")));
         let other = ScopeHasher::with_key([8; 16]);
         assert_ne!(h.credential(b"Bearer a"), other.credential(b"Bearer a"));
         assert_ne!(

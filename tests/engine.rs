@@ -37,10 +37,12 @@ impl Harness {
     }
 
     fn keys(&self, grant: &str, session: Option<&str>) -> ScopeKeys {
-        ScopeKeys::new(
-            self.hasher.credential(grant.as_bytes()),
-            self.hasher.session(session.map(str::as_bytes)),
-        )
+        let grant = self.hasher.credential(grant.as_bytes());
+        let session = match session {
+            Some(id) => self.hasher.session(id.as_bytes()),
+            None => self.hasher.no_session(grant),
+        };
+        ScopeKeys::new(grant, session)
     }
 
     fn call_as(&self, grant: &str, tool: &str, args: Value) -> Decision {

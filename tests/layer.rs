@@ -532,3 +532,142 @@ async fn around_rmcp_streamable_http_service_without_axum() {
     );
     assert_eq!(executions.total(), 0);
 }
+
+/// An upstream that answers with a fixed response and records the headers it got.
+#[derive(Clone)]
+struct Scripted {
+    content_type: Option<&'static str>,
+    content_encoding: Option<&'static str>,
+    body: &'static str,
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl Scripted {
+    fn new(
+        content_type: Option<&'static str>,
+        content_encoding: Option<&'static str>,
+        body: &'static str,
+    ) -> Self {
+        Scripted {
+            content_type,
+            content_encoding,
+            body,
+            seen: Arc::default(),
+        }
+    }
+}
+
+impl Service<Request<PolicyBody>> for Scripted {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<PolicyBody>) -> Self::Future {
+        self.seen.lock().unwrap().push(request.headers().clone());
+        let mut response = Response::builder();
+        if let Some(content_type) = self.content_type {
+            response = response.header("content-type", content_type);
+        }
+        if let Some(encoding) = self.content_encoding {
+            response = response.header("content-encoding", encoding);
+        }
+        std::future::ready(Ok(response
+            .body(Full::new(Bytes::from_static(self.body.as_bytes())))
+            .unwrap()))
+    }
+}
+
+const LISTING: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"delete_account"}]}}"#;
+
+fn list_request() -> Request<Full<Bytes>> {
+    let mut request = post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip, br".parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn forwarded_requests_ask_for_uncompressed_answers_when_tools_are_hidden() {
+    let upstream = Scripted::new(Some("application/json"), None, LISTING);
+    let service = layer().layer(upstream.clone());
+    service.oneshot(list_request()).await.unwrap();
+    assert_eq!(
+        upstream.seen.lock().unwrap()[0]["accept-encoding"],
+        "identity"
+    );
+}
+
+#[tokio::test]
+async fn a_compressed_answer_that_needs_filtering_is_refused() {
+    for content_type in ["text/event-stream", "application/json"] {
+        let upstream = Scripted::new(Some(content_type), Some("gzip"), LISTING);
+        let response = layer()
+            .layer(upstream)
+            .oneshot(list_request())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{content_type}");
+        let body = body_json(response.into_body()).await;
+        assert_eq!(body["error"]["code"], -32603);
+    }
+}
+
+#[tokio::test]
+async fn a_tool_list_without_a_content_type_is_still_filtered() {
+    let upstream = Scripted::new(None, None, LISTING);
+    let response = layer()
+        .layer(upstream)
+        .oneshot(list_request())
+        .await
+        .unwrap();
+    let body = body_json(response.into_body()).await;
+    assert_eq!(body["result"]["tools"], json!([{"name": "echo"}]));
+}
+
+#[tokio::test]
+async fn session_limits_without_a_session_count_per_grant() {
+    let policy: Policy = r#"{"version":"1","default":"allow","tools":{"t":{
+        "limits":[{"counter":"s","window":"minute","max":1,"scope":"session"}]}}}"#
+        .parse()
+        .unwrap();
+    let service =
+        PolicyLayer::with_clock(policy, FakeRelativeClock::default()).layer(Upstream::default());
+    let request = |auth: &str, session: Option<&str>| {
+        let mut request = post(call("t", json!({})));
+        request
+            .headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        if let Some(session) = session {
+            request
+                .headers_mut()
+                .insert("mcp-session-id", session.parse().unwrap());
+        }
+        request
+    };
+    let denied = |response: Response<_>| async move {
+        body_json::<tower_mcp_policy::layer::ResponseBody<Full<Bytes>>>(response.into_body()).await
+            ["result"]["isError"]
+            == json!(true)
+    };
+    let send = |auth, session| service.clone().oneshot(request(auth, session));
+    assert!(!denied(send("Bearer a", None).await.unwrap()).await);
+    assert!(
+        !denied(send("Bearer b", None).await.unwrap()).await,
+        "another grant, its own bucket"
+    );
+    assert!(denied(send("Bearer a", None).await.unwrap()).await);
+    assert!(
+        !denied(send("Bearer a", Some("s1")).await.unwrap()).await,
+        "a session has its own bucket"
+    );
+    assert!(
+        denied(send("Bearer b", Some("s1")).await.unwrap()).await,
+        "shared by everyone in it"
+    );
+}

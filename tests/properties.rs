@@ -176,7 +176,7 @@ proptest! {
         let whole = Engine::with_clock(policy.clone(), FakeRelativeClock::default());
         let pruned = Engine::with_clock(policy.clone(), FakeRelativeClock::default());
         let h = ScopeHasher::with_key([3; 16]);
-        let keys = ScopeKeys::new(h.credential(b"g"), h.session(Some(b"s")));
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
         for (tool, args) in calls {
             let body = call_body(&json!(1), tool, &args, 0, false);
             let full = decode(body.as_bytes(), &ReadAll).unwrap();

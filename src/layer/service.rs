@@ -201,6 +201,7 @@ where
         if let Err(refused) = ensure_empty(body, &parts.method).await {
             return Ok(refused_response(refused, None));
         }
+        let parts = shared.prepare_forward(parts);
         let response = inner
             .call(Request::from_parts(parts, PolicyBody::empty()))
             .await?;
@@ -222,6 +223,7 @@ where
     };
     match judged {
         Judged::Forward { lists_tools } => {
+            let parts = shared.prepare_forward(parts);
             let response = inner
                 .call(Request::from_parts(parts, PolicyBody::new(bytes)))
                 .await?;
@@ -335,8 +337,11 @@ impl<S: CounterStore> Shared<S> {
             (None, Some(credential)) => hasher.credential(credential.as_bytes()),
             (None, None) => hasher.anonymous(),
         };
-        let session = single(&parts.headers, &MCP_SESSION_ID)?.map(|v| v.as_bytes());
-        Ok(ScopeKeys::new(grant, hasher.session(session)))
+        let session = match single(&parts.headers, &MCP_SESSION_ID)? {
+            Some(id) => hasher.session(id.as_bytes()),
+            None => hasher.no_session(grant),
+        };
+        Ok(ScopeKeys::new(grant, session))
     }
 
     /// One entry per request of the body; notifications get none.
@@ -369,39 +374,62 @@ impl<S: CounterStore> Shared<S> {
         }
     }
 
-    /// Wraps the inner response so hidden tools never show in a tool list.
-    fn wrap<B>(
-        &self,
-        mut response: Response<B>,
-        json_may_list_tools: bool,
-    ) -> Response<ResponseBody<B>> {
+    /// When responses may need filtering, asks the server not to compress them: a
+    /// compressed tool list could not be read, so it could not be filtered.
+    fn prepare_forward(&self, mut parts: Parts) -> Parts {
+        if self.engine.policy().hides_anything() {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+        }
+        parts
+    }
+
+    /// Wraps the inner response so hidden tools never show in a tool list: every SSE
+    /// stream is filtered event by event, and any other answer to a tools/list request
+    /// is filtered whole.
+    fn wrap<B>(&self, mut response: Response<B>, lists_tools: bool) -> Response<ResponseBody<B>> {
         let policy = self.engine.policy();
         if !policy.hides_anything() {
             return response.map(ResponseBody::inner);
         }
-        let essence = response
-            .headers()
+        let headers = response.headers();
+        let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        match essence.as_deref() {
-            Some("text/event-stream") => {
-                response.headers_mut().remove(header::CONTENT_LENGTH);
-                let policy = policy.clone();
-                response.map(|body| ResponseBody::sse(body, policy))
-            }
-            Some("application/json") if json_may_list_tools => {
-                response.headers_mut().remove(header::CONTENT_LENGTH);
-                let (policy, limit) = (policy.clone(), self.config.max_filtered_response);
-                response.map(|body| ResponseBody::json(body, policy, limit))
-            }
-            _ => response.map(ResponseBody::inner),
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"));
+        if !is_sse && !lists_tools {
+            return response.map(ResponseBody::inner);
+        }
+        let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+            v.to_str()
+                .map(|v| {
+                    v.split(',')
+                        .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+                })
+                .unwrap_or(true)
+        });
+        if encoded {
+            tracing::warn!(
+                target: "tower_mcp_policy",
+                "the server compressed a response the policy must filter; refused"
+            );
+            return http_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                response::INTERNAL_ERROR,
+                "the server compressed a response that the policy layer must read to remove hidden tools",
+            );
+        }
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        let policy = policy.clone();
+        if is_sse {
+            response.map(|body| ResponseBody::sse(body, policy))
+        } else {
+            let limit = self.config.max_filtered_response;
+            response.map(|body| ResponseBody::json(body, policy, limit))
         }
     }
 }
