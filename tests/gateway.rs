@@ -343,3 +343,38 @@ async fn other_paths_are_not_forwarded() {
     assert_eq!(response.status(), 404);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn tool_lists_are_filtered_when_the_upstream_answers_json() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let gateway = Gateway::start(example_layer(), &upstream.url()).await;
+    let list = r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
+    let response = raw(
+        reqwest::Method::POST,
+        &gateway.url(),
+        &[("content-type", "application/json")],
+        list,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let mut names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "binance_us_close_listen_key",
+            "echo",
+            "get_price",
+            "transfer"
+        ]
+    );
+    gateway.stop().await;
+}

@@ -1,0 +1,97 @@
+//! The example binaries as a user runs them (`cargo test` builds the examples first).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = deps.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo test`",
+        path.display()
+    );
+    path
+}
+
+fn bad_policy() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tmp-bad-policy-{}.json", std::process::id()));
+    std::fs::write(
+        &path,
+        "{\"version\":\"1\",\"default\":\"deny\",\n \"tools\":{\"transfer\":{\"deny_if\":[{\"conditions\":[{\"path\":\"args.amount\",\"op\":\"gtt\",\"value\":1}]}]}}}\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_bad_policy_stops_the_demo_server_with_its_path_and_line() {
+    let policy = bad_policy();
+    for (binary, extra) in [
+        ("demo_server", vec![]),
+        ("gateway", vec!["--upstream", "http://127.0.0.1:9/mcp"]),
+    ] {
+        let output = Command::new(example(binary))
+            .arg("--policy")
+            .arg(&policy)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{binary}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("/tools/transfer/deny_if/0/conditions/0/op: unknown variant `gtt`"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("(line 2, column"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::remove_file(policy).unwrap();
+}
+
+#[test]
+fn the_demo_server_starts_and_prints_its_address_and_policy() {
+    let mut child = Command::new(example("demo_server"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        first.starts_with("demo MCP server listening on http://127.0.0.1:")
+            && first.ends_with("/mcp"),
+        "{first}"
+    );
+    assert_eq!(
+        second,
+        "policy examples/policy.json: default deny; 4 tool rules; 1 hidden; counters: binance_us_close_listen_key_rate 30 per minute per grant"
+    );
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let output = Command::new(example("gateway"))
+        .arg("--policy")
+        .arg("x.json")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream is required"));
+    let output = Command::new(example("demo_server"))
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen nowhere"));
+}
