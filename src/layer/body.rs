@@ -26,10 +26,6 @@ impl PolicyBody {
             inner: Full::new(bytes),
         }
     }
-
-    pub(crate) fn empty() -> Self {
-        PolicyBody::new(Bytes::new())
-    }
 }
 
 impl Body for PolicyBody {

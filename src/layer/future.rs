@@ -1,45 +1,298 @@
-//! The response future of [`PolicyService`](super::PolicyService).
+//! The response future of [`PolicyService`](super::PolicyService): a state machine that
+//! reads the body, asks the policy, then calls the inner service or answers itself.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use http::Response;
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use super::ResponseBody;
+use super::body::PolicyBody;
+use super::request::{Refused, check_entity_headers, too_large};
+use super::service::{BoxError, Judged, Shared, refused_response};
+use crate::counter::CounterStore;
+use crate::jsonrpc::INVALID_REQUEST;
 
-type BoxFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+type JudgeFuture<B> = Pin<Box<dyn Future<Output = (Judged<B>, Parts, Bytes)> + Send>>;
 
-/// The response future of [`PolicyService`](super::PolicyService).
-///
-/// It reads the body, asks the policy, and then either calls the inner service or
-/// answers on its own.
-pub struct ResponseFuture<B, E> {
-    inner: BoxFuture<B, E>,
+pin_project! {
+    /// The response future of [`PolicyService`](super::PolicyService).
+    pub struct ResponseFuture<Inner, S, ReqBody, ResBody>
+    where
+        Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    {
+        #[pin]
+        state: State<Inner, ReqBody, ResBody>,
+        shared: Arc<Shared<S>>,
+    }
 }
 
-impl<B, E> ResponseFuture<B, E> {
-    pub(crate) fn new(
-        future: impl Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static,
-    ) -> Self {
-        ResponseFuture {
-            inner: Box::pin(future),
+pin_project! {
+    #[project = StateProj]
+    enum State<Inner, ReqBody, ResBody>
+    where
+        Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    {
+        // Reading the request body: up to the body limit for methods that are judged,
+        // nothing at all for GET, DELETE, HEAD and OPTIONS.
+        Reading {
+            #[pin]
+            body: ReqBody,
+            request: Option<(Parts, Inner)>,
+            buffer: Buffer,
+            limit: usize,
+            judge: bool,
+        },
+        // Waiting for a counter store that cannot answer at once.
+        Judging {
+            future: JudgeFuture<ResBody>,
+            inner: Option<Inner>,
+        },
+        // Waiting for the inner service.
+        Calling {
+            #[pin]
+            future: Inner::Future,
+            lists_tools: bool,
+        },
+        // An answer of the layer's own.
+        Answered {
+            response: Option<Response<ResponseBody<ResBody>>>,
+        },
+    }
+}
+
+/// The body read so far; a single frame is kept without copying.
+#[derive(Default)]
+struct Buffer {
+    first: Option<Bytes>,
+    rest: BytesMut,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
+    }
+
+    fn push(&mut self, mut data: impl Buf) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data.copy_to_bytes(data.remaining()));
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.rest.extend_from_slice(&first);
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            self.rest.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        self.first
+            .take()
+            .unwrap_or_else(|| self.rest.split().freeze())
+    }
+}
+
+impl<Inner, S, ReqBody, ResBody> ResponseFuture<Inner, S, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    S: CounterStore,
+{
+    pub(crate) fn new(shared: Arc<Shared<S>>, mut inner: Inner, request: Request<ReqBody>) -> Self {
+        let (parts, body) = request.into_parts();
+        let bodiless = matches!(
+            parts.method,
+            Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
+        );
+        let state = if bodiless && body.is_end_stream() {
+            // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
+            calling(&shared, &mut inner, parts, Bytes::new(), false)
+        } else if bodiless {
+            // They never carry a body nobody read: read it, and refuse any byte.
+            State::Reading {
+                body,
+                request: Some((parts, inner)),
+                buffer: Buffer::default(),
+                limit: 0,
+                judge: false,
+            }
+        } else {
+            // POST, and every other method that can carry a body, is read and judged.
+            match check_entity_headers(&parts.headers, shared.config.max_body) {
+                Err(refused) => answered(refused),
+                Ok(()) => State::Reading {
+                    body,
+                    request: Some((parts, inner)),
+                    buffer: Buffer::default(),
+                    limit: shared.config.max_body,
+                    judge: true,
+                },
+            }
+        };
+        ResponseFuture { state, shared }
+    }
+}
+
+fn answered<Inner, ReqBody, ResBody>(refused: Refused) -> State<Inner, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+{
+    State::Answered {
+        response: Some(refused_response(refused, None)),
+    }
+}
+
+fn calling<Inner, S, ReqBody, ResBody>(
+    shared: &Shared<S>,
+    inner: &mut Inner,
+    parts: Parts,
+    bytes: Bytes,
+    lists_tools: bool,
+) -> State<Inner, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    S: CounterStore,
+{
+    let parts = shared.prepare_forward(parts);
+    State::Calling {
+        future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
+        lists_tools,
+    }
+}
+
+fn after_judging<Inner, S, ReqBody, ResBody>(
+    shared: &Shared<S>,
+    mut inner: Inner,
+    judged: Judged<ResBody>,
+    parts: Parts,
+    bytes: Bytes,
+) -> State<Inner, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    S: CounterStore,
+{
+    match judged {
+        Judged::Forward { lists_tools } => calling(shared, &mut inner, parts, bytes, lists_tools),
+        Judged::Answer(response) => State::Answered {
+            response: Some(response),
+        },
+    }
+}
+
+impl<Inner, S, ReqBody, ResBody> Future for ResponseFuture<Inner, S, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+    S: CounterStore,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, Inner::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Reading {
+                    body,
+                    request,
+                    buffer,
+                    limit,
+                    judge,
+                } => match ready!(body.poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue; // trailers carry nothing the policy reads
+                        };
+                        if buffer.len() + data.remaining() <= *limit {
+                            buffer.push(data);
+                            continue;
+                        }
+                        let (method, _) = request.as_ref().expect("read until answered");
+                        answered(if *judge {
+                            too_large(*limit)
+                        } else {
+                            Refused {
+                                status: StatusCode::BAD_REQUEST,
+                                code: INVALID_REQUEST,
+                                message: format!(
+                                    "a {} request must not carry a body",
+                                    method.method
+                                ),
+                            }
+                        })
+                    }
+                    Some(Err(err)) => answered(Refused {
+                        status: StatusCode::BAD_REQUEST,
+                        code: INVALID_REQUEST,
+                        message: format!("could not read the request body: {}", err.into()),
+                    }),
+                    None => {
+                        let (parts, mut inner) = request.take().expect("read until answered");
+                        let bytes = buffer.take();
+                        if !*judge {
+                            calling(this.shared, &mut inner, parts, bytes, false)
+                        } else if let Some(judged) = this.shared.judge_now(&parts, &bytes) {
+                            after_judging(this.shared, inner, judged, parts, bytes)
+                        } else {
+                            // Only stores that must be awaited get here.
+                            let shared = this.shared.clone();
+                            State::Judging {
+                                future: Box::pin(async move {
+                                    let judged = shared.judge_async(&parts, &bytes).await;
+                                    (judged, parts, bytes)
+                                }),
+                                inner: Some(inner),
+                            }
+                        }
+                    }
+                },
+                StateProj::Judging { future, inner } => {
+                    let (judged, parts, bytes) = ready!(future.as_mut().poll(cx));
+                    let inner = inner.take().expect("judged once");
+                    after_judging(this.shared, inner, judged, parts, bytes)
+                }
+                StateProj::Calling {
+                    future,
+                    lists_tools,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(this.shared.wrap(response, *lists_tools)));
+                }
+                StateProj::Answered { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            };
+            this.state.set(next);
         }
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+impl<Inner, S, ReqBody, ResBody> fmt::Debug for ResponseFuture<Inner, S, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        let state = match &self.state {
+            State::Reading { .. } => "reading",
+            State::Judging { .. } => "judging",
+            State::Calling { .. } => "calling",
+            State::Answered { .. } => "answered",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }

@@ -4,12 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 use smallvec::SmallVec;
 use tower_service::Service;
@@ -17,17 +16,17 @@ use tower_service::Service;
 use super::body::{PolicyBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
-use super::request::{Refused, check_entity_headers, check_routing_headers, single, too_large};
+use super::request::{Refused, check_routing_headers, single};
 use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
 };
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::{Call, Engine, Refusal, Verdict};
-use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
+use crate::jsonrpc::{self, Decoded, MessageKind};
 use crate::policy::Policy;
 use crate::scope::{ScopeHasher, ScopeKeys};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 
@@ -158,7 +157,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = Inner::Error;
-    type Future = ResponseFuture<ResBody, Inner::Error>;
+    type Future = ResponseFuture<Inner, S, ReqBody, ResBody>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -169,68 +168,16 @@ where
         // The instance that was polled ready serves this request; a clone takes its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(handle(self.shared.clone(), inner, request))
+        ResponseFuture::new(self.shared.clone(), inner, request)
     }
 }
 
 /// What the policy made of a decoded body.
-enum Judged<B> {
+pub(crate) enum Judged<B> {
     /// Forward it; `lists_tools` when it holds a tools/list request.
     Forward { lists_tools: bool },
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
-}
-
-async fn handle<Inner, S, ReqBody, ResBody>(
-    shared: Arc<Shared<S>>,
-    mut inner: Inner,
-    request: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
-where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
-    ReqBody: Body,
-    ReqBody::Error: Into<BoxError>,
-    S: CounterStore,
-{
-    let (parts, body) = request.into_parts();
-    if matches!(
-        parts.method,
-        Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
-    ) {
-        if let Err(refused) = ensure_empty(body, &parts.method).await {
-            return Ok(refused_response(refused, None));
-        }
-        let parts = shared.prepare_forward(parts);
-        let response = inner
-            .call(Request::from_parts(parts, PolicyBody::empty()))
-            .await?;
-        return Ok(shared.wrap(response, false));
-    }
-
-    // POST, and every other method that can carry a body, is read and judged.
-    if let Err(refused) = check_entity_headers(&parts.headers, shared.config.max_body) {
-        return Ok(refused_response(refused, None));
-    }
-    let bytes = match read_body(body, shared.config.max_body).await {
-        Ok(bytes) => bytes,
-        Err(refused) => return Ok(refused_response(refused, None)),
-    };
-    let judged = match shared.judge_now(&parts, &bytes) {
-        Some(judged) => judged,
-        // Only stores that must be awaited get here; boxing keeps this future small.
-        None => Box::pin(shared.judge_async(&parts, &bytes)).await,
-    };
-    match judged {
-        Judged::Forward { lists_tools } => {
-            let parts = shared.prepare_forward(parts);
-            let response = inner
-                .call(Request::from_parts(parts, PolicyBody::new(bytes)))
-                .await?;
-            Ok(shared.wrap(response, lists_tools))
-        }
-        Judged::Answer(response) => Ok(response),
-    }
 }
 
 /// A body that decoded and passed the header checks, ready for the engine.
@@ -257,7 +204,7 @@ impl Inspected<'_> {
 impl<S: CounterStore> Shared<S> {
     /// Judges the body synchronously; `None` when the counter store must be awaited
     /// (nothing was charged then).
-    fn judge_now<B>(&self, parts: &Parts, bytes: &Bytes) -> Option<Judged<B>> {
+    pub(crate) fn judge_now<B>(&self, parts: &Parts, bytes: &Bytes) -> Option<Judged<B>> {
         let inspected = match self.inspect(parts, bytes) {
             Ok(inspected) => inspected,
             Err(answer) => return Some(Judged::Answer(answer)),
@@ -271,7 +218,7 @@ impl<S: CounterStore> Shared<S> {
     }
 
     /// Judges the body, awaiting the counter store.
-    async fn judge_async<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
+    pub(crate) async fn judge_async<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
         let inspected = match self.inspect(parts, bytes) {
             Ok(inspected) => inspected,
             Err(answer) => return Judged::Answer(answer),
@@ -376,7 +323,7 @@ impl<S: CounterStore> Shared<S> {
 
     /// When responses may need filtering, asks the server not to compress them: a
     /// compressed tool list could not be read, so it could not be filtered.
-    fn prepare_forward(&self, mut parts: Parts) -> Parts {
+    pub(crate) fn prepare_forward(&self, mut parts: Parts) -> Parts {
         if self.engine.policy().hides_anything() {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
@@ -389,7 +336,11 @@ impl<S: CounterStore> Shared<S> {
     /// Wraps the inner response so hidden tools never show in a tool list: every SSE
     /// stream is filtered event by event, and any other answer to a tools/list request
     /// is filtered whole.
-    fn wrap<B>(&self, mut response: Response<B>, lists_tools: bool) -> Response<ResponseBody<B>> {
+    pub(crate) fn wrap<B>(
+        &self,
+        mut response: Response<B>,
+        lists_tools: bool,
+    ) -> Response<ResponseBody<B>> {
         let policy = self.engine.policy();
         if !policy.hides_anything() {
             return response.map(ResponseBody::inner);
@@ -434,7 +385,10 @@ impl<S: CounterStore> Shared<S> {
     }
 }
 
-fn refused_response<B>(refused: Refused, id: Option<&jsonrpc::Id>) -> Response<ResponseBody<B>> {
+pub(crate) fn refused_response<B>(
+    refused: Refused,
+    id: Option<&jsonrpc::Id>,
+) -> Response<ResponseBody<B>> {
     tracing::info!(
         target: "tower_mcp_policy",
         decision = "reject",
@@ -444,69 +398,6 @@ fn refused_response<B>(refused: Refused, id: Option<&jsonrpc::Id>) -> Response<R
         refused.message
     );
     http_error(refused.status, id, refused.code, &refused.message)
-}
-
-async fn read_body<B>(body: B, max: usize) -> Result<Bytes, Refused>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    let unreadable = |err: BoxError| Refused {
-        status: StatusCode::BAD_REQUEST,
-        code: INVALID_REQUEST,
-        message: format!("could not read the request body: {err}"),
-    };
-    let mut body = std::pin::pin!(body);
-    // Most bodies arrive as one frame: keep it without copying.
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(mut data) = frame.map_err(|e| unreadable(e.into()))?.into_data() else {
-            continue; // trailers carry nothing the policy reads
-        };
-        let len = first.as_ref().map_or(0, Bytes::len) + rest.len() + data.remaining();
-        if len > max {
-            return Err(too_large(max));
-        }
-        match &first {
-            None if rest.is_empty() => first = Some(data.copy_to_bytes(data.remaining())),
-            _ => {
-                if let Some(first) = first.take() {
-                    rest.extend_from_slice(&first);
-                }
-                while data.has_remaining() {
-                    let chunk = data.chunk();
-                    rest.extend_from_slice(chunk);
-                    let n = chunk.len();
-                    data.advance(n);
-                }
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
-}
-
-/// GET, DELETE, HEAD and OPTIONS pass untouched, but never with a body nobody read.
-async fn ensure_empty<B>(body: B, method: &Method) -> Result<(), Refused>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    if body.is_end_stream() {
-        return Ok(());
-    }
-    match Limited::new(body, 0).collect().await {
-        Ok(_) => Ok(()),
-        Err(err) => Err(Refused {
-            status: StatusCode::BAD_REQUEST,
-            code: INVALID_REQUEST,
-            message: if err.is::<LengthLimitError>() {
-                format!("a {method} request must not carry a body")
-            } else {
-                format!("could not read the request body: {err}")
-            },
-        }),
-    }
 }
 
 /// A JSON-RPC id for logs, formatted only when the event is enabled.
