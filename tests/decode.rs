@@ -221,6 +221,20 @@ fn bad_tool_calls() {
         "tools/call needs params",
     );
     invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#,
+        "tools/call needs params",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#,
+        "methods are case-sensitive",
+    );
+    invalid(
+        r#"{"jsonrpc":"2.0","id":1,"method":"TOOLS/CALL","params":{"name":"t"}}"#,
+        "methods are case-sensitive",
+    );
+    let listed = ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":null}"#);
+    assert_eq!(listed.messages()[0].method(), Some("tools/list"));
+    invalid(
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#,
         "must be an object",
     );

@@ -422,6 +422,12 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                 "a message cannot have both a \"method\" and a \"result\" or \"error\"",
             )),
             (Some(method), false) => {
+                if method != "tools/call" && method.eq_ignore_ascii_case("tools/call") {
+                    // A lenient server might run it; the policy would not have judged it.
+                    return Err(de::Error::custom(format_args!(
+                        "method \"{method}\" is not \"tools/call\": methods are case-sensitive"
+                    )));
+                }
                 let params = params.unwrap_or_default();
                 if method == "tools/call" && params.call.is_none() {
                     return Err(de::Error::custom(
@@ -537,6 +543,11 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("params to be an object")
     }
+    fn visit_unit<E: de::Error>(self) -> Result<Params<'de>, E> {
+        // `null` params are no params; tools/call then fails for want of a name.
+        Ok(Params::default())
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Params<'de>, A::Error> {
         if self.method == "tools/call" {
             return Err(de::Error::custom("tools/call params must be an object"));
