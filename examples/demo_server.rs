@@ -25,6 +25,9 @@ use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use tower_mcp_policy::{CounterStore, PolicyLayer};
 
+#[path = "support/cli.rs"]
+mod cli;
+
 /// How many times each tool actually ran.
 #[derive(Debug, Clone, Default)]
 pub struct Executions(Arc<Mutex<BTreeMap<String, usize>>>);
@@ -199,27 +202,11 @@ fn options() -> Result<Options, String> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_mcp_policy=debug".into()),
-        )
-        .init();
-    let options = options().unwrap_or_else(|message| {
-        eprintln!("demo_server: {message}");
-        std::process::exit(2);
-    });
-    let layer = PolicyLayer::from_file(&options.policy).unwrap_or_else(|err| {
-        eprintln!("demo_server: cannot load the policy: {err}");
-        std::process::exit(1);
-    });
+    cli::init_tracing();
+    let options = cli::options_or_exit("demo_server", options());
+    let layer = cli::load_layer("demo_server", &options.policy);
     let summary = layer.engine().policy().summary();
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .unwrap_or_else(|err| {
-            eprintln!("demo_server: cannot listen on {}: {err}", options.listen);
-            std::process::exit(1);
-        });
+    let listener = cli::bind("demo_server", options.listen).await;
     let address = listener
         .local_addr()
         .expect("a bound listener has an address");

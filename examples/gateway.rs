@@ -37,6 +37,9 @@ use tower::Layer;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{CounterStore, PolicyLayer};
 
+#[path = "support/cli.rs"]
+mod cli;
+
 /// The response body the proxy hands back: the upstream's, streamed, or its own error.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -313,26 +316,10 @@ fn options() -> Result<Options, String> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_mcp_policy=debug".into()),
-        )
-        .init();
-    let options = options().unwrap_or_else(|message| {
-        eprintln!("gateway: {message}");
-        std::process::exit(2);
-    });
-    let layer = PolicyLayer::from_file(&options.policy).unwrap_or_else(|err| {
-        eprintln!("gateway: cannot load the policy: {err}");
-        std::process::exit(1);
-    });
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .unwrap_or_else(|err| {
-            eprintln!("gateway: cannot listen on {}: {err}", options.listen);
-            std::process::exit(1);
-        });
+    cli::init_tracing();
+    let options = cli::options_or_exit("gateway", options());
+    let layer = cli::load_layer("gateway", &options.policy);
+    let listener = cli::bind("gateway", options.listen).await;
     let address = listener
         .local_addr()
         .expect("a bound listener has an address");

@@ -387,34 +387,12 @@ fn sse_messages(body: &[u8]) -> Vec<Value> {
 #[tokio::test]
 async fn sse_tool_lists_are_filtered() {
     let demo = Demo::example(false).await;
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let response = reqwest::Client::new()
-        .post(demo.url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(init.to_string())
-        .send()
-        .await
-        .unwrap();
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    drop(response);
+    let (session, _) = common::open_session(&demo.url()).await;
     let headers = [
         JSON,
         ("mcp-session-id", session.as_str()),
         ("mcp-protocol-version", "2025-06-18"),
     ];
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(
-        send(&demo, Method::POST, &headers, initialized.to_string())
-            .await
-            .status,
-        202
-    );
-
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let reply = send(&demo, Method::POST, &headers, list.to_string()).await;
     assert_eq!(reply.status, 200);

@@ -5,42 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Demo;
+use common::{Client, Demo, call, connect, params, text};
 use governor::clock::FakeRelativeClock;
-use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 use tower_mcp_policy::{Policy, PolicyLayer};
-
-type Client = RunningService<RoleClient, ()>;
-
-async fn connect(demo: &Demo, token: &str) -> Client {
-    let config = StreamableHttpClientTransportConfig::with_uri(demo.url()).auth_header(token);
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .expect("the client connects")
-}
-
-fn params(tool: &'static str, args: Value) -> CallToolRequestParams {
-    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
-}
-
-async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
-    let result: CallToolResult = client
-        .call_tool(params(tool, args))
-        .await
-        .expect("a tool result");
-    serde_json::to_value(result).unwrap()
-}
-
-fn text(result: &Value) -> &str {
-    result["content"][0]["text"]
-        .as_str()
-        .expect("a text result")
-}
 
 async fn tool_names(client: &Client) -> Vec<String> {
     let mut names: Vec<String> = client
@@ -63,7 +31,7 @@ const VISIBLE: [&str; 4] = [
 
 async fn the_product_works(json: bool) {
     let demo = Demo::example(json).await;
-    let client = connect(&demo, "alice-token").await;
+    let client = connect(demo.url(), "alice-token").await;
 
     // tools/list never shows the hidden tool.
     assert_eq!(tool_names(&client).await, VISIBLE);
@@ -137,8 +105,8 @@ async fn the_31st_rapid_call_is_limited_per_credential() {
     let policy: Arc<Policy> = Arc::new(Policy::from_file(common::example_policy()).unwrap());
     let clock = FakeRelativeClock::default();
     let demo = Demo::start(PolicyLayer::with_clock(policy, clock.clone()), false).await;
-    let alice = connect(&demo, "alice-token").await;
-    let bob = connect(&demo, "bob-token").await;
+    let alice = connect(demo.url(), "alice-token").await;
+    let bob = connect(demo.url(), "bob-token").await;
     let args = || json!({"listenKey": "k1"});
 
     for i in 1..=30 {

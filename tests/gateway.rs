@@ -2,6 +2,9 @@
 //! rmcp's client: initialize, tools/list, allowed and denied calls, rate limit, session
 //! DELETE, a broken upstream, concurrency and graceful shutdown.
 
+// Both examples are included here, and each includes examples/support/cli.rs.
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 
 #[path = "../examples/gateway.rs"]
@@ -11,12 +14,8 @@ mod gateway;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::Demo;
-use rmcp::ServiceExt;
+use common::{Demo, call, connect, open_session, raw};
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tower_mcp_policy::{Policy, PolicyLayer};
@@ -62,20 +61,6 @@ async fn unguarded_upstream() -> Demo {
 
 fn example_layer() -> PolicyLayer {
     PolicyLayer::from_file(common::example_policy()).unwrap()
-}
-
-type Client = RunningService<RoleClient, ()>;
-
-async fn connect(url: String, token: &str) -> Client {
-    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .expect("initialize through the gateway")
-}
-
-async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
-    let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone());
-    serde_json::to_value(client.call_tool(params).await.expect("a tool result")).unwrap()
 }
 
 #[tokio::test]
@@ -152,24 +137,6 @@ async fn a_real_client_through_the_gateway() {
     gateway.stop().await;
 }
 
-async fn raw(
-    method: reqwest::Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
-        .request(method, url)
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.unwrap()
-}
-
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-
 #[tokio::test]
 async fn sessions_pass_through_and_delete_ends_them() {
     let upstream = unguarded_upstream().await;
@@ -177,28 +144,14 @@ async fn sessions_pass_through_and_delete_ends_them() {
     let url = gateway.url();
     let json = ("content-type", "application/json");
 
-    let response = raw(reqwest::Method::POST, &url, &[json], INIT).await;
-    assert_eq!(response.status(), 200);
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let body = response.bytes().await.unwrap();
-    assert!(String::from_utf8_lossy(&body).contains("\"serverInfo\""));
+    // The upstream's Mcp-Session-Id comes back through the gateway, with its SSE answer.
+    let (session, content_type) = open_session(&url).await;
+    assert_eq!(content_type, "text/event-stream");
     let with_session = [
         json,
         ("mcp-session-id", session.as_str()),
         ("mcp-protocol-version", "2025-06-18"),
     ];
-    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    assert_eq!(
-        raw(reqwest::Method::POST, &url, &with_session, initialized)
-            .await
-            .status(),
-        202
-    );
-
     let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
     assert_eq!(
         raw(reqwest::Method::POST, &url, &with_session, ping)
@@ -229,7 +182,7 @@ async fn an_unreachable_upstream_is_a_502_and_the_gateway_stays_up() {
             reqwest::Method::POST,
             &gateway.url(),
             &[("content-type", "application/json")],
-            INIT,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
         )
         .await;
         assert_eq!(response.status(), 502);

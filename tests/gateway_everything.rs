@@ -4,7 +4,12 @@
 //!
 //! Needs Node.js. The npm packages are installed on first use (`npm ci --prefix tests/ts`).
 
+// Both examples are included here, and each includes examples/support/cli.rs.
+#![allow(clippy::duplicate_mod)]
+
 mod common;
+
+use common::{call, connect, open_session, params, raw, text};
 
 #[path = "../examples/gateway.rs"]
 #[allow(dead_code)]
@@ -15,11 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 use tower_mcp_policy::PolicyLayer;
 
 fn ts_dir() -> PathBuf {
@@ -53,13 +54,12 @@ impl Everything {
         let entry = ensure_installed();
         // Ports handed out for `:0` binds come from the ephemeral range (32768 and up on
         // Linux); choosing below it means no listener of this test run can take ours.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        for attempt in 0..10u32 {
-            let port =
-                20_000 + ((seed / 1000 + attempt * 7919 + std::process::id()) % 10_000) as u16;
+        // Distinct for every server this process starts; varied across processes.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = std::process::id() % 1000 * 10;
+        for _ in 0..10 {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = 20_000 + ((base + n) % 10_000) as u16;
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                 continue;
             }
@@ -68,28 +68,37 @@ impl Everything {
                 .arg("streamableHttp")
                 .env("PORT", port.to_string())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("node is needed to run the reference server");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // it exited (the port was taken after all): try another
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
+            // Wait for this process to say it listens (not for any listener on the port).
+            let stderr = child.stderr.take().unwrap();
+            let (ready, listening) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut said = false;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
                 {
+                    if !said && line.contains("listening on port") {
+                        said = true;
+                        let _ = ready.send(());
+                    }
+                }
+            });
+            match listening.recv_timeout(Duration::from_secs(30)) {
+                Ok(()) => {
                     return Everything {
                         child,
                         url: format!("http://127.0.0.1:{port}/mcp"),
                     };
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "the reference server did not start"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(_) => {
+                    // It exited (the port was taken after all) or hung: try another.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
             }
         }
         panic!("the reference server could not find a free port");
@@ -119,19 +128,10 @@ async fn start_gateway(upstream: &str) -> String {
     format!("http://{address}/mcp")
 }
 
-fn args(value: Value) -> serde_json::Map<String, Value> {
-    value.as_object().unwrap().clone()
-}
-
 #[tokio::test]
 async fn the_typescript_reference_server_behind_the_gateway() {
     let server = Everything::start().await;
-    let url = start_gateway(&server.url).await;
-    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header("agent-1");
-    let client =
-        ().serve(StreamableHttpClientTransport::from_config(config))
-            .await
-            .expect("initialize");
+    let client = connect(start_gateway(&server.url).await, "agent-1").await;
 
     let names: Vec<String> = client
         .list_all_tools()
@@ -141,66 +141,37 @@ async fn the_typescript_reference_server_behind_the_gateway() {
         .map(|t| t.name.to_string())
         .collect();
     assert!(
-        names.iter().any(|n| n == "echo") && names.iter().any(|n| n == "get-sum"),
+        names.contains(&"echo".into()) && names.contains(&"get-sum".into()),
         "{names:?}"
     );
     assert!(
-        !names.iter().any(|n| n == "get-env"),
+        !names.contains(&"get-env".into()),
         "the hidden tool is listed: {names:?}"
     );
 
-    let text = |result: rmcp::model::CallToolResult| {
-        serde_json::to_value(result).unwrap()["content"][0]["text"].clone()
-    };
-    let sum = client
-        .call_tool(
-            CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": 2, "b": 3}))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(text(sum), "The sum of 2 and 3 is 5.");
+    let sum = call(&client, "get-sum", json!({"a": 2, "b": 3})).await;
+    assert_eq!(text(&sum), "The sum of 2 and 3 is 5.");
 
-    let denied = client
-        .call_tool(
-            CallToolRequestParams::new("get-sum").with_arguments(args(json!({"a": 1000, "b": 1}))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(denied.is_error, Some(true));
+    let denied = call(&client, "get-sum", json!({"a": 1000, "b": 1})).await;
+    assert_eq!(denied["isError"], true);
     assert_eq!(
-        text(denied),
+        text(&denied),
         "[POLICY DENIED] Sums above 100 need approval."
     );
 
     for i in 0..3 {
-        let echo = client
-            .call_tool(
-                CallToolRequestParams::new("echo")
-                    .with_arguments(args(json!({"message": format!("hi {i}")}))),
-            )
-            .await
-            .unwrap();
-        assert_eq!(text(echo), format!("Echo: hi {i}"));
+        let echo = call(&client, "echo", json!({"message": format!("hi {i}")})).await;
+        assert_eq!(text(&echo), format!("Echo: hi {i}"));
     }
-    let limited = client
-        .call_tool(
-            CallToolRequestParams::new("echo").with_arguments(args(json!({"message": "again"}))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(limited.is_error, Some(true));
-    let limited = text(limited);
+    let limited = call(&client, "echo", json!({"message": "again"})).await;
+    assert_eq!(limited["isError"], true);
     assert!(
-        limited
-            .as_str()
-            .unwrap()
+        text(&limited)
             .starts_with("[POLICY DENIED] Rate limit of 3 per minute reached for \"echo\"."),
         "{limited}"
     );
 
-    let hidden = client
-        .call_tool(CallToolRequestParams::new("get-env").with_arguments(args(json!({}))))
-        .await;
+    let hidden = client.call_tool(params("get-env", json!({}))).await;
     assert!(
         format!("{hidden:?}").contains("Unknown tool: get-env"),
         "{hidden:?}"
@@ -209,41 +180,21 @@ async fn the_typescript_reference_server_behind_the_gateway() {
     client.cancel().await.unwrap();
 }
 
-async fn post(url: &str, session: Option<&str>, body: Value) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_string());
-    if let Some(session) = session {
-        request = request
-            .header("mcp-session-id", session)
-            .header("mcp-protocol-version", "2025-06-18");
-    }
-    request.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn sse_progress_streams_through_the_gateway_as_it_happens() {
     let server = Everything::start().await;
     let url = start_gateway(&server.url).await;
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let response = post(&url, None, init).await;
-    assert_eq!(response.status(), 200);
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    drop(response);
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(post(&url, Some(&session), initialized).await.status(), 202);
-
+    let (session, _) = open_session(&url).await;
+    let headers = [
+        ("content-type", "application/json"),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
         "name": "trigger-long-running-operation", "arguments": {"duration": 1.5, "steps": 3},
         "_meta": {"progressToken": "p1"}}});
     let started = Instant::now();
-    let mut response = post(&url, Some(&session), call).await;
+    let mut response = raw(reqwest::Method::POST, &url, &headers, call.to_string()).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut seen = String::new();
     let mut first_progress = None;

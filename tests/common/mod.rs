@@ -55,3 +55,102 @@ impl Drop for Demo {
         self.task.abort();
     }
 }
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+/// rmcp's client, the real MCP client these tests drive.
+pub type Client = RunningService<RoleClient, ()>;
+
+/// Connects (initializes) an rmcp client to `url`, sending `token` as its bearer credential.
+pub async fn connect(url: String, token: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("the client connects")
+}
+
+/// `tools/call` parameters for `tool` with the object `args`.
+pub fn params(tool: &'static str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool)
+        .with_arguments(args.as_object().expect("arguments are an object").clone())
+}
+
+/// Calls a tool and returns the result as JSON.
+pub async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
+    let result = client
+        .call_tool(params(tool, args))
+        .await
+        .expect("a tool result");
+    serde_json::to_value(result).unwrap()
+}
+
+/// The first text of a tool result.
+pub fn text(result: &Value) -> &str {
+    result["content"][0]["text"]
+        .as_str()
+        .expect("a text result")
+}
+
+/// A raw HTTP request to an MCP endpoint (with the `Accept` header MCP clients send).
+pub async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("the server answers")
+}
+
+/// Initializes an MCP session with raw HTTP (protocol 2025-06-18); returns its id and
+/// the content type the initialize answer came in.
+pub async fn open_session(url: &str) -> (String, String) {
+    let json = ("content-type", "application/json");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let response = raw(reqwest::Method::POST, url, &[json], init.to_string()).await;
+    let status = response.status();
+    if status != 200 {
+        let body = response.text().await.unwrap_or_default();
+        panic!("initialize answered {status}: {body}");
+    }
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.bytes().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"serverInfo\""),
+        "initialize answered"
+    );
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let headers = [
+        json,
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let response = raw(
+        reqwest::Method::POST,
+        url,
+        &headers,
+        initialized.to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    (session, content_type)
+}

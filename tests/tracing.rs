@@ -1,0 +1,131 @@
+//! Every decision is a `tracing` event with stable fields and no secrets.
+//!
+//! Alone in its own test binary: tracing caches each call site's interest globally, and
+//! tests on other threads with no subscriber would race this test's thread-local one.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use governor::clock::FakeRelativeClock;
+use http::{Request, Response};
+use http_body_util::Full;
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::PolicyLayer;
+use tower_mcp_policy::layer::PolicyBody;
+
+#[derive(Clone)]
+struct Upstream;
+
+impl Service<Request<PolicyBody>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+    }
+}
+
+fn post(tool: &str, args: Value) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}});
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters<FakeRelativeClock>> {
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{"echo":{},
+        "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#
+        .parse()
+        .unwrap();
+    PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
+}
+
+/// Records every event's fields as text.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Visit(String);
+        impl tracing::field::Visit for Visit {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut visit = Visit(String::new());
+        event.record(&mut visit);
+        self.0.lock().unwrap().push(visit.0);
+    }
+}
+
+#[tokio::test]
+async fn every_decision_is_a_tracing_event_without_secrets() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(recorder.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let service = layer().layer(Upstream);
+    let mut denied = post(
+        "transfer",
+        json!({"amount": 987654, "to": "secret-account"}),
+    );
+    denied
+        .headers_mut()
+        .insert("authorization", "Bearer sk-live-12345".parse().unwrap());
+    denied
+        .headers_mut()
+        .insert("mcp-session-id", "session-abc".parse().unwrap());
+    service.clone().oneshot(denied).await.unwrap();
+    service
+        .clone()
+        .oneshot(post("echo", json!({"text": "hello"})))
+        .await
+        .unwrap();
+
+    let events = recorder.0.lock().unwrap().clone();
+    let deny = events
+        .iter()
+        .find(|e| e.contains("decision=\"deny\""))
+        .expect("a deny event");
+    for field in [
+        "kind=\"deny_if\"",
+        "tool=\"transfer\"",
+        "rule=\"/tools/transfer/deny_if/0\"",
+        "message=Too much.",
+        "grant=",
+        "session=",
+        "jsonrpc_id=1",
+        "arg_keys=[\"amount\"]",
+    ] {
+        assert!(deny.contains(field), "{field} missing from {deny}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("decision=\"allow\"") && e.contains("tool=\"echo\""))
+    );
+    for secret in [
+        "987654",
+        "secret-account",
+        "sk-live-12345",
+        "session-abc",
+        "hello",
+    ] {
+        assert!(
+            events.iter().all(|e| !e.contains(secret)),
+            "{secret} leaked into {events:?}"
+        );
+    }
+}
