@@ -8,7 +8,7 @@ use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, Sco
 use super::glob::Glob;
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
-use super::{Clause, CounterDef, Limit, NameSet, Policy, Rule, Scope, ToolRule};
+use super::{Clause, CounterDef, Limit, Named, Policy, Rule, Scope, ToolRule};
 use crate::error::{PolicyError, pointer, push_token};
 
 /// Parses the document, naming the JSON Pointer and position of any error.
@@ -46,7 +46,8 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     }
     let mut counters = Counters::default();
 
-    let mut hidden = NameSet::default();
+    let mut names: HashMap<Box<str>, Named> = HashMap::new();
+    let mut hidden_patterns = Vec::new();
     for (i, name) in doc.hide.iter().enumerate() {
         if name.is_empty() {
             return Err(PolicyError::invalid(
@@ -55,10 +56,8 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
             ));
         }
         match Glob::new(name) {
-            Some(glob) => hidden.patterns.push(glob),
-            None => {
-                hidden.exact.insert(name.as_str().into());
-            }
+            Some(glob) => hidden_patterns.push(glob),
+            None => names.entry(name.as_str().into()).or_default().hidden = true,
         }
     }
 
@@ -72,7 +71,6 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     }
 
     let mut tools = Vec::with_capacity(doc.tools.0.len());
-    let mut exact = HashMap::new();
     let mut patterns = Vec::new();
     for (key, rule_doc) in doc.tools.0 {
         let at = pointer("/tools", &[&key]);
@@ -85,9 +83,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         let index = tools.len();
         match Glob::new(&key) {
             Some(glob) => patterns.push((glob, index)),
-            None => {
-                exact.insert(key.as_str().into(), index);
-            }
+            None => names.entry(key.as_str().into()).or_default().rule = Some(index),
         }
         tools.push(ToolRule {
             key: key.into(),
@@ -103,9 +99,9 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
 
     Ok(Policy {
         default_allow: matches!(doc.default, DefaultAction::Allow),
-        hidden,
+        names,
+        hidden_patterns,
         all_tools,
-        exact,
         patterns,
         tools,
         unlisted_plan,

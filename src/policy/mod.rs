@@ -21,7 +21,7 @@ mod glob;
 pub(crate) mod path;
 pub(crate) mod window;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::str::FromStr;
@@ -38,9 +38,10 @@ use window::Window;
 #[derive(Debug)]
 pub struct Policy {
     default_allow: bool,
-    hidden: NameSet,
+    /// Exact names, hidden or governed by a rule: one hash per lookup.
+    names: HashMap<Box<str>, Named>,
+    hidden_patterns: Vec<Glob>,
     all_tools: Option<Rule>,
-    exact: HashMap<Box<str>, usize>,
     /// Sorted by precedence: most literal characters first, then by key.
     patterns: Vec<(Glob, usize)>,
     tools: Vec<ToolRule>,
@@ -49,21 +50,11 @@ pub struct Policy {
     counters: Vec<CounterDef>,
 }
 
-/// Exact names and patterns, as used by `hide`.
-#[derive(Debug, Default)]
-struct NameSet {
-    exact: HashSet<Box<str>>,
-    patterns: Vec<Glob>,
-}
-
-impl NameSet {
-    fn contains(&self, name: &str) -> bool {
-        self.exact.contains(name) || self.patterns.iter().any(|g| g.is_match(name))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.patterns.is_empty()
-    }
+/// What the policy says about one exact tool name.
+#[derive(Debug, Clone, Copy, Default)]
+struct Named {
+    hidden: bool,
+    rule: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -177,10 +168,11 @@ impl Policy {
 
     /// What the policy says about `tool`, before arguments.
     pub(crate) fn resolve(&self, tool: &str) -> Resolved<'_> {
-        if self.hidden.contains(tool) {
+        let named = self.names.get(tool).copied().unwrap_or_default();
+        if named.hidden || self.hidden_patterns.iter().any(|g| g.is_match(tool)) {
             return Resolved::Hidden;
         }
-        let index = self.exact.get(tool).copied().or_else(|| {
+        let index = named.rule.or_else(|| {
             self.patterns
                 .iter()
                 .find(|(glob, _)| glob.is_match(tool))
@@ -213,12 +205,13 @@ impl Policy {
 
     /// True when `tool` is hidden: absent from `tools/list` and unknown to calls.
     pub fn is_hidden(&self, tool: &str) -> bool {
-        self.hidden.contains(tool)
+        self.names.get(tool).is_some_and(|n| n.hidden)
+            || self.hidden_patterns.iter().any(|g| g.is_match(tool))
     }
 
     /// True when the policy hides at least one name or pattern.
     pub fn hides_anything(&self) -> bool {
-        !self.hidden.is_empty()
+        !self.hidden_patterns.is_empty() || self.names.values().any(|n| n.hidden)
     }
 
     /// True when tools with no rule of their own are allowed.
@@ -251,7 +244,7 @@ impl Policy {
         } else {
             rules
         };
-        let hidden = self.hidden.exact.len() + self.hidden.patterns.len();
+        let hidden = self.names.values().filter(|n| n.hidden).count() + self.hidden_patterns.len();
         let hidden = match hidden {
             0 => "nothing hidden".to_owned(),
             n => format!("{n} hidden"),
