@@ -61,6 +61,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         }
     }
 
+    let hidden_count = names.values().filter(|n| n.hidden).count() + hidden_patterns.len();
     let all_tools = doc
         .all_tools
         .map(|rule| compile_rule(rule, "/all_tools", &mut counters))
@@ -101,6 +102,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         default_allow: matches!(doc.default, DefaultAction::Allow),
         names,
         hidden_patterns,
+        hidden_count,
         all_tools,
         patterns,
         tools,

@@ -41,6 +41,8 @@ pub struct Policy {
     /// Exact names, hidden or governed by a rule: one hash per lookup.
     names: HashMap<Box<str>, Named>,
     hidden_patterns: Vec<Glob>,
+    /// How many `hide` entries there are (names and patterns).
+    hidden_count: usize,
     all_tools: Option<Rule>,
     /// Sorted by precedence: most literal characters first, then by key.
     patterns: Vec<(Glob, usize)>,
@@ -211,7 +213,7 @@ impl Policy {
 
     /// True when the policy hides at least one name or pattern.
     pub fn hides_anything(&self) -> bool {
-        !self.hidden_patterns.is_empty() || self.names.values().any(|n| n.hidden)
+        self.hidden_count > 0
     }
 
     /// True when tools with no rule of their own are allowed.
@@ -244,8 +246,7 @@ impl Policy {
         } else {
             rules
         };
-        let hidden = self.names.values().filter(|n| n.hidden).count() + self.hidden_patterns.len();
-        let hidden = match hidden {
+        let hidden = match self.hidden_count {
             0 => "nothing hidden".to_owned(),
             n => format!("{n} hidden"),
         };
