@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{call, connect, open_session, params, raw, text};
+use common::{call, connect, ensure_npm_packages, open_session, params, raw, text};
 
 #[path = "../examples/gateway.rs"]
 #[allow(dead_code)]
@@ -17,31 +17,10 @@ mod gateway;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tower_mcp_policy::PolicyLayer;
-
-fn ts_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ts")
-}
-
-/// Installs the pinned npm packages once, if they are not there yet.
-fn ensure_installed() -> PathBuf {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let entry = ts_dir().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if !entry.exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(ts_dir())
-            .status()
-            .expect("npm is needed to install the reference server (apt-get install nodejs npm)");
-        assert!(status.success(), "`npm ci --prefix tests/ts` failed");
-    }
-    entry
-}
 
 /// The reference server on a free loopback port; killed when dropped.
 struct Everything {
@@ -51,7 +30,8 @@ struct Everything {
 
 impl Everything {
     async fn start() -> Everything {
-        let entry = ensure_installed();
+        let entry = ensure_npm_packages()
+            .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
         // Ports handed out for `:0` binds come from the ephemeral range (32768 and up on
         // Linux); choosing below it means no listener of this test run can take ours.
         // Distinct for every server this process starts; varied across processes.

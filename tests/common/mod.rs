@@ -154,3 +154,26 @@ pub async fn open_session(url: &str) -> (String, String) {
     assert_eq!(response.status(), 202);
     (session, content_type)
 }
+
+/// The pinned npm packages of `tests/ts` (the official TypeScript SDK and reference
+/// server), installed on first use; returns that directory.
+pub fn ensure_npm_packages() -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ts");
+    let installed = [
+        "@modelcontextprotocol/sdk/package.json",
+        "@modelcontextprotocol/server-everything/package.json",
+    ]
+    .iter()
+    .all(|p| dir.join("node_modules").join(p).exists());
+    if !installed {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the TypeScript interoperability tests (apt-get install nodejs npm)");
+        assert!(status.success(), "`npm ci --prefix tests/ts` failed");
+    }
+    dir
+}

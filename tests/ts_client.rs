@@ -1,0 +1,127 @@
+//! The demo server driven by the official TypeScript SDK client (`@modelcontextprotocol/sdk`,
+//! pinned in tests/ts/package-lock.json): denials reach the agent as tool results it can
+//! read, not as transport errors. Needs Node.js.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Demo, ensure_npm_packages};
+use serde_json::{Value, json};
+
+/// Runs tests/ts/client.mjs against `url` and returns one JSON value per step.
+async fn ts_client(url: String, token: &str, steps: Value) -> Vec<Value> {
+    let dir = ensure_npm_packages();
+    let token = token.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("client.mjs"))
+            .arg(url)
+            .arg(token)
+            .arg(steps.to_string())
+            .output()
+            .expect("node is needed to run the TypeScript client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the TypeScript client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn official_client_reads_every_answer(json_mode: bool) {
+    let demo = Demo::example(json_mode).await;
+    let steps = json!([
+        {"list": true},
+        {"call": "get_price", "args": {"symbol": "BTCUSD"}},
+        {"call": "transfer", "args": {"amount": 5000, "to": "mallory"}},
+        {"call": "delete_account", "args": {"account": "alice"}},
+        {"call": "withdraw_all", "args": {}},
+    ]);
+    let out = ts_client(demo.url(), "ts-token", steps).await;
+    assert_eq!(out.len(), 5, "{out:?}");
+
+    assert_eq!(
+        out[0]["tools"],
+        json!([
+            "binance_us_close_listen_key",
+            "echo",
+            "get_price",
+            "transfer"
+        ])
+    );
+    assert_eq!(
+        out[1]["result"]["content"][0]["text"],
+        r#"get_price ran with {"symbol":"BTCUSD"}"#
+    );
+
+    let denied = &out[2]["result"];
+    assert_eq!(denied["isError"], true, "{out:?}");
+    assert_eq!(
+        denied["content"][0]["text"],
+        "[POLICY DENIED] Transfers above 1000 need human approval."
+    );
+    assert_eq!(
+        denied["_meta"]["tower-mcp-policy/denial"]["rule"],
+        "/tools/transfer/deny_if/0"
+    );
+
+    // A hidden tool is an unknown tool to the SDK too.
+    assert_eq!(out[3]["error"]["code"], -32602, "{out:?}");
+    assert!(
+        out[3]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown tool: delete_account")
+    );
+
+    assert_eq!(
+        out[4]["result"]["content"][0]["text"],
+        "[POLICY DENIED] Tool \"withdraw_all\" is not allowed by this policy."
+    );
+    assert_eq!(
+        demo.executions.of("transfer") + demo.executions.of("delete_account"),
+        0
+    );
+    assert_eq!(demo.executions.of("get_price"), 1);
+}
+
+#[tokio::test]
+async fn the_typescript_client_over_sse() {
+    official_client_reads_every_answer(false).await;
+}
+
+#[tokio::test]
+async fn the_typescript_client_over_json() {
+    official_client_reads_every_answer(true).await;
+}
+
+#[tokio::test]
+async fn the_typescript_client_is_rate_limited_with_a_readable_hint() {
+    let demo = Demo::example(true).await;
+    let mut steps: Vec<Value> = (0..31)
+        .map(|_| json!({"call": "binance_us_close_listen_key", "args": {"listenKey": "k"}}))
+        .collect();
+    steps.push(json!({"call": "get_price", "args": {"symbol": "ETH"}}));
+    let out = ts_client(demo.url(), "ts-token", Value::Array(steps)).await;
+    assert!(
+        out[..30].iter().all(|o| o["result"]["isError"] == false),
+        "{out:?}"
+    );
+    let limited = &out[30]["result"];
+    assert_eq!(limited["isError"], true);
+    let text = limited["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("[POLICY DENIED] Rate limit of 30 per minute reached for \"binance_us_close_listen_key\". Try again in "), "{text}");
+    assert_eq!(
+        out[31]["result"]["isError"], false,
+        "other tools are unaffected"
+    );
+    assert_eq!(demo.executions.of("binance_us_close_listen_key"), 30);
+}
