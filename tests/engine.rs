@@ -1,5 +1,6 @@
 //! The decision, end to end over the engine with a fake clock: no HTTP, no sleeping.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
@@ -610,4 +611,37 @@ fn idle_buckets_are_dropped() {
     h.advance(3.0);
     h.engine.counters().retain_recent();
     assert!(h.engine.counters().is_empty());
+}
+
+#[test]
+fn all_or_nothing_holds_under_concurrency() {
+    // 8 threads race on one grant. "hammer" may pass 50 times; every pass also charges
+    // the all_tools budget of 80, and no refused call may charge it.
+    let h = Arc::new(Harness::parse(
+        r#"{"version":"1","default":"allow",
+            "all_tools":{"limits":[{"counter":"all","window":"hour","max":80}]},
+            "tools":{"hammer":{"limits":[{"counter":"h","window":"hour","max":50}]}}}"#,
+    ));
+    let allowed: usize = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                (0..500)
+                    .filter(|_| h.call("hammer", json!({})) == Decision::Allow)
+                    .count()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .sum();
+    assert_eq!(allowed, 50);
+    // Exactly 50 units of the shared budget were used: 30 remain.
+    for _ in 0..30 {
+        assert_eq!(h.call("other", json!({})), Decision::Allow);
+    }
+    assert_eq!(
+        denied(h.call("other", json!({}))).rule(),
+        "/all_tools/limits/0"
+    );
 }
