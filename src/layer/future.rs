@@ -220,7 +220,7 @@ where
                             buffer.push(data);
                             continue;
                         }
-                        let (method, _) = request.as_ref().expect("read until answered");
+                        let (parts, _) = request.as_ref().expect("read until answered");
                         answered(if *judge {
                             too_large(*limit)
                         } else {
@@ -229,7 +229,7 @@ where
                                 code: INVALID_REQUEST,
                                 message: format!(
                                     "a {} request must not carry a body",
-                                    method.method
+                                    parts.method
                                 ),
                             }
                         })
