@@ -331,3 +331,77 @@ async fn tool_lists_are_filtered_when_the_upstream_answers_json() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn headers_pass_both_ways_except_hop_by_hop_ones() {
+    use axum::http::HeaderMap;
+    use axum::routing::any;
+    // An upstream that answers with the request headers it received, and sets some of its own.
+    let app = axum::Router::new().route(
+        "/mcp",
+        any(|headers: HeaderMap| async move {
+            let seen: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or("?"))))
+                .collect();
+            (
+                [
+                    ("mcp-session-id", "s-123"),
+                    ("x-upstream", "yes"),
+                    ("keep-alive", "timeout=5"),
+                    ("content-type", "application/json"),
+                ],
+                axum::Json(Value::Object(seen)),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let gateway = Gateway::start(allow_all(), &format!("http://{upstream_address}/mcp")).await;
+
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer t"),
+        ("mcp-session-id", "s-123"),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("last-event-id", "ev-7"),
+        ("x-custom", "kept"),
+        ("connection", "keep-alive, x-drop-me"),
+        ("x-drop-me", "named by Connection"),
+        ("te", "trailers"),
+        ("proxy-authorization", "Basic abc"),
+    ];
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let response = raw(reqwest::Method::POST, &gateway.url(), &headers, ping).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["mcp-session-id"], "s-123");
+    assert_eq!(response.headers()["x-upstream"], "yes");
+    assert!(
+        response.headers().get("keep-alive").is_none(),
+        "hop-by-hop response header leaked"
+    );
+    let seen: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    for (name, value) in [
+        ("authorization", "Bearer t"),
+        ("mcp-session-id", "s-123"),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("last-event-id", "ev-7"),
+        ("accept", "application/json, text/event-stream"),
+        ("x-custom", "kept"),
+    ] {
+        assert_eq!(seen[name], value, "{name} did not pass: {seen}");
+    }
+    assert_eq!(
+        seen["host"],
+        upstream_address.to_string(),
+        "Host is the upstream's"
+    );
+    for dropped in ["x-drop-me", "te", "proxy-authorization"] {
+        assert!(
+            seen.get(dropped).is_none(),
+            "{dropped} reached the upstream: {seen}"
+        );
+    }
+    gateway.stop().await;
+}
