@@ -244,22 +244,21 @@ impl PendingCharges<'_> {
 
     /// The verdict, given the store's answer for [`PendingCharges::charges`].
     pub fn finish(self, result: Result<(), ChargeError>) -> Verdict {
-        let (culprit, denial) = match result {
+        let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];
+        match result {
             Ok(()) => return Verdict::Forward,
             Err(ChargeError::Exceeded { index, retry_after }) => {
                 let (call, charge) = self.owners[index];
-                (call, self.allowed[call].exceeded(charge, retry_after))
+                refusals[call] = Refusal::Denied(self.allowed[call].exceeded(charge, retry_after));
             }
+            // Nothing could be checked: every call that needed the store is denied.
             Err(ChargeError::Unavailable(reason)) => {
-                let (call, _) = self.owners[0];
-                (
-                    call,
-                    Denial::counter_unavailable(self.allowed[call].tool(), &reason),
-                )
+                for &(call, _) in &self.owners {
+                    let tool = self.allowed[call].tool();
+                    refusals[call] = Refusal::Denied(Denial::counter_unavailable(tool, &reason));
+                }
             }
-        };
-        let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];
-        refusals[culprit] = Refusal::Denied(denial);
+        }
         Verdict::Refuse(refusals)
     }
 }

@@ -590,3 +590,28 @@ async fn session_limits_without_a_session_count_per_grant() {
         "shared by everyone in it"
     );
 }
+
+#[tokio::test]
+async fn an_unavailable_store_denies_every_call_that_needed_it() {
+    let upstream = Upstream::default();
+    let service = PolicyLayer::from_engine(Engine::with_counters(policy(), DownStore))
+        .layer(upstream.clone());
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "write"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "write"}},
+    ]);
+    let body = body_json(service.oneshot(post(batch)).await.unwrap().into_body()).await;
+    let unavailable = "[POLICY DENIED] Rate limits for \"write\" cannot be checked right now (connection refused), so the call was not made.";
+    assert_eq!(body[0]["result"]["content"][0]["text"], unavailable);
+    assert_eq!(
+        body[0]["result"]["_meta"]["tower-mcp-policy/denial"]["rule"],
+        "(counter store)"
+    );
+    assert_eq!(
+        body[1]["error"]["code"], -32051,
+        "echo needed no counter: not executed"
+    );
+    assert_eq!(body[2]["result"]["content"][0]["text"], unavailable);
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
+}
