@@ -78,6 +78,7 @@ impl<S> PolicyLayer<S> {
     }
 
     /// The largest request body read (default [`DEFAULT_MAX_BODY`]); larger ones get 413.
+    #[must_use]
     pub fn max_body_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_body = bytes)
     }
@@ -85,17 +86,20 @@ impl<S> PolicyLayer<S> {
     /// The largest `application/json` tools/list response buffered to remove hidden
     /// tools (default [`DEFAULT_MAX_FILTERED_RESPONSE`]); a larger one is replaced by a
     /// JSON-RPC error rather than shown unfiltered.
+    #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_filtered_response = bytes)
     }
 
     /// How denied calls are answered (default [`DenialFormat::ToolResult`]).
+    #[must_use]
     pub fn denial_format(self, format: DenialFormat) -> Self {
         self.configure(|c| c.denial_format = format)
     }
 
     /// The hasher that turns credentials and session ids into counter keys. Replicas
     /// that share counters must share its key; the default is random per layer.
+    #[must_use]
     pub fn scope_hasher(self, hasher: ScopeHasher) -> Self {
         self.configure(|c| c.hasher = hasher)
     }
