@@ -405,22 +405,7 @@ async fn sse_tool_lists_are_filtered() {
         .iter()
         .find(|m| m["id"] == 2)
         .expect("the tools/list result");
-    let mut names: Vec<&str> = listing["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "binance_us_close_listen_key",
-            "echo",
-            "get_price",
-            "transfer"
-        ]
-    );
+    assert_eq!(common::listed_names(listing), common::VISIBLE_TOOLS);
     assert!(!String::from_utf8_lossy(&reply.body).contains("delete_account"));
 }
 

@@ -5,36 +5,17 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Client, Demo, call, connect, params, text};
+use common::{Demo, call, connect, params, text};
 use governor::clock::FakeRelativeClock;
 use serde_json::json;
 use tower_mcp_policy::{Policy, PolicyLayer};
-
-async fn tool_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-const VISIBLE: [&str; 4] = [
-    "binance_us_close_listen_key",
-    "echo",
-    "get_price",
-    "transfer",
-];
 
 async fn the_product_works(json: bool) {
     let demo = Demo::example(json).await;
     let client = connect(demo.url(), "alice-token").await;
 
     // tools/list never shows the hidden tool.
-    assert_eq!(tool_names(&client).await, VISIBLE);
+    assert_eq!(common::tool_names(&client).await, common::VISIBLE_TOOLS);
 
     // Allowed calls run and return their results.
     let result = call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;

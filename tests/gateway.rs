@@ -69,23 +69,7 @@ async fn a_real_client_through_the_gateway() {
     let gateway = Gateway::start(example_layer(), &upstream.url()).await;
     let client = connect(gateway.url(), "alice").await;
 
-    let mut names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "binance_us_close_listen_key",
-            "echo",
-            "get_price",
-            "transfer"
-        ]
-    );
+    assert_eq!(common::tool_names(&client).await, common::VISIBLE_TOOLS);
 
     let result = call(&client, "get_price", json!({"symbol": "ETHUSD"})).await;
     assert_eq!(
@@ -313,22 +297,7 @@ async fn tool_lists_are_filtered_when_the_upstream_answers_json() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    let mut names: Vec<&str> = body["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "binance_us_close_listen_key",
-            "echo",
-            "get_price",
-            "transfer"
-        ]
-    );
+    assert_eq!(common::listed_names(&body), common::VISIBLE_TOOLS);
     gateway.stop().await;
 }
 

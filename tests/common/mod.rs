@@ -177,3 +177,36 @@ pub fn ensure_npm_packages() -> PathBuf {
     }
     dir
 }
+
+/// The demo's tools an agent may see (`delete_account` is hidden), sorted.
+pub const VISIBLE_TOOLS: [&str; 4] = [
+    "binance_us_close_listen_key",
+    "echo",
+    "get_price",
+    "transfer",
+];
+
+/// The sorted tool names of a `tools/list` result message.
+pub fn listed_names(message: &Value) -> Vec<String> {
+    let mut names: Vec<String> = message["result"]["tools"]
+        .as_array()
+        .expect("a tools/list result")
+        .iter()
+        .map(|t| t["name"].as_str().expect("a tool name").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The sorted tool names an rmcp client is shown.
+pub async fn tool_names(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
