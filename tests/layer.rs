@@ -52,6 +52,22 @@ impl Service<Request<PolicyBody>> for Upstream {
     }
 }
 
+/// The future of a service that answers at once.
+type Answer<B> = std::future::Ready<Result<Response<B>, Infallible>>;
+
+/// An inner service that is always ready and answers at once with `answer(request)`.
+fn answering<B, F>(
+    mut answer: F,
+) -> impl Service<Request<PolicyBody>, Response = Response<B>, Error = Infallible, Future = Answer<B>>
++ Clone
++ Send
++ 'static
+where
+    F: FnMut(Request<PolicyBody>) -> Response<B> + Clone + Send + 'static,
+{
+    tower::service_fn(move |request| std::future::ready(Ok(answer(request))))
+}
+
 fn post(body: Value) -> Request<Full<Bytes>> {
     Request::post("/mcp")
         .header("content-type", "application/json")
@@ -196,31 +212,6 @@ async fn a_streamed_body_over_the_limit_is_413_without_a_content_length() {
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
 }
 
-/// An upstream that answers with an SSE stream the test feeds by hand.
-#[derive(Clone)]
-struct SseUpstream {
-    body: Arc<Mutex<Option<Channel<Bytes, Infallible>>>>,
-}
-
-impl Service<Request<PolicyBody>> for SseUpstream {
-    type Response = Response<Channel<Bytes, Infallible>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
-        let body = self.body.lock().unwrap().take().expect("one stream");
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok(response))
-    }
-}
-
 async fn next_frame<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> String
 where
     B::Error: std::fmt::Debug,
@@ -236,9 +227,15 @@ where
 #[tokio::test]
 async fn a_get_stream_is_filtered_event_by_event_as_it_flows() {
     let (mut tx, channel) = Channel::<Bytes, Infallible>::new(8);
-    let upstream = SseUpstream {
-        body: Arc::new(Mutex::new(Some(channel))),
-    };
+    // An upstream that answers with an SSE stream the test feeds by hand.
+    let channel = Arc::new(Mutex::new(Some(channel)));
+    let upstream = answering(move |_| {
+        let body = channel.lock().unwrap().take().expect("one stream");
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    });
     let service = layer().layer(upstream);
     let request = Request::get("/mcp")
         .header("accept", "text/event-stream")
@@ -358,52 +355,33 @@ async fn an_unavailable_counter_store_fails_closed() {
 
 #[tokio::test]
 async fn a_tool_list_too_large_to_filter_is_replaced_by_an_error() {
-    #[derive(Clone)]
-    struct BigList;
-    impl Service<Request<PolicyBody>> for BigList {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
-            let tools: Vec<Value> = (0..100)
-                .map(|i| json!({"name": format!("delete_{i}")}))
-                .collect();
-            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string();
-            let response = Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap();
-            std::future::ready(Ok(response))
-        }
-    }
+    let big_list = answering(|_| {
+        let tools: Vec<Value> = (0..100)
+            .map(|i| json!({"name": format!("delete_{i}")}))
+            .collect();
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string();
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    });
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    let small = layer().max_filtered_response_size(100).layer(BigList);
+    let small = layer()
+        .max_filtered_response_size(100)
+        .layer(big_list.clone());
     let body = body_json(small.oneshot(post(list.clone())).await.unwrap().into_body()).await;
     assert_eq!(body["error"]["code"], -32603);
-    let roomy = layer().layer(BigList);
+    let roomy = layer().layer(big_list);
     let body = body_json(roomy.oneshot(post(list)).await.unwrap().into_body()).await;
     assert_eq!(body["result"]["tools"], json!([]), "every tool was hidden");
 }
 
 #[tokio::test]
 async fn inner_errors_pass_through_unchanged() {
-    #[derive(Clone)]
-    struct Failing;
-    impl Service<Request<PolicyBody>> for Failing {
-        type Response = Response<Full<Bytes>>;
-        type Error = &'static str;
-        type Future = std::future::Ready<Result<Self::Response, &'static str>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
-            std::future::ready(Err("upstream broke"))
-        }
-    }
-    let service = layer().layer(Failing);
+    let failing = tower::service_fn(|_: Request<PolicyBody>| {
+        std::future::ready(Err::<Response<Full<Bytes>>, _>("upstream broke"))
+    });
+    let service = layer().layer(failing);
     let err = service
         .oneshot(post(call("echo", json!({}))))
         .await
@@ -452,52 +430,37 @@ async fn around_rmcp_streamable_http_service_without_axum() {
     assert_eq!(executions.total(), 0);
 }
 
-/// An upstream that answers with a fixed response and records the headers it got.
-#[derive(Clone)]
-struct Scripted {
+/// Headers an upstream received, one map per request.
+type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
+
+/// An upstream that answers with a fixed response and records the headers it got in `seen`.
+fn scripted(
+    seen: &Seen,
     content_type: Option<&'static str>,
     content_encoding: Option<&'static str>,
     body: &'static str,
-    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
-}
-
-impl Scripted {
-    fn new(
-        content_type: Option<&'static str>,
-        content_encoding: Option<&'static str>,
-        body: &'static str,
-    ) -> Self {
-        Scripted {
-            content_type,
-            content_encoding,
-            body,
-            seen: Arc::default(),
-        }
-    }
-}
-
-impl Service<Request<PolicyBody>> for Scripted {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<PolicyBody>) -> Self::Future {
-        self.seen.lock().unwrap().push(request.headers().clone());
+) -> impl Service<
+    Request<PolicyBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = Answer<Full<Bytes>>,
+> + Clone
++ Send
++ 'static {
+    let seen = seen.clone();
+    answering(move |request: Request<PolicyBody>| {
+        seen.lock().unwrap().push(request.headers().clone());
         let mut response = Response::builder();
-        if let Some(content_type) = self.content_type {
+        if let Some(content_type) = content_type {
             response = response.header("content-type", content_type);
         }
-        if let Some(encoding) = self.content_encoding {
+        if let Some(encoding) = content_encoding {
             response = response.header("content-encoding", encoding);
         }
-        std::future::ready(Ok(response
-            .body(Full::new(Bytes::from_static(self.body.as_bytes())))
-            .unwrap()))
-    }
+        response
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    })
 }
 
 const LISTING: &str =
@@ -513,19 +476,17 @@ fn list_request() -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn forwarded_requests_ask_for_uncompressed_answers_when_tools_are_hidden() {
-    let upstream = Scripted::new(Some("application/json"), None, LISTING);
-    let service = layer().layer(upstream.clone());
+    let seen = Seen::default();
+    let upstream = scripted(&seen, Some("application/json"), None, LISTING);
+    let service = layer().layer(upstream);
     service.oneshot(list_request()).await.unwrap();
-    assert_eq!(
-        upstream.seen.lock().unwrap()[0]["accept-encoding"],
-        "identity"
-    );
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "identity");
 }
 
 #[tokio::test]
 async fn a_compressed_answer_that_needs_filtering_is_refused() {
     for content_type in ["text/event-stream", "application/json"] {
-        let upstream = Scripted::new(Some(content_type), Some("gzip"), LISTING);
+        let upstream = scripted(&Seen::default(), Some(content_type), Some("gzip"), LISTING);
         let response = layer()
             .layer(upstream)
             .oneshot(list_request())
@@ -539,7 +500,7 @@ async fn a_compressed_answer_that_needs_filtering_is_refused() {
 
 #[tokio::test]
 async fn a_tool_list_without_a_content_type_is_still_filtered() {
-    let upstream = Scripted::new(None, None, LISTING);
+    let upstream = scripted(&Seen::default(), None, None, LISTING);
     let response = layer()
         .layer(upstream)
         .oneshot(list_request())

@@ -5,33 +5,15 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Value, json};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_mcp_policy::PolicyLayer;
 use tower_mcp_policy::layer::PolicyBody;
-
-#[derive(Clone)]
-struct Upstream;
-
-impl Service<Request<PolicyBody>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<PolicyBody>) -> Self::Future {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
-    }
-}
 
 fn post(tool: &str, args: Value) -> Request<Full<Bytes>> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}});
@@ -76,7 +58,12 @@ async fn every_decision_is_a_tracing_event_without_secrets() {
         .with(tracing_subscriber::filter::LevelFilter::DEBUG);
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let service = layer().layer(Upstream);
+    let upstream = tower::service_fn(|_: Request<PolicyBody>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+            Bytes::from_static(b"{}"),
+        ))))
+    });
+    let service = layer().layer(upstream);
     let mut denied = post(
         "transfer",
         json!({"amount": 987654, "to": "secret-account"}),
