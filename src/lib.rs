@@ -28,6 +28,7 @@ mod engine;
 mod error;
 pub mod jsonrpc;
 pub mod layer;
+mod observe;
 mod policy;
 mod scope;
 

@@ -84,8 +84,33 @@ impl ScopeHasher {
     }
 
     /// The grant of a caller presenting `credential` (the whole `Authorization` value).
+    ///
+    /// Spellings that an HTTP server or auth proxy treats as the same credential are one
+    /// grant: the scheme is case-insensitive (`Bearer`, `bearer`, `BEARER`), the
+    /// separator is any run of spaces or tabs, and whitespace around the value does not
+    /// count (RFC 9110 §11.4). The credential itself stays case-sensitive, and a value
+    /// without a scheme is taken as it is.
+    ///
+    /// ```
+    /// # use tower_mcp_policy::ScopeHasher;
+    /// let h = ScopeHasher::random();
+    /// assert_eq!(h.credential(b"Bearer T"), h.credential(b" bearer \t T "));
+    /// assert_ne!(h.credential(b"Bearer T"), h.credential(b"Bearer t"));
+    /// ```
     pub fn credential(&self, credential: &[u8]) -> ScopeValue {
-        self.hash(CREDENTIAL, credential)
+        let mut h = SipHasher13::new_with_key(&self.key);
+        h.write_u8(CREDENTIAL);
+        match split_credentials(credential) {
+            (scheme, Some(value)) => {
+                for &b in scheme {
+                    h.write_u8(b.to_ascii_lowercase());
+                }
+                h.write_u8(b' ');
+                h.write(value);
+            }
+            (token, None) => h.write(token),
+        }
+        ScopeValue(h.finish128().as_u128())
     }
 
     /// The grant named by the application (a tenant or user id from its own auth).
@@ -108,6 +133,28 @@ impl ScopeHasher {
     pub fn no_session(&self, grant: ScopeValue) -> ScopeValue {
         self.hash(NO_SESSION, &grant.0.to_le_bytes())
     }
+}
+
+/// `Authorization` credentials split into the scheme and the rest (RFC 9110 §11.4:
+/// `auth-scheme [ 1*SP ( token68 / #auth-param ) ]`), with surrounding whitespace
+/// dropped. A value with no whitespace inside is a bare token: `(token, None)`.
+fn split_credentials(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |i| i + 1);
+    let value = &value[start..end];
+    let Some(gap) = value.iter().position(is_space) else {
+        return (value, None);
+    };
+    let rest = &value[gap..];
+    let after = rest.iter().position(|b| !is_space(b)).unwrap_or(rest.len());
+    (&value[..gap], Some(&rest[after..]))
 }
 
 /// The scope values of one request: which grant and which session it belongs to.
@@ -155,6 +202,41 @@ mod tests {
             ScopeHasher::random().anonymous(),
             ScopeHasher::random().anonymous()
         );
+    }
+
+    #[test]
+    fn spellings_of_one_credential_are_one_grant() {
+        let h = ScopeHasher::with_key([7; 16]);
+        let one = h.credential(b"Bearer T0k3n");
+        for spelling in [
+            &b"bearer T0k3n"[..],
+            b"BEARER T0k3n",
+            b"BeArEr T0k3n",
+            b"Bearer  T0k3n",
+            b"Bearer\tT0k3n",
+            b"Bearer \t T0k3n",
+            b" Bearer T0k3n ",
+            b"Bearer T0k3n\t",
+        ] {
+            assert_eq!(
+                h.credential(spelling),
+                one,
+                "{:?}",
+                String::from_utf8_lossy(spelling)
+            );
+        }
+        // The credential is case-sensitive, and so is a bare token.
+        assert_ne!(h.credential(b"Bearer t0k3n"), one);
+        assert_ne!(h.credential(b"Basic T0k3n"), one);
+        assert_ne!(h.credential(b"T0k3n"), h.credential(b"t0k3n"));
+        assert_ne!(h.credential(b"BearerT0k3n"), one);
+        assert_eq!(h.credential(b"T0k3n"), h.credential(b" T0k3n "));
+        // Inner whitespace of auth-params is kept: only the separator is canonical.
+        assert_ne!(
+            h.credential(b"Digest a=1, b=2"),
+            h.credential(b"Digest a=1,  b=2")
+        );
+        assert_eq!(h.credential(b""), h.credential(b"  "));
     }
 
     #[test]

@@ -95,3 +95,54 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen nowhere"));
 }
+
+#[test]
+fn a_tool_name_cannot_forge_a_log_line_or_colour_the_log() {
+    let mut child = Command::new(example("demo_server"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--listen", "127.0.0.1:0", "--json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    let address = first
+        .strip_prefix("demo MCP server listening on http://")
+        .and_then(|a| a.strip_suffix("/mcp"))
+        .unwrap()
+        .to_owned();
+    // A denied call whose tool name would print a fake "allowed" line in red.
+    let forged = "nope\n2026-11-26T00:00:00Z  INFO tower_mcp_policy: tool call allowed \u{1b}[31mred\u{1b}[0m";
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": forged, "arguments": {}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.contains("[POLICY DENIED]"), "{answer}");
+    child.kill().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    child.wait().unwrap();
+
+    let denial: Vec<&str> = log.lines().filter(|l| l.contains("nope")).collect();
+    assert_eq!(denial.len(), 1, "one event, one line: {log}");
+    assert!(denial[0].contains("decision=\"deny\""), "{log}");
+    assert!(denial[0].contains("nope\\n2026-11-26"), "{log}");
+    assert!(denial[0].contains("\\u{1b}[31mred"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-11-26T00:00:00Z")),
+        "a forged line: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no escape bytes when not a terminal: {log:?}"
+    );
+}

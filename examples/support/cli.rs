@@ -15,9 +15,13 @@ pub fn options_or_exit<T>(program: &str, options: Result<T, String>) -> T {
     })
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default (decisions at debug).
+/// Logs to stderr; `RUST_LOG` overrides the default (decisions at debug). Colours only
+/// when stderr is a terminal, so a log file or collector gets no escape sequences.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_mcp_policy=debug".into()),

@@ -41,11 +41,16 @@ fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Splits an SSE byte stream into whole events, as they complete.
+///
+/// Every byte is examined once however the stream is chunked: the scan resumes where
+/// the last one stopped, so an event of n bytes costs O(n) in any number of chunks.
 #[derive(Default)]
 pub(crate) struct SseSplitter {
     buffer: BytesMut,
-    /// How far the buffer has been scanned without finding an event end.
-    scanned: usize,
+    /// The next byte to examine.
+    pos: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
 }
 
 impl SseSplitter {
@@ -56,13 +61,15 @@ impl SseSplitter {
     /// The next complete event (with its terminating blank line), if any.
     pub fn next_event(&mut self) -> Option<Bytes> {
         let end = self.find_event_end()?;
-        self.scanned = 0;
+        self.pos = 0;
+        self.line_start = 0;
         Some(self.buffer.split_to(end).freeze())
     }
 
     /// Whatever is left when the stream ends (an unterminated event).
     pub fn rest(&mut self) -> Option<Bytes> {
-        self.scanned = 0;
+        self.pos = 0;
+        self.line_start = 0;
         (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
     }
 
@@ -70,14 +77,8 @@ impl SseSplitter {
     /// CRLF, LF or CR; a CR at the very end of the buffer waits for the next byte.
     fn find_event_end(&mut self) -> Option<usize> {
         let bytes = &self.buffer[..];
-        // Restart at the start of the line containing `scanned`, so a line split across
-        // chunks is judged whole.
-        let mut i = bytes[..self.scanned]
-            .iter()
-            .rposition(|&b| b == b'\n' || b == b'\r')
-            .map_or(0, |p| p + 1);
-        let mut line_start = i;
-        while i < bytes.len() {
+        while self.pos < bytes.len() {
+            let i = self.pos;
             let end_of_line = match bytes[i] {
                 b'\n' => i + 1,
                 b'\r' if i + 1 < bytes.len() => {
@@ -89,21 +90,25 @@ impl SseSplitter {
                 }
                 // A CR at the end of the buffer may be the first half of a CRLF. If it
                 // ends a blank line the event is complete either way (a following LF
-                // is then an empty line of its own); otherwise wait for the next byte.
-                b'\r' if i == line_start => return Some(i + 1),
-                b'\r' => break,
+                // is then an empty line of its own); otherwise wait for the next byte,
+                // and look at this CR again then.
+                b'\r' if i == self.line_start => return Some(i + 1),
+                b'\r' => return None,
                 _ => {
-                    i += 1;
+                    // The rest of the line in one step: no line ending in it.
+                    self.pos = bytes[i..]
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')
+                        .map_or(bytes.len(), |n| i + n);
                     continue;
                 }
             };
-            if i == line_start {
+            if i == self.line_start {
                 return Some(end_of_line);
             }
-            i = end_of_line;
-            line_start = i;
+            self.pos = end_of_line;
+            self.line_start = end_of_line;
         }
-        self.scanned = i.min(bytes.len());
         None
     }
 }
@@ -215,6 +220,30 @@ mod tests {
         assert_eq!(events(&["data: a\r\r", "\n"]), ["data: a\r\r", "\n"]);
         assert_eq!(events(&["data: a\n", "id: 1"]), ["REST:data: a\nid: 1"]);
         assert_eq!(events(&[": keep-alive\n\n"]), [": keep-alive\n\n"]);
+    }
+
+    #[test]
+    fn a_large_event_in_tiny_chunks_is_split_in_linear_time() {
+        // 4 MiB in one-byte and 1 KiB chunks: every byte is examined a bounded number of
+        // times (the old splitter rescanned the line per chunk: O(k·n), minutes here).
+        let payload = "x".repeat(4 << 20);
+        let event = format!("data: {payload}\r\n\r\n");
+        for chunk in [1, 1024] {
+            let mut s = SseSplitter::default();
+            let mut out = Vec::new();
+            for piece in event.as_bytes().chunks(chunk) {
+                s.push(piece);
+                while let Some(e) = s.next_event() {
+                    out.push(e);
+                }
+            }
+            // With CRLF endings cut after the last CR, the final LF is an empty line of
+            // its own (a CR ending a blank line ends the event at once); no byte is lost.
+            assert!(out[0].starts_with(b"data: xxx"), "chunk size {chunk}");
+            assert!(out[0].len() >= event.len() - 1, "chunk size {chunk}");
+            assert_eq!(out.concat(), event.as_bytes(), "chunk size {chunk}");
+            assert!(s.rest().is_none());
+        }
     }
 
     #[test]

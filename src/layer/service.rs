@@ -23,6 +23,7 @@ use super::response::{
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::{Call, Engine, Refusal, Verdict};
 use crate::jsonrpc::{self, Decoded, MessageKind};
+use crate::observe::Escaped;
 use crate::policy::Policy;
 use crate::scope::{ScopeHasher, ScopeKeys};
 
@@ -242,7 +243,7 @@ impl<S: CounterStore> Shared<S> {
                 decision = "reject",
                 code = err.code(),
                 "{}",
-                err.message()
+                Escaped(err.message())
             );
             http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message())
         })?;
@@ -395,7 +396,7 @@ pub(crate) fn refused_response<B>(
         status = refused.status.as_u16(),
         code = refused.code,
         "{}",
-        refused.message
+        Escaped(&refused.message)
     );
     http_error(refused.status, id, refused.code, &refused.message)
 }
@@ -461,7 +462,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
                 jsonrpc_id = %id,
                 arg_keys = ?ArgKeys(call.arguments()),
                 "{}",
-                denial.message()
+                Escaped(denial.message())
             ),
             Some(Refusal::NotExecuted) => tracing::info!(
                 target: "tower_mcp_policy",

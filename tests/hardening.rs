@@ -1,0 +1,188 @@
+//! Hardening (oneshot): places where the layer and another component could read the same
+//! bytes differently. Every bad input checks the answer and that the tool never ran.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use governor::clock::FakeRelativeClock;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{MemoryCounters, Policy, PolicyLayer};
+
+type TestLayer = PolicyLayer<MemoryCounters<FakeRelativeClock>>;
+
+fn layer(policy: &str) -> TestLayer {
+    let policy: Policy = policy.parse().unwrap();
+    PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
+}
+
+/// An upstream that counts the requests it runs and answers `{"ok":true}`.
+fn upstream(
+    runs: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<PolicyBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: Request<PolicyBody>| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+        )))))
+    })
+}
+
+fn post(body: &str) -> Request<Full<Bytes>> {
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+fn tool_call(tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+        .to_string()
+}
+
+async fn body_json<B: Body<Data = Bytes>>(body: B) -> Value
+where
+    B::Error: std::fmt::Debug,
+{
+    serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap()
+}
+
+fn is_denied(answer: &Value) -> bool {
+    answer["result"]["isError"] == json!(true)
+}
+
+const ONE_WRITE: &str = r#"{"version":"1","default":"deny","tools":{"write":{
+    "limits":[{"counter":"w","window":"minute","max":1}]}}}"#;
+
+#[tokio::test]
+async fn every_spelling_of_one_credential_shares_one_budget() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer(ONE_WRITE).layer(upstream(runs.clone()));
+    let send = |authorization: &'static [u8]| {
+        let mut request = post(&tool_call("write"));
+        request.headers_mut().insert(
+            "authorization",
+            http::HeaderValue::from_bytes(authorization).unwrap(),
+        );
+        service.clone().oneshot(request)
+    };
+    let first = send(b"Bearer T0k3n").await.unwrap();
+    assert!(!is_denied(&body_json(first.into_body()).await));
+    for spelling in [
+        &b"bearer T0k3n"[..],
+        b"BEARER T0k3n",
+        b"Bearer  T0k3n",
+        b"Bearer\tT0k3n",
+        b"Bearer \t T0k3n",
+        b"Bearer T0k3n ",
+    ] {
+        let answer = body_json(send(spelling).await.unwrap().into_body()).await;
+        assert!(
+            is_denied(&answer),
+            "{:?} is the same caller: {answer}",
+            String::from_utf8_lossy(spelling)
+        );
+        assert!(
+            answer["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("Rate limit of 1 per minute")
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the tool ran once");
+    // Another token is another caller.
+    let other = send(b"Bearer t0k3n").await.unwrap();
+    assert!(!is_denied(&body_json(other.into_body()).await));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// An upstream that answers with `chunks` as an SSE body, one frame each.
+fn sse_upstream(
+    chunks: Vec<Bytes>,
+) -> impl Service<
+    Request<PolicyBody>,
+    Response = Response<
+        http_body_util::StreamBody<
+            futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
+        >,
+    >,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<impl Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: Request<PolicyBody>| {
+        let frames: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(http_body::Frame::data(c.clone())))
+            .collect();
+        async move {
+            let mut response = Response::new(http_body_util::StreamBody::new(
+                futures::stream::iter(frames),
+            ));
+            response.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            Ok(response)
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_multi_megabyte_tool_list_event_is_filtered_however_it_is_chunked() {
+    // About 2.5 MiB of tools in one event; one of them is hidden.
+    let mut tools: Vec<Value> = (0..20_000)
+        .map(|i| json!({"name": format!("tool_{i:05}"), "description": "x".repeat(100)}))
+        .collect();
+    tools.insert(
+        12_345,
+        json!({"name": "delete_everything", "description": "boom"}),
+    );
+    let message = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}});
+    let event = format!("id: 9\nevent: message\ndata: {message}\n\n");
+    assert!(event.len() > 2 << 20);
+    let policy = r#"{"version":"1","default":"allow","hide":["delete_*"]}"#;
+    for chunk in [1024, 1] {
+        let chunks: Vec<Bytes> = event
+            .as_bytes()
+            .chunks(chunk)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let service = layer(policy).layer(sse_upstream(chunks));
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        let response = service.oneshot(post(list)).await.unwrap();
+        let out = response.into_body().collect().await.unwrap().to_bytes();
+        let out = std::str::from_utf8(&out).unwrap();
+        assert!(
+            out.starts_with("id: 9\nevent: message\ndata: "),
+            "chunk {chunk}"
+        );
+        assert!(out.ends_with("\n\n"), "chunk {chunk}");
+        let data = out.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let filtered: Value = serde_json::from_str(data).unwrap();
+        let names: Vec<&str> = filtered["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 20_000, "chunk {chunk}");
+        assert!(!names.contains(&"delete_everything"), "chunk {chunk}");
+        assert_eq!(names[12_345], "tool_12345");
+    }
+}
