@@ -511,13 +511,21 @@ async fn a_tool_list_without_a_content_type_is_still_filtered() {
 }
 
 #[tokio::test]
-async fn session_limits_without_a_session_count_per_grant() {
+async fn session_limits_count_per_issued_session_and_otherwise_per_grant() {
     let policy: Policy = r#"{"version":"1","default":"allow","tools":{"t":{
         "limits":[{"counter":"s","window":"minute","max":1,"scope":"session"}]}}}"#
         .parse()
         .unwrap();
-    let service =
-        PolicyLayer::with_clock(policy, FakeRelativeClock::default()).layer(Upstream::default());
+    // The server issues session "s1" in its answer to initialize (and echoes the header
+    // on every answer, which issues nothing).
+    let upstream = answering(|_| {
+        let mut response = Response::new(Full::new(Bytes::from_static(br#"{"ok":true}"#)));
+        response
+            .headers_mut()
+            .insert("mcp-session-id", http::HeaderValue::from_static("s1"));
+        response
+    });
+    let service = PolicyLayer::with_clock(policy, FakeRelativeClock::default()).layer(upstream);
     let request = |auth: &str, session: Option<&str>| {
         let mut request = post(call("t", json!({})));
         request
@@ -543,8 +551,15 @@ async fn session_limits_without_a_session_count_per_grant() {
     );
     assert!(denied(send("Bearer a", None).await.unwrap()).await);
     assert!(
+        denied(send("Bearer a", Some("s1")).await.unwrap()).await,
+        "an id the server never issued counts per grant"
+    );
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    service.clone().oneshot(post(initialize)).await.unwrap();
+    assert!(
         !denied(send("Bearer a", Some("s1")).await.unwrap()).await,
-        "a session has its own bucket"
+        "an issued session has its own bucket"
     );
     assert!(
         denied(send("Bearer b", Some("s1")).await.unwrap()).await,

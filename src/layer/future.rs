@@ -17,7 +17,9 @@ use tower_service::Service;
 use super::ResponseBody;
 use super::body::PolicyBody;
 use super::request::{Refused, check_entity_headers, too_large};
-use super::service::{BoxError, Judged, Shared, refused_response};
+use super::service::{
+    BoxError, Forwarded, Holds, Judged, MCP_SESSION_ID, Shared, refused_response,
+};
 use crate::counter::CounterStore;
 use crate::jsonrpc::INVALID_REQUEST;
 
@@ -60,7 +62,7 @@ pin_project! {
         Calling {
             #[pin]
             future: Inner::Future,
-            lists_tools: bool,
+            forwarded: Forwarded,
         },
         // An answer of the layer's own.
         Answered {
@@ -118,7 +120,7 @@ where
         );
         let state = if bodiless && body.is_end_stream() {
             // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
-            calling(&shared, &mut inner, parts, Bytes::new(), false)
+            calling(&shared, &mut inner, parts, Bytes::new(), Holds::default())
         } else if bodiless {
             // They never carry a body nobody read: read it, and refuse any byte.
             State::Reading {
@@ -159,16 +161,21 @@ fn calling<Inner, S, ReqBody, ResBody>(
     inner: &mut Inner,
     parts: Parts,
     bytes: Bytes,
-    lists_tools: bool,
+    holds: Holds,
 ) -> State<Inner, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
+    let forwarded = Forwarded {
+        holds,
+        session: parts.headers.get(&MCP_SESSION_ID).cloned(),
+        deletes: parts.method == Method::DELETE,
+    };
     let parts = shared.prepare_forward(parts);
     State::Calling {
         future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
-        lists_tools,
+        forwarded,
     }
 }
 
@@ -184,7 +191,7 @@ where
     S: CounterStore,
 {
     match judged {
-        Judged::Forward { lists_tools } => calling(shared, &mut inner, parts, bytes, lists_tools),
+        Judged::Forward(holds) => calling(shared, &mut inner, parts, bytes, holds),
         Judged::Answer(response) => State::Answered {
             response: Some(response),
         },
@@ -243,7 +250,7 @@ where
                         let (parts, mut inner) = request.take().expect("read until answered");
                         let bytes = buffer.take();
                         if !*judge {
-                            calling(this.shared, &mut inner, parts, bytes, false)
+                            calling(this.shared, &mut inner, parts, bytes, Holds::default())
                         } else if let Some(judged) = this.shared.judge_now(&parts, &bytes) {
                             after_judging(this.shared, inner, judged, parts, bytes)
                         } else {
@@ -264,12 +271,9 @@ where
                     let inner = inner.take().expect("judged once");
                     after_judging(this.shared, inner, judged, parts, bytes)
                 }
-                StateProj::Calling {
-                    future,
-                    lists_tools,
-                } => {
+                StateProj::Calling { future, forwarded } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(this.shared.wrap(response, *lists_tools)));
+                    return Poll::Ready(Ok(this.shared.wrap(response, forwarded)));
                 }
                 StateProj::Answered { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use super::DenialFormat;
 use super::service::{Config, PolicyService, Shared};
+use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::MemoryCounters;
 use crate::engine::Engine;
 use crate::error::PolicyError;
@@ -27,6 +28,7 @@ pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
 pub struct PolicyLayer<S = MemoryCounters> {
     engine: Arc<Engine<S>>,
     config: Config,
+    sessions: Arc<Sessions>,
 }
 
 impl<S> Clone for PolicyLayer<S> {
@@ -34,6 +36,7 @@ impl<S> Clone for PolicyLayer<S> {
         PolicyLayer {
             engine: self.engine.clone(),
             config: self.config.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -64,6 +67,7 @@ impl<S> PolicyLayer<S> {
         PolicyLayer {
             engine: Arc::new(engine),
             config: Config::default(),
+            sessions: Arc::new(Sessions::new(DEFAULT_MAX_SESSIONS)),
         }
     }
 
@@ -105,6 +109,23 @@ impl<S> PolicyLayer<S> {
     }
 }
 
+impl<S> PolicyLayer<S> {
+    /// How many server-issued sessions to remember (default
+    /// [`DEFAULT_MAX_SESSIONS`](super::DEFAULT_MAX_SESSIONS), about 7 MB).
+    ///
+    /// A `Mcp-Session-Id` counts as a session for `"scope": "session"` limits only if
+    /// this layer saw the server issue it in answer to `initialize`, until the server
+    /// ends it (a successful DELETE, or a 404 for it). Any other id counts per grant, so
+    /// inventing ids gains nothing. Past the limit the oldest sessions are forgotten:
+    /// their session limits then count per grant, which is never looser. `0` counts
+    /// every session-scoped limit per grant.
+    #[must_use]
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.sessions = Arc::new(Sessions::new(sessions));
+        self
+    }
+}
+
 impl<Inner, S> Layer<Inner> for PolicyLayer<S> {
     type Service = PolicyService<Inner, S>;
 
@@ -114,6 +135,7 @@ impl<Inner, S> Layer<Inner> for PolicyLayer<S> {
             Arc::new(Shared {
                 engine: self.engine.clone(),
                 config: self.config.clone(),
+                sessions: self.sessions.clone(),
             }),
         )
     }

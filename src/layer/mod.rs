@@ -66,6 +66,7 @@ mod layer;
 mod request;
 mod response;
 mod service;
+mod sessions;
 
 pub use body::{PolicyBody, ResponseBody};
 pub use future::ResponseFuture;
@@ -75,3 +76,4 @@ pub use response::{
     POLICY_DENIED, UNKNOWN_TOOL,
 };
 pub use service::{Grant, PolicyService};
+pub use sessions::DEFAULT_MAX_SESSIONS;

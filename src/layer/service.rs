@@ -20,6 +20,7 @@ use super::request::{Refused, check_routing_headers, single};
 use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
 };
+use super::sessions::Sessions;
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::{Call, Engine, Refusal, Verdict};
 use crate::jsonrpc::{self, Decoded, MessageKind};
@@ -29,7 +30,7 @@ use crate::scope::{ScopeHasher, ScopeKeys};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub(crate) static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// The grant a request belongs to, chosen by the application.
 ///
@@ -80,6 +81,7 @@ impl Default for Config {
 pub(crate) struct Shared<S> {
     pub engine: Arc<Engine<S>>,
     pub config: Config,
+    pub sessions: Arc<Sessions>,
 }
 
 /// Middleware that enforces a policy on the MCP requests it passes to `Inner`; see the
@@ -175,17 +177,36 @@ where
 
 /// What the policy made of a decoded body.
 pub(crate) enum Judged<B> {
-    /// Forward it; `lists_tools` when it holds a tools/list request.
-    Forward { lists_tools: bool },
+    /// Forward it.
+    Forward(Holds),
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
+}
+
+/// What a forwarded body holds that matters for its answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Holds {
+    /// A tools/list request: a JSON answer is filtered.
+    pub lists_tools: bool,
+    /// An initialize request: a session id in the answer is issued by the server.
+    pub initializes: bool,
+}
+
+/// What the layer keeps of a forwarded request to handle its answer.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    pub holds: Holds,
+    /// The request's `Mcp-Session-Id`, if any.
+    pub session: Option<http::HeaderValue>,
+    /// A DELETE: a successful answer ends the session.
+    pub deletes: bool,
 }
 
 /// A body that decoded and passed the header checks, ready for the engine.
 struct Inspected<'a> {
     decoded: Decoded<'a>,
     keys: ScopeKeys,
-    lists_tools: bool,
+    holds: Holds,
 }
 
 impl Inspected<'_> {
@@ -253,14 +274,17 @@ impl<S: CounterStore> Shared<S> {
         let keys = self
             .scope_keys(parts)
             .map_err(|refused| refused_response(refused, first_id))?;
-        let lists_tools = decoded
-            .messages()
-            .iter()
-            .any(|m| m.kind() == MessageKind::Request && m.method() == Some("tools/list"));
+        let mut holds = Holds::default();
+        for message in decoded.messages() {
+            if message.kind() == MessageKind::Request {
+                holds.lists_tools |= message.method() == Some("tools/list");
+                holds.initializes |= message.method() == Some("initialize");
+            }
+        }
         Ok(Inspected {
             decoded,
             keys,
-            lists_tools,
+            holds,
         })
     }
 
@@ -268,9 +292,7 @@ impl<S: CounterStore> Shared<S> {
     fn conclude<B>(&self, inspected: &Inspected<'_>, verdict: Verdict) -> Judged<B> {
         trace_decisions(&inspected.decoded, &verdict, &inspected.keys);
         match verdict {
-            Verdict::Forward => Judged::Forward {
-                lists_tools: inspected.lists_tools,
-            },
+            Verdict::Forward => Judged::Forward(inspected.holds),
             Verdict::Refuse(refusals) => {
                 Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
             }
@@ -285,10 +307,11 @@ impl<S: CounterStore> Shared<S> {
             (None, Some(credential)) => hasher.credential(credential.as_bytes()),
             (None, None) => hasher.anonymous(),
         };
-        let session = match single(&parts.headers, &MCP_SESSION_ID)? {
-            Some(id) => hasher.session(id.as_bytes()),
-            None => hasher.no_session(grant),
-        };
+        // Only a session the server issued is a session; any other id counts per grant.
+        let session = single(&parts.headers, &MCP_SESSION_ID)?
+            .map(|id| hasher.session(id.as_bytes()))
+            .filter(|&session| self.sessions.is_issued(session))
+            .unwrap_or_else(|| hasher.no_session(grant));
         Ok(ScopeKeys::new(grant, session))
     }
 
@@ -334,14 +357,32 @@ impl<S: CounterStore> Shared<S> {
         parts
     }
 
-    /// Wraps the inner response so hidden tools never show in a tool list: every SSE
-    /// stream is filtered event by event, and any other answer to a tools/list request
-    /// is filtered whole.
+    /// Records the sessions the server issues and ends, as its answers show them.
+    fn track_sessions<B>(&self, response: &Response<B>, forwarded: &Forwarded) {
+        let status = response.status();
+        if forwarded.holds.initializes && status.is_success() {
+            if let Some(id) = response.headers().get(&MCP_SESSION_ID) {
+                self.sessions
+                    .issue(self.config.hasher.session(id.as_bytes()));
+            }
+        }
+        if let Some(id) = &forwarded.session {
+            if status == StatusCode::NOT_FOUND || (forwarded.deletes && status.is_success()) {
+                self.sessions.end(self.config.hasher.session(id.as_bytes()));
+            }
+        }
+    }
+
+    /// Handles the inner response: records issued and ended sessions, and makes sure
+    /// hidden tools never show in a tool list: every SSE stream is filtered event by
+    /// event, and any other answer to a tools/list request is filtered whole.
     pub(crate) fn wrap<B>(
         &self,
         mut response: Response<B>,
-        lists_tools: bool,
+        forwarded: &Forwarded,
     ) -> Response<ResponseBody<B>> {
+        self.track_sessions(&response, forwarded);
+        let lists_tools = forwarded.holds.lists_tools;
         let policy = self.engine.policy();
         if !policy.hides_anything() {
             return response.map(ResponseBody::inner);

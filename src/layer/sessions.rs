@@ -1,0 +1,131 @@
+//! Which `Mcp-Session-Id`s the server issued.
+//!
+//! A session id only means a session if the server handed it out: a server that ignores
+//! session ids (stateless mode, or a request of the 2026-07-28 revision, which has no
+//! sessions) runs a call whatever id it carries, so an id the client made up must not
+//! open a fresh budget. The layer records the id of every `initialize` answer that
+//! carries one and forgets it when the server ends the session (a successful DELETE, or
+//! a 404 for a request that carried it). Any other id counts its session-scoped limits
+//! per grant, as a request without a session does.
+//!
+//! Memory is bounded: past the limit the oldest sessions are forgotten first, and their
+//! session-scoped limits fall back to per-grant counting, which is never looser.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+use crate::scope::ScopeValue;
+
+/// The default number of sessions remembered: about 7 MB.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    max: usize,
+    issued: Mutex<Issued>,
+}
+
+#[derive(Debug, Default)]
+struct Issued {
+    /// Session → the generation it was issued in.
+    live: HashMap<ScopeValue, u64>,
+    /// Issue order, for forgetting the oldest; entries of ended sessions linger until
+    /// they reach the front (their generation no longer matches).
+    order: VecDeque<(ScopeValue, u64)>,
+    generation: u64,
+}
+
+impl Sessions {
+    pub fn new(max: usize) -> Sessions {
+        Sessions {
+            max,
+            issued: Mutex::new(Issued::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Issued> {
+        self.issued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True when the server issued `session` and has not ended it.
+    pub fn is_issued(&self, session: ScopeValue) -> bool {
+        self.lock().live.contains_key(&session)
+    }
+
+    /// The server issued `session`.
+    pub fn issue(&self, session: ScopeValue) {
+        if self.max == 0 {
+            return;
+        }
+        let mut issued = self.lock();
+        issued.generation += 1;
+        let generation = issued.generation;
+        issued.live.insert(session, generation);
+        issued.order.push_back((session, generation));
+        while issued.live.len() > self.max {
+            let Some((oldest, generation)) = issued.order.pop_front() else {
+                break;
+            };
+            if issued.live.get(&oldest) == Some(&generation) {
+                issued.live.remove(&oldest);
+            }
+        }
+        if issued.order.len() > 2 * self.max {
+            // Mostly ended sessions: drop their entries (amortized O(1) per issue).
+            let Issued { live, order, .. } = &mut *issued;
+            order.retain(|(session, generation)| live.get(session) == Some(generation));
+        }
+    }
+
+    /// The server ended `session`.
+    pub fn end(&self, session: ScopeValue) {
+        self.lock().live.remove(&session);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::ScopeHasher;
+
+    #[test]
+    fn issued_until_ended_and_bounded_oldest_first() {
+        let h = ScopeHasher::with_key([1; 16]);
+        let s = |i: u32| h.session(&i.to_le_bytes());
+        let sessions = Sessions::new(3);
+        assert!(!sessions.is_issued(s(1)));
+        for i in 1..=3 {
+            sessions.issue(s(i));
+        }
+        assert!((1..=3).all(|i| sessions.is_issued(s(i))));
+        sessions.end(s(2));
+        assert!(!sessions.is_issued(s(2)));
+        sessions.issue(s(4));
+        sessions.issue(s(5));
+        // Three live at most: 1 (the oldest) is forgotten, 3, 4, 5 remain.
+        assert_eq!(sessions.len(), 3);
+        assert!(!sessions.is_issued(s(1)));
+        assert!((3..=5).all(|i| sessions.is_issued(s(i))));
+        // Re-issuing an id keeps it live past its old entry's turn.
+        sessions.issue(s(3));
+        sessions.issue(s(6));
+        sessions.issue(s(7));
+        assert!(sessions.is_issued(s(3)));
+        assert!(!sessions.is_issued(s(4)));
+        // Churn below the bound never grows the queue past twice the bound, nor evicts
+        // the live sessions.
+        sessions.end(s(6));
+        for i in 0..1000 {
+            sessions.issue(s(100 + i));
+            sessions.end(s(100 + i));
+        }
+        assert!(sessions.lock().order.len() <= 6);
+        assert!([3, 7].iter().all(|&i| sessions.is_issued(s(i))));
+        assert!(!Sessions::new(0).is_issued(s(1)));
+    }
+}
