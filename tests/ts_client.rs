@@ -4,36 +4,12 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Demo, ensure_npm_packages};
+use common::Demo;
 use serde_json::{Value, json};
 
 /// Runs tests/ts/client.mjs against `url` and returns one JSON value per step.
 async fn ts_client(url: String, token: &str, steps: Value) -> Vec<Value> {
-    let dir = ensure_npm_packages();
-    let token = token.to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("client.mjs"))
-            .arg(url)
-            .arg(token)
-            .arg(steps.to_string())
-            .output()
-            .expect("node is needed to run the TypeScript client")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the TypeScript client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    common::node_script("client.mjs", vec![url, token.to_owned(), steps.to_string()]).await
 }
 
 async fn official_client_reads_every_answer(json_mode: bool) {

@@ -8,9 +8,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use serde_json::Value;
 
-use super::filter::{SseSplitter, filter_event, strip_hidden};
+use super::filter::{SseSplitter, filter_event, filter_message};
 use super::response::INTERNAL_ERROR;
 use crate::policy::Policy;
 
@@ -219,16 +218,13 @@ where
     }
 }
 
-/// A whole JSON response with hidden tools removed; unchanged bytes when none were.
+/// A whole JSON response with hidden tools removed (or withheld when it cannot be
+/// read); unchanged bytes when nothing was hidden in it.
 fn filter_json(bytes: Bytes, policy: &Policy) -> Bytes {
-    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-        // Not JSON: the client cannot read a tool list out of it either.
-        return bytes;
-    };
-    if strip_hidden(&mut message, policy) == 0 {
-        return bytes;
+    match filter_message(&bytes, policy) {
+        Some(text) => Bytes::from(text),
+        None => bytes,
     }
-    Bytes::from(serde_json::to_vec(&message).expect("a Value always serializes"))
 }
 
 fn unfilterable() -> Bytes {

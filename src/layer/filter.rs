@@ -1,9 +1,146 @@
 //! Removing hidden tools from `tools/list` results, in JSON bodies and SSE events.
+//!
+//! A message that may carry a tool list is read the way a client reads it, leniently
+//! (a leading BOM, invalid UTF-8 and lone surrogate escapes are what JavaScript's
+//! decoders accept), and then either filtered or, when even that reading fails,
+//! withheld: replaced by a JSON-RPC error. It is never passed on unread.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Value, json};
 
+use super::response::INTERNAL_ERROR;
 use crate::policy::Policy;
+
+/// A JSON-RPC message or batch that may list tools, with hidden tools removed. `None`:
+/// nothing is hidden in it, pass the original bytes. `Some(text)`: the rewritten
+/// message, or a JSON-RPC error in its place when it could not be read.
+pub(crate) fn filter_message(data: &[u8], policy: &Policy) -> Option<String> {
+    if !might_list_tools(data) {
+        return None;
+    }
+    let text = client_text(data);
+    match serde_json::from_str::<Value>(&text) {
+        Ok(mut message) => (strip_hidden(&mut message, policy) > 0).then(|| message.to_string()),
+        Err(err) => {
+            // A client may still read a tool list out of it (JavaScript reads `1e400`
+            // as Infinity and nests deeper than serde_json): withhold it.
+            tracing::warn!(
+                target: "tower_mcp_policy",
+                decision = "reject",
+                "withheld a message that may list tools but could not be read: {err}"
+            );
+            Some(withheld(recover_id(&text), &err).to_string())
+        }
+    }
+}
+
+/// The text a JavaScript client decodes from `data`: without a leading BOM, invalid
+/// UTF-8 as U+FFFD (as `TextDecoder` does), and lone surrogate escapes (which
+/// JavaScript keeps in strings and serde_json refuses) as `\ufffd`. A lone surrogate can
+/// never be part of a name the policy spells, so the replacement changes no match.
+fn client_text(data: &[u8]) -> Cow<'_, str> {
+    let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
+    match String::from_utf8_lossy(data) {
+        Cow::Borrowed(text) => {
+            replace_lone_surrogates(text).map_or(Cow::Borrowed(text), Cow::Owned)
+        }
+        Cow::Owned(text) => Cow::Owned(replace_lone_surrogates(&text).unwrap_or(text)),
+    }
+}
+
+/// `text` with every `\uXXXX` escape of a lone surrogate replaced by `\ufffd`; `None`
+/// when it has none. Backslashes only occur inside strings in JSON, so every escape is
+/// found by reading them in order.
+fn replace_lone_surrogates(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let escape = |at: usize| bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u');
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(n) = bytes[i..].iter().position(|&b| b == b'\\') {
+        i += n;
+        let Some(code) = escape(i).then(|| unit(i + 2)).flatten() else {
+            i += 2; // `\"`, `\\`, `\n`, ...: the escaped character is not a backslash
+            continue;
+        };
+        let lone = match code {
+            0xD800..=0xDBFF => {
+                let paired =
+                    escape(i + 6) && unit(i + 8).is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+                if paired {
+                    i += 12;
+                    continue;
+                }
+                true
+            }
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[copied..i]);
+            out.push_str("\\ufffd");
+            copied = i + 6;
+        }
+        i += 6;
+    }
+    out.map(|mut out| {
+        out.push_str(&text[copied..]);
+        out
+    })
+}
+
+/// The `id` of a message that does not parse, read without limits on depth or number
+/// range (serde_json skips values iteratively); `null` when it cannot be found.
+fn recover_id(text: &str) -> Value {
+    struct IdOnly<'a>(&'a RefCell<Value>);
+    impl<'de> Visitor<'de> for IdOnly<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON-RPC message")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "id" {
+                    let id: Value = map.next_value()?;
+                    if id.is_string() || id.is_number() {
+                        *self.0.borrow_mut() = id;
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    let id = RefCell::new(Value::Null);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let _ = de::Deserializer::deserialize_map(&mut de, IdOnly(&id));
+    id.into_inner()
+}
+
+/// The JSON-RPC error that takes the place of a message the layer could not read.
+fn withheld(id: Value, err: &serde_json::Error) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": INTERNAL_ERROR,
+            "message": format!(
+                "the policy layer withheld a message that may list tools, because it could not read it ({err})"
+            ),
+        }
+    })
+}
 
 /// Removes hidden tools from every tools/list-shaped result in `message` (a JSON-RPC
 /// message or a batch). Returns how many tools were removed.
@@ -119,7 +256,9 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
     if !might_list_tools(event) {
         return None;
     }
-    let text = std::str::from_utf8(event).ok()?;
+    // As a client decodes the stream; a BOM can only be where the stream starts.
+    let text = String::from_utf8_lossy(event);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut data = String::new();
     let mut other_lines = Vec::new();
     let mut has_data = false;
@@ -144,24 +283,17 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
             other_lines.push(line);
         }
     }
-    if !has_data || !might_list_tools(data.as_bytes()) {
+    if !has_data {
         return None;
     }
-    let mut message: Value = match serde_json::from_str(&data) {
-        Ok(message) => message,
-        // Not JSON: no client can read it as a tool list either.
-        Err(_) => return None,
-    };
-    if strip_hidden(&mut message, policy) == 0 {
-        return None;
-    }
+    let message = filter_message(data.as_bytes(), policy)?;
     let mut out = String::with_capacity(event.len());
     for line in other_lines {
         out.push_str(line);
         out.push('\n');
     }
     out.push_str("data: ");
-    out.push_str(&message.to_string());
+    out.push_str(&message);
     out.push_str("\n\n");
     Some(Bytes::from(out))
 }
@@ -244,6 +376,114 @@ mod tests {
             assert_eq!(out.concat(), event.as_bytes(), "chunk size {chunk}");
             assert!(s.rest().is_none());
         }
+    }
+
+    /// A tool list with `secret_b` hidden, in the form `form` (the `{}` is a place for
+    /// an extra member of the result).
+    fn unusual(form: &str) -> Vec<u8> {
+        let tools = r#"[{"name":"a","description":"DESC"},{"name":"secret_b"}]"#;
+        let (tools, extra, prefix): (String, String, &[u8]) = match form {
+            "bom" => (tools.replace("DESC", "d"), String::new(), b"\xEF\xBB\xBF"),
+            "surrogate" => (tools.replace("DESC", "cut \\ud83d"), String::new(), b""),
+            "low-surrogate" => (
+                tools.replace("DESC", "\\udc00 and \\ud83d\\ude00"),
+                String::new(),
+                b"",
+            ),
+            "deep" => {
+                let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+                (
+                    tools.replace("DESC", "d"),
+                    format!(r#","_meta":{{"deep":{deep}}}"#),
+                    b"",
+                )
+            }
+            "1e400" => (
+                tools.replace("DESC", "d"),
+                r#","_meta":{"n":1e400}"#.to_owned(),
+                b"",
+            ),
+            "invalid-utf8" => (tools.replace("DESC", "X"), String::new(), b""),
+            other => panic!("{other}"),
+        };
+        let message = format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"tools":{tools}{extra}}}}}"#);
+        let mut bytes = prefix.to_vec();
+        bytes.extend_from_slice(message.as_bytes());
+        if form == "invalid-utf8" {
+            let at = bytes.iter().position(|&b| b == b'X').unwrap();
+            bytes[at] = 0xff;
+        }
+        bytes
+    }
+
+    #[test]
+    fn unusual_tool_lists_are_filtered_or_withheld_never_passed_unread() {
+        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#
+            .parse()
+            .unwrap();
+        for form in ["bom", "surrogate", "low-surrogate", "invalid-utf8"] {
+            let out = filter_message(&unusual(form), &policy).expect(form);
+            let message: Value = serde_json::from_str(&out).expect(form);
+            assert_eq!(message["id"], 7, "{form}");
+            assert_eq!(
+                message["result"]["tools"].as_array().unwrap().len(),
+                1,
+                "{form}"
+            );
+            assert_eq!(message["result"]["tools"][0]["name"], "a", "{form}");
+        }
+        for form in ["deep", "1e400"] {
+            let out = filter_message(&unusual(form), &policy).expect(form);
+            let message: Value = serde_json::from_str(&out).expect(form);
+            assert_eq!(message["id"], 7, "{form}: the id is kept");
+            assert_eq!(message["error"]["code"], INTERNAL_ERROR, "{form}");
+            assert!(!out.contains("secret"), "{form}");
+        }
+        // The same as SSE events, with the stream's fields kept.
+        for form in ["bom", "surrogate", "invalid-utf8", "deep", "1e400"] {
+            let mut event = b"id: 3\nevent: message\ndata: ".to_vec();
+            if form == "bom" {
+                // At the start of a stream the BOM comes before the first field.
+                event = b"\xEF\xBB\xBFid: 3\nevent: message\ndata: ".to_vec();
+                event.extend_from_slice(&unusual(form)[3..]);
+            } else {
+                event.extend_from_slice(&unusual(form));
+            }
+            event.extend_from_slice(b"\n\n");
+            let out = filter_event(&event, &policy).expect(form);
+            let out = std::str::from_utf8(&out).unwrap();
+            assert!(
+                out.starts_with("id: 3\nevent: message\ndata: {"),
+                "{form}: {out}"
+            );
+            assert!(!out.contains("secret"), "{form}: {out}");
+        }
+        // Not a tool list, and nothing hidden: untouched whatever its form.
+        assert!(
+            filter_message(
+                b"\xEF\xBB\xBF{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}",
+                &policy
+            )
+            .is_none()
+        );
+        let clean =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","description":"\ud83d"}]}}"#;
+        assert!(filter_message(clean.as_bytes(), &policy).is_none());
+    }
+
+    #[test]
+    fn lone_surrogates_are_found_escape_by_escape() {
+        let r = |s: &str| replace_lone_surrogates(s);
+        assert_eq!(r(r#""\ud83d\ude00""#), None, "a pair");
+        assert_eq!(r(r#""\\ud83d""#), None, "an escaped backslash, then text");
+        assert_eq!(r(r#""\u0041\n\"""#), None);
+        assert_eq!(r(r#""a\ud83d""#).as_deref(), Some(r#""a\ufffd""#));
+        assert_eq!(
+            r(r#""\ude00\ud83d\ude00\ud83d""#).as_deref(),
+            Some(r#""\ufffd\ud83d\ude00\ufffd""#)
+        );
+        assert_eq!(r(r#""\\\ud800x""#).as_deref(), Some(r#""\\\ufffdx""#));
+        assert_eq!(r(r#""\ud83d\u0041""#).as_deref(), Some(r#""\ufffd\u0041""#));
     }
 
     #[test]

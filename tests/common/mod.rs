@@ -210,3 +210,29 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Runs the node script `script` of `tests/ts` with `args` and returns one JSON value
+/// per line it printed. Fails loudly when Node.js is missing.
+pub async fn node_script(script: &str, args: Vec<String>) -> Vec<Value> {
+    let dir = ensure_npm_packages();
+    let script = dir.join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("node is needed to run the TypeScript client (apt-get install nodejs npm)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the TypeScript client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
