@@ -2,7 +2,6 @@
 //! bytes differently. Every bad input checks the answer and that the tool never ran.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,17 +22,28 @@ fn layer(policy: &str) -> TestLayer {
     PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
 }
 
+/// The future of an upstream that answers at once.
+type Answer<B> = std::future::Ready<Result<Response<B>, Infallible>>;
+
+/// An inner service that answers at once with a body of type `B`.
+trait Upstream<B>:
+    Service<Request<PolicyBody>, Response = Response<B>, Error = Infallible, Future = Answer<B>>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, B> Upstream<B> for T where
+    T: Service<Request<PolicyBody>, Response = Response<B>, Error = Infallible, Future = Answer<B>>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// An upstream that counts the requests it runs and answers `{"ok":true}`.
-fn upstream(
-    runs: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<PolicyBody>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
+fn upstream(runs: Arc<AtomicUsize>) -> impl Upstream<Full<Bytes>> {
     tower::service_fn(move |_request: Request<PolicyBody>| {
         runs.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
@@ -110,36 +120,24 @@ async fn every_spelling_of_one_credential_shares_one_budget() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
+type Frames =
+    futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>;
+
 /// An upstream that answers with `chunks` as an SSE body, one frame each.
-fn sse_upstream(
-    chunks: Vec<Bytes>,
-) -> impl Service<
-    Request<PolicyBody>,
-    Response = Response<
-        http_body_util::StreamBody<
-            futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
-        >,
-    >,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<impl Body>, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn sse_upstream(chunks: Vec<Bytes>) -> impl Upstream<http_body_util::StreamBody<Frames>> {
     tower::service_fn(move |_request: Request<PolicyBody>| {
         let frames: Vec<_> = chunks
             .iter()
             .map(|c| Ok(http_body::Frame::data(c.clone())))
             .collect();
-        async move {
-            let mut response = Response::new(http_body_util::StreamBody::new(
-                futures::stream::iter(frames),
-            ));
-            response.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("text/event-stream"),
-            );
-            Ok(response)
-        }
+        let mut response = Response::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        std::future::ready(Ok(response))
     })
 }
 
@@ -185,4 +183,49 @@ async fn a_multi_megabyte_tool_list_event_is_filtered_however_it_is_chunked() {
         assert!(!names.contains(&"delete_everything"), "chunk {chunk}");
         assert_eq!(names[12_345], "tool_12345");
     }
+}
+
+/// A body that sends `first` and then stalls: it never ends.
+#[cfg(feature = "tokio")]
+fn stalled_body(
+    first: &'static [u8],
+) -> http_body_util::StreamBody<
+    impl futures::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>>,
+> {
+    use futures::StreamExt;
+    let frames = futures::stream::iter([Ok(http_body::Frame::data(Bytes::from_static(first)))])
+        .chain(futures::stream::pending());
+    http_body_util::StreamBody::new(frames)
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test(start_paused = true)]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_never_forwarded() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer(ONE_WRITE)
+        .body_read_timeout(std::time::Duration::from_secs(10))
+        .layer(upstream(runs.clone()));
+    let request = Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("content-length", "4000000")
+        .body(stalled_body(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","#,
+        ))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(10));
+    assert_eq!(response.status(), http::StatusCode::REQUEST_TIMEOUT);
+    let answer = body_json(response.into_body()).await;
+    assert_eq!(answer["error"]["code"], -32600);
+    assert_eq!(
+        answer["error"]["message"],
+        "the request body did not arrive within 10s (received 46 bytes)"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing was forwarded");
+
+    // A body that arrives in time is judged as usual.
+    let response = service.oneshot(post(&tool_call("write"))).await.unwrap();
+    assert!(!is_denied(&body_json(response.into_body()).await));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::ResponseBody;
 use super::body::PolicyBody;
+use super::deadline::Deadline;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
     BoxError, Forwarded, Holds, Judged, MCP_SESSION_ID, Shared, refused_response,
@@ -52,6 +53,7 @@ pin_project! {
             buffer: Buffer,
             limit: usize,
             judge: bool,
+            deadline: Deadline,
         },
         // Waiting for a counter store that cannot answer at once.
         Judging {
@@ -129,6 +131,7 @@ where
                 buffer: Buffer::default(),
                 limit: 0,
                 judge: false,
+                deadline: Deadline::after(shared.config.body_read_timeout),
             }
         } else {
             // POST, and every other method that can carry a body, is read and judged.
@@ -140,6 +143,7 @@ where
                     buffer: Buffer::default(),
                     limit: shared.config.max_body,
                     judge: true,
+                    deadline: Deadline::after(shared.config.body_read_timeout),
                 },
             }
         };
@@ -218,53 +222,66 @@ where
                     buffer,
                     limit,
                     judge,
-                } => match ready!(body.poll_frame(cx)) {
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue; // trailers carry nothing the policy reads
-                        };
-                        if buffer.len() + data.remaining() <= *limit {
-                            buffer.push(data);
-                            continue;
-                        }
-                        let (parts, _) = request.as_ref().expect("read until answered");
-                        answered(if *judge {
-                            too_large(*limit)
-                        } else {
-                            Refused {
-                                status: StatusCode::BAD_REQUEST,
-                                code: INVALID_REQUEST,
-                                message: format!(
-                                    "a {} request must not carry a body",
-                                    parts.method
-                                ),
-                            }
-                        })
-                    }
-                    Some(Err(err)) => answered(Refused {
-                        status: StatusCode::BAD_REQUEST,
+                    deadline,
+                } => match body.poll_frame(cx) {
+                    Poll::Pending if deadline.expired(cx) => answered(Refused {
+                        status: StatusCode::REQUEST_TIMEOUT,
                         code: INVALID_REQUEST,
-                        message: format!("could not read the request body: {}", err.into()),
+                        message: format!(
+                            "the request body did not arrive within {:?} (received {} bytes)",
+                            this.shared.config.body_read_timeout.unwrap_or_default(),
+                            buffer.len()
+                        ),
                     }),
-                    None => {
-                        let (parts, mut inner) = request.take().expect("read until answered");
-                        let bytes = buffer.take();
-                        if !*judge {
-                            calling(this.shared, &mut inner, parts, bytes, Holds::default())
-                        } else if let Some(judged) = this.shared.judge_now(&parts, &bytes) {
-                            after_judging(this.shared, inner, judged, parts, bytes)
-                        } else {
-                            // Only stores that must be awaited get here.
-                            let shared = this.shared.clone();
-                            State::Judging {
-                                future: Box::pin(async move {
-                                    let judged = shared.judge_async(&parts, &bytes).await;
-                                    (judged, parts, bytes)
-                                }),
-                                inner: Some(inner),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(frame) => match frame {
+                        Some(Ok(frame)) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue; // trailers carry nothing the policy reads
+                            };
+                            if buffer.len() + data.remaining() <= *limit {
+                                buffer.push(data);
+                                continue;
+                            }
+                            let (parts, _) = request.as_ref().expect("read until answered");
+                            answered(if *judge {
+                                too_large(*limit)
+                            } else {
+                                Refused {
+                                    status: StatusCode::BAD_REQUEST,
+                                    code: INVALID_REQUEST,
+                                    message: format!(
+                                        "a {} request must not carry a body",
+                                        parts.method
+                                    ),
+                                }
+                            })
+                        }
+                        Some(Err(err)) => answered(Refused {
+                            status: StatusCode::BAD_REQUEST,
+                            code: INVALID_REQUEST,
+                            message: format!("could not read the request body: {}", err.into()),
+                        }),
+                        None => {
+                            let (parts, mut inner) = request.take().expect("read until answered");
+                            let bytes = buffer.take();
+                            if !*judge {
+                                calling(this.shared, &mut inner, parts, bytes, Holds::default())
+                            } else if let Some(judged) = this.shared.judge_now(&parts, &bytes) {
+                                after_judging(this.shared, inner, judged, parts, bytes)
+                            } else {
+                                // Only stores that must be awaited get here.
+                                let shared = this.shared.clone();
+                                State::Judging {
+                                    future: Box::pin(async move {
+                                        let judged = shared.judge_async(&parts, &bytes).await;
+                                        (judged, parts, bytes)
+                                    }),
+                                    inner: Some(inner),
+                                }
                             }
                         }
-                    }
+                    },
                 },
                 StateProj::Judging { future, inner } => {
                     let (judged, parts, bytes) = ready!(future.as_mut().poll(cx));

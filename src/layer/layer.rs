@@ -101,6 +101,17 @@ impl<S> PolicyLayer<S> {
         self.configure(|c| c.denial_format = format)
     }
 
+    /// How long a request body may take to arrive, from the moment the request reaches
+    /// the layer (default: no limit). A body still incomplete then is answered 408 with a
+    /// JSON-RPC error and never forwarded, so a stalled upload holds its memory (what it
+    /// sent, never more) for at most this long. Needs a tokio runtime's timer (feature
+    /// `tokio`).
+    #[cfg(feature = "tokio")]
+    #[must_use]
+    pub fn body_read_timeout(self, timeout: std::time::Duration) -> Self {
+        self.configure(|c| c.body_read_timeout = Some(timeout))
+    }
+
     /// The hasher that turns credentials and session ids into counter keys. Replicas
     /// that share counters must share its key; the default is random per layer.
     #[must_use]

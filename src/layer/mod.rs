@@ -59,6 +59,7 @@
 //! ```
 
 mod body;
+mod deadline;
 mod filter;
 mod future;
 #[allow(clippy::module_inception)]

@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub max_filtered_response: usize,
     pub denial_format: DenialFormat,
     pub hasher: ScopeHasher,
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -73,6 +74,7 @@ impl Default for Config {
             max_filtered_response: DEFAULT_MAX_FILTERED_RESPONSE,
             denial_format: DenialFormat::default(),
             hasher: ScopeHasher::random(),
+            body_read_timeout: None,
         }
     }
 }
@@ -360,16 +362,17 @@ impl<S: CounterStore> Shared<S> {
     /// Records the sessions the server issues and ends, as its answers show them.
     fn track_sessions<B>(&self, response: &Response<B>, forwarded: &Forwarded) {
         let status = response.status();
-        if forwarded.holds.initializes && status.is_success() {
-            if let Some(id) = response.headers().get(&MCP_SESSION_ID) {
-                self.sessions
-                    .issue(self.config.hasher.session(id.as_bytes()));
-            }
+        if forwarded.holds.initializes
+            && status.is_success()
+            && let Some(id) = response.headers().get(&MCP_SESSION_ID)
+        {
+            self.sessions
+                .issue(self.config.hasher.session(id.as_bytes()));
         }
-        if let Some(id) = &forwarded.session {
-            if status == StatusCode::NOT_FOUND || (forwarded.deletes && status.is_success()) {
-                self.sessions.end(self.config.hasher.session(id.as_bytes()));
-            }
+        if let Some(id) = &forwarded.session
+            && (status == StatusCode::NOT_FOUND || (forwarded.deletes && status.is_success()))
+        {
+            self.sessions.end(self.config.hasher.session(id.as_bytes()));
         }
     }
 
