@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
 use tower_mcp_policy::jsonrpc::decode;
-use tower_mcp_policy::{Decision, Engine, Policy, ScopeHasher, ScopeKeys};
+use tower_mcp_policy::{Call, Engine, Policy, ScopeHasher, ScopeKeys, Verdict};
 
 const BODY_A: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"binance_us_close_listen_key","arguments":{"listenKey":"pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8"},"_meta":{"progressToken":42}}}"#;
 
@@ -24,15 +24,19 @@ const POLICY_B: &str = r#"{"version":"1","default":"deny",
       "deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Transfers above 1000 need a human."}],
       "limits":[{"counter":"transfers","window":"day","max":4000000000}]}}}"#;
 
+/// As the layer does: decode, then decide every call of the body at once.
 fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
     let decoded = decode(body, &**engine.policy()).expect("the body decodes");
-    let mut allowed = true;
-    for message in decoded.messages() {
-        if let Some(call) = message.tool_call() {
-            allowed &= engine.decide(call.name(), call.arguments(), keys) == Decision::Allow;
-        }
-    }
-    allowed
+    let calls: Vec<Call<'_>> = decoded
+        .messages()
+        .iter()
+        .filter_map(|m| m.tool_call())
+        .map(|call| Call {
+            tool: call.name(),
+            args: call.arguments(),
+        })
+        .collect();
+    engine.decide_all(&calls, keys) == Verdict::Forward
 }
 
 fn bench(c: &mut Criterion) {

@@ -11,16 +11,16 @@
 //! [`Engine`](crate::Engine) runs both phases for you.
 
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
-use serde_json::Value;
 use smallvec::SmallVec;
 
 use crate::counter::Charge;
 use crate::policy::condition::{Truth, kind};
 use crate::policy::{Clause, Limit, Policy, Resolved, Rule};
 use crate::scope::ScopeKeys;
+use crate::value::ArgValue;
 
 /// Why a call was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,7 +194,7 @@ impl Policy {
     pub fn evaluate<'p>(
         &'p self,
         tool: &'p str,
-        args: Option<&Value>,
+        args: Option<&ArgValue>,
         scope: &ScopeKeys,
     ) -> Result<Allowed<'p>, Denial> {
         let own = match self.resolve(tool) {
@@ -271,7 +271,14 @@ impl Policy {
                 continue;
             };
             let counter = self.counter(limit.counter);
-            if cost.get() > counter.max().get() {
+            let fits = u32::try_from(cost.get()).ok().and_then(NonZeroU32::new);
+            let Some(cost) = fits.filter(|c| *c <= counter.max()) else {
+                // Beyond 64 bits the cost is shown as the argument's exact value.
+                let exact = limit.increment_from.as_ref().and_then(|p| p.lookup(args));
+                let cost = match (cost.get(), exact) {
+                    (u64::MAX, Some(ArgValue::Number(n))) => n.to_string(),
+                    (n, _) => n.to_string(),
+                };
                 return Err(Denial::new(
                     DenialKind::Limit,
                     tool,
@@ -281,7 +288,7 @@ impl Policy {
                         counter.describe()
                     ),
                 ));
-            }
+            };
             pending.push(Pending {
                 limit,
                 charge: Charge {
@@ -300,7 +307,7 @@ impl Policy {
 }
 
 /// Three-valued AND: false wins over unknown, unknown over true; no conditions is true.
-fn clause_truth(clause: &Clause, args: Option<&Value>) -> Truth {
+fn clause_truth(clause: &Clause, args: Option<&ArgValue>) -> Truth {
     let mut unknown = None;
     for condition in &clause.conditions {
         match condition.eval(args) {
@@ -333,11 +340,11 @@ fn unchecked(kind: DenialKind, tool: &str, clause: &Clause, reason: &str) -> Den
     Denial::new(kind, tool, &clause.pointer, message)
 }
 
-/// The cost of one call for `limit`: 1, or the rounded-up `increment_from` argument.
-/// `Ok(None)` for a zero cost, which charges nothing.
-fn cost(limit: &Limit, tool: &str, args: Option<&Value>) -> Result<Option<NonZeroU32>, Denial> {
+/// The cost of one call for `limit`: 1, or the rounded-up `increment_from` argument
+/// (saturated at `u64::MAX`). `Ok(None)` for a zero cost, which charges nothing.
+fn cost(limit: &Limit, tool: &str, args: Option<&ArgValue>) -> Result<Option<NonZeroU64>, Denial> {
     let Some(path) = &limit.increment_from else {
-        return Ok(Some(NonZeroU32::MIN));
+        return Ok(Some(NonZeroU64::MIN));
     };
     let deny = |problem: String| {
         Denial::new(
@@ -351,24 +358,15 @@ fn cost(limit: &Limit, tool: &str, args: Option<&Value>) -> Result<Option<NonZer
         )
     };
     let value = match path.lookup(args) {
-        None | Some(Value::Null) => return Err(deny("it is missing".to_owned())),
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        None | Some(ArgValue::Null) => return Err(deny("it is missing".to_owned())),
+        Some(ArgValue::Number(n)) => n,
         Some(other) => return Err(deny(format!("it is {}, not a number", kind(other)))),
     };
-    if value.is_nan() || value < 0.0 {
+    // The exact value, rounded up: 2.0000000000000000001 costs 3.
+    let Some(cost) = value.ceil_u64() else {
         return Err(deny("it is negative".to_owned()));
-    }
-    let rounded = value.ceil();
-    if rounded == 0.0 {
-        return Ok(None);
-    }
-    // Anything past u32::MAX is past every `max`; saturate so the caller reports it.
-    let cost = if rounded >= f64::from(u32::MAX) {
-        u32::MAX
-    } else {
-        rounded as u32
     };
-    Ok(NonZeroU32::new(cost))
+    Ok(NonZeroU64::new(cost))
 }
 
 #[cfg(test)]

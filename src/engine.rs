@@ -10,14 +10,15 @@ use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
 use crate::decision::{Allowed, Denial};
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
+use crate::value::ArgValue;
 
 /// One tool call to judge: its name and its (possibly pruned) arguments.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     /// The tool's name, with JSON escapes decoded.
     pub tool: &'a str,
-    /// The arguments, `None` when the call has none.
-    pub args: Option<&'a Value>,
+    /// The arguments (numbers exact), `None` when the call has none.
+    pub args: Option<&'a ArgValue>,
 }
 
 /// The decision for a single call.
@@ -108,8 +109,10 @@ impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
         Engine { policy, counters }
     }
 
-    /// Decides one call now.
+    /// Decides one call now. Numbers in `args` are read as serde_json prints them.
     pub fn decide(&self, tool: &str, args: Option<&Value>, scope: &ScopeKeys) -> Decision {
+        let args = args.map(ArgValue::from);
+        let args = args.as_ref();
         match self.decide_all(&[Call { tool, args }], scope) {
             Verdict::Forward => Decision::Allow,
             Verdict::Refuse(mut refusals) => match refusals.pop() {

@@ -31,6 +31,7 @@ pub mod layer;
 mod observe;
 mod policy;
 mod scope;
+mod value;
 
 pub use counter::{Charge, ChargeError, CounterStore, MemoryCounters};
 pub use decision::{
@@ -41,3 +42,4 @@ pub use error::{PolicyError, PolicyErrorKind};
 pub use layer::{DenialFormat, Grant, PolicyLayer, PolicyService};
 pub use policy::{ArgPlan, CounterDef, Policy, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
+pub use value::{ArgValue, Decimal, NotANumber};

@@ -6,8 +6,8 @@ use std::time::Duration;
 use governor::clock::FakeRelativeClock;
 use serde_json::{Value, json};
 use tower_mcp_policy::{
-    Call, Decision, Denial, DenialKind, Engine, MemoryCounters, Policy, Refusal, ScopeHasher,
-    ScopeKeys, Verdict,
+    ArgValue, Call, Decision, Denial, DenialKind, Engine, MemoryCounters, Policy, Refusal,
+    ScopeHasher, ScopeKeys, Verdict,
 };
 
 fn fixture(name: &str) -> Policy {
@@ -211,7 +211,7 @@ fn a_refused_batch_charges_nothing() {
             "b":{"limits":[{"counter":"b","window":"minute","max":1}]}}}"#,
     );
     let keys = h.keys("Bearer alice", None);
-    let args = json!({});
+    let args = ArgValue::from(&json!({}));
     let call = |tool| Call {
         tool,
         args: Some(&args),
@@ -506,7 +506,7 @@ fn increment_from_charges_the_argument() {
     assert_eq!(d.retry_after(), None);
     let d = denied(pay(json!(1e300)));
     assert!(
-        d.message().contains("costs 4294967295, more than"),
+        d.message().contains("costs 1e+300, more than"),
         "{}",
         d.message()
     );

@@ -229,3 +229,78 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_never_forwarded
     assert!(!is_denied(&body_json(response.into_body()).await));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn numbers_are_compared_exactly_as_written() {
+    let policy = r#"{"version":"1","default":"deny","tools":{
+        "pay":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":100}],"on_deny":"Over 100."}]},
+        "wire":{"require":[{"conditions":[{"path":"args.amount","op":"lte","value":1000}],"on_deny":"At most 1000."}]},
+        "tip":{"deny_if":[{"conditions":[{"path":"args.rate","op":"gt","value":0.1}],"on_deny":"Over 0.1."}]},
+        "spend":{"limits":[{"counter":"budget","window":"day","max":3,"increment_from":"args.units"}]}}}"#;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer(policy).layer(upstream(runs.clone()));
+    // Bodies written by hand: serde_json would round these numbers when building them.
+    let send = |tool: &str, args: &str| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+        );
+        service.clone().oneshot(post(&body))
+    };
+    let text = |answer: &Value| {
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    for (tool, args, message) in [
+        ("pay", r#"{"amount":100.00000000000001}"#, "Over 100."),
+        (
+            "pay",
+            r#"{"amount":1000000000000000000000000.5e-22}"#,
+            "Over 100.",
+        ),
+        (
+            "wire",
+            r#"{"amount":1000.0000000000000001}"#,
+            "At most 1000.",
+        ),
+        ("tip", r#"{"rate":0.10000000000000000001}"#, "Over 0.1."),
+    ] {
+        let answer = body_json(send(tool, args).await.unwrap().into_body()).await;
+        assert!(is_denied(&answer), "{tool} {args}: {answer}");
+        assert_eq!(
+            text(&answer),
+            format!("[POLICY DENIED] {message}"),
+            "{tool} {args}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no denied call ran");
+    for (tool, args) in [
+        ("pay", r#"{"amount":100.0}"#),
+        ("pay", r#"{"amount":99.99999999999999999999}"#),
+        ("wire", r#"{"amount":1e3}"#),
+        ("tip", r#"{"rate":0.1}"#),
+    ] {
+        let answer = body_json(send(tool, args).await.unwrap().into_body()).await;
+        assert!(!is_denied(&answer), "{tool} {args}: {answer}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    // A cost is the exact value rounded up: 2.0000000000000000001 units cost 3 of 3.
+    let answer = body_json(
+        send("spend", r#"{"units":2.0000000000000000001}"#)
+            .await
+            .unwrap()
+            .into_body(),
+    )
+    .await;
+    assert!(!is_denied(&answer), "{answer}");
+    let answer = body_json(
+        send("spend", r#"{"units":0.0000000000000000001}"#)
+            .await
+            .unwrap()
+            .into_body(),
+    )
+    .await;
+    assert!(is_denied(&answer), "the budget of 3 is spent: {answer}");
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+}

@@ -5,7 +5,7 @@ use governor::clock::FakeRelativeClock;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tower_mcp_policy::jsonrpc::{DecodeErrorKind, ReadAll, decode};
-use tower_mcp_policy::{Decision, Engine, Policy, ScopeHasher, ScopeKeys};
+use tower_mcp_policy::{ArgValue, Call, Engine, Policy, Refusal, ScopeHasher, ScopeKeys, Verdict};
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -131,7 +131,9 @@ proptest! {
         let call = message.tool_call().unwrap();
         prop_assert_eq!(message.method(), Some("tools/call"));
         prop_assert_eq!(call.name(), name.as_str());
-        prop_assert_eq!(call.arguments(), Some(&reference["params"]["arguments"]));
+        // Numbers exactly as the body writes them: serde_json's own reading of the body
+        // (`reference`) rounds some of them to another f64.
+        prop_assert_eq!(call.arguments(), Some(&ArgValue::from(&args)));
         prop_assert_eq!(serde_json::to_value(message.id()).unwrap(), reference["id"].clone());
     }
 
@@ -183,12 +185,138 @@ proptest! {
             let lean = decode(body.as_bytes(), &*policy).unwrap();
             let full_args = full.messages()[0].tool_call().unwrap().arguments();
             let lean_args = lean.messages()[0].tool_call().unwrap().arguments();
-            let a = whole.decide(tool, full_args, &keys);
-            let b = pruned.decide(tool, lean_args, &keys);
+            let a = whole.decide_all(&[Call { tool, args: full_args }], &keys);
+            let b = pruned.decide_all(&[Call { tool, args: lean_args }], &keys);
             prop_assert_eq!(&a, &b, "{} {}", tool, args);
-            if let Decision::Deny(d) = a {
-                prop_assert!(!d.message().is_empty());
+            if let Verdict::Refuse(refusals) = a {
+                for refusal in refusals {
+                    if let Refusal::Denied(d) = refusal {
+                        prop_assert!(!d.message().is_empty());
+                    }
+                }
             }
+        }
+    }
+}
+
+/// A JSON number text from its parts: `-12.340e-5`.
+fn number_text(negative: bool, whole: &str, fraction: &str, exponent: Option<i32>) -> String {
+    let whole = whole.trim_start_matches('0');
+    let mut text = String::new();
+    if negative {
+        text.push('-');
+    }
+    text.push_str(if whole.is_empty() { "0" } else { whole });
+    if !fraction.is_empty() {
+        text.push('.');
+        text.push_str(fraction);
+    }
+    if let Some(e) = exponent {
+        text.push_str(&format!("e{e}"));
+    }
+    text
+}
+
+/// The exact rational value of a JSON number text, by an independent route
+/// (big integers), as the reference.
+fn rational(text: &str) -> num_rational::BigRational {
+    use num_bigint::BigInt;
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().unwrap()),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: BigInt = format!("{whole}{fraction}").parse().unwrap();
+    let scale = exponent - fraction.len() as i64;
+    let ten = BigInt::from(10);
+    let power = num_rational::BigRational::from_integer(ten.pow(scale.unsigned_abs() as u32));
+    let value = num_rational::BigRational::from_integer(digits);
+    if scale >= 0 {
+        value * power
+    } else {
+        value / power
+    }
+}
+
+fn decimal_part() -> impl Strategy<Value = String> {
+    // Mostly near one another, so ties and neighbours are common.
+    prop_oneof!["1000|100|999|1|0", "[0-9]{1,25}",]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn numeric_conditions_agree_with_exact_rational_comparison(
+        value in (any::<bool>(), decimal_part(), "[0-9]{0,22}", prop::option::of(-25i32..25)),
+        threshold in (any::<bool>(), decimal_part(), "[0-9]{0,22}", prop::option::of(-25i32..25)),
+        op in prop::sample::select(vec!["gt", "gte", "lt", "lte", "eq", "neq"]),
+        nudge in prop::sample::select(vec!["", "0000000000000000001", "9999999999999999999"]),
+    ) {
+        let value_text = number_text(value.0, &value.1, &format!("{}{nudge}", value.2), value.3);
+        let threshold_text = number_text(threshold.0, &threshold.1, &threshold.2, threshold.3);
+        let policy: Policy = format!(
+            r#"{{"version":"1","default":"allow","tools":{{"t":{{"deny_if":[{{"conditions":[
+                {{"path":"args.x","op":"{op}","value":{threshold_text}}}]}}]}}}}}}"#
+        )
+        .parse()
+        .unwrap();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":{value_text}}}}}}}"#
+        );
+        let decoded = decode(body.as_bytes(), &policy).unwrap();
+        let engine = Engine::with_clock(policy, FakeRelativeClock::default());
+        let h = ScopeHasher::with_key([3; 16]);
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
+        let args = decoded.messages()[0].tool_call().unwrap().arguments();
+        let denied = engine.decide_all(&[Call { tool: "t", args }], &keys) != Verdict::Forward;
+
+        let (a, b) = (rational(&value_text), rational(&threshold_text));
+        let holds = match op {
+            "gt" => a > b,
+            "gte" => a >= b,
+            "lt" => a < b,
+            "lte" => a <= b,
+            "eq" => a == b,
+            _ => a != b,
+        };
+        prop_assert_eq!(denied, holds, "{} {} {}", value_text, op, threshold_text);
+    }
+
+    #[test]
+    fn costs_are_the_exact_value_rounded_up(
+        value in (decimal_part(), "[0-9]{0,22}", prop::option::of(-12i32..6)),
+    ) {
+        let text = number_text(false, &value.0, &value.1, value.2);
+        let policy: Policy = r#"{"version":"1","default":"allow","tools":{"t":{"limits":[
+            {"counter":"c","window":"day","max":4294967295,"increment_from":"args.cost"}]}}}"#
+            .parse()
+            .unwrap();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"cost":{text}}}}}}}"#
+        );
+        let decoded = decode(body.as_bytes(), &policy).unwrap();
+        let engine = Engine::with_clock(policy, FakeRelativeClock::default());
+        let h = ScopeHasher::with_key([3; 16]);
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
+        let args = decoded.messages()[0].tool_call().unwrap().arguments();
+        let expected = rational(&text).ceil().to_integer();
+        let first = engine.decide_all(&[Call { tool: "t", args }], &keys);
+        if expected > num_bigint::BigInt::from(u32::MAX) {
+            prop_assert!(first != Verdict::Forward, "{} is over max", text);
+            return Ok(());
+        }
+        prop_assert_eq!(&first, &Verdict::Forward, "{}", text);
+        // The budget left is exactly max − cost: one more unit than that is refused.
+        let left = u32::MAX as u64 - u64::try_from(expected).unwrap();
+        let probe = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"t","arguments":{{"cost":{}}}}}}}"#,
+            left + 1
+        );
+        if left < u32::MAX as u64 {
+            let probe = decode(probe.as_bytes(), &*engine.policy().clone()).unwrap();
+            let args = probe.messages()[0].tool_call().unwrap().arguments();
+            prop_assert!(engine.decide_all(&[Call { tool: "t", args }], &keys) != Verdict::Forward, "{}", text);
         }
     }
 }

@@ -25,7 +25,7 @@
 //! let decoded = decode(body, &ReadAll)?;
 //! let call = decoded.messages()[0].tool_call().unwrap();
 //! assert_eq!(call.name(), "transfer");
-//! assert_eq!(call.arguments().unwrap()["amount"], 5);
+//! assert_eq!(call.arguments().unwrap(), &serde_json::json!({"amount": 5}));
 //!
 //! let err = decode(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call",
 //!     "params":{"name":"get_price","name":"transfer"}}"#, &ReadAll).unwrap_err();
@@ -41,11 +41,12 @@ use std::fmt;
 
 use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Number;
 use serde_json::value::RawValue;
-use serde_json::{Number, Value};
 
 pub use crate::policy::ArgPlan;
 use crate::policy::Policy;
+use crate::value::ArgValue;
 use strict::{Arguments, Key, KeySet, Text, Validate};
 
 /// The JSON-RPC error code for a body that is not JSON.
@@ -110,7 +111,7 @@ pub enum MessageKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall<'a> {
     name: Cow<'a, str>,
-    arguments: Option<Value>,
+    arguments: Option<ArgValue>,
 }
 
 impl ToolCall<'_> {
@@ -119,9 +120,9 @@ impl ToolCall<'_> {
         &self.name
     }
 
-    /// The arguments the plan asked for (the whole object under [`ReadAll`]); `None`
-    /// when the call has no arguments or they are `null`.
-    pub fn arguments(&self) -> Option<&Value> {
+    /// The arguments the plan asked for (the whole object under [`ReadAll`]), numbers
+    /// exactly as written; `None` when the call has no arguments or they are `null`.
+    pub fn arguments(&self) -> Option<&ArgValue> {
         self.arguments.as_ref()
     }
 }
@@ -281,9 +282,11 @@ pub fn decode<'a, P: PlanSource + ?Sized>(
         .and_then(|decoded| de.end().map(|()| decoded))
         .map_err(|e| {
             // A message error found before a syntax error further on: what is not JSON
-            // at all is a parse error, whatever else is wrong with it.
+            // at all is a parse error, whatever else is wrong with it. (Every string is
+            // decoded, so a lone surrogate read from a fragment is a parse error too.)
+            let mut whole = serde_json::Deserializer::from_str(text);
             if e.classify() == serde_json::error::Category::Data
-                && let Err(syntax) = serde_json::from_str::<de::IgnoredAny>(text)
+                && let Err(syntax) = Validate.deserialize(&mut whole).and_then(|()| whole.end())
             {
                 return DecodeError::from_json(&syntax, None);
             }
@@ -561,7 +564,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
         let mut seen = KeySet::new();
         let mut name: Option<Cow<'de, str>> = None;
         let mut routing_name = None;
-        let mut arguments: Option<Option<serde_json::Value>> = None;
+        let mut arguments: Option<Option<ArgValue>> = None;
         let mut raw_arguments: Option<&'de RawValue> = None;
         while let Some(Key(key)) = map.next_key()? {
             seen.insert::<A::Error>(&key, "params")?;

@@ -6,11 +6,15 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::policy::path::PlanNode;
+use crate::value::ArgValue;
 
 /// An object key, borrowed when it has no escapes.
 pub(crate) struct Key<'de>(pub Cow<'de, str>);
@@ -91,11 +95,7 @@ impl<'de> KeySet<'de> {
     }
 }
 
-pub(crate) fn duplicate<E: de::Error>(key: &str, object: &str) -> E {
-    E::custom(format_args!(
-        "duplicate key \"{key}\" in {object}: its meaning would depend on which one a parser keeps"
-    ))
-}
+pub(crate) use crate::value::duplicate;
 
 /// Visits any value, decoding every string, keeping nothing.
 #[derive(Clone, Copy)]
@@ -143,103 +143,45 @@ impl<'de> Visitor<'de> for Validate {
     }
 }
 
-/// Builds a whole `serde_json::Value`, refusing duplicate keys at every depth.
-#[derive(Clone, Copy)]
-pub(crate) struct StrictValue;
-
-impl<'de> DeserializeSeed<'de> for StrictValue {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StrictValue {
-    type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("number out of range"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictValue)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(Key(key)) = map.next_key()? {
-            let value = map.next_value_seed(StrictValue)?;
-            if object.contains_key(&*key) {
-                return Err(duplicate(&key, "the arguments"));
-            }
-            object.insert(key.into_owned(), value);
-        }
-        Ok(Value::Object(object))
-    }
-}
-
-/// Reads what a [`PlanNode`] names and validates the rest, building a pruned value.
+/// Reads the value at a [`PlanNode`]: exactly (numbers as written) when the plan reads
+/// it whole; otherwise only the children the plan names, validating the rest.
+///
+/// The value is first taken as the raw text it borrows from the body, then read from
+/// that text: numbers keep their exact text that way. The extra pass is over what the
+/// plan reaches, and its depth is the policy's path depth, never the body's nesting.
 #[derive(Clone, Copy)]
 pub(crate) struct Guided<'p>(pub &'p PlanNode);
 
 impl<'de> DeserializeSeed<'de> for Guided<'_> {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.0.whole {
-            return d.deserialize_any(StrictValue);
+    type Value = ArgValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ArgValue, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        let text = raw.get();
+        let inner = |e: serde_json::Error| de::Error::custom(bare(&e));
+        if self.0.whole || !text.starts_with(['{', '[']) {
+            return ArgValue::parse_exact(text).map_err(inner);
         }
-        d.deserialize_any(self)
+        let mut de = serde_json::Deserializer::from_str(text);
+        de::Deserializer::deserialize_any(&mut de, self).map_err(inner)
+    }
+}
+
+/// A serde_json error's message without its position (which would be relative to a
+/// fragment of the body); the outer reader adds the real one.
+fn bare(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
 impl<'de> Visitor<'de> for Guided<'_> {
-    type Value = Value;
+    type Value = ArgValue;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
+        f.write_str("an object or an array")
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        StrictValue.visit_bool(v)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        StrictValue.visit_i64(v)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        StrictValue.visit_u64(v)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        StrictValue.visit_f64(v)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        StrictValue.visit_str(v)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ArgValue, A::Error> {
         let keep = self.0.max_index().map_or(0, |max| max + 1);
         let mut items = Vec::new();
         let mut index = 0;
@@ -248,18 +190,18 @@ impl<'de> Visitor<'de> for Guided<'_> {
                 Some(child) => seq.next_element_seed(Guided(child))?.map(|v| items.push(v)),
                 None if index < keep => seq
                     .next_element_seed(Validate)?
-                    .map(|()| items.push(Value::Null)),
+                    .map(|()| items.push(ArgValue::Null)),
                 None => seq.next_element_seed(Validate)?,
             };
             if more.is_none() {
-                return Ok(Value::Array(items));
+                return Ok(ArgValue::Array(items));
             }
             index += 1;
         }
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ArgValue, A::Error> {
         let mut keys = KeySet::new();
-        let mut object = Map::new();
+        let mut object = BTreeMap::new();
         while let Some(Key(key)) = map.next_key()? {
             keys.insert(&key, "the arguments")?;
             match self.0.child_for_key(&key) {
@@ -270,7 +212,7 @@ impl<'de> Visitor<'de> for Guided<'_> {
                 None => map.next_value_seed(Validate)?,
             }
         }
-        Ok(Value::Object(object))
+        Ok(ArgValue::Object(object))
     }
 }
 
@@ -278,23 +220,34 @@ impl<'de> Visitor<'de> for Guided<'_> {
 pub(crate) struct Arguments<'p>(pub Option<&'p PlanNode>);
 
 impl<'de> DeserializeSeed<'de> for Arguments<'_> {
-    type Value = Option<Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
-        d.deserialize_any(self)
+    type Value = Option<ArgValue>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<ArgValue>, D::Error> {
+        match self.0 {
+            Some(plan) if plan.whole => {
+                let read = Guided(plan).deserialize(d)?;
+                match read {
+                    ArgValue::Object(_) => Ok(Some(read)),
+                    ArgValue::Null => Ok(None),
+                    _ => Err(de::Error::custom(
+                        "invalid type: expected params.arguments to be an object",
+                    )),
+                }
+            }
+            _ => d.deserialize_any(self),
+        }
     }
 }
 
 impl<'de> Visitor<'de> for Arguments<'_> {
-    type Value = Option<Value>;
+    type Value = Option<ArgValue>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("params.arguments to be an object")
     }
-    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+    fn visit_unit<E>(self) -> Result<Option<ArgValue>, E> {
         Ok(None)
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<Value>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<ArgValue>, A::Error> {
         match self.0 {
-            Some(plan) if plan.whole => StrictValue.visit_map(map).map(Some),
             Some(plan) => Guided(plan).visit_map(map).map(Some),
             None => {
                 // Nothing is read, but the object is still checked key by key.
@@ -304,7 +257,7 @@ impl<'de> Visitor<'de> for Arguments<'_> {
                     keys.insert(&key, "the arguments")?;
                     map.next_value_seed(Validate)?;
                 }
-                Ok(Some(Value::Object(Map::new())))
+                Ok(Some(ArgValue::Object(BTreeMap::new())))
             }
         }
     }

@@ -27,6 +27,7 @@ use crate::jsonrpc::{self, Decoded, MessageKind};
 use crate::observe::Escaped;
 use crate::policy::Policy;
 use crate::scope::{ScopeHasher, ScopeKeys};
+use crate::value::ArgValue;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -458,13 +459,13 @@ impl fmt::Display for IdField<'_> {
 }
 
 /// Argument keys the policy read, formatted only when the event is enabled.
-struct ArgKeys<'a>(Option<&'a Value>);
+struct ArgKeys<'a>(Option<&'a ArgValue>);
 
 impl fmt::Debug for ArgKeys<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys = self
             .0
-            .and_then(Value::as_object)
+            .and_then(ArgValue::as_object)
             .into_iter()
             .flat_map(|m| m.keys());
         f.debug_list().entries(keys).finish()

@@ -3,10 +3,10 @@
 use std::cmp::Ordering;
 
 use regex::Regex;
-use serde_json::{Number, Value};
 
 use super::document::{ConditionDoc, OpDoc};
 use super::path::ArgPath;
+use crate::value::{ArgValue, Decimal};
 
 /// A compiled condition: a path and an operator with its operand.
 #[derive(Debug, Clone)]
@@ -17,17 +17,17 @@ pub(crate) struct Condition {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Eq(Value),
-    Neq(Value),
-    Lt(Number),
-    Lte(Number),
-    Gt(Number),
-    Gte(Number),
-    In(Vec<Value>),
-    NotIn(Vec<Value>),
+    Eq(ArgValue),
+    Neq(ArgValue),
+    Lt(Decimal),
+    Lte(Decimal),
+    Gt(Decimal),
+    Gte(Decimal),
+    In(Vec<ArgValue>),
+    NotIn(Vec<ArgValue>),
     Exists(bool),
     Regex(Regex),
-    Contains(Value),
+    Contains(ArgValue),
 }
 
 /// The outcome of one condition. `Unknown` means it could not be evaluated (a missing
@@ -44,9 +44,10 @@ impl Condition {
     pub fn compile(doc: ConditionDoc) -> Result<Condition, (&'static str, String)> {
         let path = ArgPath::parse(&doc.path).map_err(|m| ("path", m))?;
         let name = op_name(doc.op);
-        let value = doc.value;
-        let number = |v: &Value| match v {
-            Value::Number(n) => Ok(n.clone()),
+        // Read as written: a threshold of 0.1 is exactly 0.1.
+        let value = ArgValue::parse_exact(doc.value.get()).map_err(|e| ("value", e.to_string()))?;
+        let number = |v: &ArgValue| match v {
+            ArgValue::Number(n) => Ok(n.clone()),
             other => Err((
                 "value",
                 format!(
@@ -55,8 +56,8 @@ impl Condition {
                 ),
             )),
         };
-        let list = |v: Value| match v {
-            Value::Array(items) => Ok(items),
+        let list = |v: ArgValue| match v {
+            ArgValue::Array(items) => Ok(items),
             other => Err((
                 "value",
                 format!("`{name}` needs a list of values, not {}", kind(&other)),
@@ -72,7 +73,7 @@ impl Condition {
             OpDoc::In => Op::In(list(value)?),
             OpDoc::NotIn => Op::NotIn(list(value)?),
             OpDoc::Exists => match value {
-                Value::Bool(b) => Op::Exists(b),
+                ArgValue::Bool(b) => Op::Exists(b),
                 other => {
                     return Err((
                         "value",
@@ -81,7 +82,7 @@ impl Condition {
                 }
             },
             OpDoc::Regex => match value {
-                Value::String(pattern) => Op::Regex(
+                ArgValue::String(pattern) => Op::Regex(
                     Regex::new(&pattern).map_err(|e| ("value", regex_error(&pattern, &e)))?,
                 ),
                 other => {
@@ -97,8 +98,11 @@ impl Condition {
     }
 
     /// Evaluates the condition against a call's arguments (`None`: no arguments).
-    pub fn eval(&self, args: Option<&Value>) -> Truth {
-        let found = self.path.lookup(args).filter(|v| !v.is_null());
+    pub fn eval(&self, args: Option<&ArgValue>) -> Truth {
+        let found = self
+            .path
+            .lookup(args)
+            .filter(|v| !matches!(v, ArgValue::Null));
         if let Op::Exists(expected) = self.op {
             return Truth::from(found.is_some() == expected);
         }
@@ -114,13 +118,14 @@ impl Condition {
             ))
         };
         match &self.op {
-            Op::Eq(v) => Truth::from(json_eq(arg, v)),
-            Op::Neq(v) => Truth::from(!json_eq(arg, v)),
+            Op::Eq(v) => Truth::from(arg == v),
+            Op::Neq(v) => Truth::from(arg != v),
             Op::Lt(n) | Op::Lte(n) | Op::Gt(n) | Op::Gte(n) => {
-                let Value::Number(a) = arg else {
+                let ArgValue::Number(a) = arg else {
                     return mismatch("a number");
                 };
-                let ord = num_cmp(a, n);
+                // Exact decimals: no rounding on either side.
+                let ord = a.cmp(n);
                 Truth::from(match self.op {
                     Op::Lt(_) => ord == Ordering::Less,
                     Op::Lte(_) => ord != Ordering::Greater,
@@ -128,20 +133,18 @@ impl Condition {
                     _ => ord != Ordering::Less,
                 })
             }
-            Op::In(list) => Truth::from(list.iter().any(|v| json_eq(arg, v))),
-            Op::NotIn(list) => Truth::from(!list.iter().any(|v| json_eq(arg, v))),
+            Op::In(list) => Truth::from(list.contains(arg)),
+            Op::NotIn(list) => Truth::from(!list.contains(arg)),
             Op::Regex(re) => match arg {
-                Value::String(s) => Truth::from(re.is_match(s)),
+                ArgValue::String(s) => Truth::from(re.is_match(s)),
                 _ => mismatch("a string"),
             },
             Op::Contains(needle) => match (arg, needle) {
-                (Value::String(hay), Value::String(needle)) => {
+                (ArgValue::String(hay), ArgValue::String(needle)) => {
                     Truth::from(hay.contains(needle.as_str()))
                 }
-                (Value::Array(items), needle) => {
-                    Truth::from(items.iter().any(|v| json_eq(v, needle)))
-                }
-                (Value::String(_), _) => {
+                (ArgValue::Array(items), needle) => Truth::from(items.contains(needle)),
+                (ArgValue::String(_), _) => {
                     mismatch("an array (the value to look for is not a string)")
                 }
                 _ => mismatch("a string or an array"),
@@ -171,9 +174,9 @@ impl Condition {
         let operand = match &self.op {
             Op::Eq(v) | Op::Neq(v) | Op::Contains(v) => v.to_string(),
             Op::Lt(n) | Op::Lte(n) | Op::Gt(n) | Op::Gte(n) => n.to_string(),
-            Op::In(l) | Op::NotIn(l) => Value::Array(l.clone()).to_string(),
+            Op::In(l) | Op::NotIn(l) => ArgValue::Array(l.clone()).to_string(),
             Op::Exists(b) => b.to_string(),
-            Op::Regex(r) => Value::String(r.as_str().to_owned()).to_string(),
+            Op::Regex(r) => ArgValue::String(r.as_str().to_owned()).to_string(),
         };
         format!("{} {} {}", self.path.as_str(), self.op_name(), operand)
     }
@@ -213,65 +216,26 @@ fn regex_error(pattern: &str, err: &regex::Error) -> String {
 }
 
 /// "a string", "an object", … for messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Compares two JSON numbers by value: `1 == 1.0`, integers exactly.
-pub(crate) fn num_cmp(a: &Number, b: &Number) -> Ordering {
-    fn int(n: &Number) -> Option<i128> {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    }
-    match (int(a), int(b)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        _ => {
-            let (x, y) = (
-                a.as_f64().unwrap_or(f64::NAN),
-                b.as_f64().unwrap_or(f64::NAN),
-            );
-            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
-        }
-    }
-}
-
-/// JSON equality where numbers compare by value at every depth.
-pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => num_cmp(x, y) == Ordering::Equal,
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
+pub(crate) fn kind(value: &ArgValue) -> &'static str {
+    value.kind()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn doc(path: &str, op: &str, value: Value) -> ConditionDoc {
+        let text = json!({"path": path, "op": op, "value": value}).to_string();
+        serde_json::from_str(&text).unwrap()
+    }
 
     fn cond(path: &str, op: &str, value: Value) -> Condition {
-        let doc: ConditionDoc =
-            serde_json::from_value(json!({"path": path, "op": op, "value": value})).unwrap();
-        Condition::compile(doc).unwrap()
+        Condition::compile(doc(path, op, value)).unwrap()
     }
 
     fn eval(c: &Condition, args: Value) -> Truth {
-        c.eval(Some(&args))
+        c.eval(Some(&ArgValue::from(&args)))
     }
 
     fn unknown(t: Truth) -> String {
@@ -389,12 +353,8 @@ mod tests {
 
     #[test]
     fn operand_types_are_checked_at_load() {
-        let bad = |op: &str, value: Value| {
-            let doc: ConditionDoc =
-                serde_json::from_value(json!({"path": "args.x", "op": op, "value": value}))
-                    .unwrap();
-            Condition::compile(doc).unwrap_err()
-        };
+        let bad =
+            |op: &str, value: Value| Condition::compile(doc("args.x", op, value)).unwrap_err();
         assert_eq!(bad("gt", json!("1000")).0, "value");
         assert!(
             bad("gt", json!("1000"))
@@ -405,8 +365,9 @@ mod tests {
         assert!(bad("exists", json!(1)).1.contains("true or false"));
         assert!(bad("regex", json!("(")).1.starts_with("invalid regex"));
         assert!(bad("regex", json!(1)).1.contains("pattern string"));
-        let doc: ConditionDoc =
-            serde_json::from_value(json!({"path": "x", "op": "eq", "value": 1})).unwrap();
-        assert_eq!(Condition::compile(doc).unwrap_err().0, "path");
+        assert_eq!(
+            Condition::compile(doc("x", "eq", json!(1))).unwrap_err().0,
+            "path"
+        );
     }
 }

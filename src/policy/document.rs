@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +55,8 @@ pub(crate) struct ClauseDoc {
 pub(crate) struct ConditionDoc {
     pub path: String,
     pub op: OpDoc,
-    pub value: Value,
+    /// Kept as written, so numbers are compared exactly.
+    pub value: Box<RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

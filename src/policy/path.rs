@@ -1,6 +1,6 @@
 //! Argument paths (`args.a.0.b`) and the per-tool plan of which arguments to read.
 
-use serde_json::Value;
+use crate::value::ArgValue;
 
 /// One step of an argument path: an object key, which also indexes arrays when numeric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,12 +63,12 @@ impl ArgPath {
     }
 
     /// The value at this path, or `None` when any step is absent (or `null` arguments).
-    pub fn lookup<'v>(&self, args: Option<&'v Value>) -> Option<&'v Value> {
+    pub fn lookup<'v>(&self, args: Option<&'v ArgValue>) -> Option<&'v ArgValue> {
         let mut current = args?;
         for segment in self.segments.iter() {
             current = match current {
-                Value::Object(map) => map.get(&*segment.key)?,
-                Value::Array(items) => items.get(segment.index?)?,
+                ArgValue::Object(map) => map.get(&*segment.key)?,
+                ArgValue::Array(items) => items.get(segment.index?)?,
                 _ => return None,
             };
         }
@@ -171,12 +171,23 @@ mod tests {
 
     #[test]
     fn paths_walk_objects_and_arrays() {
-        let args = json!({"a": {"b": [10, {"c": "x"}]}, "0": "zero"});
+        let json = json!({"a": {"b": [10, {"c": "x"}]}, "0": "zero"});
+        let args = ArgValue::from(&json);
         let p = |s: &str| ArgPath::parse(s).unwrap();
-        assert_eq!(p("args.a.b.0").lookup(Some(&args)), Some(&json!(10)));
-        assert_eq!(p("args.a.b.1.c").lookup(Some(&args)), Some(&json!("x")));
-        assert_eq!(p("args.0").lookup(Some(&args)), Some(&json!("zero")));
+        assert_eq!(
+            p("args.a.b.0").lookup(Some(&args)).map(ArgValue::to_json),
+            Some(json!(10))
+        );
+        assert_eq!(
+            p("args.a.b.1.c").lookup(Some(&args)).map(ArgValue::to_json),
+            Some(json!("x"))
+        );
+        assert_eq!(
+            p("args.0").lookup(Some(&args)).map(ArgValue::to_json),
+            Some(json!("zero"))
+        );
         assert_eq!(p("args").lookup(Some(&args)), Some(&args));
+        assert_eq!(args, json);
         assert_eq!(p("args.a.b.2").lookup(Some(&args)), None);
         assert_eq!(p("args.a.b.x").lookup(Some(&args)), None);
         assert_eq!(p("args.a.b.0.deeper").lookup(Some(&args)), None);
@@ -185,7 +196,7 @@ mod tests {
 
     #[test]
     fn leading_zero_segments_are_keys_only() {
-        let args = json!({"items": ["a", "b"]});
+        let args = ArgValue::from(&json!({"items": ["a", "b"]}));
         assert_eq!(
             ArgPath::parse("args.items.01").unwrap().lookup(Some(&args)),
             None
