@@ -144,7 +144,7 @@ impl<'p> Allowed<'p> {
     /// `retry_after` is the wait until it would fit; `None` means it never can.
     pub fn exceeded(&self, index: usize, retry_after: Option<Duration>) -> Denial {
         let pending = &self.pending[index];
-        let counter = self.policy.counter(pending.charge.counter);
+        let counter = self.policy.counter(pending.limit.counter);
         let rule = &*pending.limit.pointer;
         let Some(wait) = retry_after else {
             return Denial::new(
@@ -292,7 +292,8 @@ impl Policy {
             pending.push(Pending {
                 limit,
                 charge: Charge {
-                    counter: limit.counter,
+                    counter: counter.id(),
+                    quota: counter.quota(),
                     key: scope.value_for(counter.scope()),
                     cost,
                 },

@@ -95,18 +95,20 @@ impl<S: Clone> Clone for Engine<S> {
 impl Engine<MemoryCounters<DefaultClock>> {
     /// An engine with in-memory counters on the default clock.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
-        let policy = policy.into();
-        let counters = MemoryCounters::new(&policy);
-        Engine { policy, counters }
+        Engine {
+            policy: policy.into(),
+            counters: MemoryCounters::new(),
+        }
     }
 }
 
 impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
     /// An engine with in-memory counters on `clock` (a `FakeRelativeClock` in tests).
     pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
-        let policy = policy.into();
-        let counters = MemoryCounters::with_clock(&policy, clock);
-        Engine { policy, counters }
+        Engine {
+            policy: policy.into(),
+            counters: MemoryCounters::with_clock(clock),
+        }
     }
 
     /// Decides one call now. Numbers in `args` are read as serde_json prints them.

@@ -1,8 +1,9 @@
 //! In-process counters on governor's keyed GCRA rate limiters.
 
+use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -13,11 +14,10 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 
-use super::{Charge, ChargeError, CounterStore};
-use crate::policy::Policy;
+use super::{Charge, ChargeError, CounterId, CounterStore};
 use crate::scope::ScopeValue;
 
-/// Counters kept in this process, one governor keyed rate limiter per policy counter.
+/// Counters kept in this process, one governor keyed rate limiter per counter.
 ///
 /// A counter with `max` per `window` is a GCRA bucket of `max` cells refilled at
 /// `max / window`: a burst of up to `max` calls, then one call every `window / max`.
@@ -28,6 +28,11 @@ use crate::scope::ScopeValue;
 /// Charges of one request are applied under a short lock and undone if a later one does
 /// not fit, so a request is charged all or nothing. Idle buckets (those that have fully
 /// refilled) are dropped from time to time, so memory follows the active callers.
+///
+/// A counter is created the first time a charge names it (by its [`CounterId`], with
+/// the charge's quota), so the store needs nothing from the policy, and one store can
+/// serve several versions of a policy: a counter whose definition did not change keeps
+/// its state.
 ///
 /// Cloning is cheap and shares the counters.
 pub struct MemoryCounters<C: Clock = DefaultClock> {
@@ -45,18 +50,24 @@ impl<C: Clock> Clone for MemoryCounters<C> {
 impl<C: Clock> std::fmt::Debug for MemoryCounters<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryCounters")
-            .field("counters", &self.inner.limiters.len())
+            .field("counters", &self.inner.limiters().len())
             .finish_non_exhaustive()
     }
 }
 
 struct Inner<C: Clock> {
-    limiters: Vec<Limiter<C>>,
+    /// The limiters by counter; the lock also serializes charge transactions, so an
+    /// undo never erases another request's charge.
+    limiters: Mutex<HashMap<CounterId, Limiter<C>>>,
     clock: C,
-    /// Serializes charge transactions so an undo never erases another request's charge.
-    transaction: Mutex<()>,
     transactions: AtomicU64,
     sweep_above: AtomicU64,
+}
+
+impl<C: Clock> Inner<C> {
+    fn limiters(&self) -> MutexGuard<'_, HashMap<CounterId, Limiter<C>>> {
+        self.limiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 struct Limiter<C: Clock> {
@@ -117,35 +128,25 @@ const SWEEP_EVERY: u64 = 1024;
 const SWEEP_MIN_KEYS: u64 = 4096;
 
 impl MemoryCounters<DefaultClock> {
-    /// Counters for `policy`'s counter definitions, on the default (monotonic) clock.
-    pub fn new(policy: &Policy) -> Self {
-        Self::with_clock(policy, DefaultClock::default())
+    /// Counters on the default (monotonic) clock.
+    pub fn new() -> Self {
+        Self::with_clock(DefaultClock::default())
+    }
+}
+
+impl Default for MemoryCounters<DefaultClock> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl<C: Clock + Clone> MemoryCounters<C> {
     /// Counters on a given clock, such as governor's `FakeRelativeClock` in tests.
-    pub fn with_clock(policy: &Policy, clock: C) -> Self {
-        let limiters = policy
-            .counters()
-            .iter()
-            .map(|def| {
-                let period = def.window() / def.max().get();
-                let quota = Quota::with_period(period)
-                    .expect("the compiler rejects windows shorter than max nanoseconds")
-                    .allow_burst(def.max());
-                let store = SharedStore::default();
-                Limiter {
-                    limiter: RateLimiter::new(quota, store.clone(), clock.clone()),
-                    store,
-                }
-            })
-            .collect();
+    pub fn with_clock(clock: C) -> Self {
         MemoryCounters {
             inner: Arc::new(Inner {
-                limiters,
+                limiters: Mutex::new(HashMap::new()),
                 clock,
-                transaction: Mutex::new(()),
                 transactions: AtomicU64::new(0),
                 sweep_above: AtomicU64::new(SWEEP_MIN_KEYS),
             }),
@@ -153,25 +154,34 @@ impl<C: Clock + Clone> MemoryCounters<C> {
     }
 }
 
-impl<C: Clock> MemoryCounters<C> {
+impl<C: Clock + Clone> Limiter<C> {
+    fn new(charge: &Charge, clock: &C) -> Limiter<C> {
+        let quota = Quota::with_period(charge.quota.period())
+            .expect("the compiler rejects windows shorter than max nanoseconds")
+            .allow_burst(charge.quota.max());
+        let store = SharedStore::default();
+        Limiter {
+            limiter: RateLimiter::new(quota, store.clone(), clock.clone()),
+            store,
+        }
+    }
+}
+
+impl<C: Clock + Clone> MemoryCounters<C> {
     /// Applies every charge or none, synchronously.
     pub fn try_charge(&self, charges: &[Charge]) -> Result<(), ChargeError> {
         let inner = &*self.inner;
         let result = {
-            let _guard = inner
-                .transaction
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut limiters = inner.limiters();
+            for charge in charges {
+                limiters
+                    .entry(charge.counter)
+                    .or_insert_with(|| Limiter::new(charge, &inner.clock));
+            }
             let mut undo: SmallVec<[(usize, Option<Nanos>); 4]> = SmallVec::new();
             let mut result = Ok(());
             for (index, charge) in charges.iter().enumerate() {
-                let Some(limiter) = inner.limiters.get(charge.counter) else {
-                    result = Err(ChargeError::Unavailable(format!(
-                        "no counter number {} in this store",
-                        charge.counter
-                    )));
-                    break;
-                };
+                let limiter = &limiters[&charge.counter];
                 let last = index + 1 == charges.len();
                 let before = (!last).then(|| limiter.store.peek(&charge.key));
                 match limiter.limiter.check_key_n(&charge.key, charge.cost) {
@@ -200,9 +210,7 @@ impl<C: Clock> MemoryCounters<C> {
             if result.is_err() {
                 for (index, state) in undo.into_iter().rev() {
                     let charge = &charges[index];
-                    inner.limiters[charge.counter]
-                        .store
-                        .restore(&charge.key, state);
+                    limiters[&charge.counter].store.restore(&charge.key, state);
                 }
             }
             result
@@ -213,7 +221,7 @@ impl<C: Clock> MemoryCounters<C> {
 
     /// How many buckets are held, over all counters.
     pub fn len(&self) -> usize {
-        self.inner.limiters.iter().map(|l| l.store.0.len()).sum()
+        self.inner.limiters().values().map(|l| l.store.0.len()).sum()
     }
 
     /// True when no bucket is held.
@@ -223,7 +231,7 @@ impl<C: Clock> MemoryCounters<C> {
 
     /// Drops every bucket that has fully refilled (it is the same as a fresh one).
     pub fn retain_recent(&self) {
-        for limiter in &self.inner.limiters {
+        for limiter in self.inner.limiters().values() {
             limiter.limiter.retain_recent();
             limiter.limiter.shrink_to_fit();
         }
@@ -248,7 +256,7 @@ impl<C: Clock> MemoryCounters<C> {
 
 impl<C> CounterStore for MemoryCounters<C>
 where
-    C: Clock + Send + Sync + 'static,
+    C: Clock + Clone + Send + Sync + 'static,
     C::Instant: Reference + Send + Sync,
 {
     type Future = Ready<Result<(), ChargeError>>;

@@ -8,18 +8,97 @@ mod memory;
 
 use std::fmt;
 use std::future::Future;
+use std::hash::Hasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use siphasher::sip::SipHasher13;
+
 pub use memory::MemoryCounters;
 
+use crate::policy::Scope;
 use crate::scope::ScopeValue;
 
-/// One unit of work for a counter: charge `cost` to the bucket `key` of counter `counter`.
+/// A counter's identity, derived from its name and its definition (window, max,
+/// scope). The same counter in two versions of a policy has the same id, so a store
+/// keeps its state; a counter whose definition changed is a new counter. Stable across
+/// processes and builds, so replicas sharing a store agree on it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterId(u64);
+
+impl CounterId {
+    /// The id of the counter `name` with `quota` and `scope`.
+    pub fn new(name: &str, quota: Quota, scope: Scope) -> CounterId {
+        // A fixed key: this is a name, not a secret; it must be the same everywhere.
+        let mut h = SipHasher13::new_with_keys(0x6d63_702d_706f_6c69, 0x6379_2d63_6f75_6e74);
+        h.write_u64(name.len() as u64);
+        h.write(name.as_bytes());
+        h.write_u64(quota.window().as_secs());
+        h.write_u32(quota.max().get());
+        h.write_u8(match scope {
+            Scope::Grant => 1,
+            Scope::Session => 2,
+            Scope::Global => 3,
+        });
+        CounterId(h.finish())
+    }
+
+    /// The id as a number (for stores that name counters in their keys).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for CounterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CounterId({self})")
+    }
+}
+
+/// Sixteen hex digits.
+impl fmt::Display for CounterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What a counter allows: a burst of `max`, refilled at `max` per `window` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    max: NonZeroU32,
+    window: Duration,
+}
+
+impl Quota {
+    /// `max` per `window`. The window is whole seconds (policies cannot say less).
+    pub fn new(max: NonZeroU32, window: Duration) -> Quota {
+        Quota { max, window }
+    }
+
+    /// The budget per window, which is also the largest burst.
+    pub fn max(self) -> NonZeroU32 {
+        self.max
+    }
+
+    /// The window.
+    pub fn window(self) -> Duration {
+        self.window
+    }
+
+    /// The time one unit takes to refill: `window / max`.
+    pub fn period(self) -> Duration {
+        self.window / self.max.get()
+    }
+}
+
+/// One unit of work for a counter: charge `cost` to the bucket `key` of counter
+/// `counter`, which allows `quota`. A store needs nothing else to apply it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
-    /// The index of the counter in [`Policy::counters`](crate::Policy::counters).
-    pub counter: usize,
+    /// Which counter.
+    pub counter: CounterId,
+    /// What the counter allows.
+    pub quota: Quota,
     /// The bucket: the caller's grant, session, or [`ScopeValue::GLOBAL`].
     pub key: ScopeValue,
     /// How many units the call costs (1 unless the limit has `increment_from`).

@@ -204,12 +204,7 @@ fn compile_limit(doc: LimitDoc, at: &str, counters: &mut Counters) -> Result<Lim
         .map(ArgPath::parse)
         .transpose()
         .map_err(|m| PolicyError::invalid(field("increment_from"), m))?;
-    let def = CounterDef {
-        name: doc.counter.as_str().into(),
-        window,
-        max,
-        scope,
-    };
+    let def = CounterDef::new(&doc.counter, window, max, scope);
     let counter = counters.intern(def, at)?;
     Ok(Limit {
         pointer: at.into(),

@@ -27,6 +27,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::counter::{CounterId, Quota};
 use crate::error::PolicyError;
 use condition::Condition;
 use glob::Glob;
@@ -123,9 +124,32 @@ pub struct CounterDef {
     window: Window,
     max: NonZeroU32,
     scope: Scope,
+    id: CounterId,
 }
 
 impl CounterDef {
+    pub(crate) fn new(name: &str, window: Window, max: NonZeroU32, scope: Scope) -> CounterDef {
+        let quota = Quota::new(max, Duration::from_secs(window.seconds));
+        CounterDef {
+            name: name.into(),
+            window,
+            max,
+            scope,
+            id: CounterId::new(name, quota, scope),
+        }
+    }
+
+    /// The counter's identity: the same name and definition give the same id in any
+    /// version of any policy.
+    pub fn id(&self) -> CounterId {
+        self.id
+    }
+
+    /// What the counter allows.
+    pub fn quota(&self) -> Quota {
+        Quota::new(self.max, self.window())
+    }
+
     /// The counter's name in the policy.
     pub fn name(&self) -> &str {
         &self.name
