@@ -10,15 +10,17 @@
 //!
 //! [`Engine`](crate::Engine) runs both phases for you.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
 use crate::counter::Charge;
 use crate::policy::condition::{Truth, kind};
-use crate::policy::{Clause, Limit, Policy, Resolved, Rule};
+use crate::policy::{Clause, Limit, LimitMeta, Policy, Resolved, Rule};
 use crate::scope::ScopeKeys;
 use crate::value::ArgValue;
 
@@ -115,23 +117,33 @@ impl fmt::Display for Denial {
 }
 
 /// A call that passed the rules, with the charges its limits ask for.
+///
+/// It borrows the tool's name from the request; [`Allowed::into_owned`] makes it
+/// independent of it (for a store that must be awaited).
 #[derive(Debug)]
 pub struct Allowed<'p> {
-    tool: &'p str,
-    pending: SmallVec<[Pending<'p>; 2]>,
-    policy: &'p Policy,
+    tool: Cow<'p, str>,
+    pending: SmallVec<[Pending; 2]>,
 }
 
 #[derive(Debug)]
-struct Pending<'p> {
-    limit: &'p Limit,
+struct Pending {
+    limit: Arc<LimitMeta>,
     charge: Charge,
 }
 
 impl<'p> Allowed<'p> {
     /// The tool that was called.
     pub fn tool(&self) -> &str {
-        self.tool
+        &self.tool
+    }
+
+    /// The same, owning the tool's name.
+    pub fn into_owned(self) -> Allowed<'static> {
+        Allowed {
+            tool: Cow::Owned(self.tool.into_owned()),
+            pending: self.pending,
+        }
     }
 
     /// The charges to apply, all or none, before the call may run.
@@ -144,33 +156,28 @@ impl<'p> Allowed<'p> {
     /// `retry_after` is the wait until it would fit; `None` means it never can.
     pub fn exceeded(&self, index: usize, retry_after: Option<Duration>) -> Denial {
         let pending = &self.pending[index];
-        let counter = self.policy.counter(pending.limit.counter);
-        let rule = &*pending.limit.pointer;
+        let limit = &*pending.limit;
+        let rule = &*limit.pointer;
+        let tool = self.tool();
         let Some(wait) = retry_after else {
             return Denial::new(
                 DenialKind::Limit,
-                self.tool,
+                tool,
                 rule,
                 format!(
-                    "This call to \"{}\" costs {}, more than the limit of {} allows.",
-                    self.tool,
-                    pending.charge.cost,
-                    counter.describe()
+                    "This call to \"{tool}\" costs {}, more than the limit of {} allows.",
+                    pending.charge.cost, limit.describe
                 ),
             );
         };
         let seconds = retry_seconds(wait);
-        let base = match &pending.limit.on_deny {
+        let base = match &limit.on_deny {
             Some(text) => text.to_string(),
-            None => format!(
-                "Rate limit of {} reached for \"{}\".",
-                counter.describe(),
-                self.tool
-            ),
+            None => format!("Rate limit of {} reached for \"{tool}\".", limit.describe),
         };
         let mut denial = Denial::new(
             DenialKind::Limit,
-            self.tool,
+            tool,
             rule,
             format!("{base} Try again in {seconds}s."),
         );
@@ -282,7 +289,7 @@ impl Policy {
                 return Err(Denial::new(
                     DenialKind::Limit,
                     tool,
-                    &limit.pointer,
+                    &limit.meta.pointer,
                     format!(
                         "This call to \"{tool}\" costs {cost}, more than the limit of {} allows.",
                         counter.describe()
@@ -290,7 +297,7 @@ impl Policy {
                 ));
             };
             pending.push(Pending {
-                limit,
+                limit: limit.meta.clone(),
                 charge: Charge {
                     counter: counter.id(),
                     quota: counter.quota(),
@@ -300,9 +307,8 @@ impl Policy {
             });
         }
         Ok(Allowed {
-            tool,
+            tool: Cow::Borrowed(tool),
             pending,
-            policy: self,
         })
     }
 }
@@ -351,7 +357,7 @@ fn cost(limit: &Limit, tool: &str, args: Option<&ArgValue>) -> Result<Option<Non
         Denial::new(
             DenialKind::Limit,
             tool,
-            &limit.pointer,
+            &limit.meta.pointer,
             format!(
                 "The call to \"{tool}\" is charged by argument `{}`, but {problem}.",
                 path.as_str()

@@ -247,6 +247,15 @@ impl PendingCharges<'_> {
         &self.charges
     }
 
+    /// The same, independent of the request's bytes, to keep while a store is awaited.
+    pub fn into_owned(self) -> PendingCharges<'static> {
+        PendingCharges {
+            allowed: self.allowed.into_iter().map(Allowed::into_owned).collect(),
+            charges: self.charges,
+            owners: self.owners,
+        }
+    }
+
     /// The verdict, given the store's answer for [`PendingCharges::charges`].
     pub fn finish(self, result: Result<(), ChargeError>) -> Verdict {
         let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];

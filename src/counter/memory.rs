@@ -221,7 +221,11 @@ impl<C: Clock + Clone> MemoryCounters<C> {
 
     /// How many buckets are held, over all counters.
     pub fn len(&self) -> usize {
-        self.inner.limiters().values().map(|l| l.store.0.len()).sum()
+        self.inner
+            .limiters()
+            .values()
+            .map(|l| l.store.0.len())
+            .sum()
     }
 
     /// True when no bucket is held.

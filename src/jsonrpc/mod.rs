@@ -120,6 +120,14 @@ impl ToolCall<'_> {
         &self.name
     }
 
+    /// The same, owning what it borrowed from the body.
+    pub fn into_owned(self) -> ToolCall<'static> {
+        ToolCall {
+            name: Cow::Owned(self.name.into_owned()),
+            arguments: self.arguments,
+        }
+    }
+
     /// The arguments the plan asked for (the whole object under [`ReadAll`]), numbers
     /// exactly as written; `None` when the call has no arguments or they are `null`.
     pub fn arguments(&self) -> Option<&ArgValue> {
@@ -141,6 +149,17 @@ impl<'a> Message<'a> {
     /// Request, notification or response.
     pub fn kind(&self) -> MessageKind {
         self.kind
+    }
+
+    /// The same, owning what it borrowed from the body.
+    pub fn into_owned(self) -> Message<'static> {
+        Message {
+            kind: self.kind,
+            id: self.id,
+            method: self.method.map(|m| Cow::Owned(m.into_owned())),
+            call: self.call.map(ToolCall::into_owned),
+            routing_name: self.routing_name.map(|n| Cow::Owned(n.into_owned())),
+        }
     }
 
     /// The id of a request or response (`None` for notifications and `null` ids).
@@ -177,6 +196,14 @@ impl<'a> Decoded<'a> {
     /// The messages, in order (one unless the body is a batch).
     pub fn messages(&self) -> &[Message<'a>] {
         &self.messages
+    }
+
+    /// The same, owning what it borrowed from the body.
+    pub fn into_owned(self) -> Decoded<'static> {
+        Decoded {
+            messages: self.messages.into_iter().map(Message::into_owned).collect(),
+            batch: self.batch,
+        }
     }
 
     /// True when the body was a JSON array.

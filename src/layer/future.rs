@@ -19,30 +19,31 @@ use super::body::PolicyBody;
 use super::deadline::Deadline;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
-    BoxError, Forwarded, Holds, Judged, MCP_SESSION_ID, Shared, refused_response,
+    BoxError, Charging, Forwarded, Holds, Judged, Judgment, MCP_SESSION_ID, Shared,
+    refused_response,
 };
 use crate::counter::CounterStore;
 use crate::jsonrpc::INVALID_REQUEST;
-
-type JudgeFuture<B> = Pin<Box<dyn Future<Output = (Judged<B>, Parts, Bytes)> + Send>>;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
     pub struct ResponseFuture<Inner, S, ReqBody, ResBody>
     where
         Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+        S: CounterStore,
     {
         #[pin]
-        state: State<Inner, ReqBody, ResBody>,
+        state: State<Inner, S, ReqBody, ResBody>,
         shared: Arc<Shared<S>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<Inner, ReqBody, ResBody>
+    enum State<Inner, S, ReqBody, ResBody>
     where
         Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+        S: CounterStore,
     {
         // Reading the request body: up to the body limit for methods that are judged,
         // nothing at all for GET, DELETE, HEAD and OPTIONS.
@@ -55,10 +56,12 @@ pin_project! {
             judge: bool,
             deadline: Deadline,
         },
-        // Waiting for a counter store that cannot answer at once.
-        Judging {
-            future: JudgeFuture<ResBody>,
-            inner: Option<Inner>,
+        // Waiting for a counter store that cannot answer at once; the body was decoded
+        // and judged, and only the charges remain.
+        Charging {
+            #[pin]
+            future: S::Future,
+            rest: Option<(Charging, Parts, Bytes, Inner)>,
         },
         // Waiting for the inner service.
         Calling {
@@ -151,9 +154,10 @@ where
     }
 }
 
-fn answered<Inner, ReqBody, ResBody>(refused: Refused) -> State<Inner, ReqBody, ResBody>
+fn answered<Inner, S, ReqBody, ResBody>(refused: Refused) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    S: CounterStore,
 {
     State::Answered {
         response: Some(refused_response(refused, None)),
@@ -166,7 +170,7 @@ fn calling<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     holds: Holds,
-) -> State<Inner, ReqBody, ResBody>
+) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
@@ -189,7 +193,7 @@ fn after_judging<Inner, S, ReqBody, ResBody>(
     judged: Judged<ResBody>,
     parts: Parts,
     bytes: Bytes,
-) -> State<Inner, ReqBody, ResBody>
+) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
@@ -267,25 +271,24 @@ where
                             let bytes = buffer.take();
                             if !*judge {
                                 calling(this.shared, &mut inner, parts, bytes, Holds::default())
-                            } else if let Some(judged) = this.shared.judge_now(&parts, &bytes) {
-                                after_judging(this.shared, inner, judged, parts, bytes)
                             } else {
-                                // Only stores that must be awaited get here.
-                                let shared = this.shared.clone();
-                                State::Judging {
-                                    future: Box::pin(async move {
-                                        let judged = shared.judge_async(&parts, &bytes).await;
-                                        (judged, parts, bytes)
-                                    }),
-                                    inner: Some(inner),
+                                match this.shared.judge(&parts, &bytes) {
+                                    Judgment::Judged(judged) => {
+                                        after_judging(this.shared, inner, judged, parts, bytes)
+                                    }
+                                    Judgment::Awaiting(future, charging) => State::Charging {
+                                        future,
+                                        rest: Some((charging, parts, bytes, inner)),
+                                    },
                                 }
                             }
                         }
                     },
                 },
-                StateProj::Judging { future, inner } => {
-                    let (judged, parts, bytes) = ready!(future.as_mut().poll(cx));
-                    let inner = inner.take().expect("judged once");
+                StateProj::Charging { future, rest } => {
+                    let result = ready!(future.poll(cx));
+                    let (charging, parts, bytes, inner) = rest.take().expect("charged once");
+                    let judged = this.shared.charged(charging, result);
                     after_judging(this.shared, inner, judged, parts, bytes)
                 }
                 StateProj::Calling { future, forwarded } => {
@@ -304,11 +307,12 @@ where
 impl<Inner, S, ReqBody, ResBody> fmt::Debug for ResponseFuture<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    S: CounterStore,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Reading { .. } => "reading",
-            State::Judging { .. } => "judging",
+            State::Charging { .. } => "charging",
             State::Calling { .. } => "calling",
             State::Answered { .. } => "answered",
         };

@@ -21,8 +21,8 @@ use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
 };
 use super::sessions::Sessions;
-use crate::counter::{CounterStore, MemoryCounters};
-use crate::engine::{Call, Engine, Refusal, Verdict};
+use crate::counter::{ChargeError, CounterStore, MemoryCounters};
+use crate::engine::{Call, Engine, PendingCharges, Prepared, Refusal, Verdict};
 use crate::jsonrpc::{self, Decoded, MessageKind};
 use crate::observe::Escaped;
 use crate::policy::Policy;
@@ -213,6 +213,14 @@ struct Inspected<'a> {
 }
 
 impl Inspected<'_> {
+    fn into_owned(self) -> Inspected<'static> {
+        Inspected {
+            decoded: self.decoded.into_owned(),
+            keys: self.keys,
+            holds: self.holds,
+        }
+    }
+
     fn calls(&self) -> SmallVec<[Call<'_>; 2]> {
         self.decoded
             .messages()
@@ -226,31 +234,60 @@ impl Inspected<'_> {
     }
 }
 
+/// What judging a body came to.
+// A short-lived value: boxing the large variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Judgment<B, S: CounterStore> {
+    /// Decided.
+    Judged(Judged<B>),
+    /// The charges wait for the counter store: its future, and what the verdict needs
+    /// once it answers, owned, so the body is decoded and judged only once.
+    Awaiting(S::Future, Charging),
+}
+
+/// What a request awaiting its charges keeps.
+pub(crate) struct Charging {
+    inspected: Inspected<'static>,
+    pending: PendingCharges<'static>,
+}
+
 impl<S: CounterStore> Shared<S> {
-    /// Judges the body synchronously; `None` when the counter store must be awaited
-    /// (nothing was charged then).
-    pub(crate) fn judge_now<B>(&self, parts: &Parts, bytes: &Bytes) -> Option<Judged<B>> {
+    /// Judges the body: the decision, or the store's future to await for it (nothing
+    /// is charged until that future is polled).
+    pub(crate) fn judge<B>(&self, parts: &Parts, bytes: &Bytes) -> Judgment<B, S> {
         let inspected = match self.inspect(parts, bytes) {
             Ok(inspected) => inspected,
-            Err(answer) => return Some(Judged::Answer(answer)),
+            Err(answer) => return Judgment::Judged(Judged::Answer(answer)),
         };
         let calls = inspected.calls();
-        if calls.is_empty() {
-            return Some(self.conclude(&inspected, Verdict::Forward));
+        let pending = match self.engine.prepare(&calls, &inspected.keys) {
+            Prepared::Done(verdict) => return Judgment::Judged(self.conclude(&inspected, verdict)),
+            Prepared::Charge(pending) => pending,
+        };
+        let counters = self.engine.counters();
+        if let Some(result) = counters.charge_now(pending.charges()) {
+            let verdict = pending.finish(result);
+            return Judgment::Judged(self.conclude(&inspected, verdict));
         }
-        let verdict = self.engine.decide_now(&calls, &inspected.keys)?;
-        Some(self.conclude(&inspected, verdict))
+        // Only stores that must be awaited get here.
+        let future = counters.charge(pending.charges());
+        let pending = pending.into_owned();
+        drop(calls);
+        let charging = Charging {
+            inspected: inspected.into_owned(),
+            pending,
+        };
+        Judgment::Awaiting(future, charging)
     }
 
-    /// Judges the body, awaiting the counter store.
-    pub(crate) async fn judge_async<B>(&self, parts: &Parts, bytes: &Bytes) -> Judged<B> {
-        let inspected = match self.inspect(parts, bytes) {
-            Ok(inspected) => inspected,
-            Err(answer) => return Judged::Answer(answer),
-        };
-        let calls = inspected.calls();
-        let verdict = self.engine.decide_async(&calls, &inspected.keys).await;
-        self.conclude(&inspected, verdict)
+    /// The decision once the store has answered for the charges of `charging`.
+    pub(crate) fn charged<B>(
+        &self,
+        charging: Charging,
+        result: Result<(), ChargeError>,
+    ) -> Judged<B> {
+        let verdict = charging.pending.finish(result);
+        self.conclude(&charging.inspected, verdict)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.

@@ -8,7 +8,7 @@ use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, Sco
 use super::glob::Glob;
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
-use super::{Clause, CounterDef, Limit, Named, Policy, Rule, Scope, ToolRule};
+use super::{Clause, CounterDef, Limit, LimitMeta, Named, Policy, Rule, Scope, ToolRule};
 use crate::error::{PolicyError, pointer, push_token};
 
 /// Parses the document, naming the JSON Pointer and position of any error.
@@ -205,12 +205,16 @@ fn compile_limit(doc: LimitDoc, at: &str, counters: &mut Counters) -> Result<Lim
         .transpose()
         .map_err(|m| PolicyError::invalid(field("increment_from"), m))?;
     let def = CounterDef::new(&doc.counter, window, max, scope);
+    let meta = LimitMeta {
+        pointer: at.into(),
+        on_deny: doc.on_deny.map(Into::into),
+        describe: def.describe().into(),
+    };
     let counter = counters.intern(def, at)?;
     Ok(Limit {
-        pointer: at.into(),
         counter,
         increment_from,
-        on_deny: doc.on_deny.map(Into::into),
+        meta: std::sync::Arc::new(meta),
     })
 }
 

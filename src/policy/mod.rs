@@ -87,10 +87,21 @@ pub(crate) struct Clause {
 /// One `limits` item, pointing at its (possibly shared) counter.
 #[derive(Debug)]
 pub(crate) struct Limit {
-    pub pointer: Box<str>,
     pub counter: usize,
     pub increment_from: Option<ArgPath>,
+    /// What a denial by this limit says, shared with pending charges so they need no
+    /// borrow of the policy.
+    pub meta: std::sync::Arc<LimitMeta>,
+}
+
+/// The text a denial by one limit is built from.
+#[derive(Debug)]
+pub(crate) struct LimitMeta {
+    /// The limit's JSON Pointer, the denial's `rule`.
+    pub pointer: Box<str>,
     pub on_deny: Option<Box<str>>,
+    /// `30 per minute`.
+    pub describe: Box<str>,
 }
 
 /// Whose calls a counter counts together.
