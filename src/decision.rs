@@ -97,16 +97,20 @@ impl Denial {
         self.retry_after
     }
 
-    /// A denial for a call that could not be charged because the store failed.
-    pub fn counter_unavailable(tool: &str, reason: &str) -> Denial {
-        Denial::new(
+    /// A denial for a call that could not be charged because the store failed. The
+    /// store's error goes to the logs; the agent reads a fixed message and the wait.
+    pub fn counter_unavailable(tool: &str, retry_after: Option<Duration>) -> Denial {
+        let seconds = retry_seconds(retry_after.unwrap_or(Duration::from_secs(1)));
+        let mut denial = Denial::new(
             DenialKind::CounterUnavailable,
             tool,
             RULE_COUNTER_STORE,
             format!(
-                "Rate limits for \"{tool}\" cannot be checked right now ({reason}), so the call was not made."
+                "Rate-limit state is unavailable, the call was not run; try again in {seconds}s."
             ),
-        )
+        );
+        denial.retry_after = Some(seconds);
+        denial
     }
 }
 

@@ -32,6 +32,7 @@ pub enum Decision {
 
 /// What became of one call of a refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refusal {
     /// This call was denied.
     Denied(Denial),
@@ -42,6 +43,7 @@ pub enum Refusal {
 
 /// The decision for a request of one or more calls (a JSON-RPC batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Every call is allowed and every charge was applied: forward the request.
     Forward,
@@ -266,10 +268,11 @@ impl PendingCharges<'_> {
                 refusals[call] = Refusal::Denied(self.allowed[call].exceeded(charge, retry_after));
             }
             // Nothing could be checked: every call that needed the store is denied.
-            Err(ChargeError::Unavailable(reason)) => {
+            Err(ChargeError::Unavailable(error)) => {
                 for &(call, _) in &self.owners {
                     let tool = self.allowed[call].tool();
-                    refusals[call] = Refusal::Denied(Denial::counter_unavailable(tool, &reason));
+                    let denial = Denial::counter_unavailable(tool, error.retry_after());
+                    refusals[call] = Refusal::Denied(denial);
                 }
             }
         }

@@ -33,7 +33,9 @@ mod policy;
 mod scope;
 mod value;
 
-pub use counter::{Charge, ChargeError, CounterStore, MemoryCounters};
+pub use counter::{
+    Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError,
+};
 pub use decision::{
     Allowed, Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN,
 };

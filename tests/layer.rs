@@ -340,10 +340,16 @@ async fn an_unavailable_counter_store_fails_closed() {
         .await
         .unwrap();
     let body = body_json(limited.into_body()).await;
+    // The store's own error is for the logs; the agent reads a fixed message.
     assert_eq!(
         body["result"]["content"][0]["text"],
-        "[POLICY DENIED] Rate limits for \"write\" cannot be checked right now (connection refused), so the call was not made."
+        "[POLICY DENIED] Rate-limit state is unavailable, the call was not run; try again in 1s."
     );
+    assert_eq!(
+        body["result"]["_meta"]["tower-mcp-policy/denial"]["retryAfterSeconds"],
+        1
+    );
+    assert!(!body.to_string().contains("connection refused"));
     // A call with no limit does not need the store.
     let free = service
         .oneshot(post(call("echo", json!({}))))
@@ -578,7 +584,8 @@ async fn an_unavailable_store_denies_every_call_that_needed_it() {
         {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "write"}},
     ]);
     let body = body_json(service.oneshot(post(batch)).await.unwrap().into_body()).await;
-    let unavailable = "[POLICY DENIED] Rate limits for \"write\" cannot be checked right now (connection refused), so the call was not made.";
+    let unavailable =
+        "[POLICY DENIED] Rate-limit state is unavailable, the call was not run; try again in 1s.";
     assert_eq!(body[0]["result"]["content"][0]["text"], unavailable);
     assert_eq!(
         body[0]["result"]["_meta"]["tower-mcp-policy/denial"]["rule"],

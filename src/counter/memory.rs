@@ -219,6 +219,29 @@ impl<C: Clock + Clone> MemoryCounters<C> {
         result
     }
 
+    /// Gives back `charges` (see [`CounterStore::refund`]): each bucket's theoretical
+    /// arrival time moves back by `cost × window / max`. A bucket that was dropped
+    /// meanwhile is already full.
+    pub fn give_back(&self, charges: &[Charge]) {
+        let limiters = self.inner.limiters();
+        for charge in charges {
+            let Some(limiter) = limiters.get(&charge.counter) else {
+                continue;
+            };
+            // (Asking the store about a key would create it.)
+            if !limiter.store.0.contains_key(&charge.key) {
+                continue;
+            }
+            let back = Nanos::from(charge.quota.period()) * u64::from(charge.cost.get());
+            let _ = limiter
+                .store
+                .measure_and_replace(&charge.key, |state| match state {
+                    Some(tat) => Ok(((), tat.saturating_sub(back))),
+                    None => Err(()),
+                });
+        }
+    }
+
     /// How many buckets are held, over all counters.
     pub fn len(&self) -> usize {
         self.inner
@@ -271,5 +294,9 @@ where
 
     fn charge_now(&self, charges: &[Charge]) -> Option<Result<(), ChargeError>> {
         Some(self.try_charge(charges))
+    }
+
+    fn refund(&self, charges: &[Charge]) {
+        self.give_back(charges);
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hasher;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
@@ -94,6 +95,7 @@ impl Quota {
 /// One unit of work for a counter: charge `cost` to the bucket `key` of counter
 /// `counter`, which allows `quota`. A store needs nothing else to apply it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Charge {
     /// Which counter.
     pub counter: CounterId,
@@ -105,8 +107,84 @@ pub struct Charge {
     pub cost: NonZeroU32,
 }
 
+impl Charge {
+    /// A charge of `cost` to the bucket `key` of `counter`.
+    pub fn new(counter: CounterId, quota: Quota, key: ScopeValue, cost: NonZeroU32) -> Charge {
+        Charge {
+            counter,
+            quota,
+            key,
+            cost,
+        }
+    }
+}
+
+/// Why a counter store could not decide: its own error, for the logs, and when to try
+/// again. The agent never reads it; it reads a fixed message with the retry hint.
+#[derive(Clone)]
+pub struct StoreError {
+    source: Arc<dyn std::error::Error + Send + Sync>,
+    retry_after: Option<Duration>,
+}
+
+impl StoreError {
+    /// Wraps the store's own error.
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError {
+            source: Arc::from(source.into()),
+            retry_after: None,
+        }
+    }
+
+    /// When it is worth trying again (the end of a back-off, say); default 1 s.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> StoreError {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The wait before trying again, if the store knows it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("source", &self.source)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+impl From<&str> for StoreError {
+    fn from(message: &str) -> StoreError {
+        StoreError::new(message)
+    }
+}
+
+impl From<String> for StoreError {
+    fn from(message: String) -> StoreError {
+        StoreError::new(message)
+    }
+}
+
 /// Why a set of charges was not applied. When this is returned, nothing was charged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ChargeError {
     /// Charge number `index` does not fit. `retry_after` is how long until it would;
     /// `None` when it never can (its cost is more than the counter's `max`).
@@ -117,7 +195,7 @@ pub enum ChargeError {
         retry_after: Option<Duration>,
     },
     /// The store could not decide (a remote store is down). Callers deny: fail closed.
-    Unavailable(String),
+    Unavailable(StoreError),
 }
 
 impl fmt::Display for ChargeError {
@@ -153,5 +231,14 @@ pub trait CounterStore: Send + Sync + 'static {
     fn charge_now(&self, charges: &[Charge]) -> Option<Result<(), ChargeError>> {
         let _ = charges;
         None
+    }
+
+    /// Gives back `charges`, applied by an earlier successful charge, because the call
+    /// they paid for did not run (the server answered it with an error, or could not be
+    /// reached). Only calls that did not run are refunded, so nobody gains quota. Best
+    /// effort and never awaited: a store that must reach a server does so in the
+    /// background. The default refunds nothing.
+    fn refund(&self, charges: &[Charge]) {
+        let _ = charges;
     }
 }

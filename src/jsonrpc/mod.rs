@@ -214,6 +214,7 @@ impl<'a> Decoded<'a> {
 
 /// Which of the two JSON-RPC errors a [`DecodeError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeErrorKind {
     /// Not JSON at all (-32700): syntax, encoding, trailing data.
     Parse,

@@ -28,6 +28,7 @@ pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
 
 /// How a denied `tools/call` is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DenialFormat {
     /// A successful JSON-RPC response holding a `CallToolResult` with `isError: true`
     /// and the text `[POLICY DENIED] <message>`: the agent's model reads it like any

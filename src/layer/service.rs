@@ -266,7 +266,7 @@ impl<S: CounterStore> Shared<S> {
         };
         let counters = self.engine.counters();
         if let Some(result) = counters.charge_now(pending.charges()) {
-            let verdict = pending.finish(result);
+            let verdict = pending.finish(logged(result));
             return Judgment::Judged(self.conclude(&inspected, verdict));
         }
         // Only stores that must be awaited get here.
@@ -286,7 +286,7 @@ impl<S: CounterStore> Shared<S> {
         charging: Charging,
         result: Result<(), ChargeError>,
     ) -> Judged<B> {
-        let verdict = charging.pending.finish(result);
+        let verdict = charging.pending.finish(logged(result));
         self.conclude(&charging.inspected, verdict)
     }
 
@@ -466,6 +466,19 @@ impl<S: CounterStore> Shared<S> {
             response.map(|body| ResponseBody::json(body, policy, limit))
         }
     }
+}
+
+/// The store's answer, its error (which the agent never reads) written to the logs.
+fn logged(result: Result<(), ChargeError>) -> Result<(), ChargeError> {
+    if let Err(ChargeError::Unavailable(error)) = &result {
+        tracing::warn!(
+            target: "tower_mcp_policy",
+            decision = "store_error",
+            "counter store unavailable, calls that need it are denied: {}",
+            Escaped(&error.to_string())
+        );
+    }
+    result
 }
 
 pub(crate) fn refused_response<B>(

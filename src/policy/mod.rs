@@ -106,6 +106,7 @@ pub(crate) struct LimitMeta {
 
 /// Whose calls a counter counts together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Scope {
     /// Per caller credential (the `Authorization` header, or the application's key).
     Grant,

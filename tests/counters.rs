@@ -1,0 +1,144 @@
+//! The counter seam: stable counter identities, quotas carried by charges, refunds, and
+//! store errors. Pure, on a fake clock.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::FakeRelativeClock;
+use serde_json::json;
+use tower_mcp_policy::{
+    Charge, ChargeError, CounterId, CounterStore, Decision, Engine, MemoryCounters, Policy, Quota,
+    ScopeHasher, ScopeKeys, StoreError,
+};
+
+fn policy(text: &str) -> Arc<Policy> {
+    Arc::new(text.parse().unwrap())
+}
+
+fn keys() -> ScopeKeys {
+    let h = ScopeHasher::with_key([9; 16]);
+    let grant = h.credential(b"Bearer alice");
+    ScopeKeys::new(grant, h.no_session(grant))
+}
+
+const V1: &str = r#"{"version":"1","default":"deny","tools":{
+    "a":{"limits":[{"counter":"shared","window":"minute","max":2}]},
+    "b":{"limits":[{"counter":"b","window":"minute","max":2}]}}}"#;
+
+#[test]
+fn a_counter_keeps_its_identity_and_state_across_policy_versions() {
+    // v2 adds a tool, keeps `shared` as it was and changes `b`'s max.
+    let v2 = r#"{"version":"1","default":"deny","tools":{
+        "a":{"limits":[{"counter":"shared","window":"minute","max":2}]},
+        "c":{"limits":[{"counter":"shared","window":"minute","max":2}]},
+        "b":{"limits":[{"counter":"b","window":"minute","max":3}]}}}"#;
+    let (v1, v2) = (policy(V1), policy(v2));
+    let id = |p: &Policy, name: &str| p.counters().iter().find(|c| c.name() == name).unwrap().id();
+    assert_eq!(id(&v1, "shared"), id(&v2, "shared"));
+    assert_ne!(
+        id(&v1, "b"),
+        id(&v2, "b"),
+        "a changed definition is a new counter"
+    );
+    let quota = Quota::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(60));
+    assert_eq!(
+        id(&v1, "shared"),
+        CounterId::new("shared", quota, tower_mcp_policy::Scope::Grant),
+        "derived from the name and definition alone"
+    );
+
+    // One store under both versions: `shared` carries over, `b` starts fresh.
+    let store = MemoryCounters::with_clock(FakeRelativeClock::default());
+    let old = Engine::with_counters(v1, store.clone());
+    let new = Engine::with_counters(v2, store);
+    let args = json!({});
+    let call =
+        |e: &Engine<MemoryCounters<FakeRelativeClock>>, tool| e.decide(tool, Some(&args), &keys());
+    assert_eq!(call(&old, "a"), Decision::Allow);
+    assert_eq!(call(&old, "b"), Decision::Allow);
+    assert_eq!(call(&old, "b"), Decision::Allow);
+    assert_eq!(
+        call(&new, "c"),
+        Decision::Allow,
+        "the second of shared's two"
+    );
+    assert!(
+        matches!(call(&new, "a"), Decision::Deny(_)),
+        "shared is spent"
+    );
+    assert_eq!(call(&new, "b"), Decision::Allow, "the new b is fresh");
+}
+
+#[test]
+fn a_refund_gives_back_exactly_what_was_charged() {
+    let p = policy(V1);
+    let def = &p.counters()[0];
+    let store = MemoryCounters::with_clock(FakeRelativeClock::default());
+    let charge = |cost: u32| {
+        Charge::new(
+            def.id(),
+            def.quota(),
+            keys().grant,
+            NonZeroU32::new(cost).unwrap(),
+        )
+    };
+    assert!(store.try_charge(&[charge(2)]).is_ok());
+    assert!(matches!(
+        store.try_charge(&[charge(1)]),
+        Err(ChargeError::Exceeded { index: 0, .. })
+    ));
+    store.refund(&[charge(1)]);
+    assert!(store.try_charge(&[charge(1)]).is_ok(), "one unit came back");
+    assert!(store.try_charge(&[charge(1)]).is_err(), "and only one");
+    // Refunding more than was charged cannot make the bucket larger than max.
+    store.refund(&[charge(2)]);
+    store.refund(&[charge(2)]);
+    assert!(store.try_charge(&[charge(2)]).is_ok());
+    assert!(store.try_charge(&[charge(1)]).is_err());
+    // A bucket the store does not hold is left alone.
+    let other = Charge::new(def.id(), def.quota(), keys().session, NonZeroU32::MIN);
+    let before = store.len();
+    store.refund(&[other]);
+    assert_eq!(store.len(), before);
+}
+
+/// A store that is down and knows when it will try again.
+struct BackingOff;
+
+impl CounterStore for BackingOff {
+    type Future = std::future::Ready<Result<(), ChargeError>>;
+    fn charge(&self, _: &[Charge]) -> Self::Future {
+        let error =
+            StoreError::new("connection refused").with_retry_after(Duration::from_millis(4200));
+        std::future::ready(Err(ChargeError::Unavailable(error)))
+    }
+}
+
+#[tokio::test]
+async fn a_store_error_is_a_fixed_message_with_the_stores_retry_hint() {
+    let engine = Engine::with_counters(policy(V1), BackingOff);
+    let args = serde_json::Value::Object(Default::default());
+    let args = tower_mcp_policy::ArgValue::from(&args);
+    let verdict = engine
+        .decide_async(
+            &[tower_mcp_policy::Call {
+                tool: "a",
+                args: Some(&args),
+            }],
+            &keys(),
+        )
+        .await;
+    let tower_mcp_policy::Verdict::Refuse(refusals) = verdict else {
+        panic!("denied when the store is down")
+    };
+    let tower_mcp_policy::Refusal::Denied(denial) = &refusals[0] else {
+        panic!("{refusals:?}")
+    };
+    assert_eq!(
+        denial.message(),
+        "Rate-limit state is unavailable, the call was not run; try again in 5s."
+    );
+    assert_eq!(denial.retry_after(), Some(5));
+    assert_eq!(denial.rule(), "(counter store)");
+}
