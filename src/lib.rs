@@ -36,6 +36,8 @@ mod value;
 pub use counter::{
     Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError,
 };
+#[cfg(feature = "redis")]
+pub use counter::{FailMode, RedisCounters};
 pub use decision::{
     Allowed, Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN,
 };

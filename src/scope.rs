@@ -39,7 +39,7 @@ impl fmt::Display for ScopeValue {
 }
 
 /// Turns credentials, application keys and session ids into [`ScopeValue`]s.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScopeHasher {
     key: [u8; 16],
 }
@@ -61,14 +61,7 @@ const NO_SESSION: u8 = 5;
 impl ScopeHasher {
     /// A hasher with a fresh random key: right for a single process.
     pub fn random() -> ScopeHasher {
-        let state = std::collections::hash_map::RandomState::new();
-        let mut key = [0u8; 16];
-        for (i, chunk) in key.chunks_mut(8).enumerate() {
-            let mut h = state.build_hasher();
-            h.write_usize(i);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-        ScopeHasher { key }
+        ScopeHasher { key: random_key() }
     }
 
     /// A hasher with a fixed secret key: replicas that share counters must share it.
@@ -133,6 +126,18 @@ impl ScopeHasher {
     pub fn no_session(&self, grant: ScopeValue) -> ScopeValue {
         self.hash(NO_SESSION, &grant.0.to_le_bytes())
     }
+}
+
+/// 16 random bytes from the standard library's per-process random hasher seed.
+pub(crate) fn random_key() -> [u8; 16] {
+    let state = std::collections::hash_map::RandomState::new();
+    let mut key = [0u8; 16];
+    for (i, chunk) in key.chunks_mut(8).enumerate() {
+        let mut h = state.build_hasher();
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    key
 }
 
 /// `Authorization` credentials split into the scheme and the rest (RFC 9110 §11.4:

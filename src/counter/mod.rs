@@ -5,6 +5,8 @@
 //! a future so that a store shared by replicas (Redis, say) can implement it unchanged.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -16,6 +18,8 @@ use std::time::Duration;
 use siphasher::sip::SipHasher13;
 
 pub use memory::MemoryCounters;
+#[cfg(feature = "redis")]
+pub use redis::{DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCounters, RedisCountersBuilder};
 
 use crate::policy::Scope;
 use crate::scope::ScopeValue;
@@ -240,5 +244,12 @@ pub trait CounterStore: Send + Sync + 'static {
     /// background. The default refunds nothing.
     fn refund(&self, charges: &[Charge]) {
         let _ = charges;
+    }
+
+    /// The hasher every user of this store must turn credentials and session ids into
+    /// keys with, when the store decides it (a store shared by replicas keeps one
+    /// secret for all of them). `None`: the layer's own choice.
+    fn scope_hasher(&self) -> Option<crate::scope::ScopeHasher> {
+        None
     }
 }

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use super::DenialFormat;
 use super::service::{Config, PolicyService, Shared};
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
-use crate::counter::MemoryCounters;
+use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
 use crate::error::PolicyError;
 use crate::policy::Policy;
@@ -57,16 +57,47 @@ impl<C: Clock + Clone> PolicyLayer<MemoryCounters<C>> {
     /// A layer whose counters run on `clock`: governor's `FakeRelativeClock` makes
     /// rate-limit tests deterministic.
     pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
-        PolicyLayer::from_engine(Engine::with_clock(policy, clock))
+        PolicyLayer::assemble(Engine::with_clock(policy, clock), None)
+    }
+}
+
+impl<S: CounterStore> PolicyLayer<S> {
+    /// A layer over an engine with any counter store. When the store decides how
+    /// credentials are hashed (a store shared by replicas does), the layer uses its
+    /// hasher, so every replica counts one caller in one bucket.
+    pub fn from_engine(engine: Engine<S>) -> Self {
+        let hasher = engine.counters().scope_hasher();
+        PolicyLayer::assemble(engine, hasher)
+    }
+
+    /// The hasher that turns credentials and session ids into counter keys. Replicas
+    /// that share counters must share its key: a store shared by replicas provides it
+    /// (see [`PolicyLayer::from_engine`]), and setting another one here is reported as
+    /// an ERROR event, since it would count the same caller in two buckets.
+    #[must_use]
+    pub fn scope_hasher(self, hasher: ScopeHasher) -> Self {
+        if let Some(shared) = self.engine.counters().scope_hasher()
+            && shared != hasher
+        {
+            tracing::error!(
+                target: "tower_mcp_policy",
+                "the scope hasher set on the layer differs from the one its counter store shares \
+                 with other replicas: they will count the same caller in different buckets"
+            );
+        }
+        self.configure(|c| c.hasher = hasher)
     }
 }
 
 impl<S> PolicyLayer<S> {
-    /// A layer over an engine with any counter store.
-    pub fn from_engine(engine: Engine<S>) -> Self {
+    fn assemble(engine: Engine<S>, hasher: Option<ScopeHasher>) -> Self {
+        let mut config = Config::default();
+        if let Some(hasher) = hasher {
+            config.hasher = hasher;
+        }
         PolicyLayer {
             engine: Arc::new(engine),
-            config: Config::default(),
+            config,
             sessions: Arc::new(Sessions::new(DEFAULT_MAX_SESSIONS)),
         }
     }
@@ -110,13 +141,6 @@ impl<S> PolicyLayer<S> {
     #[must_use]
     pub fn body_read_timeout(self, timeout: std::time::Duration) -> Self {
         self.configure(|c| c.body_read_timeout = Some(timeout))
-    }
-
-    /// The hasher that turns credentials and session ids into counter keys. Replicas
-    /// that share counters must share its key; the default is random per layer.
-    #[must_use]
-    pub fn scope_hasher(self, hasher: ScopeHasher) -> Self {
-        self.configure(|c| c.hasher = hasher)
     }
 }
 

@@ -1,0 +1,459 @@
+//! `RedisCounters` against a real Redis: each test starts its own `redis-server` on a
+//! free loopback port (no persistence) and stops it. A test that cannot start Redis
+//! fails: `apt-get install redis-server`.
+
+use std::convert::Infallible;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::FakeRelativeClock;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::counter::RedisCountersBuilder;
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{
+    Charge, ChargeError, Engine, FailMode, MemoryCounters, Policy, PolicyLayer, RedisCounters,
+    ScopeHasher,
+};
+
+/// A `redis-server` of this test's own; killed when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis { child: None, port };
+        redis.restart();
+        redis
+    }
+
+    /// Starts (again) on the same port.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for these tests (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn builder(&self) -> RedisCountersBuilder {
+        RedisCounters::builder(self.url())
+    }
+
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn seed_policy() -> Arc<Policy> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policies/seed-binance-rate-limit.json");
+    Arc::new(Policy::from_file(path).unwrap())
+}
+
+/// What the test upstream answers, at once.
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+/// An upstream that counts what it runs.
+fn upstream(
+    runs: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<PolicyBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = Answer,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: Request<PolicyBody>| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+        )))))
+    })
+}
+
+fn call(tool: &str, token: &str) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": {"listenKey": "k"}}});
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn answer<B: http_body::Body<Data = Bytes>>(response: Response<B>) -> Value
+where
+    B::Error: std::fmt::Debug,
+{
+    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+fn denied(answer: &Value) -> bool {
+    answer["result"]["isError"] == json!(true)
+}
+
+const SEED_TOOL: &str = "binance_us_close_listen_key";
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_enforce_one_budget() {
+    let redis = Redis::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Two replicas: their own connections, their own layers; one Redis.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let counters = redis.builder().connect().await.unwrap();
+        let layer = PolicyLayer::from_engine(Engine::with_counters(seed_policy(), counters));
+        replicas.push(layer.layer(upstream(runs.clone())));
+    }
+    let mut passed = 0;
+    for i in 0..60 {
+        let replica = replicas[i % 2].clone();
+        if !denied(&answer(replica.oneshot(call(SEED_TOOL, "alice")).await.unwrap()).await) {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 30, "30 per minute per grant, across both replicas");
+    assert_eq!(runs.load(Ordering::SeqCst), 30);
+    let other = answer(
+        replicas[1]
+            .clone()
+            .oneshot(call(SEED_TOOL, "bob"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!denied(&other), "another grant is unaffected: {other}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_charged_all_or_nothing() {
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+            {"counter":"a","window":"day","max":10},
+            {"counter":"b","window":"day","max":1000}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut layers = Vec::new();
+    for _ in 0..4 {
+        let counters = redis.builder().connect().await.unwrap();
+        let layer = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), counters));
+        layers.push(layer.layer(upstream(runs.clone())));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let service = layers[i % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            !denied(&answer(service.oneshot(call("t", "alice")).await.unwrap()).await)
+        }));
+    }
+    let mut passed = 0;
+    for task in tasks {
+        passed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(passed, 10);
+    assert_eq!(runs.load(Ordering::SeqCst), 10);
+
+    // Both counters hold exactly ten charges: none was charged half.
+    let mut client = redis.client().await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut client).await.unwrap();
+    let now = seconds as f64 * 1e6 + micros as f64;
+    for def in policy.counters() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("mcp-policy:{}:*", def.id()))
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{}", def.name());
+        let tat: String = redis::cmd("GET")
+            .arg(&keys[0])
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        let period = def.quota().period().as_micros() as f64;
+        let units = (tat.parse::<f64>().unwrap() - now) / period;
+        assert_eq!(units.round(), 10.0, "{} holds {units} charges", def.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_neither_hangs_nor_needs_a_restart() {
+    let mut redis = Redis::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let policy = r#"{"version":"1","default":"deny","tools":{"free":{},
+        "limited":{"limits":[{"counter":"l","window":"minute","max":1000}]}}}"#;
+    let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
+    let closed = redis.builder().connect().await.unwrap();
+    let open = redis
+        .builder()
+        .fail_mode(FailMode::Open)
+        .connect()
+        .await
+        .unwrap();
+    let closed = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), closed))
+        .layer(upstream(runs.clone()));
+    let open = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), open))
+        .layer(upstream(runs.clone()));
+    assert!(!denied(
+        &answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await
+    ));
+
+    // SCRIPT FLUSH is survived (EVALSHA reloads the script).
+    let mut client = redis.client().await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    assert!(!denied(
+        &answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await
+    ));
+    let before = runs.load(Ordering::SeqCst);
+
+    redis.stop();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let limited = answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(100 + 900),
+            "answered within the 100 ms deadline plus a margin, not {waited:?}"
+        );
+        assert!(denied(&limited), "fail closed: {limited}");
+        assert!(
+            limited["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("[POLICY DENIED] Rate-limit state is unavailable, the call was not run; try again in ")
+        );
+        let free = answer(closed.clone().oneshot(call("free", "a")).await.unwrap()).await;
+        assert!(!denied(&free), "a call with no limit needs no counter");
+        let open_answer = answer(open.clone().oneshot(call("limited", "a")).await.unwrap()).await;
+        assert!(!denied(&open_answer), "fail open: allowed uncounted");
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        before + 10,
+        "5 free + 5 fail-open calls ran"
+    );
+
+    // Redis comes back: counting resumes in the same process, by itself.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let limited = answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await;
+        if !denied(&limited) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counting did not resume: {limited}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcp-policy:*:*")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        1,
+        "the charge was counted in the new Redis: {keys:?}"
+    );
+}
+
+/// The quotas of the differential test: (max, window), each with a whole number of
+/// microseconds per unit.
+const QUOTAS: [(u32, u64); 4] = [(2, 1), (5, 60), (30, 60), (4, 3600)];
+
+#[tokio::test]
+async fn the_redis_store_decides_exactly_as_the_memory_store() {
+    let redis = Redis::start();
+    let remote = redis.builder().connect().await.unwrap();
+    let clock = FakeRelativeClock::default();
+    let local = MemoryCounters::with_clock(clock.clone());
+    let hasher = ScopeHasher::with_key([5; 16]);
+    let keys = [
+        hasher.credential(b"Bearer a"),
+        hasher.credential(b"Bearer b"),
+    ];
+    let charges: Vec<Charge> = QUOTAS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(max, window))| {
+            let quota = tower_mcp_policy::Quota::new(
+                NonZeroU32::new(max).unwrap(),
+                Duration::from_secs(window),
+            );
+            let id = tower_mcp_policy::CounterId::new(
+                &format!("c{i}"),
+                quota,
+                tower_mcp_policy::Scope::Grant,
+            );
+            keys.map(|key| (id, quota, key))
+        })
+        .map(|(id, quota, key)| Charge::new(id, quota, key, NonZeroU32::MIN))
+        .collect();
+
+    // A fixed pseudo-random walk: which charges (one or two at once), their costs, and
+    // how far time moves (whole milliseconds), from a 64-bit LCG.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let base = Duration::from_secs(1_700_000_000);
+    let mut elapsed = Duration::ZERO;
+    let (mut allowed, mut refused) = (0, 0);
+    for step in 0..600 {
+        let advance = Duration::from_millis(next(3) * next(800));
+        elapsed += advance;
+        clock.advance(advance);
+        let mut request = vec![charges[next(charges.len() as u64) as usize]];
+        if next(3) == 0 {
+            request.push(charges[next(charges.len() as u64) as usize]);
+        }
+        for charge in &mut request {
+            charge.cost = NonZeroU32::new(1 + next(2) as u32).unwrap();
+        }
+        let mine = local.try_charge(&request);
+        let theirs = remote.charge_at(&request, base + elapsed).await;
+        match (&mine, &theirs) {
+            (Ok(()), Ok(())) => allowed += 1,
+            (
+                Err(ChargeError::Exceeded {
+                    index: a,
+                    retry_after: x,
+                }),
+                Err(ChargeError::Exceeded {
+                    index: b,
+                    retry_after: y,
+                }),
+            ) => {
+                assert_eq!((a, x), (b, y), "step {step}: {request:?}");
+                refused += 1;
+            }
+            _ => panic!("step {step}: memory {mine:?}, redis {theirs:?} for {request:?}"),
+        }
+    }
+    assert!(
+        allowed > 100 && refused > 100,
+        "both outcomes exercised: {allowed} / {refused}"
+    );
+}
+
+#[tokio::test]
+async fn every_key_expires_and_none_holds_a_credential_or_session() {
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+            {"counter":"g","window":"minute","max":5},
+            {"counter":"s","window":"hour","max":5,"scope":"session"},
+            {"counter":"all","window":"day","max":5,"scope":"global"}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    let counters = redis.builder().connect().await.unwrap();
+    let service = PolicyLayer::from_engine(Engine::with_counters(policy, counters))
+        .layer(upstream(Arc::new(AtomicUsize::new(0))));
+    let mut request = call("t", "sk-live-0123456789");
+    request
+        .headers_mut()
+        .insert("mcp-session-id", "session-abcdef".parse().unwrap());
+    assert!(!denied(
+        &answer(service.oneshot(request).await.unwrap()).await
+    ));
+
+    let mut client = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let counters: Vec<&String> = keys
+        .iter()
+        .filter(|k| !k.ends_with("scope-hasher-key"))
+        .collect();
+    assert_eq!(
+        counters.len(),
+        3,
+        "one bucket per counter (the invented session's per grant): {keys:?}"
+    );
+    for key in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        let value: String = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        if key.ends_with("scope-hasher-key") {
+            assert_eq!(ttl, -1, "the shared hashing secret is kept");
+        } else {
+            assert!(ttl > 0, "{key} expires");
+        }
+        for secret in ["sk-live-0123456789", "session-abcdef", "Bearer"] {
+            assert!(
+                !key.contains(secret) && !value.contains(secret),
+                "{secret} in {key} = {value}"
+            );
+        }
+    }
+}
