@@ -2,7 +2,7 @@
 //! `PolicyLayer::from_file`.
 //!
 //! ```text
-//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json]
+//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]]
 //! ```
 //!
 //! The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`
@@ -170,6 +170,7 @@ struct Options {
     policy: PathBuf,
     listen: SocketAddr,
     json: bool,
+    store: cli::Store,
 }
 
 fn options() -> Result<Options, String> {
@@ -177,9 +178,13 @@ fn options() -> Result<Options, String> {
         policy: PathBuf::from("examples/policy.json"),
         listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
         json: false,
+        store: cli::Store::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if options.store.accept(&arg, &mut args)? {
+            continue;
+        }
         match arg.as_str() {
             "--policy" => options.policy = args.next().ok_or("--policy needs a path")?.into(),
             "--listen" => {
@@ -190,7 +195,10 @@ fn options() -> Result<Options, String> {
             }
             "--json" => options.json = true,
             "-h" | "--help" => {
-                println!("usage: demo_server [--policy PATH] [--listen ADDR] [--json]");
+                println!(
+                    "usage: demo_server [--policy PATH] [--listen ADDR] [--json] {}",
+                    cli::STORE_USAGE
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -204,7 +212,13 @@ fn options() -> Result<Options, String> {
 async fn main() {
     cli::init_tracing();
     let options = cli::options_or_exit("demo_server", options());
-    let layer = cli::load_layer("demo_server", &options.policy);
+    match cli::load_layer("demo_server", &options.policy, &options.store).await {
+        cli::AnyLayer::Memory(layer) => run(layer, options).await,
+        cli::AnyLayer::Redis(layer) => run(layer, options).await,
+    }
+}
+
+async fn run<S: CounterStore>(layer: PolicyLayer<S>, options: Options) {
     let summary = layer.engine().policy().summary();
     let listener = cli::bind("demo_server", options.listen).await;
     let address = listener
@@ -212,6 +226,7 @@ async fn main() {
         .expect("a bound listener has an address");
     println!("demo MCP server listening on http://{address}/mcp");
     println!("policy {}: {summary}", options.policy.display());
+    println!("{}", cli::describe(&options.store));
     let app = app(layer, Executions::default(), server_config(options.json));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

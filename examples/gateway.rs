@@ -1,7 +1,7 @@
 //! A policy gateway in front of any MCP server that speaks Streamable HTTP.
 //!
 //! ```text
-//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080]
+//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]]
 //! ```
 //!
 //! It is `PolicyLayer` wrapped around a small reverse proxy built on hyper-util's
@@ -276,14 +276,19 @@ struct Options {
     policy: PathBuf,
     upstream: Upstream,
     listen: SocketAddr,
+    store: cli::Store,
 }
 
 fn options() -> Result<Options, String> {
     let mut policy = None;
     let mut upstream = None;
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let mut store = cli::Store::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if store.accept(&arg, &mut args)? {
+            continue;
+        }
         match arg.as_str() {
             "--policy" => policy = Some(PathBuf::from(args.next().ok_or("--policy needs a path")?)),
             "--upstream" => {
@@ -299,7 +304,8 @@ fn options() -> Result<Options, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: gateway --policy PATH --upstream http://HOST:PORT/PATH [--listen ADDR]"
+                    "usage: gateway --policy PATH --upstream http://HOST:PORT/PATH [--listen ADDR] {}",
+                    cli::STORE_USAGE
                 );
                 std::process::exit(0);
             }
@@ -310,6 +316,7 @@ fn options() -> Result<Options, String> {
         policy: policy.ok_or("--policy is required")?,
         upstream: upstream.ok_or("--upstream is required")?,
         listen,
+        store,
     })
 }
 
@@ -318,7 +325,13 @@ fn options() -> Result<Options, String> {
 async fn main() {
     cli::init_tracing();
     let options = cli::options_or_exit("gateway", options());
-    let layer = cli::load_layer("gateway", &options.policy);
+    match cli::load_layer("gateway", &options.policy, &options.store).await {
+        cli::AnyLayer::Memory(layer) => run(layer, options).await,
+        cli::AnyLayer::Redis(layer) => run(layer, options).await,
+    }
+}
+
+async fn run<S: CounterStore>(layer: PolicyLayer<S>, options: Options) {
     let listener = cli::bind("gateway", options.listen).await;
     let address = listener
         .local_addr()
@@ -333,6 +346,7 @@ async fn main() {
         options.policy.display(),
         layer.engine().policy().summary()
     );
+    println!("{}", cli::describe(&options.store));
     serve(listener, layer, options.upstream, signal()).await;
     println!("gateway stopped");
 }

@@ -2,6 +2,8 @@
 //! free loopback port (no persistence) and stops it. A test that cannot start Redis
 //! fails: `apt-get install redis-server`.
 
+mod common;
+
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::process::{Child, Command, Stdio};
@@ -455,5 +457,91 @@ async fn every_key_expires_and_none_holds_a_credential_or_session() {
                 "{secret} in {key} = {value}"
             );
         }
+    }
+}
+
+/// A tools/call of the demo's limited tool over HTTP; the answer's JSON-RPC message.
+async fn demo_call(url: &str, token: &str, id: u32) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": SEED_TOOL, "arguments": {"listenKey": "k"}}});
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let response = common::raw(reqwest::Method::POST, url, &headers, body.to_string()).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demo_servers_on_one_redis_give_one_budget_and_survive_a_restart() {
+    let mut redis = Redis::start();
+    let policy = Arc::new(Policy::from_file(common::example_policy()).unwrap());
+    let mut demos = Vec::new();
+    for _ in 0..2 {
+        let counters = redis.builder().connect().await.unwrap();
+        let layer = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), counters));
+        demos.push(common::Demo::start(layer, true).await);
+    }
+    let mut passed = 0;
+    for i in 0..60 {
+        let answer = demo_call(&demos[i % 2].url(), "alice", i as u32).await;
+        passed += usize::from(!denied(&answer));
+    }
+    assert_eq!(
+        passed, 30,
+        "exactly 30 immediate calls per grant across both servers"
+    );
+    let executed: usize = demos.iter().map(|d| d.executions.of(SEED_TOOL)).sum();
+    assert_eq!(executed, 30, "the tool ran 30 times");
+    assert!(
+        !denied(&demo_call(&demos[0].url(), "bob", 99).await),
+        "another grant"
+    );
+
+    // Kill Redis under load, then bring it back: no request hangs, and counting
+    // resumes in the same processes.
+    let load: Vec<_> = (0..4)
+        .map(|worker| {
+            let url = demos[worker % 2].url();
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                for i in 0..40 {
+                    let started = Instant::now();
+                    let answer = demo_call(&url, &format!("load-{worker}"), i).await;
+                    slowest = slowest.max(started.elapsed());
+                    assert!(answer.get("result").is_some(), "{answer}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                slowest
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    for worker in load {
+        let slowest = worker.await.unwrap();
+        assert!(
+            slowest < Duration::from_secs(2),
+            "a request waited {slowest:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = 1000;
+    loop {
+        id += 1;
+        let answer = demo_call(&demos[1].url(), "carol", id).await;
+        if !denied(&answer) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counting did not resume: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tokio::net::TcpListener;
-use tower_mcp_policy::PolicyLayer;
+use tower_mcp_policy::{Engine, FailMode, Policy, PolicyLayer, RedisCounters};
 
 /// The command-line options, or exit code 2 with the message.
 pub fn options_or_exit<T>(program: &str, options: Result<T, String>) -> T {
@@ -29,12 +29,81 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The policy layer from `path`, or exit code 1 with the error's path and line.
-pub fn load_layer(program: &str, path: &Path) -> PolicyLayer {
-    PolicyLayer::from_file(path).unwrap_or_else(|err| {
+/// Where the counters live: in this process (the default), or in Redis.
+#[derive(Debug, Default)]
+pub struct Store {
+    /// `--redis URL`.
+    pub redis: Option<String>,
+    /// `--fail-open`: while Redis is unreachable, allow limited calls uncounted.
+    pub fail_open: bool,
+}
+
+/// The usage text of the store options.
+pub const STORE_USAGE: &str = "[--redis URL [--fail-open]]";
+
+impl Store {
+    /// Takes `arg` (and its value from `args`) when it is a store option.
+    pub fn accept(
+        &mut self,
+        arg: &str,
+        args: &mut impl Iterator<Item = String>,
+    ) -> Result<bool, String> {
+        match arg {
+            "--redis" => self.redis = Some(args.next().ok_or("--redis needs a URL")?),
+            "--fail-open" => self.fail_open = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// The policy layer, on in-memory or Redis counters.
+pub enum AnyLayer {
+    Memory(PolicyLayer),
+    Redis(PolicyLayer<RedisCounters>),
+}
+
+/// The policy layer for `path` on `store`, or exit code 1 with the error (the policy's
+/// path and line, or why Redis cannot be reached).
+pub async fn load_layer(program: &str, path: &Path, store: &Store) -> AnyLayer {
+    let policy = Policy::from_file(path).unwrap_or_else(|err| {
         eprintln!("{program}: cannot load the policy: {err}");
         std::process::exit(1);
-    })
+    });
+    let Some(url) = &store.redis else {
+        return AnyLayer::Memory(PolicyLayer::new(policy));
+    };
+    let fail = if store.fail_open {
+        FailMode::Open
+    } else {
+        FailMode::Closed
+    };
+    let counters = RedisCounters::builder(url.as_str())
+        .fail_mode(fail)
+        .connect()
+        .await
+        .unwrap_or_else(|err| {
+            eprintln!("{program}: cannot use Redis at {url}: {err}");
+            std::process::exit(1);
+        });
+    AnyLayer::Redis(PolicyLayer::from_engine(Engine::with_counters(
+        policy, counters,
+    )))
+}
+
+/// Where the counters are, for the start-up banner.
+pub fn describe(store: &Store) -> String {
+    match &store.redis {
+        None => "counters in memory".to_owned(),
+        Some(url) => {
+            let mode = if store.fail_open {
+                "fail open"
+            } else {
+                "fail closed"
+            };
+            format!("counters in Redis at {url} ({mode})")
+        }
+    }
 }
 
 /// A listener on `address`, or exit code 1.
