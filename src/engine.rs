@@ -249,6 +249,14 @@ impl PendingCharges<'_> {
         &self.charges
     }
 
+    /// Each charge with the index (among the request's calls) of the call it pays for.
+    pub fn charges_by_call(&self) -> impl Iterator<Item = (usize, &Charge)> + '_ {
+        self.owners
+            .iter()
+            .map(|&(call, _)| call)
+            .zip(self.charges.iter())
+    }
+
     /// The same, independent of the request's bytes, to keep while a store is awaited.
     pub fn into_owned(self) -> PendingCharges<'static> {
         PendingCharges {

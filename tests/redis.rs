@@ -545,3 +545,68 @@ async fn two_demo_servers_on_one_redis_give_one_budget_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_with_an_error_leaves_the_redis_budget_as_it_was() {
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+            {"counter":"c","window":"hour","max":1}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"backend down"}}"#;
+    for (content_type, body) in [
+        ("application/json", error.to_owned()),
+        (
+            "text/event-stream",
+            format!("event: message\ndata: {error}\n\n"),
+        ),
+    ] {
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f = fail.clone();
+        let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
+            let body = if f.load(Ordering::SeqCst) {
+                body.clone()
+            } else {
+                r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#.to_owned()
+            };
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+            std::future::ready(Ok::<_, Infallible>(response))
+        });
+        let counters = redis
+            .builder()
+            .prefix(format!("{content_type}:"))
+            .connect()
+            .await
+            .unwrap();
+        let service = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), counters))
+            .layer(upstream);
+        let first = service.clone().oneshot(call("t", "alice")).await.unwrap();
+        let text = String::from_utf8_lossy(&first.into_body().collect().await.unwrap().to_bytes())
+            .into_owned();
+        assert!(text.contains("backend down"), "{text}");
+        fail.store(false, Ordering::SeqCst);
+        // The refund is applied in the background: the budget comes back promptly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let again = answer(service.clone().oneshot(call("t", "alice")).await.unwrap()).await;
+            if !denied(&again) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{content_type}: not refunded: {again}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let spent = answer(service.clone().oneshot(call("t", "alice")).await.unwrap()).await;
+        assert!(
+            denied(&spent),
+            "{content_type}: refunded once, and the call that ran is charged"
+        );
+    }
+}

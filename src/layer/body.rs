@@ -9,7 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use super::filter::{SseSplitter, filter_event, filter_message};
+use super::filter::{SseSplitter, event_data, filter_event, filter_message};
+use super::refund::Watch;
 use super::response::INTERNAL_ERROR;
 use crate::policy::Policy;
 
@@ -61,8 +62,25 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { bytes: Option<Bytes> },
-        Sse { #[pin] body: B, splitter: SseSplitter, policy: Arc<Policy>, done: bool },
-        Json { #[pin] body: B, buffer: BytesMut, limit: usize, policy: Arc<Policy>, done: bool },
+        // An event stream, event by event: filtered when `policy` is set, watched for
+        // error answers (refunds) when `watch` is.
+        Sse {
+            #[pin] body: B,
+            splitter: SseSplitter,
+            policy: Option<Arc<Policy>>,
+            watch: Option<Watch>,
+            done: bool,
+        },
+        // A whole JSON answer: buffered and filtered when `policy` is set; otherwise
+        // passed on frame by frame, a copy kept (up to `limit`) to watch for errors.
+        Json {
+            #[pin] body: B,
+            buffer: BytesMut,
+            limit: usize,
+            policy: Option<Arc<Policy>>,
+            watch: Option<Watch>,
+            done: bool,
+        },
     }
 }
 
@@ -85,24 +103,31 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn sse(body: B, policy: Arc<Policy>) -> Self {
+    pub(crate) fn sse(body: B, policy: Option<Arc<Policy>>, watch: Option<Watch>) -> Self {
         ResponseBody {
             kind: Kind::Sse {
                 body,
                 splitter: SseSplitter::default(),
                 policy,
+                watch,
                 done: false,
             },
         }
     }
 
-    pub(crate) fn json(body: B, policy: Arc<Policy>, limit: usize) -> Self {
+    pub(crate) fn json(
+        body: B,
+        policy: Option<Arc<Policy>>,
+        limit: usize,
+        watch: Option<Watch>,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Json {
                 body,
                 buffer: BytesMut::new(),
                 limit,
                 policy,
+                watch,
                 done: false,
             },
         }
@@ -139,29 +164,39 @@ where
                 mut body,
                 splitter,
                 policy,
+                watch,
                 done,
             } => loop {
-                // Whole events go out as soon as they are complete, one frame each.
-                if let Some(event) = splitter.next_event() {
-                    let out = filter_event(&event, policy).unwrap_or(event);
-                    if out.is_empty() {
+                let event = match splitter.next_event() {
+                    Some(event) => event,
+                    None if *done => match splitter.rest() {
+                        Some(rest) => rest,
+                        None => return Poll::Ready(None),
+                    },
+                    None => {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => match frame.into_data() {
+                                Ok(data) => splitter.push(&data),
+                                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                            },
+                            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                            None => *done = true,
+                        }
                         continue;
                     }
+                };
+                // Whole events go out as soon as they are complete, one frame each.
+                if let Some(watch) = watch
+                    && let Some(data) = event_data(&event)
+                {
+                    watch.message(data.as_bytes());
+                }
+                let out = match policy {
+                    Some(policy) => filter_event(&event, policy).unwrap_or(event),
+                    None => event,
+                };
+                if !out.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(out))));
-                }
-                if *done {
-                    let rest = splitter
-                        .rest()
-                        .map(|rest| filter_event(&rest, policy).unwrap_or(rest));
-                    return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
-                }
-                match ready!(body.as_mut().poll_frame(cx)) {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => splitter.push(&data),
-                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                    },
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    None => *done = true,
                 }
             },
             KindProj::Json {
@@ -169,6 +204,7 @@ where
                 buffer,
                 limit,
                 policy,
+                watch,
                 done,
             } => loop {
                 if *done {
@@ -177,6 +213,12 @@ where
                 match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) if buffer.len() + data.len() > *limit => {
+                            // Too large to read: nothing is refunded.
+                            *watch = None;
+                            buffer.clear();
+                            if policy.is_none() {
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
                             *done = true;
                             tracing::warn!(
                                 target: "tower_mcp_policy",
@@ -185,6 +227,13 @@ where
                             );
                             return Poll::Ready(Some(Ok(Frame::data(unfilterable()))));
                         }
+                        Ok(data) if policy.is_none() => {
+                            // Watching only: the frame goes on at once, a copy stays.
+                            if watch.is_some() {
+                                buffer.extend_from_slice(&data);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
                         Ok(data) => buffer.extend_from_slice(&data),
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     },
@@ -192,6 +241,12 @@ where
                     None => {
                         *done = true;
                         let bytes = buffer.split().freeze();
+                        if let Some(watch) = watch {
+                            watch.message(&bytes);
+                        }
+                        let Some(policy) = policy else {
+                            return Poll::Ready(None);
+                        };
                         return Poll::Ready(Some(Ok(Frame::data(filter_json(bytes, policy)))));
                     }
                 }

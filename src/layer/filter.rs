@@ -259,9 +259,29 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
     // As a client decodes the stream; a BOM can only be where the stream starts.
     let text = String::from_utf8_lossy(event);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut data = String::new();
+    let (data, other_lines) = event_fields(text);
+    let message = filter_message(data?.as_bytes(), policy)?;
+    let mut out = String::with_capacity(event.len());
+    for line in other_lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&message);
+    out.push_str("\n\n");
+    Some(Bytes::from(out))
+}
+
+/// The data of an SSE event (its `data` lines joined), if it has any.
+pub(crate) fn event_data(event: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(event);
+    event_fields(text.strip_prefix('\u{feff}').unwrap_or(&text)).0
+}
+
+/// An event's data (`None` without `data` lines) and its other lines.
+fn event_fields(text: &str) -> (Option<String>, Vec<&str>) {
+    let mut data: Option<String> = None;
     let mut other_lines = Vec::new();
-    let mut has_data = false;
     for line in text
         .split_inclusive(['\n', '\r'])
         .map(|l| l.trim_end_matches(['\n', '\r']))
@@ -274,28 +294,18 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
             None => (line, ""),
         };
         if field == "data" {
-            if has_data {
-                data.push('\n');
+            match &mut data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
             }
-            data.push_str(value);
-            has_data = true;
         } else {
             other_lines.push(line);
         }
     }
-    if !has_data {
-        return None;
-    }
-    let message = filter_message(data.as_bytes(), policy)?;
-    let mut out = String::with_capacity(event.len());
-    for line in other_lines {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("data: ");
-    out.push_str(&message);
-    out.push_str("\n\n");
-    Some(Bytes::from(out))
+    (data, other_lines)
 }
 
 #[cfg(test)]

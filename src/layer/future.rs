@@ -17,6 +17,7 @@ use tower_service::Service;
 use super::ResponseBody;
 use super::body::PolicyBody;
 use super::deadline::Deadline;
+use super::refund::Charged;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
     BoxError, Charging, Forwarded, Holds, Judged, Judgment, MCP_SESSION_ID, Shared,
@@ -125,7 +126,14 @@ where
         );
         let state = if bodiless && body.is_end_stream() {
             // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
-            calling(&shared, &mut inner, parts, Bytes::new(), Holds::default())
+            calling(
+                &shared,
+                &mut inner,
+                parts,
+                Bytes::new(),
+                Holds::default(),
+                None,
+            )
         } else if bodiless {
             // They never carry a body nobody read: read it, and refuse any byte.
             State::Reading {
@@ -170,6 +178,7 @@ fn calling<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     holds: Holds,
+    charged: Option<Charged>,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
@@ -177,6 +186,7 @@ where
 {
     let forwarded = Forwarded {
         holds,
+        charged,
         session: parts.headers.get(&MCP_SESSION_ID).cloned(),
         deletes: parts.method == Method::DELETE,
     };
@@ -199,7 +209,9 @@ where
     S: CounterStore,
 {
     match judged {
-        Judged::Forward(holds) => calling(shared, &mut inner, parts, bytes, holds),
+        Judged::Forward(holds, charged) => {
+            calling(shared, &mut inner, parts, bytes, holds, charged)
+        }
         Judged::Answer(response) => State::Answered {
             response: Some(response),
         },
@@ -270,7 +282,14 @@ where
                             let (parts, mut inner) = request.take().expect("read until answered");
                             let bytes = buffer.take();
                             if !*judge {
-                                calling(this.shared, &mut inner, parts, bytes, Holds::default())
+                                calling(
+                                    this.shared,
+                                    &mut inner,
+                                    parts,
+                                    bytes,
+                                    Holds::default(),
+                                    None,
+                                )
                             } else {
                                 match this.shared.judge(&parts, &bytes) {
                                     Judgment::Judged(judged) => {
@@ -292,7 +311,14 @@ where
                     after_judging(this.shared, inner, judged, parts, bytes)
                 }
                 StateProj::Calling { future, forwarded } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(err) => {
+                            this.shared.failed(forwarded);
+                            return Poll::Ready(Err(err));
+                        }
+                    };
+                    let forwarded = std::mem::take(forwarded);
                     return Poll::Ready(Ok(this.shared.wrap(response, forwarded)));
                 }
                 StateProj::Answered { response } => {

@@ -64,6 +64,7 @@ mod filter;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod refund;
 mod request;
 mod response;
 mod service;

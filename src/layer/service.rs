@@ -16,6 +16,7 @@ use tower_service::Service;
 use super::body::{PolicyBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
+use super::refund::{Charged, Watch};
 use super::request::{Refused, check_routing_headers, single};
 use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
@@ -180,8 +181,8 @@ where
 
 /// What the policy made of a decoded body.
 pub(crate) enum Judged<B> {
-    /// Forward it.
-    Forward(Holds),
+    /// Forward it; the charges it paid, if any.
+    Forward(Holds, Option<Charged>),
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
 }
@@ -199,6 +200,8 @@ pub(crate) struct Holds {
 #[derive(Debug, Default)]
 pub(crate) struct Forwarded {
     pub holds: Holds,
+    /// The charges the request paid, for refunds.
+    pub charged: Option<Charged>,
     /// The request's `Mcp-Session-Id`, if any.
     pub session: Option<http::HeaderValue>,
     /// A DELETE: a successful answer ends the session.
@@ -261,13 +264,18 @@ impl<S: CounterStore> Shared<S> {
         };
         let calls = inspected.calls();
         let pending = match self.engine.prepare(&calls, &inspected.keys) {
-            Prepared::Done(verdict) => return Judgment::Judged(self.conclude(&inspected, verdict)),
+            Prepared::Done(verdict) => {
+                return Judgment::Judged(self.conclude(&inspected, verdict, None));
+            }
             Prepared::Charge(pending) => pending,
         };
         let counters = self.engine.counters();
         if let Some(result) = counters.charge_now(pending.charges()) {
+            let charged = result
+                .is_ok()
+                .then(|| Charged::new(&pending, &inspected.decoded));
             let verdict = pending.finish(logged(result));
-            return Judgment::Judged(self.conclude(&inspected, verdict));
+            return Judgment::Judged(self.conclude(&inspected, verdict, charged));
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
@@ -286,8 +294,11 @@ impl<S: CounterStore> Shared<S> {
         charging: Charging,
         result: Result<(), ChargeError>,
     ) -> Judged<B> {
+        let charged = result
+            .is_ok()
+            .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
         let verdict = charging.pending.finish(logged(result));
-        self.conclude(&charging.inspected, verdict)
+        self.conclude(&charging.inspected, verdict, charged)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
@@ -329,10 +340,15 @@ impl<S: CounterStore> Shared<S> {
     }
 
     /// Forward, or answer the refusal; one tracing event per judged call.
-    fn conclude<B>(&self, inspected: &Inspected<'_>, verdict: Verdict) -> Judged<B> {
+    fn conclude<B>(
+        &self,
+        inspected: &Inspected<'_>,
+        verdict: Verdict,
+        charged: Option<Charged>,
+    ) -> Judged<B> {
         trace_decisions(&inspected.decoded, &verdict, &inspected.keys);
         match verdict {
-            Verdict::Forward => Judged::Forward(inspected.holds),
+            Verdict::Forward => Judged::Forward(inspected.holds, charged),
             Verdict::Refuse(refusals) => {
                 Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
             }
@@ -414,29 +430,36 @@ impl<S: CounterStore> Shared<S> {
         }
     }
 
-    /// Handles the inner response: records issued and ended sessions, and makes sure
-    /// hidden tools never show in a tool list: every SSE stream is filtered event by
-    /// event, and any other answer to a tools/list request is filtered whole.
+    /// Handles the inner response: records issued and ended sessions; refunds the
+    /// charges of calls the server did not run; and makes sure hidden tools never show
+    /// in a tool list: every SSE stream is filtered event by event, and any other
+    /// answer to a tools/list request is filtered whole.
     pub(crate) fn wrap<B>(
         &self,
         mut response: Response<B>,
-        forwarded: &Forwarded,
+        forwarded: Forwarded,
     ) -> Response<ResponseBody<B>> {
-        self.track_sessions(&response, forwarded);
-        let lists_tools = forwarded.holds.lists_tools;
-        let policy = self.engine.policy();
-        if !policy.hides_anything() {
-            return response.map(ResponseBody::inner);
+        self.track_sessions(&response, &forwarded);
+        let mut charged = forwarded.charged;
+        if let Some(charged) = &mut charged
+            && matches!(response.status().as_u16(), 502..=504)
+        {
+            // The server was not reached: nothing ran.
+            charged.refund_all(&*self.engine);
         }
+        let watch = charged.filter(|c| !c.is_empty()).map(|charged| Watch {
+            charged,
+            refunder: self.engine.clone(),
+        });
+        let policy = self.engine.policy();
+        let hides = policy.hides_anything();
         let headers = response.headers();
         let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"));
-        if !is_sse && !lists_tools {
-            return response.map(ResponseBody::inner);
-        }
+        let filter = hides && (is_sse || forwarded.holds.lists_tools);
         let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
             v.to_str()
                 .map(|v| {
@@ -445,7 +468,7 @@ impl<S: CounterStore> Shared<S> {
                 })
                 .unwrap_or(true)
         });
-        if encoded {
+        if encoded && filter {
             tracing::warn!(
                 target: "tower_mcp_policy",
                 "the server compressed a response the policy must filter; refused"
@@ -457,13 +480,26 @@ impl<S: CounterStore> Shared<S> {
                 "the server compressed a response that the policy layer must read to remove hidden tools",
             );
         }
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-        let policy = policy.clone();
+        if !filter && (watch.is_none() || encoded) {
+            // Nothing to filter, and nothing to watch (or nothing readable): untouched.
+            return response.map(ResponseBody::inner);
+        }
+        let policy = filter.then(|| policy.clone());
+        if filter {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        let limit = self.config.max_filtered_response;
         if is_sse {
-            response.map(|body| ResponseBody::sse(body, policy))
+            response.map(|body| ResponseBody::sse(body, policy, watch))
         } else {
-            let limit = self.config.max_filtered_response;
-            response.map(|body| ResponseBody::json(body, policy, limit))
+            response.map(|body| ResponseBody::json(body, policy, limit, watch))
+        }
+    }
+
+    /// Refunds every charge of a forwarded request whose inner service failed.
+    pub(crate) fn failed(&self, forwarded: &mut Forwarded) {
+        if let Some(charged) = &mut forwarded.charged {
+            charged.refund_all(&*self.engine);
         }
     }
 }

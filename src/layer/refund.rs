@@ -1,0 +1,122 @@
+//! Refunds: charges given back when the call they paid for did not run.
+//!
+//! A call did not run when the server answers it with a JSON-RPC **error** (a tool
+//! result with `isError: true` ran, and is not refunded), or when the server could not
+//! be reached: the inner service failed, or answered 502, 503 or 504. Only those calls
+//! are refunded, once each, so nobody gains quota this way. An answer the layer cannot
+//! read refunds nothing.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use smallvec::SmallVec;
+
+use crate::counter::{Charge, CounterStore};
+use crate::engine::{Engine, PendingCharges};
+use crate::jsonrpc::{Decoded, Id};
+
+/// Something that can give charges back: the layer's engine, whatever its store.
+pub(crate) trait Refunder: Send + Sync {
+    fn refund(&self, charges: &[Charge]);
+}
+
+impl<S: CounterStore> Refunder for Engine<S> {
+    fn refund(&self, charges: &[Charge]) {
+        self.counters().refund(charges);
+    }
+}
+
+/// The charges a forwarded request paid, by the id of the call each paid for.
+#[derive(Debug, Default)]
+pub(crate) struct Charged {
+    /// (the call's id, `None` for a notification; the charge)
+    charges: SmallVec<[(Option<Id>, Charge); 2]>,
+}
+
+impl Charged {
+    /// The charges of `pending`, which were applied, for the calls of `decoded`.
+    pub fn new(pending: &PendingCharges<'_>, decoded: &Decoded<'_>) -> Charged {
+        let ids: SmallVec<[Option<&Id>; 2]> = decoded
+            .messages()
+            .iter()
+            .filter(|m| m.tool_call().is_some())
+            .map(|m| m.id())
+            .collect();
+        Charged {
+            charges: pending
+                .charges_by_call()
+                .map(|(call, charge)| (ids.get(call).copied().flatten().cloned(), *charge))
+                .collect(),
+        }
+    }
+
+    /// Gives every charge back (the server was not reached).
+    pub fn refund_all(&mut self, refunder: &dyn Refunder) {
+        let charges: SmallVec<[Charge; 4]> = self.charges.drain(..).map(|(_, c)| c).collect();
+        if !charges.is_empty() {
+            refunder.refund(&charges);
+        }
+    }
+
+    /// Gives back the charges of every call that `message` (a JSON-RPC message or
+    /// batch, as sent by the server) answers with an error.
+    pub fn refund_errors(&mut self, message: &[u8], refunder: &dyn Refunder) {
+        if self.charges.is_empty() || !memchr_error(message) {
+            return;
+        }
+        let Ok(message) = serde_json::from_slice::<Value>(message) else {
+            return; // unreadable: refund nothing
+        };
+        let answers = match &message {
+            Value::Array(items) => items.iter().collect(),
+            single => vec![single],
+        };
+        let mut back: SmallVec<[Charge; 4]> = SmallVec::new();
+        for answer in answers {
+            let failed =
+                answer.get("error").is_some_and(Value::is_object) && answer.get("result").is_none();
+            let Some(id) = answer.get("id").filter(|_| failed) else {
+                continue;
+            };
+            self.charges.retain(|(call, charge)| {
+                let matches = call.as_ref().is_some_and(|call| same_id(call, id));
+                if matches {
+                    back.push(*charge);
+                }
+                !matches
+            });
+        }
+        if !back.is_empty() {
+            refunder.refund(&back);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.charges.is_empty()
+    }
+}
+
+fn same_id(call: &Id, answer: &Value) -> bool {
+    match (call, answer) {
+        (Id::Number(a), Value::Number(b)) => a == b,
+        (Id::String(a), Value::String(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A cheap test before parsing: an error answer mentions `"error"`.
+fn memchr_error(data: &[u8]) -> bool {
+    data.windows(7).any(|w| w == b"\"error\"")
+}
+
+/// What a response body needs to refund the calls the server answers with errors.
+pub(crate) struct Watch {
+    pub charged: Charged,
+    pub refunder: Arc<dyn Refunder>,
+}
+
+impl Watch {
+    pub fn message(&mut self, data: &[u8]) {
+        self.charged.refund_errors(data, &*self.refunder);
+    }
+}

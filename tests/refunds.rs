@@ -1,0 +1,196 @@
+//! Refunds (oneshot, in-memory counters): a charged call the server did not run gives
+//! its charges back; a call that ran, even with `isError: true`, does not.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use governor::clock::FakeRelativeClock;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{Policy, PolicyLayer};
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
+    "write":{"limits":[{"counter":"w","window":"minute","max":1}]},
+    "read":{"limits":[{"counter":"r","window":"minute","max":1}]}}}"#;
+
+/// What the test server answers to every request.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Result,
+    ToolError,
+    RpcError,
+    SseRpcError,
+    SseResult,
+    Status(u16),
+    Fail,
+    /// A batch of two: the first call fails, the second runs.
+    BatchFirstFails,
+}
+
+fn body_for(answer: Answer) -> (&'static str, String) {
+    let result = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"backend down"}}"#;
+    match answer {
+        Answer::Result => ("application/json", result.to_owned()),
+        Answer::ToolError => (
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#.to_owned(),
+        ),
+        Answer::RpcError => ("application/json", error.to_owned()),
+        Answer::SseRpcError => (
+            "text/event-stream",
+            format!("event: message\ndata: {error}\n\n"),
+        ),
+        Answer::SseResult => (
+            "text/event-stream",
+            format!("event: message\ndata: {result}\n\n"),
+        ),
+        Answer::BatchFirstFails => (
+            "application/json",
+            r#"[{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no"}},
+                {"jsonrpc":"2.0","id":2,"result":{"content":[]}}]"#
+                .to_owned(),
+        ),
+        Answer::Status(_) | Answer::Fail => ("text/plain", String::new()),
+    }
+}
+
+struct Server {
+    answer: Arc<std::sync::Mutex<Answer>>,
+    runs: Arc<AtomicUsize>,
+}
+
+type Service = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<tower_mcp_policy::layer::ResponseBody<Full<Bytes>>>,
+    std::io::Error,
+>;
+
+fn service() -> (Service, Server) {
+    let answer = Arc::new(std::sync::Mutex::new(Answer::Result));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (a, r) = (answer.clone(), runs.clone());
+    let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
+        let answer = *a.lock().unwrap();
+        r.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(match answer {
+            Answer::Fail => Err(std::io::Error::other("connection reset")),
+            Answer::Status(code) => {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::from_u16(code).unwrap();
+                Ok(response)
+            }
+            other => {
+                let (content_type, body) = body_for(other);
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response
+                    .headers_mut()
+                    .insert("content-type", content_type.parse().unwrap());
+                Ok(response)
+            }
+        })
+    });
+    let policy: Policy = POLICY.parse().unwrap();
+    let layer = PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default());
+    let service = tower::util::BoxCloneService::new(layer.layer(upstream));
+    (service, Server { answer, runs })
+}
+
+fn call(tool: &str) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}});
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// Sends a call, reads the whole answer; true when the policy denied it.
+async fn denied(service: &Service, request: Request<Full<Bytes>>) -> bool {
+    match service.clone().oneshot(request).await {
+        Err(_) => false,
+        Ok(response) => {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&bytes).contains("[POLICY DENIED]")
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_the_server_did_not_run_are_refunded() {
+    for answer in [
+        Answer::RpcError,
+        Answer::SseRpcError,
+        Answer::Status(502),
+        Answer::Status(503),
+        Answer::Status(504),
+        Answer::Fail,
+    ] {
+        let (service, server) = service();
+        *server.answer.lock().unwrap() = answer;
+        assert!(!denied(&service, call("write")).await, "{answer:?}");
+        // The budget of one is still there: the server did not run the call.
+        *server.answer.lock().unwrap() = Answer::Result;
+        assert!(
+            !denied(&service, call("write")).await,
+            "{answer:?} was refunded"
+        );
+        assert!(
+            denied(&service, call("write")).await,
+            "{answer:?}: and only once"
+        );
+        assert_eq!(server.runs.load(Ordering::SeqCst), 2, "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn calls_that_ran_are_not_refunded() {
+    for answer in [
+        Answer::Result,
+        Answer::ToolError,
+        Answer::SseResult,
+        Answer::Status(500),
+    ] {
+        let (service, server) = service();
+        *server.answer.lock().unwrap() = answer;
+        assert!(!denied(&service, call("write")).await, "{answer:?}");
+        assert!(
+            denied(&service, call("write")).await,
+            "{answer:?} ran: no refund"
+        );
+        assert_eq!(server.runs.load(Ordering::SeqCst), 1, "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_a_batch_only_the_calls_answered_with_errors_are_refunded() {
+    let (service, server) = service();
+    *server.answer.lock().unwrap() = Answer::BatchFirstFails;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "write"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "read"}},
+    ]);
+    let request = Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(batch.to_string())))
+        .unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    let answer: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        answer[0]["error"]["code"], -32000,
+        "the server's answer passes unchanged"
+    );
+    *server.answer.lock().unwrap() = Answer::Result;
+    assert!(
+        !denied(&service, call("write")).await,
+        "write (id 1) failed: refunded"
+    );
+    assert!(
+        denied(&service, call("read")).await,
+        "read (id 2) ran: not refunded"
+    );
+}
