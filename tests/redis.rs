@@ -314,6 +314,35 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
         1,
         "the charge was counted in the new Redis: {keys:?}"
     );
+    // The shared hashing secret is back in the new Redis, for replicas that start now.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let secret: Option<String> = redis::cmd("GET")
+            .arg("mcp-policy:scope-hasher-key")
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        if secret.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the secret was not written back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = redis.builder().connect().await.unwrap();
+    let late = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), late))
+        .layer(upstream(runs.clone()));
+    let spent = answer(late.oneshot(call("limited", "a")).await.unwrap()).await;
+    assert!(!denied(&spent));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcp-policy:*:*")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        1,
+        "a replica started after the restart counts in the same bucket: {keys:?}"
+    );
 }
 
 /// The quotas of the differential test: (max, window), each with a whole number of

@@ -73,6 +73,8 @@ struct Inner {
     deadline: Duration,
     fail: FailMode,
     hasher: ScopeHasher,
+    /// The hasher's key as stored in Redis (32 hex digits).
+    secret: String,
     breaker: Mutex<Breaker>,
 }
 
@@ -151,6 +153,7 @@ impl RedisCountersBuilder {
                 deadline: self.deadline,
                 fail: self.fail,
                 hasher: ScopeHasher::with_key(key),
+                secret,
                 breaker: Mutex::new(Breaker::default()),
             }),
         })
@@ -249,7 +252,9 @@ impl Inner {
                 return self.unavailable(StoreError::new(error));
             }
         };
-        self.breaker().succeeded();
+        if self.breaker().succeeded() {
+            self.reseed();
+        }
         match answer {
             (0, _) => Ok(()),
             (index, wait) => {
@@ -261,6 +266,39 @@ impl Inner {
                 Err(ChargeError::Exceeded { index, retry_after })
             }
         }
+    }
+
+    /// After an outage: Redis may have restarted empty, so the shared hashing secret
+    /// is written back (`SET NX`) for replicas that start later; a different secret
+    /// already there means replicas now count one caller in two buckets: an ERROR.
+    fn reseed(self: &Inner) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut connection = self.connection.clone();
+        let key = format!("{}scope-hasher-key", self.prefix);
+        let ours = self.secret.clone();
+        runtime.spawn(async move {
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&ours)
+                .arg("NX")
+                .query_async(&mut connection)
+                .await;
+            let stored: redis::RedisResult<String> = connection.get(&key).await;
+            match (set, stored) {
+                (Ok(_), Ok(stored)) if stored == ours => {}
+                (Ok(_), Ok(_)) => tracing::error!(
+                    target: "tower_mcp_policy",
+                    "Redis holds another scope hasher key than this replica: replicas will count \
+                     the same caller in different buckets until they restart"
+                ),
+                (Err(err), _) | (_, Err(err)) => tracing::warn!(
+                    target: "tower_mcp_policy",
+                    "could not write the scope hasher key back to Redis: {err}"
+                ),
+            }
+        });
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -321,8 +359,11 @@ impl Breaker {
         self.retry_at = Some(Instant::now() + backoff);
     }
 
-    fn succeeded(&mut self) {
+    /// Records a success; true when it ends an outage.
+    fn succeeded(&mut self) -> bool {
+        let recovered = self.failures > 0;
         *self = Breaker::default();
+        recovered
     }
 }
 
