@@ -3,10 +3,11 @@
 //! fails: `apt-get install redis-server`.
 
 mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,83 +16,13 @@ use bytes::Bytes;
 use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
+use redis_server::Redis;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
-use tower_mcp_policy::counter::RedisCountersBuilder;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{
-    Charge, ChargeError, Engine, FailMode, MemoryCounters, Policy, PolicyLayer, RedisCounters,
-    ScopeHasher,
+    Charge, ChargeError, Engine, FailMode, MemoryCounters, Policy, PolicyLayer, ScopeHasher,
 };
-
-/// A `redis-server` of this test's own; killed when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis { child: None, port };
-        redis.restart();
-        redis
-    }
-
-    /// Starts (again) on the same port.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is needed for these tests (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn builder(&self) -> RedisCountersBuilder {
-        RedisCounters::builder(self.url())
-    }
-
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn seed_policy() -> Arc<Policy> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

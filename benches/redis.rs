@@ -1,0 +1,193 @@
+//! Redis counters against in-memory ones, in one run (needs redis-server; see README):
+//!
+//! 1. criterion: one `tools/call` through `PolicyLayer` (a trivial inner service), with
+//!    the counter in memory or in Redis on loopback, 1 and 64 requests in flight;
+//! 2. Redis commands per request (`INFO commandstats`), which must be 1;
+//! 3. the demo server's HTTP throughput (rmcp, stateless JSON) under 32 keep-alive
+//!    connections, with and without `--redis`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{CounterStore, Engine, Policy, PolicyLayer};
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
+    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer 9f86d081884c7d659a2feaa0c55ad015")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap()
+}
+
+/// One request through `layer` around a trivial server; true when forwarded.
+async fn once<S: CounterStore>(layer: &PolicyLayer<S>) -> bool {
+    let inner = tower::service_fn(|_: Request<PolicyBody>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#),
+        ))))
+    });
+    let response = layer.clone().layer(inner).oneshot(request()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    !body.windows(8).any(|w| w == b"[POLICY ")
+}
+
+async fn many<S: CounterStore>(layer: &PolicyLayer<S>, n: usize) {
+    let all = (0..n).map(|_| once(layer));
+    for forwarded in futures::future::join_all(all).await {
+        assert!(forwarded);
+    }
+}
+
+fn policy() -> Arc<Policy> {
+    Arc::new(POLICY.parse().unwrap())
+}
+
+/// EVALSHA calls so far, and the Redis CPU time each took on average (microseconds).
+async fn evalsha_stats(redis: &redis_server::Redis) -> (u64, f64) {
+    let mut client = redis.client().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or("");
+    let field = |name: &str| -> f64 {
+        line.split(',')
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (field("calls=") as u64, field("usec_per_call="))
+}
+
+/// Requests per second through the demo server at `url`, 32 connections.
+async fn throughput(url: &str) -> f64 {
+    const CONNECTIONS: usize = 32;
+    const PER_CONNECTION: usize = 150;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let workers = (0..CONNECTIONS).map(|worker| {
+        let client = client.clone();
+        let url = url.to_owned();
+        async move {
+            for i in 0..PER_CONNECTION {
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"w{worker}"}}}}}}"#
+                );
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2025-06-18")
+                    .header("authorization", format!("Bearer worker-{worker}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let text = response.text().await.unwrap();
+                assert!(text.contains("\"result\"") && !text.contains("POLICY"), "{text}");
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    (CONNECTIONS * PER_CONNECTION) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = redis_server::Redis::start();
+    let memory = PolicyLayer::new(policy());
+    let remote = runtime.block_on(async {
+        let counters = redis.builder().connect().await.unwrap();
+        PolicyLayer::from_engine(Engine::with_counters(policy(), counters))
+    });
+
+    let mut group = c.benchmark_group("redis/tools_call");
+    group.bench_function("memory_1_in_flight", |b| {
+        b.iter(|| black_box(runtime.block_on(once(&memory))))
+    });
+    group.bench_function("redis_1_in_flight", |b| {
+        b.iter(|| black_box(runtime.block_on(once(&remote))))
+    });
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("memory_64_in_flight", |b| {
+        b.iter(|| runtime.block_on(many(&memory, 64)))
+    });
+    group.bench_function("redis_64_in_flight", |b| {
+        b.iter(|| runtime.block_on(many(&remote, 64)))
+    });
+    group.finish();
+
+    let (commands, requests, usec) = runtime.block_on(async {
+        let (before, _) = evalsha_stats(&redis).await;
+        many(&remote, 1000).await;
+        let (after, usec) = evalsha_stats(&redis).await;
+        (after - before, 1000, usec)
+    });
+    println!(
+        "redis commands per request: {:.2} (EVALSHA calls {commands} for {requests} requests); Redis CPU per call {usec:.1} us",
+        commands as f64 / requests as f64
+    );
+
+    let (in_memory, with_redis) = runtime.block_on(async {
+        let memory = common::Demo::start(PolicyLayer::new(demo_policy()), true).await;
+        let counters = redis.builder().prefix("demo:").connect().await.unwrap();
+        let remote = common::Demo::start(
+            PolicyLayer::from_engine(Engine::with_counters(demo_policy(), counters)),
+            true,
+        )
+        .await;
+        // Warm both up, then measure them alternately, twice each.
+        throughput(&memory.url()).await;
+        throughput(&remote.url()).await;
+        const ROUNDS: usize = 4;
+        let mut figures = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            figures.0 += throughput(&memory.url()).await / ROUNDS as f64;
+            figures.1 += throughput(&remote.url()).await / ROUNDS as f64;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        figures
+    });
+    println!(
+        "demo server, 32 connections: in memory {in_memory:.0} req/s, with Redis {with_redis:.0} req/s ({:.2} of in-memory)",
+        with_redis / in_memory
+    );
+}
+
+/// The demo's echo tool under a limit that never trips.
+fn demo_policy() -> Arc<Policy> {
+    Arc::new(
+        r#"{"version":"1","default":"allow","tools":{"echo":{
+            "limits":[{"counter":"echo","window":"day","max":4000000000}]}}}"#
+            .parse()
+            .unwrap(),
+    )
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
