@@ -1,6 +1,7 @@
 //! In-process counters on governor's keyed GCRA rate limiters.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -55,17 +56,42 @@ impl<C: Clock> std::fmt::Debug for MemoryCounters<C> {
     }
 }
 
+/// Limiters by counter. A [`CounterId`] is already a hash, so it is its own hash.
+type ByCounter<C> = HashMap<CounterId, Limiter<C>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a [`CounterId`] as the number it is.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (CounterId derives Hash over one u64); fold anything
+        // else in so the hasher stays correct if that ever changes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 struct Inner<C: Clock> {
     /// The limiters by counter; the lock also serializes charge transactions, so an
     /// undo never erases another request's charge.
-    limiters: Mutex<HashMap<CounterId, Limiter<C>>>,
+    limiters: Mutex<ByCounter<C>>,
     clock: C,
     transactions: AtomicU64,
     sweep_above: AtomicU64,
 }
 
 impl<C: Clock> Inner<C> {
-    fn limiters(&self) -> MutexGuard<'_, HashMap<CounterId, Limiter<C>>> {
+    fn limiters(&self) -> MutexGuard<'_, ByCounter<C>> {
         self.limiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -145,7 +171,7 @@ impl<C: Clock + Clone> MemoryCounters<C> {
     pub fn with_clock(clock: C) -> Self {
         MemoryCounters {
             inner: Arc::new(Inner {
-                limiters: Mutex::new(HashMap::new()),
+                limiters: Mutex::new(ByCounter::default()),
                 clock,
                 transactions: AtomicU64::new(0),
                 sweep_above: AtomicU64::new(SWEEP_MIN_KEYS),
