@@ -10,6 +10,7 @@ use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
 use crate::decision::{Allowed, Denial};
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
+use crate::source::Source;
 use crate::value::ArgValue;
 
 /// One tool call to judge: its name and its (possibly pruned) arguments.
@@ -81,14 +82,14 @@ pub enum Verdict {
 /// ```
 #[derive(Debug)]
 pub struct Engine<S = MemoryCounters> {
-    policy: Arc<Policy>,
+    source: Arc<Source>,
     counters: S,
 }
 
 impl<S: Clone> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Engine {
-            policy: self.policy.clone(),
+            source: self.source.clone(),
             counters: self.counters.clone(),
         }
     }
@@ -97,20 +98,14 @@ impl<S: Clone> Clone for Engine<S> {
 impl Engine<MemoryCounters<DefaultClock>> {
     /// An engine with in-memory counters on the default clock.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
-        Engine {
-            policy: policy.into(),
-            counters: MemoryCounters::new(),
-        }
+        Engine::with_counters(policy, MemoryCounters::new())
     }
 }
 
 impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
     /// An engine with in-memory counters on `clock` (a `FakeRelativeClock` in tests).
     pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
-        Engine {
-            policy: policy.into(),
-            counters: MemoryCounters::with_clock(clock),
-        }
+        Engine::with_counters(policy, MemoryCounters::with_clock(clock))
     }
 
     /// Decides one call now. Numbers in `args` are read as serde_json prints them.
@@ -128,7 +123,8 @@ impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
 
     /// Decides a request of several calls now.
     pub fn decide_all(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
-        match self.prepare(calls, scope) {
+        let policy = self.policy();
+        match self.prepare(&policy, calls, scope) {
             Prepared::Done(verdict) => verdict,
             Prepared::Charge(pending) => {
                 let result = self.counters.try_charge(&pending.charges);
@@ -142,14 +138,19 @@ impl<S> Engine<S> {
     /// An engine over any counter store (for example one shared by replicas).
     pub fn with_counters(policy: impl Into<Arc<Policy>>, counters: S) -> Self {
         Engine {
-            policy: policy.into(),
+            source: Arc::new(Source::new(policy.into())),
             counters,
         }
     }
 
-    /// The compiled policy.
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.policy
+    /// The policy in force now (a snapshot: it may be replaced while it is used; see
+    /// [`PolicyHandle`](crate::PolicyHandle)).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.source.snapshot()
+    }
+
+    pub(crate) fn source(&self) -> &Arc<Source> {
+        &self.source
     }
 
     /// The counter store.
@@ -157,12 +158,18 @@ impl<S> Engine<S> {
         &self.counters
     }
 
-    /// Phase 1 for every call: the rules, and the charges to apply if all pass.
-    pub fn prepare<'p>(&'p self, calls: &[Call<'p>], scope: &ScopeKeys) -> Prepared<'p> {
+    /// Phase 1 for every call under `policy` (one snapshot for the whole request): the
+    /// rules, and the charges to apply if all pass.
+    pub fn prepare<'p>(
+        &self,
+        policy: &'p Policy,
+        calls: &[Call<'p>],
+        scope: &ScopeKeys,
+    ) -> Prepared<'p> {
         let mut allowed: SmallVec<[Allowed<'p>; 1]> = SmallVec::with_capacity(calls.len());
         let mut denials: Vec<Option<Denial>> = Vec::new();
         for (i, call) in calls.iter().enumerate() {
-            match self.policy.evaluate(call.tool, call.args, scope) {
+            match policy.evaluate(call.tool, call.args, scope) {
                 Ok(ok) => allowed.push(ok),
                 Err(denial) => {
                     denials.resize(i, None);
@@ -203,7 +210,8 @@ impl<S: CounterStore> Engine<S> {
     /// waiting (see [`CounterStore::charge_now`]); `None`, having charged nothing,
     /// when it cannot.
     pub fn decide_now(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Option<Verdict> {
-        match self.prepare(calls, scope) {
+        let policy = self.policy();
+        match self.prepare(&policy, calls, scope) {
             Prepared::Done(verdict) => Some(verdict),
             Prepared::Charge(pending) => {
                 let result = self.counters.charge_now(&pending.charges)?;
@@ -214,7 +222,9 @@ impl<S: CounterStore> Engine<S> {
 
     /// Decides a request of several calls, charging through the store's future.
     pub async fn decide_async(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
-        match self.prepare(calls, scope) {
+        let policy = self.policy();
+        let prepared = self.prepare(&policy, calls, scope);
+        match prepared {
             Prepared::Done(verdict) => verdict,
             Prepared::Charge(pending) => {
                 let result = self.counters.charge(&pending.charges).await;

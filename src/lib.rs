@@ -31,6 +31,7 @@ pub mod layer;
 mod observe;
 mod policy;
 mod scope;
+mod source;
 mod value;
 
 pub use counter::{
@@ -46,4 +47,5 @@ pub use error::{PolicyError, PolicyErrorKind};
 pub use layer::{DenialFormat, Grant, PolicyLayer, PolicyService};
 pub use policy::{ArgPlan, CounterDef, Policy, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
+pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};

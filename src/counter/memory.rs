@@ -1,8 +1,8 @@
 //! In-process counters on governor's keyed GCRA rate limiters.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::future::{Ready, ready};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -324,5 +324,9 @@ where
 
     fn refund(&self, charges: &[Charge]) {
         self.give_back(charges);
+    }
+
+    fn retain_counters(&self, keep: &[CounterId]) {
+        self.inner.limiters().retain(|id, _| keep.contains(id));
     }
 }

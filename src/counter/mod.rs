@@ -252,4 +252,10 @@ pub trait CounterStore: Send + Sync + 'static {
     fn scope_hasher(&self) -> Option<crate::scope::ScopeHasher> {
         None
     }
+
+    /// Forgets every counter not in `keep` (after a policy replaced by one without
+    /// them). The default keeps everything (a store whose keys expire by themselves).
+    fn retain_counters(&self, keep: &[CounterId]) {
+        let _ = keep;
+    }
 }

@@ -25,6 +25,7 @@ use super::service::{
 };
 use crate::counter::CounterStore;
 use crate::jsonrpc::INVALID_REQUEST;
+use crate::policy::Policy;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
@@ -68,7 +69,7 @@ pin_project! {
         Calling {
             #[pin]
             future: Inner::Future,
-            forwarded: Forwarded,
+            forwarded: Option<Forwarded>,
         },
         // An answer of the layer's own.
         Answered {
@@ -126,11 +127,13 @@ where
         );
         let state = if bodiless && body.is_end_stream() {
             // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
+            let policy = shared.engine.policy();
             calling(
                 &shared,
                 &mut inner,
                 parts,
                 Bytes::new(),
+                policy,
                 Holds::default(),
                 None,
             )
@@ -177,6 +180,7 @@ fn calling<Inner, S, ReqBody, ResBody>(
     inner: &mut Inner,
     parts: Parts,
     bytes: Bytes,
+    policy: Arc<Policy>,
     holds: Holds,
     charged: Option<Charged>,
 ) -> State<Inner, S, ReqBody, ResBody>
@@ -184,16 +188,17 @@ where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
+    let parts = shared.prepare_forward(&policy, parts);
     let forwarded = Forwarded {
+        policy,
         holds,
         charged,
         session: parts.headers.get(&MCP_SESSION_ID).cloned(),
         deletes: parts.method == Method::DELETE,
     };
-    let parts = shared.prepare_forward(parts);
     State::Calling {
         future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
-        forwarded,
+        forwarded: Some(forwarded),
     }
 }
 
@@ -209,8 +214,8 @@ where
     S: CounterStore,
 {
     match judged {
-        Judged::Forward(holds, charged) => {
-            calling(shared, &mut inner, parts, bytes, holds, charged)
+        Judged::Forward(policy, holds, charged) => {
+            calling(shared, &mut inner, parts, bytes, policy, holds, charged)
         }
         Judged::Answer(response) => State::Answered {
             response: Some(response),
@@ -282,11 +287,13 @@ where
                             let (parts, mut inner) = request.take().expect("read until answered");
                             let bytes = buffer.take();
                             if !*judge {
+                                let policy = this.shared.engine.policy();
                                 calling(
                                     this.shared,
                                     &mut inner,
                                     parts,
                                     bytes,
+                                    policy,
                                     Holds::default(),
                                     None,
                                 )
@@ -314,11 +321,13 @@ where
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
                         Err(err) => {
-                            this.shared.failed(forwarded);
+                            if let Some(forwarded) = forwarded {
+                                this.shared.failed(forwarded);
+                            }
                             return Poll::Ready(Err(err));
                         }
                     };
-                    let forwarded = std::mem::take(forwarded);
+                    let forwarded = forwarded.take().expect("answered once");
                     return Poll::Ready(Ok(this.shared.wrap(response, forwarded)));
                 }
                 StateProj::Answered { response } => {

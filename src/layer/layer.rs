@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::error::PolicyError;
 use crate::policy::Policy;
 use crate::scope::ScopeHasher;
+use crate::source::PolicyHandle;
 
 /// The default request body limit: 4 MiB.
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -68,6 +69,15 @@ impl<S: CounterStore> PolicyLayer<S> {
     pub fn from_engine(engine: Engine<S>) -> Self {
         let hasher = engine.counters().scope_hasher();
         PolicyLayer::assemble(engine, hasher)
+    }
+
+    /// A handle that replaces this layer's policy while it serves (hot reload); see
+    /// [`PolicyHandle`]. Every service of the layer, and every clone, sees the change.
+    pub fn handle(&self) -> PolicyHandle
+    where
+        S: Clone,
+    {
+        PolicyHandle::new(self.engine.source().clone(), self.engine.counters().clone())
     }
 
     /// The hasher that turns credentials and session ids into counter keys. Replicas

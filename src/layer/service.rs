@@ -181,8 +181,8 @@ where
 
 /// What the policy made of a decoded body.
 pub(crate) enum Judged<B> {
-    /// Forward it; the charges it paid, if any.
-    Forward(Holds, Option<Charged>),
+    /// Forward it, under the policy it was judged by; the charges it paid, if any.
+    Forward(Arc<Policy>, Holds, Option<Charged>),
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
 }
@@ -197,8 +197,10 @@ pub(crate) struct Holds {
 }
 
 /// What the layer keeps of a forwarded request to handle its answer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Forwarded {
+    /// The policy the request was judged by: its answer is filtered by the same one.
+    pub policy: Arc<Policy>,
     pub holds: Holds,
     /// The charges the request paid, for refunds.
     pub charged: Option<Charged>,
@@ -250,6 +252,7 @@ pub(crate) enum Judgment<B, S: CounterStore> {
 
 /// What a request awaiting its charges keeps.
 pub(crate) struct Charging {
+    policy: Arc<Policy>,
     inspected: Inspected<'static>,
     pending: PendingCharges<'static>,
 }
@@ -258,14 +261,17 @@ impl<S: CounterStore> Shared<S> {
     /// Judges the body: the decision, or the store's future to await for it (nothing
     /// is charged until that future is polled).
     pub(crate) fn judge<B>(&self, parts: &Parts, bytes: &Bytes) -> Judgment<B, S> {
-        let inspected = match self.inspect(parts, bytes) {
+        // One snapshot of the policy for the whole request: the decode plan, the rules,
+        // and the filtering of its answer.
+        let policy = self.engine.policy();
+        let inspected = match self.inspect(&policy, parts, bytes) {
             Ok(inspected) => inspected,
             Err(answer) => return Judgment::Judged(Judged::Answer(answer)),
         };
         let calls = inspected.calls();
-        let pending = match self.engine.prepare(&calls, &inspected.keys) {
+        let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
             Prepared::Done(verdict) => {
-                return Judgment::Judged(self.conclude(&inspected, verdict, None));
+                return Judgment::Judged(self.conclude(&policy, &inspected, verdict, None));
             }
             Prepared::Charge(pending) => pending,
         };
@@ -275,7 +281,7 @@ impl<S: CounterStore> Shared<S> {
                 .is_ok()
                 .then(|| Charged::new(&pending, &inspected.decoded));
             let verdict = pending.finish(logged(result));
-            return Judgment::Judged(self.conclude(&inspected, verdict, charged));
+            return Judgment::Judged(self.conclude(&policy, &inspected, verdict, charged));
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
@@ -284,6 +290,7 @@ impl<S: CounterStore> Shared<S> {
         let charging = Charging {
             inspected: inspected.into_owned(),
             pending,
+            policy,
         };
         Judgment::Awaiting(future, charging)
     }
@@ -298,18 +305,18 @@ impl<S: CounterStore> Shared<S> {
             .is_ok()
             .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
         let verdict = charging.pending.finish(logged(result));
-        self.conclude(&charging.inspected, verdict, charged)
+        self.conclude(&charging.policy, &charging.inspected, verdict, charged)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
     #[allow(clippy::result_large_err)]
     fn inspect<'a, B>(
         &self,
+        policy: &Policy,
         parts: &Parts,
         bytes: &'a Bytes,
     ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
-        let policy = self.engine.policy();
-        let decoded = jsonrpc::decode(bytes, &**policy).map_err(|err| {
+        let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
             tracing::info!(
                 target: "tower_mcp_policy",
                 decision = "reject",
@@ -342,13 +349,14 @@ impl<S: CounterStore> Shared<S> {
     /// Forward, or answer the refusal; one tracing event per judged call.
     fn conclude<B>(
         &self,
+        policy: &Arc<Policy>,
         inspected: &Inspected<'_>,
         verdict: Verdict,
         charged: Option<Charged>,
     ) -> Judged<B> {
         trace_decisions(&inspected.decoded, &verdict, &inspected.keys);
         match verdict {
-            Verdict::Forward => Judged::Forward(inspected.holds, charged),
+            Verdict::Forward => Judged::Forward(policy.clone(), inspected.holds, charged),
             Verdict::Refuse(refusals) => {
                 Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
             }
@@ -403,8 +411,8 @@ impl<S: CounterStore> Shared<S> {
 
     /// When responses may need filtering, asks the server not to compress them: a
     /// compressed tool list could not be read, so it could not be filtered.
-    pub(crate) fn prepare_forward(&self, mut parts: Parts) -> Parts {
-        if self.engine.policy().hides_anything() {
+    pub(crate) fn prepare_forward(&self, policy: &Policy, mut parts: Parts) -> Parts {
+        if policy.hides_anything() {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 http::HeaderValue::from_static("identity"),
@@ -451,7 +459,7 @@ impl<S: CounterStore> Shared<S> {
             charged,
             refunder: self.engine.clone(),
         });
-        let policy = self.engine.policy();
+        let policy = forwarded.policy;
         let hides = policy.hides_anything();
         let headers = response.headers();
         let is_sse = headers
@@ -484,7 +492,7 @@ impl<S: CounterStore> Shared<S> {
             // Nothing to filter, and nothing to watch (or nothing readable): untouched.
             return response.map(ResponseBody::inner);
         }
-        let policy = filter.then(|| policy.clone());
+        let policy = filter.then_some(policy);
         if filter {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
