@@ -33,11 +33,14 @@ fn call(args: serde_json::Value) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// What the test upstream answers, at once.
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>;
+
 fn upstream() -> impl tower::Service<
     Request<PolicyBody>,
     Response = Response<Full<Bytes>>,
     Error = std::convert::Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>,
+    Future = Answer,
 > + Clone
 + Send
 + 'static {
