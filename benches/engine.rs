@@ -26,7 +26,7 @@ const POLICY_B: &str = r#"{"version":"1","default":"deny",
 
 /// As the layer does: decode, then decide every call of the body at once.
 fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
-    let decoded = decode(body, &**engine.policy()).expect("the body decodes");
+    let decoded = decode(body, &*engine.policy()).expect("the body decodes");
     let calls: Vec<Call<'_>> = decoded
         .messages()
         .iter()
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decide(&engine, black_box(body.as_bytes()), &keys))
         });
         group.bench_function("decode_only", |b| {
-            b.iter(|| decode(black_box(body.as_bytes()), &**engine.policy()).unwrap())
+            b.iter(|| decode(black_box(body.as_bytes()), &*engine.policy()).unwrap())
         });
         group.bench_function("serde_json_value", |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(body.as_bytes())).unwrap())
