@@ -2,7 +2,7 @@
 //! `PolicyLayer::from_file`.
 //!
 //! ```text
-//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]]
+//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]] [--watch]
 //! ```
 //!
 //! The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`
@@ -170,7 +170,7 @@ struct Options {
     policy: PathBuf,
     listen: SocketAddr,
     json: bool,
-    store: cli::Store,
+    store: cli::Serving,
 }
 
 fn options() -> Result<Options, String> {
@@ -178,7 +178,7 @@ fn options() -> Result<Options, String> {
         policy: PathBuf::from("examples/policy.json"),
         listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
         json: false,
-        store: cli::Store::default(),
+        store: cli::Serving::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -197,7 +197,7 @@ fn options() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: demo_server [--policy PATH] [--listen ADDR] [--json] {}",
-                    cli::STORE_USAGE
+                    cli::SERVING_USAGE
                 );
                 std::process::exit(0);
             }
@@ -218,7 +218,8 @@ async fn main() {
     }
 }
 
-async fn run<S: CounterStore>(layer: PolicyLayer<S>, options: Options) {
+async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
+    let _watcher = cli::watch("demo_server", &layer, &options.policy, &options.store);
     let summary = layer.engine().policy().summary();
     let listener = cli::bind("demo_server", options.listen).await;
     let address = listener

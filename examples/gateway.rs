@@ -1,7 +1,7 @@
 //! A policy gateway in front of any MCP server that speaks Streamable HTTP.
 //!
 //! ```text
-//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]]
+//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch]
 //! ```
 //!
 //! It is `PolicyLayer` wrapped around a small reverse proxy built on hyper-util's
@@ -276,14 +276,14 @@ struct Options {
     policy: PathBuf,
     upstream: Upstream,
     listen: SocketAddr,
-    store: cli::Store,
+    store: cli::Serving,
 }
 
 fn options() -> Result<Options, String> {
     let mut policy = None;
     let mut upstream = None;
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    let mut store = cli::Store::default();
+    let mut store = cli::Serving::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if store.accept(&arg, &mut args)? {
@@ -305,7 +305,7 @@ fn options() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: gateway --policy PATH --upstream http://HOST:PORT/PATH [--listen ADDR] {}",
-                    cli::STORE_USAGE
+                    cli::SERVING_USAGE
                 );
                 std::process::exit(0);
             }
@@ -331,7 +331,8 @@ async fn main() {
     }
 }
 
-async fn run<S: CounterStore>(layer: PolicyLayer<S>, options: Options) {
+async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
+    let _watcher = cli::watch("gateway", &layer, &options.policy, &options.store);
     let listener = cli::bind("gateway", options.listen).await;
     let address = listener
         .local_addr()

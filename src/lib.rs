@@ -33,6 +33,8 @@ mod policy;
 mod scope;
 mod source;
 mod value;
+#[cfg(feature = "watch")]
+mod watch;
 
 pub use counter::{
     Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError,
@@ -49,3 +51,5 @@ pub use policy::{ArgPlan, CounterDef, Policy, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};
+#[cfg(feature = "watch")]
+pub use watch::PolicyWatcher;

@@ -146,3 +146,68 @@ fn a_tool_name_cannot_forge_a_log_line_or_colour_the_log() {
         "no escape bytes when not a terminal: {log:?}"
     );
 }
+
+/// Posts a tools/call of `tool` to the demo server at `address` (JSON mode); the answer.
+fn call_demo(address: &str, tool: &str) -> String {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": {"text": "hi"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn editing_the_policy_under_watch_changes_decisions_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tmp-demo-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version":"1","default":"deny","tools":{"get_price":{}}}"#,
+    )
+    .unwrap();
+    let mut child = Command::new(example("demo_server"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--listen", "127.0.0.1:0", "--json", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    let address = first
+        .strip_prefix("demo MCP server listening on http://")
+        .and_then(|a| a.strip_suffix("/mcp"))
+        .unwrap()
+        .to_owned();
+    assert!(call_demo(&address, "echo").contains("[POLICY DENIED]"));
+
+    std::fs::write(
+        &policy,
+        r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    while call_demo(&address, "echo").contains("[POLICY DENIED]") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the edit was not picked up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A broken edit changes nothing.
+    std::fs::write(&policy, "{ not json").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!call_demo(&address, "echo").contains("[POLICY DENIED]"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -29,20 +29,23 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Where the counters live: in this process (the default), or in Redis.
+/// How the policy is served: where the counters live (in this process by default, or
+/// in Redis), and whether the policy file is watched.
 #[derive(Debug, Default)]
-pub struct Store {
+pub struct Serving {
     /// `--redis URL`.
     pub redis: Option<String>,
     /// `--fail-open`: while Redis is unreachable, allow limited calls uncounted.
     pub fail_open: bool,
+    /// `--watch`: reload the policy file when it changes.
+    pub watch: bool,
 }
 
-/// The usage text of the store options.
-pub const STORE_USAGE: &str = "[--redis URL [--fail-open]]";
+/// The usage text of the serving options.
+pub const SERVING_USAGE: &str = "[--redis URL [--fail-open]] [--watch]";
 
-impl Store {
-    /// Takes `arg` (and its value from `args`) when it is a store option.
+impl Serving {
+    /// Takes `arg` (and its value from `args`) when it is a serving option.
     pub fn accept(
         &mut self,
         arg: &str,
@@ -51,6 +54,7 @@ impl Store {
         match arg {
             "--redis" => self.redis = Some(args.next().ok_or("--redis needs a URL")?),
             "--fail-open" => self.fail_open = true,
+            "--watch" => self.watch = true,
             _ => return Ok(false),
         }
         Ok(true)
@@ -65,7 +69,7 @@ pub enum AnyLayer {
 
 /// The policy layer for `path` on `store`, or exit code 1 with the error (the policy's
 /// path and line, or why Redis cannot be reached).
-pub async fn load_layer(program: &str, path: &Path, store: &Store) -> AnyLayer {
+pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer {
     let policy = Policy::from_file(path).unwrap_or_else(|err| {
         eprintln!("{program}: cannot load the policy: {err}");
         std::process::exit(1);
@@ -91,9 +95,36 @@ pub async fn load_layer(program: &str, path: &Path, store: &Store) -> AnyLayer {
     )))
 }
 
-/// Where the counters are, for the start-up banner.
-pub fn describe(store: &Store) -> String {
-    match &store.redis {
+/// Starts watching the policy file when asked to; keep the watcher alive.
+pub fn watch<S>(
+    program: &str,
+    layer: &PolicyLayer<S>,
+    path: &Path,
+    serving: &Serving,
+) -> Option<tower_mcp_policy::PolicyWatcher>
+where
+    S: tower_mcp_policy::CounterStore + Clone,
+{
+    if !serving.watch {
+        return None;
+    }
+    match layer.handle().watch(path) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            eprintln!("{program}: cannot watch {}: {err}", path.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Where the counters are, and whether the file is watched, for the start-up banner.
+pub fn describe(store: &Serving) -> String {
+    let watched = if store.watch {
+        "; the policy file is watched"
+    } else {
+        ""
+    };
+    let counters = match &store.redis {
         None => "counters in memory".to_owned(),
         Some(url) => {
             let mode = if store.fail_open {
@@ -103,7 +134,8 @@ pub fn describe(store: &Store) -> String {
             };
             format!("counters in Redis at {url} ({mode})")
         }
-    }
+    };
+    format!("{counters}{watched}")
 }
 
 /// A listener on `address`, or exit code 1.
