@@ -2,7 +2,7 @@
 //! `PolicyLayer::from_file`.
 //!
 //! ```text
-//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]] [--watch]
+//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]] [--watch] [--monitor]
 //! ```
 //!
 //! The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`

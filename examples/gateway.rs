@@ -1,7 +1,7 @@
 //! A policy gateway in front of any MCP server that speaks Streamable HTTP.
 //!
 //! ```text
-//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch]
+//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor]
 //! ```
 //!
 //! It is `PolicyLayer` wrapped around a small reverse proxy built on hyper-util's

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tokio::net::TcpListener;
-use tower_mcp_policy::{Engine, FailMode, Policy, PolicyLayer, RedisCounters};
+use tower_mcp_policy::{Engine, FailMode, Mode, Policy, PolicyLayer, RedisCounters};
 
 /// The command-line options, or exit code 2 with the message.
 pub fn options_or_exit<T>(program: &str, options: Result<T, String>) -> T {
@@ -39,10 +39,12 @@ pub struct Serving {
     pub fail_open: bool,
     /// `--watch`: reload the policy file when it changes.
     pub watch: bool,
+    /// `--monitor`: a dry run; report what the policy would deny, deny nothing.
+    pub monitor: bool,
 }
 
 /// The usage text of the serving options.
-pub const SERVING_USAGE: &str = "[--redis URL [--fail-open]] [--watch]";
+pub const SERVING_USAGE: &str = "[--redis URL [--fail-open]] [--watch] [--monitor]";
 
 impl Serving {
     /// Takes `arg` (and its value from `args`) when it is a serving option.
@@ -55,6 +57,7 @@ impl Serving {
             "--redis" => self.redis = Some(args.next().ok_or("--redis needs a URL")?),
             "--fail-open" => self.fail_open = true,
             "--watch" => self.watch = true,
+            "--monitor" => self.monitor = true,
             _ => return Ok(false),
         }
         Ok(true)
@@ -74,8 +77,13 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
         eprintln!("{program}: cannot load the policy: {err}");
         std::process::exit(1);
     });
+    let mode = if store.monitor {
+        Mode::Monitor
+    } else {
+        Mode::Enforce
+    };
     let Some(url) = &store.redis else {
-        return AnyLayer::Memory(PolicyLayer::new(policy));
+        return AnyLayer::Memory(PolicyLayer::new(policy).mode(mode));
     };
     let fail = if store.fail_open {
         FailMode::Open
@@ -90,9 +98,8 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
             eprintln!("{program}: cannot use Redis at {url}: {err}");
             std::process::exit(1);
         });
-    AnyLayer::Redis(PolicyLayer::from_engine(Engine::with_counters(
-        policy, counters,
-    )))
+    let engine = Engine::with_counters(policy, counters);
+    AnyLayer::Redis(PolicyLayer::from_engine(engine).mode(mode))
 }
 
 /// Starts watching the policy file when asked to; keep the watcher alive.
@@ -135,7 +142,12 @@ pub fn describe(store: &Serving) -> String {
             format!("counters in Redis at {url} ({mode})")
         }
     };
-    format!("{counters}{watched}")
+    let monitor = if store.monitor {
+        "; MONITOR MODE: nothing is denied, would-be denials are logged"
+    } else {
+        ""
+    };
+    format!("{counters}{watched}{monitor}")
 }
 
 /// A listener on `address`, or exit code 1.

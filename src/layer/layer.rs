@@ -7,7 +7,7 @@ use governor::clock::{Clock, DefaultClock};
 use tower_layer::Layer;
 
 use super::DenialFormat;
-use super::service::{Config, PolicyService, Shared};
+use super::service::{Config, Mode, PolicyService, Shared};
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
@@ -134,6 +134,13 @@ impl<S> PolicyLayer<S> {
     #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_filtered_response = bytes)
+    }
+
+    /// Enforce the policy (the default), or only report what it would do
+    /// ([`Mode::Monitor`], a dry run).
+    #[must_use]
+    pub fn mode(self, mode: Mode) -> Self {
+        self.configure(|c| c.mode = mode)
     }
 
     /// How denied calls are answered (default [`DenialFormat::ToolResult`]).

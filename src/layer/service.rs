@@ -60,6 +60,21 @@ impl Grant {
     }
 }
 
+/// Whether the layer enforces its policy or only reports what it would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Deny, hide and refuse as the policy says (the default).
+    #[default]
+    Enforce,
+    /// A dry run: nothing is denied or hidden. Every call enforcement would deny is
+    /// forwarded and reported as a `would_deny` event with the fields a denial has;
+    /// counters are charged exactly as under enforcement (a would-be-denied request
+    /// charges nothing), so the report is what enforcement would do. Bodies the layer
+    /// cannot read are still refused: that is the protocol, not the policy.
+    Monitor,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub max_body: usize,
@@ -67,6 +82,7 @@ pub(crate) struct Config {
     pub denial_format: DenialFormat,
     pub hasher: ScopeHasher,
     pub body_read_timeout: Option<std::time::Duration>,
+    pub mode: Mode,
 }
 
 impl Default for Config {
@@ -77,6 +93,7 @@ impl Default for Config {
             denial_format: DenialFormat::default(),
             hasher: ScopeHasher::random(),
             body_read_timeout: None,
+            mode: Mode::Enforce,
         }
     }
 }
@@ -354,9 +371,13 @@ impl<S: CounterStore> Shared<S> {
         verdict: Verdict,
         charged: Option<Charged>,
     ) -> Judged<B> {
-        trace_decisions(&inspected.decoded, &verdict, &inspected.keys);
+        let monitor = self.config.mode == Mode::Monitor;
+        trace_decisions(&inspected.decoded, &verdict, &inspected.keys, monitor);
         match verdict {
             Verdict::Forward => Judged::Forward(policy.clone(), inspected.holds, charged),
+            // A dry run: what enforcement would refuse is reported, and runs, uncharged
+            // (enforcement would have charged nothing either).
+            Verdict::Refuse(_) if monitor => Judged::Forward(policy.clone(), inspected.holds, None),
             Verdict::Refuse(refusals) => {
                 Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
             }
@@ -412,7 +433,7 @@ impl<S: CounterStore> Shared<S> {
     /// When responses may need filtering, asks the server not to compress them: a
     /// compressed tool list could not be read, so it could not be filtered.
     pub(crate) fn prepare_forward(&self, policy: &Policy, mut parts: Parts) -> Parts {
-        if policy.hides_anything() {
+        if self.hides(policy) {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 http::HeaderValue::from_static("identity"),
@@ -460,7 +481,7 @@ impl<S: CounterStore> Shared<S> {
             refunder: self.engine.clone(),
         });
         let policy = forwarded.policy;
-        let hides = policy.hides_anything();
+        let hides = self.hides(&policy);
         let headers = response.headers();
         let is_sse = headers
             .get(header::CONTENT_TYPE)
@@ -502,6 +523,12 @@ impl<S: CounterStore> Shared<S> {
         } else {
             response.map(|body| ResponseBody::json(body, policy, limit, watch))
         }
+    }
+
+    /// True when `policy` hides tools and the layer enforces it (a dry run hides
+    /// nothing).
+    fn hides(&self, policy: &Policy) -> bool {
+        self.config.mode == Mode::Enforce && policy.hides_anything()
     }
 
     /// Refunds every charge of a forwarded request whose inner service failed.
@@ -567,7 +594,12 @@ impl fmt::Debug for ArgKeys<'_> {
 }
 
 /// One `tracing` event per judged call; never argument values or credentials.
-fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
+fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys, monitor: bool) {
+    let (deny, not_executed) = if monitor {
+        ("would_deny", "would_not_execute")
+    } else {
+        ("deny", "not_executed")
+    };
     let refusals = match verdict {
         Verdict::Forward => None,
         Verdict::Refuse(refusals) => Some(refusals),
@@ -591,7 +623,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
             ),
             Some(Refusal::Denied(denial)) => tracing::info!(
                 target: "tower_mcp_policy",
-                decision = "deny",
+                decision = deny,
                 kind = response::kind_name(denial.kind()),
                 tool = call.name(),
                 rule = denial.rule(),
@@ -605,7 +637,7 @@ fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys) {
             ),
             Some(Refusal::NotExecuted) => tracing::info!(
                 target: "tower_mcp_policy",
-                decision = "not_executed",
+                decision = not_executed,
                 tool = call.name(),
                 grant = %keys.grant,
                 session = %keys.session,
