@@ -11,18 +11,9 @@ use serde_json::Value;
 use tower_mcp_policy::jsonrpc::decode;
 use tower_mcp_policy::{Call, Engine, Policy, ScopeHasher, ScopeKeys, Verdict};
 
-const BODY_A: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"binance_us_close_listen_key","arguments":{"listenKey":"pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8"},"_meta":{"progressToken":42}}}"#;
-
-const POLICY_A: &str = r#"{"version":"1","default":"deny","tools":{"binance_us_close_listen_key":{
-    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
-
-const BODY_B: &str = r#"{"jsonrpc":"2.0","id":"req-7f3a9c2e","method":"tools/call","params":{"name":"transfer","arguments":{"amount":250.75,"to":"acct_9a8b7c6d5e4f3a2b","currency":"usd","memo":"Quarterly settlement for invoice INV-2026-00417, covering consulting services rendered in October and November, including travel expenses and materials as itemised in the attached statement.","reference":"a1b2c3d4-e5f6-4711-8899-aabbccddeeff","tags":["settlement","q4","consulting","priority"],"metadata":{"requested_by":"agent-42","approved_by":null,"source":"invoice-workflow","attempt":1,"dry_run":false,"notes":["checked balance","verified payee","confirmed currency"]},"schedule":{"at":"2026-11-24T12:00:00Z","timezone":"UTC","repeat":false},"limits":{"daily":5000,"monthly":50000},"beneficiary":{"name":"Example Consulting Ltd","country":"GB","bank":"Example Bank plc","address":["1 High Street","London","EC1A 1AA"],"contact":"accounts@consulting.example"},"trace":"8f14e45fceea167a5a36dedd4bea2543"},"_meta":{"progressToken":"tok-1"}}}"#;
-
-const POLICY_B: &str = r#"{"version":"1","default":"deny",
-    "all_tools":{"limits":[{"counter":"all","window":"day","max":4000000000}]},
-    "tools":{"transfer":{
-      "deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Transfers above 1000 need a human."}],
-      "limits":[{"counter":"transfers","window":"day","max":4000000000}]}}}"#;
+#[path = "engine_inputs.rs"]
+mod inputs;
+use inputs::{BODY_A, BODY_B, POLICY_A, POLICY_B};
 
 /// As the layer does: decode, then decide every call of the body at once.
 fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {

@@ -1,0 +1,65 @@
+//! A driver for instruction counts (valgrind's callgrind), which are stable where
+//! wall-clock times on a shared 2-core machine move by 20-30 %. `benches/instructions.sh`
+//! runs it at two iteration counts and prints the difference per iteration, so set-up
+//! (the policy, the clock's calibration) cancels out.
+//!
+//! ```text
+//! instructions (a|b) (value|decode|decide) ITERATIONS
+//! ```
+//!
+//! (a) and (b) are the bodies and policies of `benches/engine.rs`: `value` parses the
+//! body into a `serde_json::Value`, `decode` decodes it for the policy, `decide` decodes
+//! and decides every call as the layer does (in-memory counters).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use tower_mcp_policy::jsonrpc::decode;
+use tower_mcp_policy::{Call, Engine, Policy, ScopeHasher, ScopeKeys, Verdict};
+
+#[path = "engine_inputs.rs"]
+mod inputs;
+
+fn main() {
+    // `cargo bench` adds `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let [which, mode, iterations] = &args[..] else {
+        eprintln!("usage: instructions (a|b) (value|decode|decide) ITERATIONS");
+        std::process::exit(2);
+    };
+    let (policy, body) = match which.as_str() {
+        "a" => (inputs::POLICY_A, inputs::BODY_A),
+        _ => (inputs::POLICY_B, inputs::BODY_B),
+    };
+    let iterations: usize = iterations.parse().expect("a number of iterations");
+    let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
+    let engine = Engine::new(policy.clone());
+    let hasher = ScopeHasher::with_key([1; 16]);
+    let keys = ScopeKeys::new(hasher.credential(b"Bearer bench"), hasher.session(b"s"));
+    for _ in 0..iterations {
+        match mode.as_str() {
+            "value" => {
+                black_box(serde_json::from_str::<serde_json::Value>(black_box(body)).unwrap());
+            }
+            "decode" => {
+                black_box(decode(black_box(body.as_bytes()), &*policy).unwrap());
+            }
+            _ => {
+                let decoded = decode(black_box(body.as_bytes()), &*policy).unwrap();
+                let calls: Vec<Call<'_>> = decoded
+                    .messages()
+                    .iter()
+                    .filter_map(|m| m.tool_call())
+                    .map(|c| Call {
+                        tool: c.name(),
+                        args: c.arguments(),
+                    })
+                    .collect();
+                assert_eq!(engine.decide_all(&calls, &keys), Verdict::Forward);
+            }
+        }
+    }
+}
