@@ -17,15 +17,13 @@ use tower_service::Service;
 use super::ResponseBody;
 use super::body::PolicyBody;
 use super::deadline::Deadline;
-use super::refund::Charged;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
-    BoxError, Charging, Forwarded, Holds, Judged, Judgment, MCP_SESSION_ID, Shared,
-    refused_response,
+    BoxError, Charging, Forwarded, Judged, Judgment, MCP_SESSION_ID, Outcome, PolicyDecision,
+    Shared, refused_response,
 };
 use crate::counter::CounterStore;
 use crate::jsonrpc::INVALID_REQUEST;
-use crate::policy::Policy;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
@@ -127,16 +125,8 @@ where
         );
         let state = if bodiless && body.is_end_stream() {
             // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
-            let policy = shared.engine.policy();
-            calling(
-                &shared,
-                &mut inner,
-                parts,
-                Bytes::new(),
-                policy,
-                Holds::default(),
-                None,
-            )
+            let forwarded = Forwarded::unjudged(shared.engine.policy());
+            calling(&shared, &mut inner, parts, Bytes::new(), forwarded)
         } else if bodiless {
             // They never carry a body nobody read: read it, and refuse any byte.
             State::Reading {
@@ -180,22 +170,15 @@ fn calling<Inner, S, ReqBody, ResBody>(
     inner: &mut Inner,
     parts: Parts,
     bytes: Bytes,
-    policy: Arc<Policy>,
-    holds: Holds,
-    charged: Option<Charged>,
+    mut forwarded: Forwarded,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    let parts = shared.prepare_forward(&policy, parts);
-    let forwarded = Forwarded {
-        policy,
-        holds,
-        charged,
-        session: parts.headers.get(&MCP_SESSION_ID).cloned(),
-        deletes: parts.method == Method::DELETE,
-    };
+    forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
+    forwarded.deletes = parts.method == Method::DELETE;
+    let parts = shared.prepare_forward(&forwarded.policy, parts);
     State::Calling {
         future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
         forwarded: Some(forwarded),
@@ -214,9 +197,7 @@ where
     S: CounterStore,
 {
     match judged {
-        Judged::Forward(policy, holds, charged) => {
-            calling(shared, &mut inner, parts, bytes, policy, holds, charged)
-        }
+        Judged::Forward(forwarded) => calling(shared, &mut inner, parts, bytes, forwarded),
         Judged::Answer(response) => State::Answered {
             response: Some(response),
         },
@@ -287,16 +268,8 @@ where
                             let (parts, mut inner) = request.take().expect("read until answered");
                             let bytes = buffer.take();
                             if !*judge {
-                                let policy = this.shared.engine.policy();
-                                calling(
-                                    this.shared,
-                                    &mut inner,
-                                    parts,
-                                    bytes,
-                                    policy,
-                                    Holds::default(),
-                                    None,
-                                )
+                                let forwarded = Forwarded::unjudged(this.shared.engine.policy());
+                                calling(this.shared, &mut inner, parts, bytes, forwarded)
                             } else {
                                 match this.shared.judge(&parts, &bytes) {
                                     Judgment::Judged(judged) => {
@@ -331,7 +304,13 @@ where
                     return Poll::Ready(Ok(this.shared.wrap(response, forwarded)));
                 }
                 StateProj::Answered { response } => {
-                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                    let mut response = response.take().expect("polled after completion");
+                    if response.extensions().get::<PolicyDecision>().is_none() {
+                        // Every answer of the layer's own that is not a denial.
+                        let rejected = PolicyDecision::new(Outcome::Rejected);
+                        response.extensions_mut().insert(rejected);
+                    }
+                    return Poll::Ready(Ok(response));
                 }
             };
             this.state.set(next);

@@ -77,5 +77,5 @@ pub use response::{
     DENIED_PREFIX, DenialFormat, HEADER_MISMATCH, INTERNAL_ERROR, META_KEY, NOT_EXECUTED,
     POLICY_DENIED, UNKNOWN_TOOL,
 };
-pub use service::{Grant, Mode, PolicyService};
+pub use service::{Grant, Mode, Outcome, PolicyDecision, PolicyService};
 pub use sessions::DEFAULT_MAX_SESSIONS;

@@ -198,10 +198,68 @@ where
 
 /// What the policy made of a decoded body.
 pub(crate) enum Judged<B> {
-    /// Forward it, under the policy it was judged by; the charges it paid, if any.
-    Forward(Arc<Policy>, Holds, Option<Charged>),
+    /// Forward it.
+    Forward(Forwarded),
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
+}
+
+/// What the policy decided about a request, carried by its response as an extension so
+/// that outer layers (an access log, a custom metric) can read it.
+///
+/// ```
+/// # use tower_mcp_policy::layer::{Outcome, PolicyDecision};
+/// # let response = http::Response::new(());
+/// match response.extensions().get::<PolicyDecision>() {
+///     Some(decision) if decision.outcome == Outcome::Denied => { /* decision.denials */ }
+///     _ => {}
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyDecision {
+    /// What became of the request.
+    pub outcome: Outcome,
+    /// The denials, one per denied call (for `Denied` and `WouldDeny`).
+    pub denials: Vec<crate::decision::Denial>,
+}
+
+/// What became of a request; see [`PolicyDecision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Judged and forwarded (every call allowed, or no tool call in it).
+    Forwarded,
+    /// A call was denied: answered by the layer, nothing forwarded.
+    Denied,
+    /// Monitor mode: enforcement would have denied a call; forwarded anyway.
+    WouldDeny,
+    /// Refused before any decision (unreadable body, bad headers, too large, too slow).
+    Rejected,
+    /// Not judged: a request without a body (GET, DELETE, ...) passed through.
+    NotJudged,
+}
+
+impl PolicyDecision {
+    pub(crate) fn new(outcome: Outcome) -> PolicyDecision {
+        PolicyDecision {
+            outcome,
+            denials: Vec::new(),
+        }
+    }
+
+    fn from_refusals(outcome: Outcome, refusals: &[Refusal]) -> PolicyDecision {
+        PolicyDecision {
+            outcome,
+            denials: refusals
+                .iter()
+                .filter_map(|r| match r {
+                    Refusal::Denied(denial) => Some(denial.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a forwarded body holds that matters for its answer.
@@ -218,6 +276,8 @@ pub(crate) struct Holds {
 pub(crate) struct Forwarded {
     /// The policy the request was judged by: its answer is filtered by the same one.
     pub policy: Arc<Policy>,
+    /// What the policy decided, for the response's extensions.
+    pub decision: PolicyDecision,
     pub holds: Holds,
     /// The charges the request paid, for refunds.
     pub charged: Option<Charged>,
@@ -225,6 +285,37 @@ pub(crate) struct Forwarded {
     pub session: Option<http::HeaderValue>,
     /// A DELETE: a successful answer ends the session.
     pub deletes: bool,
+}
+
+impl Forwarded {
+    /// A request judged under `policy`.
+    pub(crate) fn judged(
+        policy: &Arc<Policy>,
+        holds: Holds,
+        charged: Option<Charged>,
+        decision: PolicyDecision,
+    ) -> Forwarded {
+        Forwarded {
+            policy: policy.clone(),
+            decision,
+            holds,
+            charged,
+            session: None,
+            deletes: false,
+        }
+    }
+
+    /// A request without a body, passed through unjudged under `policy`.
+    pub(crate) fn unjudged(policy: Arc<Policy>) -> Forwarded {
+        Forwarded {
+            policy,
+            decision: PolicyDecision::new(Outcome::NotJudged),
+            holds: Holds::default(),
+            charged: None,
+            session: None,
+            deletes: false,
+        }
+    }
 }
 
 /// A body that decoded and passed the header checks, ready for the engine.
@@ -374,12 +465,25 @@ impl<S: CounterStore> Shared<S> {
         let monitor = self.config.mode == Mode::Monitor;
         trace_decisions(&inspected.decoded, &verdict, &inspected.keys, monitor);
         match verdict {
-            Verdict::Forward => Judged::Forward(policy.clone(), inspected.holds, charged),
+            Verdict::Forward => Judged::Forward(Forwarded::judged(
+                policy,
+                inspected.holds,
+                charged,
+                PolicyDecision::new(Outcome::Forwarded),
+            )),
             // A dry run: what enforcement would refuse is reported, and runs, uncharged
             // (enforcement would have charged nothing either).
-            Verdict::Refuse(_) if monitor => Judged::Forward(policy.clone(), inspected.holds, None),
+            Verdict::Refuse(refusals) if monitor => Judged::Forward(Forwarded::judged(
+                policy,
+                inspected.holds,
+                None,
+                PolicyDecision::from_refusals(Outcome::WouldDeny, &refusals),
+            )),
             Verdict::Refuse(refusals) => {
-                Judged::Answer(self.refusal_response(&inspected.decoded, refusals))
+                let decision = PolicyDecision::from_refusals(Outcome::Denied, &refusals);
+                let mut response = self.refusal_response(&inspected.decoded, refusals);
+                response.extensions_mut().insert(decision);
+                Judged::Answer(response)
             }
         }
     }
@@ -469,6 +573,7 @@ impl<S: CounterStore> Shared<S> {
         forwarded: Forwarded,
     ) -> Response<ResponseBody<B>> {
         self.track_sessions(&response, &forwarded);
+        response.extensions_mut().insert(forwarded.decision.clone());
         let mut charged = forwarded.charged;
         if let Some(charged) = &mut charged
             && matches!(response.status().as_u16(), 502..=504)
