@@ -134,6 +134,14 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// An empty body: what tower-http's layers (`TimeoutLayer`, `CorsLayer` preflights, ...)
+/// answer with when they answer by themselves.
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        ResponseBody::empty()
+    }
+}
+
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
