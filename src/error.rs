@@ -23,7 +23,6 @@ pub enum PolicyErrorKind {
 /// ```text
 /// policy.json: /tools/transfer/deny_if/0/conditions/1/op: unknown variant `gtt`, expected one of `eq`, … (line 9, column 52)
 /// ```
-#[derive(Debug)]
 pub struct PolicyError {
     kind: PolicyErrorKind,
     file: Option<PathBuf>,
@@ -113,6 +112,14 @@ impl PolicyError {
     /// The file the policy was loaded from, if any.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()
+    }
+}
+
+/// The message, as `Display` writes it: a `main` that returns `Result<(), Box<dyn
+/// Error>>` prints `Error: policy.json: /tools/x/limits/0/max: ...`, not a struct.
+impl fmt::Debug for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

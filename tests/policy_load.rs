@@ -200,3 +200,17 @@ fn file_errors_name_the_file() {
     assert_eq!(err.line(), Some(3));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_load_error_debugs_as_its_message() {
+    // What `main() -> Result<(), Box<dyn Error>>` prints.
+    let err = r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+        {"counter":"c","window":"minute","max":0}]}}}"#
+        .parse::<tower_mcp_policy::Policy>()
+        .unwrap_err();
+    assert_eq!(format!("{err:?}"), err.to_string());
+    assert!(
+        format!("{err:?}").starts_with("/tools/t/limits/0/max: "),
+        "{err:?}"
+    );
+}
