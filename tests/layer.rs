@@ -657,3 +657,33 @@ async fn the_decision_is_a_response_extension_for_outer_layers() {
         )
     );
 }
+
+#[tokio::test]
+async fn compression_survives_where_no_tool_list_can_come_back() {
+    // A tools/call keeps the client's Accept-Encoding, and its compressed answer passes.
+    let seen = Seen::default();
+    let upstream = scripted(
+        &seen,
+        Some("text/event-stream"),
+        Some("gzip"),
+        "\x1f\u{8b}compressed",
+    );
+    let mut request = post(call("echo", json!({})));
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip, br".parse().unwrap());
+    let response = layer().layer(upstream).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "gzip, br");
+
+    // A GET stream may replay a tool list: it asks for identity.
+    let seen = Seen::default();
+    let upstream = scripted(&seen, Some("text/event-stream"), None, "");
+    let get = Request::get("/mcp")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    layer().layer(upstream).oneshot(get).await.unwrap();
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "identity");
+}

@@ -178,7 +178,8 @@ where
 {
     forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
     forwarded.deletes = parts.method == Method::DELETE;
-    let parts = shared.prepare_forward(&forwarded.policy, parts);
+    forwarded.streams = parts.method == Method::GET;
+    let parts = shared.prepare_forward(&forwarded, parts);
     State::Calling {
         future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
         forwarded: Some(forwarded),

@@ -285,6 +285,8 @@ pub(crate) struct Forwarded {
     pub session: Option<http::HeaderValue>,
     /// A DELETE: a successful answer ends the session.
     pub deletes: bool,
+    /// A GET: the server's event stream, which may replay tool lists.
+    pub streams: bool,
 }
 
 impl Forwarded {
@@ -302,6 +304,7 @@ impl Forwarded {
             charged,
             session: None,
             deletes: false,
+            streams: false,
         }
     }
 
@@ -314,6 +317,7 @@ impl Forwarded {
             charged: None,
             session: None,
             deletes: false,
+            streams: false,
         }
     }
 }
@@ -536,8 +540,8 @@ impl<S: CounterStore> Shared<S> {
 
     /// When responses may need filtering, asks the server not to compress them: a
     /// compressed tool list could not be read, so it could not be filtered.
-    pub(crate) fn prepare_forward(&self, policy: &Policy, mut parts: Parts) -> Parts {
-        if self.hides(policy) {
+    pub(crate) fn prepare_forward(&self, forwarded: &Forwarded, mut parts: Parts) -> Parts {
+        if self.must_filter(forwarded) {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 http::HeaderValue::from_static("identity"),
@@ -565,8 +569,8 @@ impl<S: CounterStore> Shared<S> {
 
     /// Handles the inner response: records issued and ended sessions; refunds the
     /// charges of calls the server did not run; and makes sure hidden tools never show
-    /// in a tool list: every SSE stream is filtered event by event, and any other
-    /// answer to a tools/list request is filtered whole.
+    /// in a tool list: the answer to a POST holding a tools/list (JSON whole, SSE event
+    /// by event) and the GET stream are filtered.
     pub(crate) fn wrap<B>(
         &self,
         mut response: Response<B>,
@@ -574,6 +578,10 @@ impl<S: CounterStore> Shared<S> {
     ) -> Response<ResponseBody<B>> {
         self.track_sessions(&response, &forwarded);
         response.extensions_mut().insert(forwarded.decision.clone());
+        // Only an answer that may carry a tool list is filtered: the answer to a POST
+        // holding a tools/list, or the GET stream (which may replay one). Any other
+        // answer, compressed or not, passes as it is.
+        let filter = self.must_filter(&forwarded);
         let mut charged = forwarded.charged;
         if let Some(charged) = &mut charged
             && matches!(response.status().as_u16(), 502..=504)
@@ -586,14 +594,12 @@ impl<S: CounterStore> Shared<S> {
             refunder: self.engine.clone(),
         });
         let policy = forwarded.policy;
-        let hides = self.hides(&policy);
         let headers = response.headers();
         let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"));
-        let filter = hides && (is_sse || forwarded.holds.lists_tools);
         let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
             v.to_str()
                 .map(|v| {
@@ -634,6 +640,11 @@ impl<S: CounterStore> Shared<S> {
     /// nothing).
     fn hides(&self, policy: &Policy) -> bool {
         self.config.mode == Mode::Enforce && policy.hides_anything()
+    }
+
+    /// True when the answer to `forwarded` may carry a tool list with hidden tools.
+    fn must_filter(&self, forwarded: &Forwarded) -> bool {
+        self.hides(&forwarded.policy) && (forwarded.holds.lists_tools || forwarded.streams)
     }
 
     /// Refunds every charge of a forwarded request whose inner service failed.
