@@ -19,6 +19,27 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Starts the demo server with `args` on a free port; returns it and its address.
+fn spawn_demo(args: &[&std::ffi::OsStr], stderr: Stdio) -> (std::process::Child, String) {
+    let mut child = Command::new(example("demo_server"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    let address = first
+        .strip_prefix("demo MCP server listening on http://")
+        .and_then(|a| a.strip_suffix("/mcp"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    (child, address)
+}
+
 fn bad_policy() -> PathBuf {
     let path = std::env::temp_dir().join(format!("tmp-bad-policy-{}.json", std::process::id()));
     std::fs::write(
@@ -98,34 +119,10 @@ fn bad_arguments_are_usage_errors() {
 
 #[test]
 fn a_tool_name_cannot_forge_a_log_line_or_colour_the_log() {
-    let mut child = Command::new(example("demo_server"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--listen", "127.0.0.1:0", "--json"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = stdout.next().unwrap().unwrap();
-    let address = first
-        .strip_prefix("demo MCP server listening on http://")
-        .and_then(|a| a.strip_suffix("/mcp"))
-        .unwrap()
-        .to_owned();
+    let (mut child, address) = spawn_demo(&[], Stdio::piped());
     // A denied call whose tool name would print a fake "allowed" line in red.
     let forged = "nope\n2026-11-26T00:00:00Z  INFO tower_mcp_policy: tool call allowed \u{1b}[31mred\u{1b}[0m";
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": forged, "arguments": {}}})
-    .to_string();
-    let request = format!(
-        "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let answer = call_demo(&address, forged);
     assert!(answer.contains("[POLICY DENIED]"), "{answer}");
     child.kill().unwrap();
     let mut log = String::new();
@@ -173,21 +170,10 @@ fn editing_the_policy_under_watch_changes_decisions_without_a_restart() {
         r#"{"version":"1","default":"deny","tools":{"get_price":{}}}"#,
     )
     .unwrap();
-    let mut child = Command::new(example("demo_server"))
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--listen", "127.0.0.1:0", "--json", "--watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = stdout.next().unwrap().unwrap();
-    let address = first
-        .strip_prefix("demo MCP server listening on http://")
-        .and_then(|a| a.strip_suffix("/mcp"))
-        .unwrap()
-        .to_owned();
+    let (mut child, address) = spawn_demo(
+        &["--policy".as_ref(), policy.as_os_str(), "--watch".as_ref()],
+        Stdio::null(),
+    );
     assert!(call_demo(&address, "echo").contains("[POLICY DENIED]"));
 
     std::fs::write(

@@ -2,8 +2,8 @@
 //! enforcement would do, and charges what enforcement would charge. Alone in its binary:
 //! it records tracing events.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use governor::clock::FakeRelativeClock;
@@ -18,22 +18,10 @@ const POLICY: &str = r#"{"version":"1","default":"deny","hide":["secret"],"tools
     "write":{"limits":[{"counter":"w","window":"minute","max":2}]},
     "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#;
 
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
+#[path = "support/recorder.rs"]
+mod recorder;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Visit(String);
-        impl tracing::field::Visit for Visit {
-            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={:?} ", f.name(), v));
-            }
-        }
-        let mut visit = Visit(String::new());
-        event.record(&mut visit);
-        self.0.lock().unwrap().push(visit.0);
-    }
-}
+use recorder::Recorder;
 
 fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -124,7 +112,7 @@ async fn monitor_mode_runs_everything_and_reports_what_enforcement_would_do() {
     );
     assert_eq!(enforced.load(Ordering::SeqCst), 3);
 
-    let events = recorder.0.lock().unwrap().clone();
+    let events = recorder.events();
     let would_deny: Vec<&String> = events
         .iter()
         .filter(|e| e.contains("decision=\"would_deny\""))

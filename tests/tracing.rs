@@ -4,7 +4,7 @@
 //! tests on other threads with no subscriber would race this test's thread-local one.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use governor::clock::FakeRelativeClock;
@@ -31,23 +31,10 @@ fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters<FakeRelativeClock>> {
     PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
 }
 
-/// Records every event's fields as text.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
+#[path = "support/recorder.rs"]
+mod recorder;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Visit(String);
-        impl tracing::field::Visit for Visit {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={:?} ", field.name(), value));
-            }
-        }
-        let mut visit = Visit(String::new());
-        event.record(&mut visit);
-        self.0.lock().unwrap().push(visit.0);
-    }
-}
+use recorder::Recorder;
 
 #[tokio::test]
 async fn every_decision_is_a_tracing_event_without_secrets() {

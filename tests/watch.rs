@@ -8,34 +8,21 @@ use std::time::{Duration, Instant};
 
 use tower_mcp_policy::{Policy, PolicyHandle, PolicyLayer};
 
-/// Every event's message and fields, as text.
+#[path = "support/recorder.rs"]
+mod recorder;
+
+/// Every event's message and fields, as text, from every thread.
 fn events() -> &'static Mutex<Vec<String>> {
-    static EVENTS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
-    EVENTS.get_or_init(|| {
-        use tracing_subscriber::layer::SubscriberExt;
-        #[derive(Clone)]
-        struct Recorder;
-        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
-            fn on_event(
-                &self,
-                event: &tracing::Event<'_>,
-                _: tracing_subscriber::layer::Context<'_, S>,
-            ) {
-                struct Visit(String);
-                impl tracing::field::Visit for Visit {
-                    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                        self.0.push_str(&format!("{}={:?} ", f.name(), v));
-                    }
-                }
-                let mut visit = Visit(format!("{} ", event.metadata().level()));
-                event.record(&mut visit);
-                events().lock().unwrap().push(visit.0);
-            }
-        }
-        let subscriber = tracing_subscriber::registry().with(Recorder);
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        Mutex::new(Vec::new())
-    })
+    static RECORDER: OnceLock<recorder::Recorder> = OnceLock::new();
+    &RECORDER
+        .get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            let recorder = recorder::Recorder::default();
+            let subscriber = tracing_subscriber::registry().with(recorder.clone());
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            recorder
+        })
+        .0
 }
 
 fn scratch(name: &str) -> PathBuf {
