@@ -37,6 +37,8 @@ fn spawn_demo(args: &[&std::ffi::OsStr], stderr: Stdio) -> (std::process::Child,
         .and_then(|a| a.strip_suffix("/mcp"))
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
+    // Keep reading what it prints: with the pipe closed, its next line would kill it.
+    std::thread::spawn(move || stdout.for_each(drop));
     (child, address)
 }
 
