@@ -47,7 +47,7 @@ pub use decision::{
 pub use engine::{Call, Decision, Engine, PendingCharges, Prepared, Refusal, Verdict};
 pub use error::{PolicyError, PolicyErrorKind};
 pub use layer::{DenialFormat, Grant, Mode, PolicyLayer, PolicyService};
-pub use policy::{ArgPlan, CounterDef, Policy, Scope};
+pub use policy::{ArgPlan, CounterDef, Policy, PolicyWarning, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};

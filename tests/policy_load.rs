@@ -214,3 +214,35 @@ fn a_load_error_debugs_as_its_message() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_rule_for_a_hidden_tool_is_a_warning() {
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny",
+        "hide":["drop_table","admin_*"],
+        "tools":{"drop_table":{},"admin_reset":{"limits":[{"counter":"c","window":"day","max":1}]},
+                 "admin_*":{},"read_table":{}}}"#
+        .parse()
+        .unwrap();
+    // In document order.
+    let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "/tools/drop_table: this rule never applies: `drop_table` is hidden by /hide/0, and a hidden tool is refused as unknown before its rule is read",
+            "/tools/admin_reset: this rule never applies: `admin_reset` is hidden by /hide/1, and a hidden tool is refused as unknown before its rule is read",
+            "/tools/admin_*: this rule never applies: `admin_*` is hidden by /hide/1, and a hidden tool is refused as unknown before its rule is read",
+        ]
+    );
+    // The real documents load clean.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let policy = tower_mcp_policy::Policy::from_file(&path).unwrap();
+        assert!(
+            policy.warnings().is_empty(),
+            "{}: {:?}",
+            path.display(),
+            policy.warnings()
+        );
+    }
+}

@@ -77,6 +77,9 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
         eprintln!("{program}: cannot load the policy: {err}");
         std::process::exit(1);
     });
+    for warning in policy.warnings() {
+        eprintln!("{program}: warning: {}: {warning}", path.display());
+    }
     let mode = if store.monitor {
         Mode::Monitor
     } else {

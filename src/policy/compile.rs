@@ -8,7 +8,9 @@ use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, Sco
 use super::glob::Glob;
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
-use super::{Clause, CounterDef, Limit, LimitMeta, Named, Policy, Rule, Scope, ToolRule};
+use super::{
+    Clause, CounterDef, Limit, LimitMeta, Named, Policy, PolicyWarning, Rule, Scope, ToolRule,
+};
 use crate::error::{PolicyError, pointer, push_token};
 
 /// Parses the document, naming the JSON Pointer and position of any error.
@@ -48,6 +50,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
 
     let mut names: HashMap<Box<str>, Named> = HashMap::new();
     let mut hidden_patterns = Vec::new();
+    let hide_list = doc.hide.clone();
     for (i, name) in doc.hide.iter().enumerate() {
         if name.is_empty() {
             return Err(PolicyError::invalid(
@@ -92,6 +95,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
             plan,
         });
     }
+    let warnings = hidden_rules(&tools, &hide_list, &names, &hidden_patterns);
     patterns.sort_by(|(a, ai), (b, bi)| {
         b.literal_len()
             .cmp(&a.literal_len())
@@ -108,7 +112,49 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         tools,
         unlisted_plan,
         counters: counters.defs,
+        warnings,
     })
+}
+
+/// Rules that can never apply because their tool is hidden: a hidden tool is refused
+/// as unknown before its rule is read.
+fn hidden_rules(
+    tools: &[ToolRule],
+    hide: &[String],
+    names: &HashMap<Box<str>, Named>,
+    hidden_patterns: &[Glob],
+) -> Vec<PolicyWarning> {
+    let hidden_by = |key: &str| -> Option<String> {
+        let exact = names.get(key).is_some_and(|n| n.hidden);
+        let by = |i: usize| format!("/hide/{i}");
+        match Glob::new(key) {
+            // A pattern key: dead only when its whole pattern is hidden.
+            Some(_) => hide.iter().position(|h| h == key || h == "*").map(by),
+            None if exact => hide.iter().position(|h| h == key).map(by),
+            None => hidden_patterns
+                .iter()
+                .any(|g| g.is_match(key))
+                .then(|| {
+                    hide.iter()
+                        .position(|h| Glob::new(h).is_some_and(|g| g.is_match(key)))
+                        .map(by)
+                })
+                .flatten(),
+        }
+    };
+    tools
+        .iter()
+        .filter_map(|tool| {
+            let by = hidden_by(&tool.key)?;
+            Some(PolicyWarning {
+                pointer: pointer("/tools", &[&tool.key]),
+                message: format!(
+                    "this rule never applies: `{}` is hidden by {by}, and a hidden tool is refused as unknown before its rule is read",
+                    tool.key
+                ),
+            })
+        })
+        .collect()
 }
 
 fn add_paths(plan: &mut ArgPlan, rule: &Rule) {

@@ -51,6 +51,34 @@ pub struct Policy {
     /// What to read of the arguments of a tool that has no rule of its own (default allow).
     unlisted_plan: ArgPlan,
     counters: Vec<CounterDef>,
+    warnings: Vec<PolicyWarning>,
+}
+
+/// Something in a policy that loads but is probably a mistake; see [`Policy::warnings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyWarning {
+    pointer: String,
+    message: String,
+}
+
+impl PolicyWarning {
+    /// Where: a JSON Pointer into the document (`/tools/delete_account`).
+    pub fn pointer(&self) -> &str {
+        &self.pointer
+    }
+
+    /// What is probably wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// `/tools/x: this rule never applies: ...`
+impl std::fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.pointer, self.message)
+    }
 }
 
 /// What the policy says about one exact tool name.
@@ -250,6 +278,21 @@ impl Policy {
     /// True when the policy hides at least one name or pattern.
     pub fn hides_anything(&self) -> bool {
         self.hidden_count > 0
+    }
+
+    /// What in the document loads but is probably a mistake (a rule for a hidden tool,
+    /// which can never apply). Empty for a clean policy.
+    ///
+    /// ```
+    /// use tower_mcp_policy::Policy;
+    ///
+    /// let policy: Policy = r#"{"version":"1","default":"deny","hide":["drop_table"],
+    ///     "tools":{"drop_table":{"limits":[{"counter":"c","window":"day","max":1}]}}}"#.parse()?;
+    /// assert_eq!(policy.warnings()[0].pointer(), "/tools/drop_table");
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn warnings(&self) -> &[PolicyWarning] {
+        &self.warnings
     }
 
     /// True when tools with no rule of their own are allowed.
