@@ -12,8 +12,9 @@
 //! * not understood: HTTP 400, 413 or 415 with a JSON-RPC error, never forwarded.
 //!
 //! GET (the SSE stream), DELETE, HEAD and OPTIONS pass through, but never with a body.
-//! When the policy hides tools, `tools/list` results (JSON or SSE, event by event) and
-//! every SSE stream are filtered so hidden tools never show.
+//! When the policy hides tools, the answers that may carry a tool list (to a POST
+//! holding a `tools/list`, JSON whole or SSE event by event, and the GET stream) are
+//! filtered so hidden tools never show.
 //!
 //! # Example
 //!
