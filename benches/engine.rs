@@ -18,15 +18,7 @@ use inputs::{BODY_A, BODY_B, POLICY_A, POLICY_B};
 /// As the layer does: decode, then decide every call of the body at once.
 fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
     let decoded = decode(body, &*engine.policy()).expect("the body decodes");
-    let calls: Vec<Call<'_>> = decoded
-        .messages()
-        .iter()
-        .filter_map(|m| m.tool_call())
-        .map(|call| Call {
-            tool: call.name(),
-            args: call.arguments(),
-        })
-        .collect();
+    let calls = Call::all_in(&decoded);
     engine.decide_all(&calls, keys) == Verdict::Forward
 }
 

@@ -49,15 +49,7 @@ fn main() {
             }
             _ => {
                 let decoded = decode(black_box(body.as_bytes()), &*policy).unwrap();
-                let calls: Vec<Call<'_>> = decoded
-                    .messages()
-                    .iter()
-                    .filter_map(|m| m.tool_call())
-                    .map(|c| Call {
-                        tool: c.name(),
-                        args: c.arguments(),
-                    })
-                    .collect();
+                let calls = Call::all_in(&decoded);
                 assert_eq!(engine.decide_all(&calls, &keys), Verdict::Forward);
             }
         }

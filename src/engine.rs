@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
 use crate::decision::{Allowed, Denial};
+use crate::jsonrpc::Decoded;
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
 use crate::source::Source;
@@ -20,6 +21,21 @@ pub struct Call<'a> {
     pub tool: &'a str,
     /// The arguments (numbers exact), `None` when the call has none.
     pub args: Option<&'a ArgValue>,
+}
+
+impl<'a> Call<'a> {
+    /// The tool calls of a decoded body, in order, as the engine judges them.
+    pub fn all_in(decoded: &'a Decoded<'_>) -> SmallVec<[Call<'a>; 2]> {
+        decoded
+            .messages()
+            .iter()
+            .filter_map(|m| m.tool_call())
+            .map(|call| Call {
+                tool: call.name(),
+                args: call.arguments(),
+            })
+            .collect()
+    }
 }
 
 /// The decision for a single call.

@@ -75,6 +75,15 @@ fn denied(answer: &Value) -> bool {
 
 const SEED_TOOL: &str = "binance_us_close_listen_key";
 
+/// Retries `attempt` until it holds, for at most `limit`; fails with `what` after that.
+async fn eventually(limit: Duration, what: &str, mut attempt: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !attempt().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_replicas_sharing_redis_enforce_one_budget() {
     let redis = Redis::start();
@@ -222,18 +231,14 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
 
     // Redis comes back: counting resumes in the same process, by itself.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let limited = answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await;
-        if !denied(&limited) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counting did not resume: {limited}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        "counting did not resume",
+        async || {
+            !denied(&answer(closed.clone().oneshot(call("limited", "a")).await.unwrap()).await)
+        },
+    )
+    .await;
     let mut client = redis.client().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("mcp-policy:*:*")
@@ -246,19 +251,19 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
         "the charge was counted in the new Redis: {keys:?}"
     );
     // The shared hashing secret is back in the new Redis, for replicas that start now.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let secret: Option<String> = redis::cmd("GET")
-            .arg("mcp-policy:scope-hasher-key")
-            .query_async(&mut client)
-            .await
-            .unwrap();
-        if secret.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the secret was not written back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the secret was not written back",
+        async || {
+            let secret: Option<String> = redis::cmd("GET")
+                .arg("mcp-policy:scope-hasher-key")
+                .query_async(&mut client)
+                .await
+                .unwrap();
+            secret.is_some()
+        },
+    )
+    .await;
     let late = redis.builder().connect().await.unwrap();
     let late = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), late))
         .layer(upstream(runs.clone()));
@@ -490,20 +495,16 @@ async fn two_demo_servers_on_one_redis_give_one_budget_and_survive_a_restart() {
             "a request waited {slowest:?}"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut id = 1000;
-    loop {
-        id += 1;
-        let answer = demo_call(&demos[1].url(), "carol", id).await;
-        if !denied(&answer) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counting did not resume: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        "counting did not resume",
+        async || {
+            id += 1;
+            !denied(&demo_call(&demos[1].url(), "carol", id).await)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,18 +552,11 @@ async fn a_call_answered_with_an_error_leaves_the_redis_budget_as_it_was() {
         assert!(text.contains("backend down"), "{text}");
         fail.store(false, Ordering::SeqCst);
         // The refund is applied in the background: the budget comes back promptly.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let again = answer(service.clone().oneshot(call("t", "alice")).await.unwrap()).await;
-            if !denied(&again) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{content_type}: not refunded: {again}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{content_type}: not refunded");
+        eventually(Duration::from_secs(2), &what, async || {
+            !denied(&answer(service.clone().oneshot(call("t", "alice")).await.unwrap()).await)
+        })
+        .await;
         let spent = answer(service.clone().oneshot(call("t", "alice")).await.unwrap()).await;
         assert!(
             denied(&spent),

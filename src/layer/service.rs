@@ -339,15 +339,7 @@ impl Inspected<'_> {
     }
 
     fn calls(&self) -> SmallVec<[Call<'_>; 2]> {
-        self.decoded
-            .messages()
-            .iter()
-            .filter_map(|m| m.tool_call())
-            .map(|call| Call {
-                tool: call.name(),
-                args: call.arguments(),
-            })
-            .collect()
+        Call::all_in(&self.decoded)
     }
 }
 
