@@ -151,11 +151,7 @@ async fn concurrent_requests_are_charged_all_or_nothing() {
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut client).await.unwrap();
     let now = seconds as f64 * 1e6 + micros as f64;
     for def in policy.counters() {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("mcp-policy:{}:*", def.id()))
-            .query_async(&mut client)
-            .await
-            .unwrap();
+        let keys = redis.keys(&format!("mcp-policy:{}:*", def.id())).await;
         assert_eq!(keys.len(), 1, "{}", def.name());
         let tat: String = redis::cmd("GET")
             .arg(&keys[0])
@@ -240,11 +236,7 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
     )
     .await;
     let mut client = redis.client().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("mcp-policy:*:*")
-        .query_async(&mut client)
-        .await
-        .unwrap();
+    let keys = redis.keys("mcp-policy:*:*").await;
     assert_eq!(
         keys.len(),
         1,
@@ -269,11 +261,7 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
         .layer(upstream(runs.clone()));
     let spent = answer(late.oneshot(call("limited", "a")).await.unwrap()).await;
     assert!(!denied(&spent));
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("mcp-policy:*:*")
-        .query_async(&mut client)
-        .await
-        .unwrap();
+    let keys = redis.keys("mcp-policy:*:*").await;
     assert_eq!(
         keys.len(),
         1,
@@ -386,11 +374,7 @@ async fn every_key_expires_and_none_holds_a_credential_or_session() {
     ));
 
     let mut client = redis.client().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut client)
-        .await
-        .unwrap();
+    let keys = redis.keys("*").await;
     let counters: Vec<&String> = keys
         .iter()
         .filter(|k| !k.ends_with("scope-hasher-key"))

@@ -63,6 +63,16 @@ impl Redis {
         RedisCounters::builder(self.url())
     }
 
+    /// The keys matching `pattern`.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut client = self.client().await;
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut client)
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
