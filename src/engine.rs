@@ -118,7 +118,11 @@ impl Engine<MemoryCounters<DefaultClock>> {
     }
 }
 
-impl<C: Clock + Clone> Engine<MemoryCounters<C>> {
+impl<C> Engine<MemoryCounters<C>>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
     /// An engine with in-memory counters on `clock` (a `FakeRelativeClock` in tests).
     pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
         Engine::with_counters(policy, MemoryCounters::with_clock(clock))

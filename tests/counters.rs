@@ -142,3 +142,96 @@ async fn a_store_error_is_a_fixed_message_with_the_stores_retry_hint() {
     assert_eq!(denial.retry_after(), Some(5));
     assert_eq!(denial.rule(), "(counter store)");
 }
+
+#[test]
+fn a_key_flood_stops_at_the_bound_and_tracked_callers_keep_working() {
+    let p = policy(V1);
+    let clock = FakeRelativeClock::default();
+    let store = MemoryCounters::with_clock(clock.clone()).with_max_keys(1000);
+    assert_eq!(store.max_keys(), 1000);
+    let engine = Engine::with_counters(p, store.clone());
+    let h = ScopeHasher::with_key([9; 16]);
+    let caller = |i: usize| {
+        let grant = h.credential(format!("Bearer invented-{i}").as_bytes());
+        ScopeKeys::new(grant, h.no_session(grant))
+    };
+    let args = json!({});
+    for i in 0..1000 {
+        assert_eq!(engine.decide("a", Some(&args), &caller(i)), Decision::Allow);
+    }
+    assert_eq!(store.len(), 1000);
+
+    // A new caller is refused with a readable message; nothing was tracked for it.
+    for i in 1000..3000 {
+        let Decision::Deny(denial) = engine.decide("a", Some(&args), &caller(i)) else {
+            panic!("caller {i} was let in past the bound");
+        };
+        assert_eq!(
+            denial.kind(),
+            tower_mcp_policy::DenialKind::CounterUnavailable
+        );
+        assert_eq!(
+            denial.message(),
+            "Rate-limit state is unavailable, the call was not run; try again in 1s."
+        );
+    }
+    assert_eq!(store.len(), 1000, "the bound holds under the flood");
+
+    // The store's own error says what happened, for the logs.
+    let charge = Charge::new(
+        p_counter(&engine),
+        Quota::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(60)),
+        caller(5000).grant,
+        NonZeroU32::MIN,
+    );
+    let Err(ChargeError::Unavailable(error)) = store.try_charge(&[charge]) else {
+        panic!("a new key was admitted to a full table");
+    };
+    assert!(
+        error.to_string().starts_with(
+            "the in-memory counter table is full (1000 buckets tracked, max_keys 1000)"
+        ),
+        "{error}"
+    );
+
+    // Callers already tracked keep their budgets: the second of two passes, the
+    // third is a rate-limit denial, not a capacity one.
+    assert_eq!(engine.decide("a", Some(&args), &caller(7)), Decision::Allow);
+    let Decision::Deny(denial) = engine.decide("a", Some(&args), &caller(7)) else {
+        panic!("the budget of max 2 was exceeded");
+    };
+    assert_eq!(denial.kind(), tower_mcp_policy::DenialKind::Limit);
+
+    // Once the buckets have refilled, a sweep gives the room back.
+    clock.advance(Duration::from_secs(121));
+    store.retain_recent();
+    assert!(store.is_empty(), "{} buckets left", store.len());
+    assert_eq!(
+        engine.decide("a", Some(&args), &caller(5000)),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn forgotten_counters_give_their_keys_back() {
+    let store = MemoryCounters::with_clock(FakeRelativeClock::default()).with_max_keys(10);
+    let engine = Engine::with_counters(policy(V1), store.clone());
+    let args = json!({});
+    assert_eq!(engine.decide("a", Some(&args), &keys()), Decision::Allow);
+    assert_eq!(engine.decide("b", Some(&args), &keys()), Decision::Allow);
+    assert_eq!(store.len(), 2);
+    // A policy without `b`: its counter and its bucket go.
+    store.retain_counters(&[p_counter(&engine)]);
+    assert_eq!(store.len(), 1);
+}
+
+/// The id of `shared`, the counter of tool `a` in [`V1`].
+fn p_counter<S: CounterStore>(engine: &Engine<S>) -> CounterId {
+    let policy = engine.policy();
+    let def = policy
+        .counters()
+        .iter()
+        .find(|c| c.name() == "shared")
+        .expect("V1 has `shared`");
+    def.id()
+}

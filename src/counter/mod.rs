@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
-pub use memory::MemoryCounters;
+pub use memory::{DEFAULT_MAX_KEYS, MemoryCounters};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCounters, RedisCountersBuilder};
 

@@ -54,7 +54,11 @@ impl PolicyLayer<MemoryCounters<DefaultClock>> {
     }
 }
 
-impl<C: Clock + Clone> PolicyLayer<MemoryCounters<C>> {
+impl<C> PolicyLayer<MemoryCounters<C>>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
     /// A layer whose counters run on `clock`: governor's `FakeRelativeClock` makes
     /// rate-limit tests deterministic.
     pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
