@@ -43,6 +43,21 @@ pub enum DenialKind {
     CounterUnavailable,
 }
 
+impl DenialKind {
+    /// The name used in answers, logs and metrics: `hidden`, `not_allowed`, `deny_if`,
+    /// `require`, `limit`, `counter_unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialKind::Hidden => "hidden",
+            DenialKind::NotAllowed => "not_allowed",
+            DenialKind::DenyIf => "deny_if",
+            DenialKind::Require => "require",
+            DenialKind::Limit => "limit",
+            DenialKind::CounterUnavailable => "counter_unavailable",
+        }
+    }
+}
+
 /// The policy's answer to a denied call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {

@@ -28,7 +28,7 @@ mod engine;
 mod error;
 pub mod jsonrpc;
 pub mod layer;
-mod observe;
+pub mod observe;
 mod policy;
 mod scope;
 mod source;

@@ -1,12 +1,364 @@
-//! What the layer reports about its decisions.
+//! What the layer reports about its decisions: one [`Event`] per fact, handed to an
+//! [`Observer`].
+//!
+//! [`TracingObserver`] (the default) writes each event as a `tracing` line;
+//! `MetricsObserver` (feature `metrics`) counts them; an application can add its own
+//! (an audit sink, say) with [`PolicyLayer::observer`](crate::PolicyLayer::observer).
+//! Events carry what an audit record needs (hashed grant and session, JSON-RPC method,
+//! tool, policy fingerprint, decision, rule, message, the server's status and latency
+//! for forwarded calls, the sorted argument keys the policy read), never argument values
+//! or credentials.
 //!
 //! Log lines carry text that came from requests (tool names, keys, methods). Written
 //! raw, a tool name holding `\n` or an ANSI escape could print a forged line below the
-//! real one, or rewrite the terminal. [`Escaped`] writes such text with every control
-//! character (and the Unicode line separators and bidirectional overrides that can
-//! reorder a line) escaped, so one event is always one line and shows what was sent.
+//! real one, or rewrite the terminal. The tracing observer writes such text with every
+//! control character (and the Unicode line separators and bidirectional overrides that
+//! can reorder a line) escaped, so one event is always one line and shows what was sent.
 
 use std::fmt::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::counter::StoreError;
+use crate::decision::Denial;
+use crate::error::PolicyError;
+use crate::jsonrpc::Id;
+use crate::scope::ScopeValue;
+use crate::value::ArgValue;
+
+/// Receives every [`Event`] of a layer. Called on the request's path: keep it quick
+/// (hand slow work to a channel).
+pub trait Observer: Send + Sync + 'static {
+    /// One event.
+    fn observe(&self, event: &Event<'_>);
+
+    /// Whether allowed calls are reported. They are reported when the server has
+    /// answered (with its status and latency), so the layer keeps a copy of each
+    /// allowed call's tool name and argument keys until then; an observer that
+    /// ignores them saves that. Default `true`.
+    fn wants_allowed(&self) -> bool {
+        true
+    }
+}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn observe(&self, event: &Event<'_>) {
+        self.0.observe(event);
+        self.1.observe(event);
+    }
+
+    fn wants_allowed(&self) -> bool {
+        self.0.wants_allowed() || self.1.wants_allowed()
+    }
+}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn observe(&self, event: &Event<'_>) {
+        (**self).observe(event);
+    }
+
+    fn wants_allowed(&self) -> bool {
+        (**self).wants_allowed()
+    }
+}
+
+/// Something the layer did or decided.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A tool call was judged: allowed (reported once the server answered), denied,
+    /// would be denied (monitor mode, or a candidate policy), or not executed.
+    Call(CallEvent<'a>),
+    /// A request body was judged (once per request, whatever it held).
+    Judged {
+        /// The fingerprint of the policy it was judged under.
+        policy: &'a str,
+        /// From the body read in full to the decision, counters included.
+        latency: Duration,
+        /// How many counter buckets the store tracks, if it knows.
+        tracked_keys: Option<usize>,
+    },
+    /// A request refused before any decision: unreadable body, bad headers, too large,
+    /// too slow. The answer is a JSON-RPC error.
+    Rejected {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The JSON-RPC error code.
+        code: i64,
+        /// The error message (request text in it is not escaped here).
+        message: &'a str,
+    },
+    /// Charges given back because the calls they paid for did not run.
+    Refund {
+        /// How many charges.
+        charges: usize,
+    },
+    /// The counter store could not decide; the calls that needed it were denied.
+    StoreError {
+        /// The store's error (never shown to the agent).
+        error: &'a StoreError,
+    },
+    /// A policy was put in force, or a reload failed and the last good one stays.
+    Reload {
+        /// The file, when the policy came from one.
+        file: Option<&'a Path>,
+        /// The new policy's summary, or why it did not load.
+        result: Result<&'a str, &'a PolicyError>,
+        /// The fingerprint of the policy in force after the event.
+        policy: &'a str,
+    },
+}
+
+/// What became of one tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallDecision {
+    /// Forwarded to the server.
+    Allow,
+    /// Denied: answered by the layer.
+    Deny,
+    /// Monitor mode or a candidate policy: enforcement would deny it.
+    WouldDeny,
+    /// Not run because another call of its batch was denied.
+    NotExecuted,
+    /// Monitor mode or a candidate policy: enforcement would not run it.
+    WouldNotExecute,
+}
+
+impl CallDecision {
+    /// The name used in logs and metrics: `allow`, `deny`, `would_deny`,
+    /// `not_executed`, `would_not_execute`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallDecision::Allow => "allow",
+            CallDecision::Deny => "deny",
+            CallDecision::WouldDeny => "would_deny",
+            CallDecision::NotExecuted => "not_executed",
+            CallDecision::WouldNotExecute => "would_not_execute",
+        }
+    }
+}
+
+/// The server's answer to a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// Its HTTP status; `None` when the inner service failed without answering.
+    pub status: Option<u16>,
+    /// From forwarding the request to the answer's head.
+    pub latency: Duration,
+}
+
+/// One judged tool call; see [`Event::Call`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CallEvent<'a> {
+    /// What became of it.
+    pub decision: CallDecision,
+    /// The tool, as the agent sent it (unbounded: do not use it as a metric label).
+    pub tool: &'a str,
+    /// A bounded name for the tool: the name or pattern the policy knows it by, or
+    /// `other` ([`Policy::tool_label`](crate::Policy::tool_label)).
+    pub tool_label: &'a str,
+    /// The JSON-RPC method (`tools/call`).
+    pub method: &'a str,
+    /// The call's JSON-RPC id; `None` for a notification.
+    pub jsonrpc_id: Option<&'a Id>,
+    /// The caller's grant, hashed.
+    pub grant: ScopeValue,
+    /// The caller's session, hashed (the grant's own value when there is none).
+    pub session: ScopeValue,
+    /// The fingerprint of the policy that judged it.
+    pub policy: &'a str,
+    /// True when a candidate policy (monitored beside the enforced one) judged it.
+    pub candidate: bool,
+    /// Why it was (or would be) denied.
+    pub denial: Option<&'a Denial>,
+    /// For allowed calls: the server's answer.
+    pub upstream: Option<Upstream>,
+    pub(crate) arg_keys: ArgKeys<'a>,
+}
+
+impl CallEvent<'_> {
+    /// The top-level argument keys the policy read, sorted (never the values). The
+    /// decoder keeps only what the policy reads, so keys no rule mentions are absent.
+    pub fn arg_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = match self.arg_keys {
+            ArgKeys::Args(args) => args
+                .and_then(ArgValue::as_object)
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(String::as_str)
+                .collect(),
+            ArgKeys::Owned(keys) => keys.iter().map(|k| &**k).collect(),
+        };
+        keys.sort_unstable();
+        keys
+    }
+}
+
+/// Where an event's argument keys come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ArgKeys<'a> {
+    Args(Option<&'a ArgValue>),
+    Owned(&'a [Box<str>]),
+}
+
+/// The default observer: one `tracing` event per [`Event`], target `tower_mcp_policy`.
+/// Allowed calls, refunds and `Judged` are DEBUG, denials and rejections INFO, store
+/// errors WARN, failed reloads ERROR.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingObserver;
+
+impl Observer for TracingObserver {
+    fn observe(&self, event: &Event<'_>) {
+        trace(event);
+    }
+
+    fn wants_allowed(&self) -> bool {
+        tracing::enabled!(target: "tower_mcp_policy", tracing::Level::DEBUG)
+    }
+}
+
+/// Displays an optional JSON-RPC id (`(notification)` for none).
+struct IdField<'a>(Option<&'a Id>);
+
+impl fmt::Display for IdField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("(notification)"),
+        }
+    }
+}
+
+/// Sorted argument keys, formatted only when the line is written.
+struct KeysField<'a>(&'a CallEvent<'a>);
+
+impl fmt::Debug for KeysField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.arg_keys().iter().map(|k| Escaped(k)))
+            .finish()
+    }
+}
+
+fn trace(event: &Event<'_>) {
+    match event {
+        Event::Call(call) => trace_call(call),
+        Event::Judged {
+            policy,
+            latency,
+            tracked_keys,
+        } => tracing::trace!(
+            target: "tower_mcp_policy",
+            decision = "judged",
+            policy,
+            latency_us = latency.as_micros() as u64,
+            tracked_keys,
+            "request judged"
+        ),
+        Event::Rejected {
+            status,
+            code,
+            message,
+        } => tracing::info!(
+            target: "tower_mcp_policy",
+            decision = "reject",
+            status,
+            code,
+            "{}",
+            Escaped(message)
+        ),
+        Event::Refund { charges } => tracing::debug!(
+            target: "tower_mcp_policy",
+            decision = "refund",
+            charges,
+            "charges given back: the calls did not run"
+        ),
+        Event::StoreError { error } => tracing::warn!(
+            target: "tower_mcp_policy",
+            decision = "store_error",
+            "counter store unavailable, calls that need it are denied: {}",
+            Escaped(&error.to_string())
+        ),
+        Event::Reload {
+            file,
+            result: Ok(summary),
+            policy,
+        } => tracing::info!(
+            target: "tower_mcp_policy",
+            decision = "reload",
+            file = file.map(|f| f.display().to_string()),
+            policy,
+            "policy replaced: {summary}"
+        ),
+        Event::Reload {
+            file,
+            result: Err(error),
+            policy,
+        } => tracing::error!(
+            target: "tower_mcp_policy",
+            decision = "reload_failed",
+            file = file.map(|f| f.display().to_string()),
+            policy,
+            "policy not reloaded, the last good policy stays in force: {error}"
+        ),
+    }
+}
+
+fn trace_call(call: &CallEvent<'_>) {
+    let id = IdField(call.jsonrpc_id);
+    let (status, latency_ms) = match call.upstream {
+        Some(up) => (up.status, Some(up.latency.as_secs_f64() * 1e3)),
+        None => (None, None),
+    };
+    match (call.decision, call.denial) {
+        (CallDecision::Allow, _) => tracing::debug!(
+            target: "tower_mcp_policy",
+            decision = "allow",
+            tool = call.tool,
+            method = call.method,
+            grant = %call.grant,
+            session = %call.session,
+            jsonrpc_id = %id,
+            policy = call.policy,
+            upstream_status = status,
+            upstream_latency_ms = latency_ms,
+            arg_keys = ?KeysField(call),
+            "tool call allowed"
+        ),
+        (decision, Some(denial)) => tracing::info!(
+            target: "tower_mcp_policy",
+            decision = decision.as_str(),
+            kind = denial.kind().as_str(),
+            tool = call.tool,
+            method = call.method,
+            rule = denial.rule(),
+            retry_after_seconds = denial.retry_after(),
+            grant = %call.grant,
+            session = %call.session,
+            jsonrpc_id = %id,
+            policy = call.policy,
+            candidate = call.candidate,
+            arg_keys = ?KeysField(call),
+            "{}",
+            Escaped(denial.message())
+        ),
+        (decision, None) => tracing::info!(
+            target: "tower_mcp_policy",
+            decision = decision.as_str(),
+            tool = call.tool,
+            method = call.method,
+            grant = %call.grant,
+            session = %call.session,
+            jsonrpc_id = %id,
+            policy = call.policy,
+            candidate = call.candidate,
+            "tool call not executed: another call in its batch was denied"
+        ),
+    }
+}
 
 /// Displays `str` with control characters escaped (`\n`, `\u{1b}`, ...).
 pub(crate) struct Escaped<'a>(pub &'a str);

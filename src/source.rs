@@ -5,12 +5,14 @@
 //! of one version and half of another: arguments pruned under the old plan never meet
 //! the new rules. In-flight requests finish under the version they started with.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::counter::{CounterId, CounterStore};
 use crate::error::PolicyError;
+use crate::observe::{Event, Observer};
 use crate::policy::Policy;
 
 /// The current policy.
@@ -58,6 +60,7 @@ impl Source {
 pub struct PolicyHandle {
     source: Arc<Source>,
     retain: RetainCounters,
+    observer: Arc<dyn Observer>,
 }
 
 /// Tells the counter store which counters the new policy still has.
@@ -72,10 +75,15 @@ impl std::fmt::Debug for PolicyHandle {
 }
 
 impl PolicyHandle {
-    pub(crate) fn new<S: CounterStore + Clone>(source: Arc<Source>, counters: S) -> Self {
+    pub(crate) fn new<S: CounterStore + Clone>(
+        source: Arc<Source>,
+        counters: S,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         PolicyHandle {
             source,
             retain: Arc::new(move |keep: &[CounterId]| counters.retain_counters(keep)),
+            observer,
         }
     }
 
@@ -86,22 +94,39 @@ impl PolicyHandle {
 
     /// Puts `policy` in force for the next request.
     pub fn replace(&self, policy: impl Into<Arc<Policy>>) {
-        let policy = policy.into();
-        let keep: Vec<CounterId> = policy.counters().iter().map(|c| c.id()).collect();
-        let summary = policy.summary();
-        self.source.replace(policy);
-        (self.retain)(&keep);
-        tracing::info!(
-            target: "tower_mcp_policy",
-            decision = "reload",
-            "policy replaced: {summary}"
-        );
+        self.put(policy.into(), None);
     }
 
-    /// Loads `path` and puts it in force; on error the policy in force stays and the
-    /// error (file, JSON Pointer, line) is returned.
-    pub fn reload_file(&self, path: impl AsRef<std::path::Path>) -> Result<(), PolicyError> {
-        self.replace(Policy::from_file(path)?);
-        Ok(())
+    fn put(&self, policy: Arc<Policy>, file: Option<&Path>) {
+        let keep: Vec<CounterId> = policy.counters().iter().map(|c| c.id()).collect();
+        let summary = policy.summary();
+        let fingerprint = policy.fingerprint().to_owned();
+        self.source.replace(policy);
+        (self.retain)(&keep);
+        self.observer.observe(&Event::Reload {
+            file,
+            result: Ok(&summary),
+            policy: &fingerprint,
+        });
+    }
+
+    /// Loads `path` and puts it in force. On error the policy in force stays, the
+    /// error (file, JSON Pointer, line) is returned, and reported as a failed reload.
+    pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
+        let path = path.as_ref();
+        match Policy::from_file(path) {
+            Ok(policy) => {
+                self.put(Arc::new(policy), Some(path));
+                Ok(())
+            }
+            Err(error) => {
+                self.observer.observe(&Event::Reload {
+                    file: Some(path),
+                    result: Err(&error),
+                    policy: self.source.snapshot().fingerprint(),
+                });
+                Err(error)
+            }
+        }
     }
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::policy::Policy;
 use crate::source::PolicyHandle;
 
 /// How long a burst of file events is collected before the file is read again.
@@ -70,29 +69,9 @@ impl PolicyHandle {
                     if last.as_deref() == Some(&bytes[..]) {
                         continue;
                     }
-                    let loaded = std::str::from_utf8(&bytes)
-                        .map_err(|_| "the file is not UTF-8".to_owned())
-                        .and_then(|text| {
-                            text.parse::<Policy>()
-                                .map_err(|e| e.in_file(&file).to_string())
-                        });
-                    match loaded {
-                        Ok(policy) => {
-                            tracing::info!(
-                                target: "tower_mcp_policy",
-                                decision = "reload",
-                                file = %file.display(),
-                                "policy file reloaded"
-                            );
-                            handle.replace(policy);
-                        }
-                        Err(error) => tracing::error!(
-                            target: "tower_mcp_policy",
-                            decision = "reload_failed",
-                            file = %file.display(),
-                            "policy file not reloaded, the last good policy stays in force: {error}"
-                        ),
-                    }
+                    // Reported as a reload event either way; a file that does not
+                    // load leaves the last good policy in force.
+                    let _ = handle.reload_file(&file);
                     last = Some(bytes);
                 }
             })

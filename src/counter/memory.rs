@@ -538,6 +538,10 @@ where
         self.give_back(charges);
     }
 
+    fn tracked_keys(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
     fn retain_counters(&self, keep: &[CounterId]) {
         let inner = &*self.inner;
         let _adding = inner.adding.lock().unwrap_or_else(PoisonError::into_inner);

@@ -253,6 +253,12 @@ pub trait CounterStore: Send + Sync + 'static {
         None
     }
 
+    /// How many buckets the store tracks, if it knows cheaply (for metrics). The
+    /// default is `None`.
+    fn tracked_keys(&self) -> Option<usize> {
+        None
+    }
+
     /// Forgets every counter not in `keep` (after a policy replaced by one without
     /// them). The default keeps everything (a store whose keys expire by themselves).
     fn retain_counters(&self, keep: &[CounterId]) {

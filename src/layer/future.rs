@@ -20,7 +20,7 @@ use super::deadline::Deadline;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
     BoxError, Charging, Forwarded, Judged, Judgment, MCP_SESSION_ID, Outcome, PolicyDecision,
-    Shared, refused_response,
+    Shared,
 };
 use crate::counter::CounterStore;
 use crate::jsonrpc::INVALID_REQUEST;
@@ -140,7 +140,7 @@ where
         } else {
             // POST, and every other method that can carry a body, is read and judged.
             match check_entity_headers(&parts.headers, shared.config.max_body) {
-                Err(refused) => answered(refused),
+                Err(refused) => answered(&shared, refused),
                 Ok(()) => State::Reading {
                     body,
                     request: Some((parts, inner)),
@@ -155,13 +155,16 @@ where
     }
 }
 
-fn answered<Inner, S, ReqBody, ResBody>(refused: Refused) -> State<Inner, S, ReqBody, ResBody>
+fn answered<Inner, S, ReqBody, ResBody>(
+    shared: &Shared<S>,
+    refused: Refused,
+) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
     State::Answered {
-        response: Some(refused_response(refused, None)),
+        response: Some(shared.refused_response(refused, None)),
     }
 }
 
@@ -179,6 +182,9 @@ where
     forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
     forwarded.deletes = parts.method == Method::DELETE;
     forwarded.streams = parts.method == Method::GET;
+    if !forwarded.allowed.is_empty() {
+        forwarded.sent = Some(std::time::Instant::now());
+    }
     let parts = shared.prepare_forward(&forwarded, parts);
     State::Calling {
         future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
@@ -227,15 +233,18 @@ where
                     judge,
                     deadline,
                 } => match body.poll_frame(cx) {
-                    Poll::Pending if deadline.expired(cx) => answered(Refused {
-                        status: StatusCode::REQUEST_TIMEOUT,
-                        code: INVALID_REQUEST,
-                        message: format!(
-                            "the request body did not arrive within {:?} (received {} bytes)",
-                            this.shared.config.body_read_timeout.unwrap_or_default(),
-                            buffer.len()
-                        ),
-                    }),
+                    Poll::Pending if deadline.expired(cx) => answered(
+                        this.shared,
+                        Refused {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            code: INVALID_REQUEST,
+                            message: format!(
+                                "the request body did not arrive within {:?} (received {} bytes)",
+                                this.shared.config.body_read_timeout.unwrap_or_default(),
+                                buffer.len()
+                            ),
+                        },
+                    ),
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(frame) => match frame {
                         Some(Ok(frame)) => {
@@ -247,24 +256,30 @@ where
                                 continue;
                             }
                             let (parts, _) = request.as_ref().expect("read until answered");
-                            answered(if *judge {
-                                too_large(*limit)
-                            } else {
-                                Refused {
-                                    status: StatusCode::BAD_REQUEST,
-                                    code: INVALID_REQUEST,
-                                    message: format!(
-                                        "a {} request must not carry a body",
-                                        parts.method
-                                    ),
-                                }
-                            })
+                            answered(
+                                this.shared,
+                                if *judge {
+                                    too_large(*limit)
+                                } else {
+                                    Refused {
+                                        status: StatusCode::BAD_REQUEST,
+                                        code: INVALID_REQUEST,
+                                        message: format!(
+                                            "a {} request must not carry a body",
+                                            parts.method
+                                        ),
+                                    }
+                                },
+                            )
                         }
-                        Some(Err(err)) => answered(Refused {
-                            status: StatusCode::BAD_REQUEST,
-                            code: INVALID_REQUEST,
-                            message: format!("could not read the request body: {}", err.into()),
-                        }),
+                        Some(Err(err)) => answered(
+                            this.shared,
+                            Refused {
+                                status: StatusCode::BAD_REQUEST,
+                                code: INVALID_REQUEST,
+                                message: format!("could not read the request body: {}", err.into()),
+                            },
+                        ),
                         None => {
                             let (parts, mut inner) = request.take().expect("read until answered");
                             let bytes = buffer.take();

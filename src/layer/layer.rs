@@ -7,11 +7,12 @@ use governor::clock::{Clock, DefaultClock};
 use tower_layer::Layer;
 
 use super::DenialFormat;
-use super::service::{Config, Mode, PolicyService, Shared};
+use super::service::{Config, Mode, PolicyService, Refunds, Shared, SharedObserver};
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
 use crate::error::PolicyError;
+use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::scope::ScopeHasher;
 use crate::source::PolicyHandle;
@@ -81,7 +82,11 @@ impl<S: CounterStore> PolicyLayer<S> {
     where
         S: Clone,
     {
-        PolicyHandle::new(self.engine.source().clone(), self.engine.counters().clone())
+        PolicyHandle::new(
+            self.engine.source().clone(),
+            self.engine.counters().clone(),
+            self.config.observer.0.clone(),
+        )
     }
 
     /// The hasher that turns credentials and session ids into counter keys. Replicas
@@ -147,6 +152,25 @@ impl<S> PolicyLayer<S> {
         self.configure(|c| c.mode = mode)
     }
 
+    /// Where the layer's [`Event`](crate::observe::Event)s go (default
+    /// [`TracingObserver`](crate::observe::TracingObserver)). To keep the tracing lines
+    /// and add your own, pass a pair: `.observer((TracingObserver, mine))`. Set it before
+    /// [`PolicyLayer::handle`], whose reloads it reports too.
+    #[must_use]
+    pub fn observer(self, observer: impl Observer) -> Self {
+        self.configure(|c| c.observer = SharedObserver(Arc::new(observer)))
+    }
+
+    /// Judges every request under `candidate` too, beside the policy in force, with
+    /// counters of its own, and reports what it would refuse as `would_deny` events
+    /// with `candidate: true` and its fingerprint. The candidate never changes an
+    /// answer: observe a new version on real traffic before putting it in force.
+    #[must_use]
+    pub fn candidate(self, candidate: impl Into<Arc<Policy>>) -> Self {
+        let engine = Arc::new(Engine::new(candidate));
+        self.configure(|c| c.candidate = Some(engine))
+    }
+
     /// How denied calls are answered (default [`DenialFormat::ToolResult`]).
     #[must_use]
     pub fn denial_format(self, format: DenialFormat) -> Self {
@@ -182,7 +206,7 @@ impl<S> PolicyLayer<S> {
     }
 }
 
-impl<Inner, S> Layer<Inner> for PolicyLayer<S> {
+impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
     type Service = PolicyService<Inner, S>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
@@ -192,6 +216,10 @@ impl<Inner, S> Layer<Inner> for PolicyLayer<S> {
                 engine: self.engine.clone(),
                 config: self.config.clone(),
                 sessions: self.sessions.clone(),
+                refunder: Arc::new(Refunds {
+                    engine: self.engine.clone(),
+                    observer: self.config.observer.clone(),
+                }),
             }),
         )
     }

@@ -44,23 +44,12 @@ fn details(denial: &Denial) -> Value {
     let mut details = json!({
         "rule": denial.rule(),
         "tool": denial.tool(),
-        "kind": kind_name(denial.kind()),
+        "kind": denial.kind().as_str(),
     });
     if let Some(seconds) = denial.retry_after() {
         details["retryAfterSeconds"] = json!(seconds);
     }
     details
-}
-
-pub(crate) fn kind_name(kind: DenialKind) -> &'static str {
-    match kind {
-        DenialKind::Hidden => "hidden",
-        DenialKind::NotAllowed => "not_allowed",
-        DenialKind::DenyIf => "deny_if",
-        DenialKind::Require => "require",
-        DenialKind::Limit => "limit",
-        DenialKind::CounterUnavailable => "counter_unavailable",
-    }
 }
 
 fn error_object(id: Option<&Id>, code: i64, message: &str, data: Option<Value>) -> Value {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -16,7 +17,7 @@ use tower_service::Service;
 use super::body::{PolicyBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
-use super::refund::{Charged, Watch};
+use super::refund::{Charged, Refunder, Watch};
 use super::request::{Refused, check_routing_headers, single};
 use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
@@ -25,7 +26,9 @@ use super::sessions::Sessions;
 use crate::counter::{ChargeError, CounterStore, MemoryCounters};
 use crate::engine::{Call, Engine, PendingCharges, Prepared, Refusal, Verdict};
 use crate::jsonrpc::{self, Decoded, MessageKind};
-use crate::observe::Escaped;
+use crate::observe::{
+    ArgKeys, CallDecision, CallEvent, Event, Observer, TracingObserver, Upstream,
+};
 use crate::policy::Policy;
 use crate::scope::{ScopeHasher, ScopeKeys};
 use crate::value::ArgValue;
@@ -77,6 +80,9 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
+    pub observer: SharedObserver,
+    /// A policy judged beside the enforced one, reported only.
+    pub candidate: Option<Arc<Engine<MemoryCounters>>>,
     pub max_body: usize,
     pub max_filtered_response: usize,
     pub denial_format: DenialFormat,
@@ -88,6 +94,8 @@ pub(crate) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            observer: SharedObserver(Arc::new(TracingObserver)),
+            candidate: None,
             max_body: DEFAULT_MAX_BODY,
             max_filtered_response: DEFAULT_MAX_FILTERED_RESPONSE,
             denial_format: DenialFormat::default(),
@@ -98,11 +106,44 @@ impl Default for Config {
     }
 }
 
+/// The layer's observer.
+#[derive(Clone)]
+pub(crate) struct SharedObserver(pub Arc<dyn Observer>);
+
+impl fmt::Debug for SharedObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared<S> {
     pub engine: Arc<Engine<S>>,
     pub config: Config,
     pub sessions: Arc<Sessions>,
+    /// Gives charges back and reports it.
+    pub refunder: Arc<dyn Refunder>,
+}
+
+/// Refunds through the engine's store, each reported as an event.
+pub(crate) struct Refunds<S> {
+    pub engine: Arc<Engine<S>>,
+    pub observer: SharedObserver,
+}
+
+impl<S: CounterStore> Refunder for Refunds<S> {
+    fn refund(&self, charges: &[crate::counter::Charge]) {
+        self.engine.counters().refund(charges);
+        self.observer.0.observe(&Event::Refund {
+            charges: charges.len(),
+        });
+    }
+}
+
+impl fmt::Debug for dyn Refunder + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Refunder")
+    }
 }
 
 /// Middleware that enforces a policy on the MCP requests it passes to `Inner`; see the
@@ -287,6 +328,20 @@ pub(crate) struct Forwarded {
     pub deletes: bool,
     /// A GET: the server's event stream, which may replay tool lists.
     pub streams: bool,
+    /// The allowed calls, reported once the server answers (when the observer wants
+    /// them).
+    pub allowed: Vec<AllowedCall>,
+    /// When the request was handed to the inner service (when `allowed` is not empty).
+    pub sent: Option<Instant>,
+}
+
+/// What an allowed call's event needs once the server has answered.
+#[derive(Debug)]
+pub(crate) struct AllowedCall {
+    tool: Box<str>,
+    id: Option<jsonrpc::Id>,
+    arg_keys: Box<[Box<str>]>,
+    keys: ScopeKeys,
 }
 
 impl Forwarded {
@@ -305,6 +360,8 @@ impl Forwarded {
             session: None,
             deletes: false,
             streams: false,
+            allowed: Vec::new(),
+            sent: None,
         }
     }
 
@@ -318,6 +375,8 @@ impl Forwarded {
             session: None,
             deletes: false,
             streams: false,
+            allowed: Vec::new(),
+            sent: None,
         }
     }
 }
@@ -356,6 +415,7 @@ pub(crate) enum Judgment<B, S: CounterStore> {
 
 /// What a request awaiting its charges keeps.
 pub(crate) struct Charging {
+    started: Instant,
     policy: Arc<Policy>,
     inspected: Inspected<'static>,
     pending: PendingCharges<'static>,
@@ -365,6 +425,10 @@ impl<S: CounterStore> Shared<S> {
     /// Judges the body: the decision, or the store's future to await for it (nothing
     /// is charged until that future is polled).
     pub(crate) fn judge<B>(&self, parts: &Parts, bytes: &Bytes) -> Judgment<B, S> {
+        let started = Instant::now();
+        if let Some(candidate) = &self.config.candidate {
+            self.judge_candidate(candidate, parts, bytes);
+        }
         // One snapshot of the policy for the whole request: the decode plan, the rules,
         // and the filtering of its answer.
         let policy = self.engine.policy();
@@ -375,7 +439,8 @@ impl<S: CounterStore> Shared<S> {
         let calls = inspected.calls();
         let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
             Prepared::Done(verdict) => {
-                return Judgment::Judged(self.conclude(&policy, &inspected, verdict, None));
+                let concluded = self.conclude(&policy, &inspected, verdict, None, started);
+                return Judgment::Judged(concluded);
             }
             Prepared::Charge(pending) => pending,
         };
@@ -384,14 +449,16 @@ impl<S: CounterStore> Shared<S> {
             let charged = result
                 .is_ok()
                 .then(|| Charged::new(&pending, &inspected.decoded));
-            let verdict = pending.finish(logged(result));
-            return Judgment::Judged(self.conclude(&policy, &inspected, verdict, charged));
+            let verdict = pending.finish(self.logged(result));
+            let concluded = self.conclude(&policy, &inspected, verdict, charged, started);
+            return Judgment::Judged(concluded);
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
         let pending = pending.into_owned();
         drop(calls);
         let charging = Charging {
+            started,
             inspected: inspected.into_owned(),
             pending,
             policy,
@@ -408,8 +475,9 @@ impl<S: CounterStore> Shared<S> {
         let charged = result
             .is_ok()
             .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
-        let verdict = charging.pending.finish(logged(result));
-        self.conclude(&charging.policy, &charging.inspected, verdict, charged)
+        let verdict = charging.pending.finish(self.logged(result));
+        let (policy, inspected) = (&charging.policy, &charging.inspected);
+        self.conclude(policy, inspected, verdict, charged, charging.started)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
@@ -421,21 +489,19 @@ impl<S: CounterStore> Shared<S> {
         bytes: &'a Bytes,
     ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
         let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
-            tracing::info!(
-                target: "tower_mcp_policy",
-                decision = "reject",
-                code = err.code(),
-                "{}",
-                Escaped(err.message())
-            );
+            self.config.observer.0.observe(&Event::Rejected {
+                status: StatusCode::BAD_REQUEST.as_u16(),
+                code: err.code(),
+                message: err.message(),
+            });
             http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message())
         })?;
         let first_id = decoded.messages().first().and_then(|m| m.id());
         check_routing_headers(&parts.headers, &decoded)
-            .map_err(|refused| refused_response(refused, first_id))?;
+            .map_err(|refused| self.refused_response(refused, first_id))?;
         let keys = self
             .scope_keys(parts)
-            .map_err(|refused| refused_response(refused, first_id))?;
+            .map_err(|refused| self.refused_response(refused, first_id))?;
         let mut holds = Holds::default();
         for message in decoded.messages() {
             if message.kind() == MessageKind::Request {
@@ -450,23 +516,37 @@ impl<S: CounterStore> Shared<S> {
         })
     }
 
-    /// Forward, or answer the refusal; one tracing event per judged call.
+    /// Forward, or answer the refusal; one event per refused call now, and one per
+    /// allowed call once the server answers.
     fn conclude<B>(
         &self,
         policy: &Arc<Policy>,
         inspected: &Inspected<'_>,
         verdict: Verdict,
         charged: Option<Charged>,
+        started: Instant,
     ) -> Judged<B> {
         let monitor = self.config.mode == Mode::Monitor;
-        trace_decisions(&inspected.decoded, &verdict, &inspected.keys, monitor);
+        let observer = &*self.config.observer.0;
+        report_refusals(observer, policy, inspected, &verdict, monitor, false);
+        observer.observe(&Event::Judged {
+            policy: policy.fingerprint(),
+            latency: started.elapsed(),
+            tracked_keys: self.engine.counters().tracked_keys(),
+        });
         match verdict {
-            Verdict::Forward => Judged::Forward(Forwarded::judged(
-                policy,
-                inspected.holds,
-                charged,
-                PolicyDecision::new(Outcome::Forwarded),
-            )),
+            Verdict::Forward => {
+                let mut forwarded = Forwarded::judged(
+                    policy,
+                    inspected.holds,
+                    charged,
+                    PolicyDecision::new(Outcome::Forwarded),
+                );
+                if observer.wants_allowed() {
+                    forwarded.allowed = allowed_calls(inspected);
+                }
+                Judged::Forward(forwarded)
+            }
             // A dry run: what enforcement would refuse is reported, and runs, uncharged
             // (enforcement would have charged nothing either).
             Verdict::Refuse(refusals) if monitor => Judged::Forward(Forwarded::judged(
@@ -569,6 +649,7 @@ impl<S: CounterStore> Shared<S> {
         forwarded: Forwarded,
     ) -> Response<ResponseBody<B>> {
         self.track_sessions(&response, &forwarded);
+        self.report_allowed(&forwarded, Some(response.status().as_u16()));
         response.extensions_mut().insert(forwarded.decision.clone());
         // Only an answer that may carry a tool list is filtered: the answer to a POST
         // holding a tools/list, or the GET stream (which may replay one). Any other
@@ -579,11 +660,11 @@ impl<S: CounterStore> Shared<S> {
             && matches!(response.status().as_u16(), 502..=504)
         {
             // The server was not reached: nothing ran.
-            charged.refund_all(&*self.engine);
+            charged.refund_all(&*self.refunder);
         }
         let watch = charged.filter(|c| !c.is_empty()).map(|charged| Watch {
             charged,
-            refunder: self.engine.clone(),
+            refunder: self.refunder.clone(),
         });
         let policy = forwarded.policy;
         let headers = response.headers();
@@ -641,117 +722,152 @@ impl<S: CounterStore> Shared<S> {
 
     /// Refunds every charge of a forwarded request whose inner service failed.
     pub(crate) fn failed(&self, forwarded: &mut Forwarded) {
+        self.report_allowed(forwarded, None);
         if let Some(charged) = &mut forwarded.charged {
-            charged.refund_all(&*self.engine);
+            charged.refund_all(&*self.refunder);
         }
     }
-}
 
-/// The store's answer, its error (which the agent never reads) written to the logs.
-fn logged(result: Result<(), ChargeError>) -> Result<(), ChargeError> {
-    if let Err(ChargeError::Unavailable(error)) = &result {
-        tracing::warn!(
-            target: "tower_mcp_policy",
-            decision = "store_error",
-            "counter store unavailable, calls that need it are denied: {}",
-            Escaped(&error.to_string())
-        );
-    }
-    result
-}
-
-pub(crate) fn refused_response<B>(
-    refused: Refused,
-    id: Option<&jsonrpc::Id>,
-) -> Response<ResponseBody<B>> {
-    tracing::info!(
-        target: "tower_mcp_policy",
-        decision = "reject",
-        status = refused.status.as_u16(),
-        code = refused.code,
-        "{}",
-        Escaped(&refused.message)
-    );
-    http_error(refused.status, id, refused.code, &refused.message)
-}
-
-/// A JSON-RPC id for logs, formatted only when the event is enabled.
-struct IdField<'a>(Option<&'a jsonrpc::Id>);
-
-impl fmt::Display for IdField<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(id) => write!(f, "{id}"),
-            None => f.write_str("(notification)"),
+    /// One event per allowed call of `forwarded`, with the server's answer.
+    fn report_allowed(&self, forwarded: &Forwarded, status: Option<u16>) {
+        let Some(sent) = forwarded.sent else {
+            return;
+        };
+        let upstream = Upstream {
+            status,
+            latency: sent.elapsed(),
+        };
+        let policy = &forwarded.policy;
+        for call in &forwarded.allowed {
+            self.config.observer.0.observe(&Event::Call(CallEvent {
+                decision: CallDecision::Allow,
+                tool: &call.tool,
+                tool_label: policy.tool_label(&call.tool),
+                method: TOOLS_CALL,
+                jsonrpc_id: call.id.as_ref(),
+                grant: call.keys.grant,
+                session: call.keys.session,
+                policy: policy.fingerprint(),
+                candidate: false,
+                denial: None,
+                upstream: Some(upstream),
+                arg_keys: ArgKeys::Owned(&call.arg_keys),
+            }));
         }
     }
-}
 
-/// Argument keys the policy read, formatted only when the event is enabled.
-struct ArgKeys<'a>(Option<&'a ArgValue>);
+    /// The store's answer; its error (which the agent never reads) is reported.
+    fn logged(&self, result: Result<(), ChargeError>) -> Result<(), ChargeError> {
+        if let Err(ChargeError::Unavailable(error)) = &result {
+            self.config.observer.0.observe(&Event::StoreError { error });
+        }
+        result
+    }
 
-impl fmt::Debug for ArgKeys<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self
-            .0
-            .and_then(ArgValue::as_object)
-            .into_iter()
-            .flat_map(|m| m.keys());
-        f.debug_list().entries(keys).finish()
+    /// The layer's answer to a request refused before any decision, reported.
+    pub(crate) fn refused_response<B>(
+        &self,
+        refused: Refused,
+        id: Option<&jsonrpc::Id>,
+    ) -> Response<ResponseBody<B>> {
+        self.config.observer.0.observe(&Event::Rejected {
+            status: refused.status.as_u16(),
+            code: refused.code,
+            message: &refused.message,
+        });
+        http_error(refused.status, id, refused.code, &refused.message)
+    }
+
+    /// Judges the body under the candidate policy, with its own counters, and reports
+    /// what it would refuse. Nothing else comes of it.
+    fn judge_candidate(&self, candidate: &Engine<MemoryCounters>, parts: &Parts, bytes: &Bytes) {
+        let policy = candidate.policy();
+        let Ok(decoded) = jsonrpc::decode(bytes, &*policy) else {
+            return; // the enforced policy's decoder answers it
+        };
+        let Ok(keys) = self.scope_keys(parts) else {
+            return;
+        };
+        let inspected = Inspected {
+            decoded,
+            keys,
+            holds: Holds::default(),
+        };
+        let calls = inspected.calls();
+        let verdict = match candidate.prepare(&policy, &calls, &inspected.keys) {
+            Prepared::Done(verdict) => verdict,
+            Prepared::Charge(pending) => {
+                let result = candidate.counters().try_charge(pending.charges());
+                pending.finish(result)
+            }
+        };
+        drop(calls);
+        let observer = &*self.config.observer.0;
+        report_refusals(observer, &policy, &inspected, &verdict, true, true);
     }
 }
 
-/// One `tracing` event per judged call; never argument values or credentials.
-fn trace_decisions(decoded: &Decoded<'_>, verdict: &Verdict, keys: &ScopeKeys, monitor: bool) {
-    let (deny, not_executed) = if monitor {
-        ("would_deny", "would_not_execute")
-    } else {
-        ("deny", "not_executed")
+const TOOLS_CALL: &str = "tools/call";
+
+/// The allowed calls of `inspected`, owned, for their events after the answer.
+fn allowed_calls(inspected: &Inspected<'_>) -> Vec<AllowedCall> {
+    inspected
+        .decoded
+        .messages()
+        .iter()
+        .filter_map(|m| Some((m, m.tool_call()?)))
+        .map(|(message, call)| AllowedCall {
+            tool: call.name().into(),
+            id: message.id().cloned(),
+            arg_keys: call
+                .arguments()
+                .and_then(ArgValue::as_object)
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(|k| Box::from(k.as_str()))
+                .collect(),
+            keys: inspected.keys,
+        })
+        .collect()
+}
+
+/// One event per refused call of `verdict` (nothing for `Forward`).
+fn report_refusals(
+    observer: &dyn Observer,
+    policy: &Policy,
+    inspected: &Inspected<'_>,
+    verdict: &Verdict,
+    monitor: bool,
+    candidate: bool,
+) {
+    let Verdict::Refuse(refusals) = verdict else {
+        return;
     };
-    let refusals = match verdict {
-        Verdict::Forward => None,
-        Verdict::Refuse(refusals) => Some(refusals),
-    };
-    let calls = decoded
+    let calls = inspected
+        .decoded
         .messages()
         .iter()
         .filter_map(|m| Some((m, m.tool_call()?)));
-    for (index, (message, call)) in calls.enumerate() {
-        let id = IdField(message.id());
-        match refusals.map(|r| &r[index]) {
-            None => tracing::debug!(
-                target: "tower_mcp_policy",
-                decision = "allow",
-                tool = call.name(),
-                grant = %keys.grant,
-                session = %keys.session,
-                jsonrpc_id = %id,
-                arg_keys = ?ArgKeys(call.arguments()),
-                "tool call allowed"
-            ),
-            Some(Refusal::Denied(denial)) => tracing::info!(
-                target: "tower_mcp_policy",
-                decision = deny,
-                kind = response::kind_name(denial.kind()),
-                tool = call.name(),
-                rule = denial.rule(),
-                retry_after_seconds = denial.retry_after(),
-                grant = %keys.grant,
-                session = %keys.session,
-                jsonrpc_id = %id,
-                arg_keys = ?ArgKeys(call.arguments()),
-                "{}",
-                Escaped(denial.message())
-            ),
-            Some(Refusal::NotExecuted) => tracing::info!(
-                target: "tower_mcp_policy",
-                decision = not_executed,
-                tool = call.name(),
-                grant = %keys.grant,
-                session = %keys.session,
-                jsonrpc_id = %id,
-                "tool call not executed: another call in its batch was denied"
-            ),
-        }
+    for ((message, call), refusal) in calls.zip(refusals) {
+        let (decision, denial) = match (refusal, monitor) {
+            (Refusal::Denied(denial), false) => (CallDecision::Deny, Some(denial)),
+            (Refusal::Denied(denial), true) => (CallDecision::WouldDeny, Some(denial)),
+            (Refusal::NotExecuted, false) => (CallDecision::NotExecuted, None),
+            (Refusal::NotExecuted, true) => (CallDecision::WouldNotExecute, None),
+        };
+        observer.observe(&Event::Call(CallEvent {
+            decision,
+            tool: call.name(),
+            tool_label: policy.tool_label(call.name()),
+            method: TOOLS_CALL,
+            jsonrpc_id: message.id(),
+            grant: inspected.keys.grant,
+            session: inspected.keys.session,
+            policy: policy.fingerprint(),
+            candidate,
+            denial,
+            upstream: None,
+            arg_keys: ArgKeys::Args(call.arguments()),
+        }));
     }
 }

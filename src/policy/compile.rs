@@ -113,6 +113,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         unlisted_plan,
         counters: counters.defs,
         warnings,
+        fingerprint: Box::from(""),
     })
 }
 

@@ -52,6 +52,8 @@ pub struct Policy {
     unlisted_plan: ArgPlan,
     counters: Vec<CounterDef>,
     warnings: Vec<PolicyWarning>,
+    /// Sixteen hex digits identifying the document's text.
+    fingerprint: Box<str>,
 }
 
 /// Something in a policy that loads but is probably a mistake; see [`Policy::warnings`].
@@ -313,6 +315,30 @@ impl Policy {
         self.all_tools.as_ref()
     }
 
+    /// Identifies the document this policy was loaded from: sixteen hex digits of a
+    /// fixed-key SipHash of its text, the same in every process. Events and reloads
+    /// name the policy version by it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// A bounded name for `tool`, for metric labels: `tool` itself when the policy
+    /// names it (under `tools` or `hide`), the pattern that governs it (`binance_*`),
+    /// `hidden` for a tool hidden by a pattern, and `other` for any name the policy
+    /// does not mention. However many names agents invent, the labels are the policy's.
+    pub fn tool_label<'p>(&'p self, tool: &str) -> &'p str {
+        if let Some((name, _)) = self.names.get_key_value(tool) {
+            return name;
+        }
+        if self.hidden_patterns.iter().any(|g| g.is_match(tool)) {
+            return "hidden";
+        }
+        match self.patterns.iter().find(|(glob, _)| glob.is_match(tool)) {
+            Some(&(_, i)) => &self.tools[i].key,
+            None => "other",
+        }
+    }
+
     /// One line describing the policy, for logs and start-up banners.
     pub fn summary(&self) -> String {
         let patterns = self.patterns.len();
@@ -350,10 +376,21 @@ impl Policy {
     }
 }
 
+/// Sixteen hex digits of SipHash-1-3, fixed keys, over `text`.
+fn fingerprint(text: &str) -> Box<str> {
+    use std::hash::Hasher;
+    let mut h =
+        siphasher::sip::SipHasher13::new_with_keys(0x706f_6c69_6379_2d66, 0x696e_6765_7270_7269);
+    h.write(text.as_bytes());
+    format!("{:016x}", h.finish()).into()
+}
+
 impl FromStr for Policy {
     type Err = PolicyError;
 
     fn from_str(text: &str) -> Result<Policy, PolicyError> {
-        compile::compile(compile::parse(text)?)
+        let mut policy = compile::compile(compile::parse(text)?)?;
+        policy.fingerprint = fingerprint(text);
+        Ok(policy)
     }
 }

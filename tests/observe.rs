@@ -1,0 +1,286 @@
+//! The observer seam (oneshot): one event per decision with the audit fields, a
+//! candidate policy reported beside the enforced one, reloads, refunds and rejections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::observe::{CallDecision, Event, Observer};
+use tower_mcp_policy::{Policy, PolicyLayer};
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
+    "transfer":{"deny_if":[{"conditions":[{"path":"args.to","op":"eq","value":"mallory"},
+                                          {"path":"args.amount","op":"gt","value":10}]}]},
+    "fail":{"limits":[{"counter":"f","window":"minute","max":5}]},
+    "write_*":{"deny_if":[{"conditions":[{"path":"args.path","op":"regex","value":"^/etc"}],"on_deny":"Not there."}]}}}"#;
+
+/// The candidate tightens `transfer`: amounts above 1000, and more than one a minute.
+const CANDIDATE: &str = r#"{"version":"1","default":"deny","tools":{
+    "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}],
+                "limits":[{"counter":"t","window":"minute","max":1}]},
+    "fail":{},
+    "write_*":{}}}"#;
+
+/// What an event said, owned.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    decision: String,
+    tool: String,
+    label: String,
+    policy: String,
+    candidate: bool,
+    rule: Option<String>,
+    status: Option<u16>,
+    arg_keys: Vec<String>,
+    grant: String,
+}
+
+#[derive(Default, Clone)]
+struct Collect {
+    calls: Arc<Mutex<Vec<Seen>>>,
+    other: Arc<Mutex<Vec<String>>>,
+}
+
+impl Observer for Collect {
+    fn observe(&self, event: &Event<'_>) {
+        match event {
+            Event::Call(call) => self.calls.lock().unwrap().push(Seen {
+                decision: call.decision.as_str().to_owned(),
+                tool: call.tool.to_owned(),
+                label: call.tool_label.to_owned(),
+                policy: call.policy.to_owned(),
+                candidate: call.candidate,
+                rule: call.denial.map(|d| d.rule().to_owned()),
+                status: call.upstream.and_then(|u| u.status),
+                arg_keys: call.arg_keys().iter().map(|k| k.to_string()).collect(),
+                grant: call.grant.to_string(),
+            }),
+            Event::Judged { .. } => self.other.lock().unwrap().push("judged".into()),
+            Event::Rejected { status, .. } => self
+                .other
+                .lock()
+                .unwrap()
+                .push(format!("rejected {status}")),
+            Event::Refund { charges } => {
+                self.other.lock().unwrap().push(format!("refund {charges}"))
+            }
+            Event::Reload { result, policy, .. } => self.other.lock().unwrap().push(format!(
+                "reload {} {policy}",
+                if result.is_ok() { "ok" } else { "failed" }
+            )),
+            other => self.other.lock().unwrap().push(format!("{other:?}")),
+        }
+    }
+}
+
+impl Collect {
+    fn calls(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    fn other(&self) -> Vec<String> {
+        std::mem::take(&mut *self.other.lock().unwrap())
+    }
+}
+
+fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": tool, "arguments": args}});
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-live-secret")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+type Service = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<tower_mcp_policy::layer::ResponseBody<Full<Bytes>>>,
+    std::convert::Infallible,
+>;
+
+/// A server that counts runs; a request with `x-fail` is answered with a JSON-RPC error.
+fn server(
+    runs: Arc<AtomicUsize>,
+) -> impl Fn(
+    Request<PolicyBody>,
+) -> std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>
++ Clone {
+    move |request: Request<PolicyBody>| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        let fails = request.headers().contains_key("x-fail");
+        let body: &'static [u8] = if fails {
+            br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32000,"message":"down"}}"#
+        } else {
+            br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#
+        };
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(body)))))
+    }
+}
+
+fn service(layer: PolicyLayer, runs: Arc<AtomicUsize>) -> Service {
+    tower::util::BoxCloneService::new(layer.layer(tower::service_fn(server(runs))))
+}
+
+async fn send(service: &Service, request: Request<Full<Bytes>>) -> (StatusCode, String) {
+    let response = service.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn each_call_is_one_event_with_the_audit_fields() {
+    let policy: Arc<Policy> = Arc::new(POLICY.parse().unwrap());
+    let fingerprint = policy.fingerprint().to_owned();
+    assert_eq!(fingerprint.len(), 16);
+    let seen = Collect::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = service(
+        PolicyLayer::new(policy).observer(seen.clone()),
+        runs.clone(),
+    );
+
+    // Allowed: reported once the server answered, with its status.
+    send(
+        &svc,
+        call("transfer", json!({"to": "x", "amount": 5, "memo": "m"})),
+    )
+    .await;
+    let calls = seen.calls();
+    assert_eq!(calls.len(), 1);
+    let allow = &calls[0];
+    assert_eq!(allow.decision, "allow");
+    assert_eq!(
+        (allow.tool.as_str(), allow.label.as_str()),
+        ("transfer", "transfer")
+    );
+    assert_eq!(allow.policy, fingerprint);
+    assert_eq!(allow.status, Some(200));
+    // The keys the policy read, sorted, never the values; `memo` is not read, so the
+    // decoder never kept it.
+    assert_eq!(allow.arg_keys, ["amount", "to"]);
+    assert!(!allow.grant.contains("sk-live"), "the grant is hashed");
+    assert_eq!(seen.other(), ["judged"]);
+
+    // Denied by a pattern's rule: the label is the pattern, the tool never ran.
+    let before = runs.load(Ordering::SeqCst);
+    let (_, body) = send(&svc, call("write_file", json!({"path": "/etc/passwd"}))).await;
+    assert!(body.contains("Not there."), "{body}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        before,
+        "the denied tool never ran"
+    );
+    let calls = seen.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].decision, "deny");
+    assert_eq!(calls[0].label, "write_*");
+    assert_eq!(calls[0].rule.as_deref(), Some("/tools/write_*/deny_if/0"));
+    assert_eq!(calls[0].status, None);
+
+    // An invented tool name is labelled `other`, whatever it is.
+    send(&svc, call("invented-1234", json!({}))).await;
+    let calls = seen.calls();
+    assert_eq!(
+        (calls[0].decision.as_str(), calls[0].label.as_str()),
+        ("deny", "other")
+    );
+    seen.other();
+
+    // A call the server answers with an error is refunded, and reported.
+    let mut failing = call("fail", json!({}));
+    failing.headers_mut().insert("x-fail", "1".parse().unwrap());
+    send(&svc, failing).await;
+    assert_eq!(seen.calls()[0].status, Some(200));
+    assert_eq!(seen.other(), ["judged", "refund 1"]);
+
+    // A body that cannot be read is a rejection; nothing ran.
+    let before = runs.load(Ordering::SeqCst);
+    let bad = Request::post("/mcp")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"jsonrpc\":\"2.0\",")))
+        .unwrap();
+    let (status, _) = send(&svc, bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(runs.load(Ordering::SeqCst), before);
+    assert_eq!(seen.other(), ["rejected 400"]);
+    assert!(seen.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_candidate_policy_reports_what_it_would_deny_while_the_enforced_one_decides() {
+    let enforced: Arc<Policy> = Arc::new(POLICY.parse().unwrap());
+    let candidate: Policy = CANDIDATE.parse().unwrap();
+    let candidate_fingerprint = candidate.fingerprint().to_owned();
+    assert_ne!(candidate_fingerprint, enforced.fingerprint());
+    let seen = Collect::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = service(
+        PolicyLayer::new(enforced.clone())
+            .candidate(candidate)
+            .observer(seen.clone()),
+        runs.clone(),
+    );
+
+    // Within both policies: allowed, no candidate event.
+    send(&svc, call("transfer", json!({"amount": 10, "to": "bob"}))).await;
+    let calls = seen.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].decision, "allow");
+
+    // Above the candidate's amount: runs, and the candidate would deny it.
+    let (_, body) = send(&svc, call("transfer", json!({"amount": 5000, "to": "bob"}))).await;
+    assert!(
+        body.contains("\"result\""),
+        "the enforced policy decides: {body}"
+    );
+    // The second transfer this minute: the candidate's own counter says no too.
+    send(&svc, call("transfer", json!({"amount": 1, "to": "bob"}))).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "every call ran");
+    let calls = seen.calls();
+    let would: Vec<_> = calls.iter().filter(|c| c.candidate).collect();
+    assert_eq!(would.len(), 2, "{calls:?}");
+    for seen in &would {
+        assert_eq!(seen.decision, CallDecision::WouldDeny.as_str());
+        assert_eq!(seen.policy, candidate_fingerprint);
+    }
+    assert_eq!(would[0].rule.as_deref(), Some("/tools/transfer/deny_if/0"));
+    assert_eq!(would[1].rule.as_deref(), Some("/tools/transfer/limits/0"));
+    let allowed: Vec<_> = calls.iter().filter(|c| !c.candidate).collect();
+    assert_eq!(allowed.len(), 2);
+    assert!(
+        allowed
+            .iter()
+            .all(|c| c.decision == "allow" && c.policy == enforced.fingerprint())
+    );
+}
+
+#[test]
+fn reloads_are_events_naming_the_policy_in_force() {
+    let seen = Collect::default();
+    let old: Policy = POLICY.parse().unwrap();
+    let new: Policy = CANDIDATE.parse().unwrap();
+    let (old_fp, new_fp) = (old.fingerprint().to_owned(), new.fingerprint().to_owned());
+    let handle = PolicyLayer::new(old).observer(seen.clone()).handle();
+    handle.replace(new);
+    let dir = std::env::temp_dir().join(format!("observe-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("policy.json");
+    std::fs::write(&broken, r#"{"version":"1","default":"maybe"}"#).unwrap();
+    assert!(handle.reload_file(&broken).is_err());
+    assert_eq!(
+        seen.other(),
+        [
+            format!("reload ok {new_fp}"),
+            format!("reload failed {new_fp}")
+        ],
+        "the failed reload leaves {new_fp} in force, not {old_fp}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
