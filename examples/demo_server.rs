@@ -228,7 +228,12 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     println!("demo MCP server listening on http://{address}/mcp");
     println!("policy {}: {summary}", options.policy.display());
     println!("{}", cli::describe(&options.store));
-    let app = app(layer, Executions::default(), server_config(options.json));
+    println!("metrics on http://{address}/metrics");
+    // `/metrics` is added after the policy layer, so it is outside it.
+    let app = app(layer, Executions::default(), server_config(options.json)).route(
+        "/metrics",
+        axum::routing::get(|| async { cli::metrics().render() }),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

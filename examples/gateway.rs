@@ -1,8 +1,10 @@
 //! A policy gateway in front of any MCP server that speaks Streamable HTTP.
 //!
 //! ```text
-//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor]
+//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]
 //! ```
+//!
+//! `GET /metrics` answers Prometheus text, outside the policy.
 //!
 //! It is `PolicyLayer` wrapped around a small reverse proxy built on hyper-util's
 //! client: POST, GET (SSE) and DELETE on the upstream's endpoint path are forwarded over
@@ -212,7 +214,7 @@ pub async fn serve<S: CounterStore>(
     upstream: Upstream,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = layer.layer(Proxy::new(upstream));
+    let service = WithMetrics(layer.layer(Proxy::new(upstream)));
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -247,6 +249,43 @@ pub async fn serve<S: CounterStore>(
         .is_err()
     {
         tracing::warn!("some connections were still open after 30 s; closing them");
+    }
+}
+
+/// Answers `GET /metrics` (Prometheus text) itself, outside the policy; passes every
+/// other request to the policed proxy.
+#[derive(Clone)]
+pub struct WithMetrics<S>(S);
+
+impl<S, B> tower::Service<Request<Incoming>> for WithMetrics<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Either<Full<Bytes>, B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if request.method() == http::Method::GET && request.uri().path() == "/metrics" {
+            let text = cli::metrics().render();
+            let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(Either::Right))
+        })
     }
 }
 

@@ -16,6 +16,8 @@
 //! * [`jsonrpc`]: a strict decoder from body bytes to the calls the policy must judge.
 //! * [`Engine`]: the decision, a pure function of policy, calls, scope keys and counters.
 //! * [`counter`]: where rate-limit state lives ([`MemoryCounters`] on governor).
+//! * [`observe`]: one [`Event`](observe::Event) per decision, to an
+//!   [`Observer`](observe::Observer) (tracing by default; metrics with feature `metrics`).
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -28,6 +30,8 @@ mod engine;
 mod error;
 pub mod jsonrpc;
 pub mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod observe;
 mod policy;
 mod scope;

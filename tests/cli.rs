@@ -195,7 +195,41 @@ fn editing_the_policy_under_watch_changes_decisions_without_a_restart() {
     std::fs::write(&policy, "{ not json").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(!call_demo(&address, "echo").contains("[POLICY DENIED]"));
+    // Both reloads are counted.
+    let metrics = get(&address, "/metrics");
+    assert!(
+        metrics.contains("mcp_policy_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_policy_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// GETs `path` from `address`; the whole answer, head included.
+fn get(address: &str, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_demo_server_serves_its_decisions_as_prometheus_metrics() {
+    let (mut child, address) = spawn_demo(&[], Stdio::null());
+    assert!(call_demo(&address, "invented_tool").contains("[POLICY DENIED]"));
+    assert!(call_demo(&address, "another_invented_tool").contains("[POLICY DENIED]"));
+    let metrics = get(&address, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let line = "mcp_policy_decisions_total{decision=\"deny\",kind=\"not_allowed\",tool=\"other\",policy=\"enforced\"} 2";
+    assert!(metrics.contains(line), "{metrics}");
+    assert!(metrics.contains("mcp_policy_decision_seconds"), "{metrics}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -374,3 +374,21 @@ async fn headers_pass_both_ways_except_hop_by_hop_ones() {
     }
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn the_gateway_answers_metrics_itself_outside_the_policy() {
+    let upstream = unguarded_upstream().await;
+    let gateway = Gateway::start(example_layer(), &upstream.url()).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://{}/metrics", gateway.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4"
+    );
+    gateway.stop().await;
+}

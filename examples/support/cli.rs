@@ -2,9 +2,13 @@
 //! failure ends the program with a one-line message and an exit code, never a panic.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tower_mcp_policy::metrics::MetricsObserver;
+use tower_mcp_policy::observe::TracingObserver;
 use tower_mcp_policy::{Engine, FailMode, Mode, Policy, PolicyLayer, RedisCounters};
 
 /// The command-line options, or exit code 2 with the message.
@@ -41,10 +45,14 @@ pub struct Serving {
     pub watch: bool,
     /// `--monitor`: a dry run; report what the policy would deny, deny nothing.
     pub monitor: bool,
+    /// `--candidate FILE`: judge every request under this policy too, and report what
+    /// it would deny.
+    pub candidate: Option<PathBuf>,
 }
 
 /// The usage text of the serving options.
-pub const SERVING_USAGE: &str = "[--redis URL [--fail-open]] [--watch] [--monitor]";
+pub const SERVING_USAGE: &str =
+    "[--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]";
 
 impl Serving {
     /// Takes `arg` (and its value from `args`) when it is a serving option.
@@ -58,6 +66,9 @@ impl Serving {
             "--fail-open" => self.fail_open = true,
             "--watch" => self.watch = true,
             "--monitor" => self.monitor = true,
+            "--candidate" => {
+                self.candidate = Some(args.next().ok_or("--candidate needs a path")?.into());
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -85,8 +96,16 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
     } else {
         Mode::Enforce
     };
+    let candidate = store.candidate.as_ref().map(|path| {
+        Policy::from_file(path).unwrap_or_else(|err| {
+            eprintln!("{program}: cannot load the candidate policy: {err}");
+            std::process::exit(1);
+        })
+    });
+    // Tracing lines as before, and the metrics `GET /metrics` serves.
+    metrics();
     let Some(url) = &store.redis else {
-        return AnyLayer::Memory(PolicyLayer::new(policy).mode(mode));
+        return AnyLayer::Memory(configure(PolicyLayer::new(policy), mode, candidate));
     };
     let fail = if store.fail_open {
         FailMode::Open
@@ -102,7 +121,28 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
             std::process::exit(1);
         });
     let engine = Engine::with_counters(policy, counters);
-    AnyLayer::Redis(PolicyLayer::from_engine(engine).mode(mode))
+    AnyLayer::Redis(configure(PolicyLayer::from_engine(engine), mode, candidate))
+}
+
+/// The mode, the observers (tracing lines and metrics) and the candidate policy.
+fn configure<S>(layer: PolicyLayer<S>, mode: Mode, candidate: Option<Policy>) -> PolicyLayer<S> {
+    let layer = layer
+        .mode(mode)
+        .observer((TracingObserver, MetricsObserver));
+    match candidate {
+        Some(candidate) => layer.candidate(candidate),
+        None => layer,
+    }
+}
+
+/// The process's Prometheus recorder, installed on first use; `GET /metrics` renders it.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only metrics recorder of this process")
+    })
 }
 
 /// Starts watching the policy file when asked to; keep the watcher alive.

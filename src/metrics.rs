@@ -1,0 +1,74 @@
+//! [`MetricsObserver`]: the layer's events as metrics, through the `metrics` facade
+//! (feature `metrics`). Install any recorder (Prometheus, StatsD, ...) and add the
+//! observer to the layer.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced` or `candidate`) |
+//! | `mcp_policy_decision_seconds` | histogram | |
+//! | `mcp_policy_store_errors_total` | counter | |
+//! | `mcp_policy_refunds_total` | counter | |
+//! | `mcp_policy_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `mcp_policy_counter_keys` | gauge | |
+//!
+//! **Label values are bounded.** `tool` is [`Policy::tool_label`](crate::Policy::tool_label):
+//! a name or pattern the policy mentions, `hidden`, or `other`; rejected requests have
+//! `none`. However many tool names agents invent, the series are the policy's.
+
+use metrics::{counter, gauge, histogram};
+
+use crate::observe::{Event, Observer};
+
+/// Records every [`Event`] as metrics (see the [module docs](self)). Pair it with the
+/// tracing observer to keep the log lines: `.observer((TracingObserver, MetricsObserver))`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsObserver;
+
+impl Observer for MetricsObserver {
+    fn observe(&self, event: &Event<'_>) {
+        match event {
+            Event::Call(call) => {
+                let kind = call.denial.map_or("none", |d| d.kind().as_str());
+                let policy = if call.candidate {
+                    "candidate"
+                } else {
+                    "enforced"
+                };
+                counter!(
+                    "mcp_policy_decisions_total",
+                    "decision" => call.decision.as_str(),
+                    "kind" => kind,
+                    "tool" => call.tool_label.to_owned(),
+                    "policy" => policy,
+                )
+                .increment(1);
+            }
+            Event::Judged {
+                latency,
+                tracked_keys,
+                ..
+            } => {
+                histogram!("mcp_policy_decision_seconds").record(latency.as_secs_f64());
+                if let Some(keys) = tracked_keys {
+                    gauge!("mcp_policy_counter_keys").set(*keys as f64);
+                }
+            }
+            Event::Rejected { .. } => counter!(
+                "mcp_policy_decisions_total",
+                "decision" => "reject",
+                "kind" => "protocol",
+                "tool" => "none",
+                "policy" => "enforced",
+            )
+            .increment(1),
+            Event::Refund { charges } => {
+                counter!("mcp_policy_refunds_total").increment(*charges as u64);
+            }
+            Event::StoreError { .. } => counter!("mcp_policy_store_errors_total").increment(1),
+            Event::Reload { result, .. } => {
+                let result = if result.is_ok() { "ok" } else { "error" };
+                counter!("mcp_policy_reloads_total", "result" => result).increment(1);
+            }
+        }
+    }
+}
