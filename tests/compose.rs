@@ -31,7 +31,6 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
-#[allow(dead_code)]
 mod common;
 
 use common::demo_server;
