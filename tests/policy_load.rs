@@ -246,3 +246,51 @@ fn a_rule_for_a_hidden_tool_is_a_warning() {
         );
     }
 }
+
+#[test]
+fn a_pattern_every_name_of_which_another_takes_first_is_a_warning() {
+    // Precedence is most literal characters first, then key order, so a pattern can be
+    // shadowed only by one with as many literals that sorts first: `a*b*` takes every
+    // name `ab*` matches (and more).
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{
+        "ab*":{}, "a*b*":{}, "binance_*":{}, "binance_us_*":{}, "*_key":{}}}"#
+        .parse()
+        .unwrap();
+    let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "/tools/ab*: this rule never applies: every tool `ab*` matches is matched first by `a*b*`, which has more literal characters (or sorts first)"
+        ]
+    );
+    assert_eq!(
+        policy.rule_key("abc"),
+        Some("a*b*"),
+        "what the warning says"
+    );
+    // Overlapping patterns are not shadowed: each takes names the other does not.
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{
+        "get_*":{}, "*_price":{}, "get_*_price":{}}}"#
+        .parse()
+        .unwrap();
+    assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
+}
+
+#[test]
+fn a_limit_no_call_can_pass_is_a_warning() {
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{
+        "wire":{"require":[{"conditions":[{"path":"args.amount","op":"gt","value":5000}]}],
+                "limits":[{"counter":"w","window":"day","max":5000,"increment_from":"args.amount"}]},
+        "card":{"require":[{"conditions":[{"path":"args.amount","op":"gte","value":5000}]}],
+                "limits":[{"counter":"c","window":"day","max":5000,"increment_from":"args.amount"}]}}}"#
+        .parse()
+        .unwrap();
+    let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
+    // `card` can pass one call of exactly 5000; `wire` none.
+    assert_eq!(
+        warnings,
+        [
+            "/tools/wire/limits/0: this limit never lets a call through: /tools/wire/require/0 requires `args.amount` above 5000, which is the call's cost, and the limit's max is 5000"
+        ]
+    );
+}

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 
-use super::condition::Condition;
+use super::condition::{Condition, Op};
 use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, ScopeDoc};
 use super::glob::Glob;
 use super::path::{ArgPath, ArgPlan};
@@ -12,6 +12,7 @@ use super::{
     Clause, CounterDef, Limit, LimitMeta, Named, Policy, PolicyWarning, Rule, Scope, ToolRule,
 };
 use crate::error::{PolicyError, pointer, push_token};
+use crate::value::Decimal;
 
 /// Parses the document, naming the JSON Pointer and position of any error.
 pub(super) fn parse(text: &str) -> Result<Document, PolicyError> {
@@ -95,12 +96,17 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
             plan,
         });
     }
-    let warnings = hidden_rules(&tools, &hide_list, &names, &hidden_patterns);
+    let mut warnings = hidden_rules(&tools, &hide_list, &names, &hidden_patterns);
     patterns.sort_by(|(a, ai), (b, bi)| {
         b.literal_len()
             .cmp(&a.literal_len())
             .then_with(|| tools[*ai].key.cmp(&tools[*bi].key))
     });
+    warnings.extend(shadowed_patterns(&tools, &patterns));
+    let rules = all_tools.iter().chain(tools.iter().map(|t| &t.rule));
+    for rule in rules {
+        warnings.extend(impossible_limits(rule, &counters.defs));
+    }
 
     Ok(Policy {
         default_allow: matches!(doc.default, DefaultAction::Allow),
@@ -115,6 +121,64 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         warnings,
         fingerprint: Box::from(""),
     })
+}
+
+/// Pattern rules that can never apply: every name they match is matched first by a
+/// pattern of higher precedence. For `*`-only globs, `q` matches every name `p` matches
+/// exactly when `q` matches `p`'s own text with each `*` standing for a character no
+/// literal has (only a `*` of `q` can absorb it).
+fn shadowed_patterns(tools: &[ToolRule], patterns: &[(Glob, usize)]) -> Vec<PolicyWarning> {
+    let mut warnings = Vec::new();
+    for (at, (_, index)) in patterns.iter().enumerate() {
+        let key = &tools[*index].key;
+        let generic: String = key.replace('*', "\u{0}");
+        if let Some((_, by)) = patterns[..at].iter().find(|(q, _)| q.is_match(&generic)) {
+            warnings.push(PolicyWarning {
+                pointer: pointer("/tools", &[key]),
+                message: format!(
+                    "this rule never applies: every tool `{key}` matches is matched first by `{}`, which has more literal characters (or sorts first)",
+                    tools[*by].key
+                ),
+            });
+        }
+    }
+    warnings
+}
+
+/// Limits no call can pass: a `require` item makes every call it lets through cost
+/// more than the limit's `max` (`increment_from` on the same argument).
+fn impossible_limits(rule: &Rule, counters: &[CounterDef]) -> Vec<PolicyWarning> {
+    let mut warnings = Vec::new();
+    for limit in &rule.limits {
+        let Some(cost) = &limit.increment_from else {
+            continue;
+        };
+        let max = Decimal::from(u64::from(counters[limit.counter].max().get()));
+        for clause in &rule.require {
+            let floor = clause.conditions.iter().find_map(|c| {
+                if c.path.as_str() != cost.as_str() {
+                    return None;
+                }
+                match &c.op {
+                    Op::Gt(v) if *v >= max => Some(format!("above {v}")),
+                    Op::Gte(v) if *v > max => Some(format!("at least {v}")),
+                    _ => None,
+                }
+            });
+            if let Some(floor) = floor {
+                warnings.push(PolicyWarning {
+                    pointer: limit.meta.pointer.to_string(),
+                    message: format!(
+                        "this limit never lets a call through: {} requires `{}` {floor}, which is the call's cost, and the limit's max is {max}",
+                        clause.pointer,
+                        cost.as_str()
+                    ),
+                });
+                break;
+            }
+        }
+    }
+    warnings
 }
 
 /// Rules that can never apply because their tool is hidden: a hidden tool is refused
