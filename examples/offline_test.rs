@@ -1,6 +1,6 @@
 //! How an application unit-tests its own MCP service under a policy: no network, no
-//! sleeping. `tower::ServiceExt::oneshot` drives the stack in-process and governor's
-//! `FakeRelativeClock` stands in for time.
+//! sleeping. `tower::ServiceExt::oneshot` drives the stack in-process and the crate's
+//! `FakeClock` stands in for time.
 //!
 //! `cargo run --example offline_test` runs the checks below as a program;
 //! `cargo test --example offline_test` (part of `cargo test --all-features`) runs them
@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::{PolicyBody, ResponseBody};
 use tower_mcp_policy::{Policy, PolicyLayer};
 
@@ -60,7 +60,7 @@ where
 
 async fn run_checks() {
     let policy: Policy = POLICY.parse().expect("the policy loads");
-    let clock = FakeRelativeClock::default();
+    let clock = FakeClock::new();
     let service = ServiceBuilder::new()
         .layer(PolicyLayer::with_clock(Arc::new(policy), clock.clone()))
         .service(service_fn(my_mcp_server));

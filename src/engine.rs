@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use governor::clock::{Clock, DefaultClock};
 use serde_json::Value;
 use smallvec::SmallVec;
 
@@ -75,13 +74,13 @@ pub enum Verdict {
 /// applied, together, so a refused request consumes no quota.
 ///
 /// ```
-/// use governor::clock::FakeRelativeClock;
+/// use tower_mcp_policy::FakeClock;
 /// use serde_json::json;
 /// use tower_mcp_policy::{Decision, Engine, Policy, ScopeHasher, ScopeKeys};
 ///
 /// let policy: Policy = r#"{"version":"1","default":"deny","tools":{"write":{
 ///     "limits":[{"counter":"w","window":"minute","max":2}]}}}"#.parse()?;
-/// let clock = FakeRelativeClock::default();
+/// let clock = FakeClock::new();
 /// let engine = Engine::with_clock(policy, clock.clone());
 /// let hasher = ScopeHasher::random();
 /// let grant = hasher.credential(b"Bearer alice");
@@ -111,20 +110,16 @@ impl<S: Clone> Clone for Engine<S> {
     }
 }
 
-impl Engine<MemoryCounters<DefaultClock>> {
+impl Engine<MemoryCounters> {
     /// An engine with in-memory counters on the default clock.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
         Engine::with_counters(policy, MemoryCounters::new())
     }
 }
 
-impl<C> Engine<MemoryCounters<C>>
-where
-    C: Clock + Clone + Send + Sync + 'static,
-    C::Instant: Send + Sync,
-{
-    /// An engine with in-memory counters on `clock` (a `FakeRelativeClock` in tests).
-    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
+impl Engine<MemoryCounters> {
+    /// An engine with in-memory counters on a [`FakeClock`](crate::FakeClock) (tests).
+    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: crate::FakeClock) -> Self {
         Engine::with_counters(policy, MemoryCounters::with_clock(clock))
     }
 

@@ -41,7 +41,7 @@ mod value;
 mod watch;
 
 pub use counter::{
-    Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError,
+    Charge, ChargeError, CounterId, CounterStore, FakeClock, MemoryCounters, Quota, StoreError,
 };
 #[cfg(feature = "redis")]
 pub use counter::{FailMode, RedisCounters};

@@ -5,8 +5,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::FakeRelativeClock;
 use serde_json::json;
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{
     Charge, ChargeError, CounterId, CounterStore, Decision, Engine, MemoryCounters, Policy, Quota,
     ScopeHasher, ScopeKeys, StoreError,
@@ -49,12 +49,11 @@ fn a_counter_keeps_its_identity_and_state_across_policy_versions() {
     );
 
     // One store under both versions: `shared` carries over, `b` starts fresh.
-    let store = MemoryCounters::with_clock(FakeRelativeClock::default());
+    let store = MemoryCounters::with_clock(FakeClock::new());
     let old = Engine::with_counters(v1, store.clone());
     let new = Engine::with_counters(v2, store);
     let args = json!({});
-    let call =
-        |e: &Engine<MemoryCounters<FakeRelativeClock>>, tool| e.decide(tool, Some(&args), &keys());
+    let call = |e: &Engine<MemoryCounters>, tool| e.decide(tool, Some(&args), &keys());
     assert_eq!(call(&old, "a"), Decision::Allow);
     assert_eq!(call(&old, "b"), Decision::Allow);
     assert_eq!(call(&old, "b"), Decision::Allow);
@@ -74,7 +73,7 @@ fn a_counter_keeps_its_identity_and_state_across_policy_versions() {
 fn a_refund_gives_back_exactly_what_was_charged() {
     let p = policy(V1);
     let def = &p.counters()[0];
-    let store = MemoryCounters::with_clock(FakeRelativeClock::default());
+    let store = MemoryCounters::with_clock(FakeClock::new());
     let charge = |cost: u32| {
         Charge::new(
             def.id(),
@@ -146,7 +145,7 @@ async fn a_store_error_is_a_fixed_message_with_the_stores_retry_hint() {
 #[test]
 fn a_key_flood_stops_at_the_bound_and_tracked_callers_keep_working() {
     let p = policy(V1);
-    let clock = FakeRelativeClock::default();
+    let clock = FakeClock::new();
     let store = MemoryCounters::with_clock(clock.clone()).with_max_keys(1000);
     assert_eq!(store.max_keys(), 1000);
     let engine = Engine::with_counters(p, store.clone());
@@ -214,7 +213,7 @@ fn a_key_flood_stops_at_the_bound_and_tracked_callers_keep_working() {
 
 #[test]
 fn forgotten_counters_give_their_keys_back() {
-    let store = MemoryCounters::with_clock(FakeRelativeClock::default()).with_max_keys(10);
+    let store = MemoryCounters::with_clock(FakeClock::new()).with_max_keys(10);
     let engine = Engine::with_counters(policy(V1), store.clone());
     let args = json!({});
     assert_eq!(engine.decide("a", Some(&args), &keys()), Decision::Allow);

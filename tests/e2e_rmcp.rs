@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{Demo, call, connect, params, text};
-use governor::clock::FakeRelativeClock;
 use serde_json::json;
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
 async fn the_product_works(json: bool) {
@@ -84,7 +84,7 @@ async fn the_demo_server_answers_a_real_client_over_json() {
 #[tokio::test]
 async fn the_31st_rapid_call_is_limited_per_credential() {
     let policy: Arc<Policy> = Arc::new(Policy::from_file(common::example_policy()).unwrap());
-    let clock = FakeRelativeClock::default();
+    let clock = FakeClock::new();
     let demo = Demo::start(PolicyLayer::with_clock(policy, clock.clone()), false).await;
     let alice = connect(demo.url(), "alice-token").await;
     let bob = connect(demo.url(), "bob-token").await;

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::FakeRelativeClock;
 use serde_json::{Value, json};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{
     ArgValue, Call, Decision, Denial, DenialKind, Engine, MemoryCounters, Policy, Refusal,
     ScopeHasher, ScopeKeys, Verdict,
@@ -18,14 +18,14 @@ fn fixture(name: &str) -> Policy {
 }
 
 struct Harness {
-    engine: Engine<MemoryCounters<FakeRelativeClock>>,
-    clock: FakeRelativeClock,
+    engine: Engine<MemoryCounters>,
+    clock: FakeClock,
     hasher: ScopeHasher,
 }
 
 impl Harness {
     fn new(policy: Policy) -> Self {
-        let clock = FakeRelativeClock::default();
+        let clock = FakeClock::new();
         Harness {
             engine: Engine::with_clock(policy, clock.clone()),
             clock,

@@ -6,20 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{MemoryCounters, Policy, PolicyLayer};
 
-type TestLayer = PolicyLayer<MemoryCounters<FakeRelativeClock>>;
+type TestLayer = PolicyLayer<MemoryCounters>;
 
 fn layer(policy: &str) -> TestLayer {
     let policy: Policy = policy.parse().unwrap();
-    PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
+    PolicyLayer::with_clock(Arc::new(policy), FakeClock::new())
 }
 
 /// The future of an upstream that answers at once.

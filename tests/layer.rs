@@ -7,12 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Channel, Full};
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::counter::{Charge, ChargeError, CounterStore};
 use tower_mcp_policy::layer::{Grant, PolicyBody};
 use tower_mcp_policy::{DenialFormat, Engine, Policy, PolicyLayer};
@@ -25,8 +25,8 @@ fn policy() -> Arc<Policy> {
     Arc::new(POLICY.parse().unwrap())
 }
 
-fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters<FakeRelativeClock>> {
-    PolicyLayer::with_clock(policy(), FakeRelativeClock::default())
+fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters> {
+    PolicyLayer::with_clock(policy(), FakeClock::new())
 }
 
 /// An inner service that answers every request with `{"ok":true}` and counts calls.
@@ -531,7 +531,7 @@ async fn session_limits_count_per_issued_session_and_otherwise_per_grant() {
             .insert("mcp-session-id", http::HeaderValue::from_static("s1"));
         response
     });
-    let service = PolicyLayer::with_clock(policy, FakeRelativeClock::default()).layer(upstream);
+    let service = PolicyLayer::with_clock(policy, FakeClock::new()).layer(upstream);
     let request = |auth: &str, session: Option<&str>| {
         let mut request = post(call("t", json!({})));
         request

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{Mode, Policy, PolicyLayer};
 
@@ -48,7 +48,7 @@ fn service(mode: Mode, runs: Arc<AtomicUsize>) -> Service {
         )))))
     });
     let policy: Policy = POLICY.parse().unwrap();
-    let layer = PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default()).mode(mode);
+    let layer = PolicyLayer::with_clock(Arc::new(policy), FakeClock::new()).mode(mode);
     tower::util::BoxCloneService::new(layer.layer(upstream))
 }
 

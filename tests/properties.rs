@@ -1,9 +1,9 @@
 //! Property tests: the decoder never panics and agrees with serde_json; the decision
 //! never panics and reads pruned arguments exactly as it reads whole ones.
 
-use governor::clock::FakeRelativeClock;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::jsonrpc::{DecodeErrorKind, ReadAll, decode};
 use tower_mcp_policy::{ArgValue, Call, Engine, Policy, Refusal, ScopeHasher, ScopeKeys, Verdict};
 
@@ -175,8 +175,8 @@ proptest! {
         ),
     ) {
         let policy = std::sync::Arc::new(payments());
-        let whole = Engine::with_clock(policy.clone(), FakeRelativeClock::default());
-        let pruned = Engine::with_clock(policy.clone(), FakeRelativeClock::default());
+        let whole = Engine::with_clock(policy.clone(), FakeClock::new());
+        let pruned = Engine::with_clock(policy.clone(), FakeClock::new());
         let h = ScopeHasher::with_key([3; 16]);
         let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
         for (tool, args) in calls {
@@ -265,7 +265,7 @@ proptest! {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":{value_text}}}}}}}"#
         );
         let decoded = decode(body.as_bytes(), &policy).unwrap();
-        let engine = Engine::with_clock(policy, FakeRelativeClock::default());
+        let engine = Engine::with_clock(policy, FakeClock::new());
         let h = ScopeHasher::with_key([3; 16]);
         let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
         let args = decoded.messages()[0].tool_call().unwrap().arguments();
@@ -296,7 +296,7 @@ proptest! {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"cost":{text}}}}}}}"#
         );
         let decoded = decode(body.as_bytes(), &policy).unwrap();
-        let engine = Engine::with_clock(policy, FakeRelativeClock::default());
+        let engine = Engine::with_clock(policy, FakeClock::new());
         let h = ScopeHasher::with_key([3; 16]);
         let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
         let args = decoded.messages()[0].tool_call().unwrap().arguments();

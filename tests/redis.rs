@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use redis_server::Redis;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{
     Charge, ChargeError, Engine, FailMode, MemoryCounters, Policy, PolicyLayer, ScopeHasher,
@@ -277,7 +277,7 @@ const QUOTAS: [(u32, u64); 4] = [(2, 1), (5, 60), (30, 60), (4, 3600)];
 async fn the_redis_store_decides_exactly_as_the_memory_store() {
     let redis = Redis::start();
     let remote = redis.builder().connect().await.unwrap();
-    let clock = FakeRelativeClock::default();
+    let clock = FakeClock::new();
     let local = MemoryCounters::with_clock(clock.clone());
     let hasher = ScopeHasher::with_key([5; 16]);
     let keys = [

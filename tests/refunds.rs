@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
@@ -95,7 +95,7 @@ fn service() -> (Service, Server) {
         })
     });
     let policy: Policy = POLICY.parse().unwrap();
-    let layer = PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default());
+    let layer = PolicyLayer::with_clock(Arc::new(policy), FakeClock::new());
     let service = tower::util::BoxCloneService::new(layer.layer(upstream));
     (service, Server { answer, runs })
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tower::{Layer, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
@@ -53,7 +53,7 @@ fn upstream() -> impl tower::Service<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_under_reloads_is_exactly_one_versions() {
-    let layer = PolicyLayer::with_clock(Arc::new(policy(V1)), FakeRelativeClock::default());
+    let layer = PolicyLayer::with_clock(Arc::new(policy(V1)), FakeClock::new());
     let handle = layer.handle();
     let service = layer.layer(upstream());
     // Swaps on a thread of its own, back and forth for as long as the requests run
@@ -128,7 +128,7 @@ async fn counters_keep_their_state_across_a_reload_that_keeps_their_definition()
                 "changed":{{"limits":[{{"counter":"changed","window":"minute","max":{max}}}]}}}}}}"#
         ))
     };
-    let layer = PolicyLayer::with_clock(Arc::new(limits(1)), FakeRelativeClock::default());
+    let layer = PolicyLayer::with_clock(Arc::new(limits(1)), FakeClock::new());
     let handle = layer.handle();
     let counters = layer.engine().counters().clone();
     let service = layer.layer(upstream());

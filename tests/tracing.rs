@@ -7,11 +7,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
+use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::PolicyLayer;
 use tower_mcp_policy::layer::PolicyBody;
 
@@ -23,12 +23,12 @@ fn post(tool: &str, args: Value) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters<FakeRelativeClock>> {
+fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters> {
     let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{"echo":{},
         "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#
         .parse()
         .unwrap();
-    PolicyLayer::with_clock(Arc::new(policy), FakeRelativeClock::default())
+    PolicyLayer::with_clock(Arc::new(policy), FakeClock::new())
 }
 
 #[path = "support/recorder.rs"]

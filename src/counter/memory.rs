@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use governor::clock::{Clock, DefaultClock, Reference};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
@@ -17,6 +17,7 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 
+use super::clock::{FakeClock, Time};
 use super::{Charge, ChargeError, CounterId, CounterStore, StoreError};
 use crate::scope::ScopeValue;
 
@@ -59,11 +60,11 @@ const SHARDS: usize = 256;
 /// its state.
 ///
 /// Cloning is cheap and shares the counters.
-pub struct MemoryCounters<C: Clock = DefaultClock> {
-    inner: Arc<Inner<C>>,
+pub struct MemoryCounters {
+    inner: Arc<Inner>,
 }
 
-impl<C: Clock> Clone for MemoryCounters<C> {
+impl Clone for MemoryCounters {
     fn clone(&self) -> Self {
         MemoryCounters {
             inner: self.inner.clone(),
@@ -71,7 +72,7 @@ impl<C: Clock> Clone for MemoryCounters<C> {
     }
 }
 
-impl<C: Clock> std::fmt::Debug for MemoryCounters<C> {
+impl std::fmt::Debug for MemoryCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryCounters")
             .field("counters", &self.inner.limiters.load().len())
@@ -82,7 +83,7 @@ impl<C: Clock> std::fmt::Debug for MemoryCounters<C> {
 }
 
 /// Limiters by counter. A [`CounterId`] is already a hash, so it is its own hash.
-type ByCounter<C> = HashMap<CounterId, Arc<Limiter<C>>, BuildHasherDefault<IdHasher>>;
+type ByCounter = HashMap<CounterId, Arc<Limiter>, BuildHasherDefault<IdHasher>>;
 
 /// Hashes a value that is already a keyed hash ([`CounterId`], [`Bucket`]) as the
 /// number it is.
@@ -277,13 +278,13 @@ impl ShrinkableKeyedStateStore<Bucket> for Table {
     }
 }
 
-struct Limiter<C: Clock> {
+struct Limiter {
     table: Table,
-    limiter: RateLimiter<Bucket, Table, C, NoOpMiddleware<C::Instant>>,
+    limiter: RateLimiter<Bucket, Table, Time, NoOpMiddleware<Nanos>>,
 }
 
-impl<C: Clock + Clone> Limiter<C> {
-    fn new(charge: &Charge, clock: &C, budget: &Arc<Budget>) -> Limiter<C> {
+impl Limiter {
+    fn new(charge: &Charge, clock: &Time, budget: &Arc<Budget>) -> Limiter {
         let quota = Quota::with_period(charge.quota.period())
             .expect("the compiler rejects windows shorter than max nanoseconds")
             .allow_burst(charge.quota.max());
@@ -295,17 +296,17 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 }
 
-struct Inner<C: Clock> {
+struct Inner {
     /// Read on every charge, replaced (under `adding`) when a counter is created or
     /// forgotten.
-    limiters: ArcSwap<ByCounter<C>>,
+    limiters: ArcSwap<ByCounter>,
     adding: Mutex<()>,
     budget: Arc<Budget>,
-    clock: C,
+    clock: Time,
 }
 
-impl<C: Clock + Clone> Inner<C> {
-    fn limiters_for(&self, charges: &[Charge]) -> Guard<Arc<ByCounter<C>>> {
+impl Inner {
+    fn limiters_for(&self, charges: &[Charge]) -> Guard<Arc<ByCounter>> {
         let current = self.limiters.load();
         if charges.iter().all(|c| current.contains_key(&c.counter)) {
             return current;
@@ -334,11 +335,7 @@ trait Sweep: Send + Sync {
     fn sweep(&self);
 }
 
-impl<C> Sweep for Inner<C>
-where
-    C: Clock + Clone + Send + Sync,
-    C::Instant: Send + Sync,
-{
+impl Sweep for Inner {
     fn sweep(&self) {
         Inner::sweep(self);
     }
@@ -378,26 +375,18 @@ fn sweep_in_background(store: Weak<dyn Sweep>) {
         .push(store);
 }
 
-impl MemoryCounters<DefaultClock> {
-    /// Counters on the default (monotonic) clock.
+impl MemoryCounters {
+    /// Counters on the process's monotonic clock.
     pub fn new() -> Self {
-        Self::with_clock(DefaultClock::default())
+        Self::on(Time::monotonic())
     }
-}
 
-impl Default for MemoryCounters<DefaultClock> {
-    fn default() -> Self {
-        Self::new()
+    /// Counters on a [`FakeClock`], which tests advance by hand.
+    pub fn with_clock(clock: FakeClock) -> Self {
+        Self::on(Time::Fake(clock))
     }
-}
 
-impl<C> MemoryCounters<C>
-where
-    C: Clock + Clone + Send + Sync + 'static,
-    C::Instant: Send + Sync,
-{
-    /// Counters on a given clock, such as governor's `FakeRelativeClock` in tests.
-    pub fn with_clock(clock: C) -> Self {
+    fn on(clock: Time) -> Self {
         let inner = Arc::new(Inner {
             limiters: ArcSwap::default(),
             adding: Mutex::new(()),
@@ -407,13 +396,19 @@ where
             }),
             clock,
         });
-        let weak: Weak<Inner<C>> = Arc::downgrade(&inner);
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
         sweep_in_background(weak);
         MemoryCounters { inner }
     }
 }
 
-impl<C: Clock + Clone> MemoryCounters<C> {
+impl Default for MemoryCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryCounters {
     /// Sets the bound on tracked buckets, over all counters (at least 1). Each takes
     /// about 52 bytes. Lowering it below the number tracked refuses new buckets until
     /// the sweeper has dropped enough idle ones.
@@ -519,11 +514,7 @@ fn refill(charge: &Charge) -> Nanos {
     Nanos::from(charge.quota.period()) * u64::from(charge.cost.get())
 }
 
-impl<C> CounterStore for MemoryCounters<C>
-where
-    C: Clock + Clone + Send + Sync + 'static,
-    C::Instant: Reference + Send + Sync,
-{
+impl CounterStore for MemoryCounters {
     type Future = Ready<Result<(), ChargeError>>;
 
     fn charge(&self, charges: &[Charge]) -> Self::Future {

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use governor::clock::{Clock, DefaultClock};
 use tower_layer::Layer;
 
 use super::DenialFormat;
@@ -43,7 +42,7 @@ impl<S> Clone for PolicyLayer<S> {
     }
 }
 
-impl PolicyLayer<MemoryCounters<DefaultClock>> {
+impl PolicyLayer<MemoryCounters> {
     /// A layer for `policy`, with in-memory counters.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
         PolicyLayer::from_engine(Engine::new(policy))
@@ -55,14 +54,10 @@ impl PolicyLayer<MemoryCounters<DefaultClock>> {
     }
 }
 
-impl<C> PolicyLayer<MemoryCounters<C>>
-where
-    C: Clock + Clone + Send + Sync + 'static,
-    C::Instant: Send + Sync,
-{
-    /// A layer whose counters run on `clock`: governor's `FakeRelativeClock` makes
+impl PolicyLayer<MemoryCounters> {
+    /// A layer whose counters run on `clock`: a [`FakeClock`](crate::FakeClock) makes
     /// rate-limit tests deterministic.
-    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: C) -> Self {
+    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: crate::FakeClock) -> Self {
         PolicyLayer::assemble(Engine::with_clock(policy, clock), None)
     }
 }

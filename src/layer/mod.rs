@@ -33,7 +33,7 @@
 //! # Testing an application offline
 //!
 //! ```
-//! use governor::clock::FakeRelativeClock;
+//! use tower_mcp_policy::FakeClock;
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceExt, service_fn};
 //! use tower_mcp_policy::{PolicyLayer, layer::PolicyBody};
@@ -45,7 +45,7 @@
 //!         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
 //! });
 //! let service = tower::ServiceBuilder::new()
-//!     .layer(PolicyLayer::with_clock(std::sync::Arc::new(policy), FakeRelativeClock::default()))
+//!     .layer(PolicyLayer::with_clock(std::sync::Arc::new(policy), FakeClock::new()))
 //!     .service(server);
 //!
 //! let request = http::Request::post("/mcp")
