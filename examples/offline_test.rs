@@ -1,115 +1,131 @@
-//! How an application unit-tests its own MCP service under a policy: no network, no
-//! sleeping. `tower::ServiceExt::oneshot` drives the stack in-process and the crate's
-//! `FakeClock` stands in for time.
+//! How an application unit-tests its own MCP service under a policy: a real rmcp
+//! server, no network, no sleeping. `tower::ServiceExt::oneshot` drives the stack
+//! in-process, `tower_mcp_policy::testing` builds the requests and reads the answers,
+//! and the crate's `FakeClock` stands in for time.
 //!
 //! `cargo run --example offline_test` runs the checks below as a program;
 //! `cargo test --example offline_test` (part of `cargo test --all-features`) runs them
 //! as tests.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use serde_json::{Value, json};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
-use tower_mcp_policy::FakeClock;
-use tower_mcp_policy::layer::{PolicyBody, ResponseBody};
-use tower_mcp_policy::{Policy, PolicyLayer};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::StreamableHttpService;
+use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::json;
+use tower::{Layer, ServiceExt};
+use tower_mcp_policy::testing::{self, Answer};
+use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
 
-/// Stands in for your MCP server: answers every tools/call with "done".
-async fn my_mcp_server(request: Request<PolicyBody>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = request.into_body().collect().await?.to_bytes();
-    let message: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": {"content": [{"type": "text", "text": "done"}]}});
-    Ok(Response::new(Full::new(Bytes::from(answer.to_string()))))
+/// Your MCP server (here, two tools).
+#[derive(Clone)]
+struct Exchange {
+    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
+    tool_router: ToolRouter<Self>,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Key {
+    /// The key to close.
+    key: String,
+}
+
+#[tool_router]
+impl Exchange {
+    #[tool(description = "Close a listen key.")]
+    fn close_listen_key(&self, Parameters(args): Parameters<Key>) -> String {
+        format!("closed {}", args.key)
+    }
+
+    #[tool(description = "Transfer funds.")]
+    fn transfer(&self) -> String {
+        "sent".to_owned()
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Exchange {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+/// rmcp's Streamable HTTP service, stateless and answering JSON: no handshake needed.
+fn my_mcp_service() -> StreamableHttpService<Exchange, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
+    StreamableHttpService::new(
+        || {
+            Ok(Exchange {
+                tool_router: Exchange::tool_router(),
+            })
+        },
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
 }
 
 const POLICY: &str = r#"{ "version": "1", "default": "deny",
-  "tools": { "binance_us_close_listen_key": {
-      "limits": [{ "counter": "binance_us_close_listen_key_rate", "window": "minute", "max": 30, "scope": "grant" }] } } }"#;
-
-fn tool_call(tool: &str, credential: &str) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .header("authorization", credential)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
-/// The text of the tool result the agent would see.
-async fn result_text<S>(service: &S, request: Request<Full<Bytes>>) -> String
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Response<ResponseBody<Full<Bytes>>>,
-            Error = Infallible,
-        > + Clone,
-{
-    let response = service.clone().oneshot(request).await.unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let answer: Value = serde_json::from_slice(&body).unwrap();
-    answer["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
+  "tools": { "close_listen_key": {
+      "limits": [{ "counter": "close_rate", "window": "minute", "max": 30, "scope": "grant" }] } } }"#;
 
 async fn run_checks() {
-    let policy: Policy = POLICY.parse().expect("the policy loads");
+    // The whole test, in about 15 lines:
     let clock = FakeClock::new();
-    let service = ServiceBuilder::new()
-        .layer(PolicyLayer::with_clock(Arc::new(policy), clock.clone()))
-        .service(service_fn(my_mcp_server));
-
-    // 30 calls in the same instant are fine...
+    let policy: Policy = POLICY.parse().expect("the policy loads");
+    let service = PolicyLayer::with_clock(policy, clock.clone()).layer(my_mcp_service());
+    let call = |tool: &str, caller: &str| {
+        let request = testing::tool_call(tool, json!({"key": "k1"}));
+        let service = service.clone();
+        let request = testing::as_caller(request, caller);
+        async move {
+            testing::answer(service.oneshot(request).await.unwrap())
+                .await
+                .unwrap()
+        }
+    };
     for _ in 0..30 {
-        assert_eq!(
-            result_text(
-                &service,
-                tool_call("binance_us_close_listen_key", "Bearer alice")
-            )
-            .await,
-            "done"
-        );
+        assert!(matches!(
+            call("close_listen_key", "Bearer alice").await,
+            Answer::Result(_)
+        ));
     }
-    // ...the 31st is denied with a retry hint...
-    let denied = result_text(
-        &service,
-        tool_call("binance_us_close_listen_key", "Bearer alice"),
-    )
-    .await;
+    let Answer::Denied(denied) = call("close_listen_key", "Bearer alice").await else {
+        panic!("the 31st call in a minute passed");
+    };
     assert_eq!(
-        denied,
-        "[POLICY DENIED] Rate limit of 30 per minute reached for \"binance_us_close_listen_key\". Try again in 2s."
+        (denied.kind.as_str(), denied.rule.as_str()),
+        ("limit", "/tools/close_listen_key/limits/0")
     );
-    // ...another credential is unaffected...
-    assert_eq!(
-        result_text(
-            &service,
-            tool_call("binance_us_close_listen_key", "Bearer bob")
-        )
-        .await,
-        "done"
-    );
-    // ...and 2 seconds later (on the fake clock) alice may call again.
+    assert_eq!(denied.retry_after, Some(2));
+    assert!(matches!(
+        call("close_listen_key", "Bearer bob").await,
+        Answer::Result(_)
+    ));
     clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        call("close_listen_key", "Bearer alice").await,
+        Answer::Result(_)
+    ));
+
+    // The server's own result comes through untouched.
+    let Answer::Result(result) = call("close_listen_key", "Bearer carol").await else {
+        panic!("not a result");
+    };
+    assert_eq!(result["content"][0]["text"], "closed k1");
+    // Everything else is denied by default, and never reaches the server.
+    let Answer::Denied(denied) = call("transfer", "Bearer alice").await else {
+        panic!("transfer ran");
+    };
     assert_eq!(
-        result_text(
-            &service,
-            tool_call("binance_us_close_listen_key", "Bearer alice")
-        )
-        .await,
-        "done"
-    );
-    // Everything else is denied by default.
-    let other = result_text(&service, tool_call("transfer", "Bearer alice")).await;
-    assert_eq!(
-        other,
-        "[POLICY DENIED] Tool \"transfer\" is not allowed by this policy."
+        denied.message,
+        "Tool \"transfer\" is not allowed by this policy."
     );
 }
 

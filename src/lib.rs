@@ -36,6 +36,7 @@ pub mod observe;
 mod policy;
 mod scope;
 mod source;
+pub mod testing;
 mod value;
 #[cfg(feature = "watch")]
 mod watch;
