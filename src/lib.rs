@@ -5,6 +5,35 @@
 //! PolicyLayer `policy.json` (allow and deny rules, argument conditions, rate limits),
 //! forwards what is allowed and answers the rest with a result the agent can read.
 //!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_mcp_policy::{Policy, PolicyLayer};
+//!
+//! # fn my_mcp_service() -> impl tower::Service<http::Request<tower_mcp_policy::layer::PolicyBody>,
+//! #     Response = http::Response<axum::body::Body>, Error = std::convert::Infallible,
+//! #     Future = impl Send> + Clone + Send + Sync + 'static {
+//! #     tower::service_fn(|_| async { Ok(http::Response::new(axum::body::Body::empty())) })
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Usually `PolicyLayer::from_file("policy.json")?`: errors name the file, the JSON
+//! // Pointer and the line.
+//! let policy: Policy = r#"{ "version": "1", "default": "deny",
+//!   "tools": { "binance_us_close_listen_key": {
+//!     "limits": [{ "counter": "close_rate", "window": "minute", "max": 30, "scope": "grant" }] } } }"#
+//!     .parse()?;
+//! let policed = ServiceBuilder::new()
+//!     .layer(PolicyLayer::new(policy)) // the MCP endpoint only
+//!     .service(my_mcp_service());
+//! let app: axum::Router = axum::Router::new()
+//!     .nest_service("/mcp", policed)
+//!     .route("/healthz", axum::routing::get(|| async { "ok" })); // not policed
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`testing`] tests such a service offline; [`observe`] reports every decision.
+//!
 //! The crate is layered so that data flows one way:
 //!
 //! ```text
