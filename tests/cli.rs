@@ -155,6 +155,11 @@ fn call_demo(address: &str, tool: &str) -> String {
         "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    exchange(address, &request)
+}
+
+/// Sends a raw HTTP/1.1 `request` (with `connection: close`); the whole answer.
+fn exchange(address: &str, request: &str) -> String {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
     let mut answer = String::new();
@@ -213,11 +218,7 @@ fn editing_the_policy_under_watch_changes_decisions_without_a_restart() {
 /// GETs `path` from `address`; the whole answer, head included.
 fn get(address: &str, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
-    answer
+    exchange(address, &request)
 }
 
 #[test]

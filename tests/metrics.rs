@@ -9,24 +9,16 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use serde_json::{Value, json};
+use serde_json::json;
 use tower::{Layer, ServiceExt};
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::metrics::MetricsObserver;
+use tower_mcp_policy::testing::tool_call;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
 const POLICY: &str = r#"{"version":"1","default":"deny","hide":["drop_*"],"tools":{
     "echo":{"limits":[{"counter":"e","window":"minute","max":2}]},
     "fs_*":{}}}"#;
-
-fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": args}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
 
 /// The lines of one metric in the rendered text, without comments.
 fn series(text: &str, metric: &str) -> Vec<String> {
@@ -64,11 +56,11 @@ fn exported_values_are_exact_and_invented_tools_add_no_series() {
             let send = |request| service.clone().oneshot(request);
             // echo: two pass, the third is over its limit.
             for _ in 0..3 {
-                send(call("echo", json!({}))).await.unwrap();
+                send(tool_call("echo", json!({}))).await.unwrap();
             }
-            send(call("fs_read", json!({}))).await.unwrap();
-            send(call("drop_table", json!({}))).await.unwrap();
-            send(call("unknown", json!({}))).await.unwrap();
+            send(tool_call("fs_read", json!({}))).await.unwrap();
+            send(tool_call("drop_table", json!({}))).await.unwrap();
+            send(tool_call("unknown", json!({}))).await.unwrap();
             let bad = Request::post("/mcp")
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from_static(b"[]")))
@@ -107,7 +99,7 @@ fn exported_values_are_exact_and_invented_tools_add_no_series() {
             // 10,000 invented tool names: counted, and no new series.
             let before = series(&text, "mcp_policy_").len();
             for i in 0..10_000 {
-                send(call(&format!("invented_{i}"), json!({}))).await.unwrap();
+                send(tool_call(&format!("invented_{i}"), json!({}))).await.unwrap();
             }
             let text = handle.render();
             assert_eq!(series(&text, "mcp_policy_").len(), before);

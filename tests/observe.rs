@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::observe::{CallDecision, Event, Observer};
-use tower_mcp_policy::{Policy, PolicyLayer};
+use tower_mcp_policy::{Policy, PolicyLayer, testing};
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "transfer":{"deny_if":[{"conditions":[{"path":"args.to","op":"eq","value":"mallory"},
@@ -88,14 +88,9 @@ impl Collect {
     }
 }
 
+/// A tools/call from one caller.
 fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": tool, "arguments": args}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-live-secret")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    testing::as_caller(testing::tool_call(tool, args), "Bearer sk-live-secret")
 }
 
 type Service = tower::util::BoxCloneService<
@@ -115,9 +110,9 @@ fn server(
         runs.fetch_add(1, Ordering::SeqCst);
         let fails = request.headers().contains_key("x-fail");
         let body: &'static [u8] = if fails {
-            br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32000,"message":"down"}}"#
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"down"}}"#
         } else {
-            br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#
         };
         std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(body)))))
     }
