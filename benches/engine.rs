@@ -9,7 +9,10 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
 use tower_mcp_policy::jsonrpc::decode;
-use tower_mcp_policy::{Call, Engine, Policy, ScopeHasher, ScopeKeys, Verdict};
+use tower_mcp_policy::{
+    Engine, Policy, ScopeHasher, ScopeKeys,
+    decide::{Call, Verdict},
+};
 
 #[path = "engine_inputs.rs"]
 mod inputs;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tower_mcp_policy::{Charge, CounterId, MemoryCounters, Quota, Scope, ScopeHasher, ScopeValue};
+use tower_mcp_policy::{
+    Scope, ScopeHasher, ScopeValue,
+    counter::{Charge, CounterId, MemoryCounters, Quota},
+};
 
 /// Counts live heap bytes.
 struct Counting;

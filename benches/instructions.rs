@@ -15,7 +15,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use tower_mcp_policy::jsonrpc::decode;
-use tower_mcp_policy::{Call, Engine, Policy, ScopeHasher, ScopeKeys, Verdict};
+use tower_mcp_policy::{
+    Engine, Policy, ScopeHasher, ScopeKeys,
+    decide::{Call, Verdict},
+};
 
 #[path = "engine_inputs.rs"]
 mod inputs;

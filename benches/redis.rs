@@ -22,7 +22,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_mcp_policy::layer::PolicyBody;
-use tower_mcp_policy::{CounterStore, Engine, Policy, PolicyLayer};
+use tower_mcp_policy::{Engine, Policy, PolicyLayer, counter::CounterStore};
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{

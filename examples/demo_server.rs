@@ -23,7 +23,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
-use tower_mcp_policy::{CounterStore, PolicyLayer};
+use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 #[path = "support/cli.rs"]
 mod cli;

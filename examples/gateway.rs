@@ -37,7 +37,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_mcp_policy::layer::PolicyBody;
-use tower_mcp_policy::{CounterStore, PolicyLayer};
+use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 #[path = "support/cli.rs"]
 mod cli;

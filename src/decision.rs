@@ -217,7 +217,7 @@ impl Policy {
     ///
     /// `args` are the call's arguments (`None` when it has none); they may be the pruned
     /// value the decoder builds from [`Policy::plan_for`], or the whole arguments.
-    pub fn evaluate<'p>(
+    pub(crate) fn evaluate<'p>(
         &'p self,
         tool: &'p str,
         args: Option<&ArgValue>,

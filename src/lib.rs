@@ -44,7 +44,7 @@
 //! * [`Policy`]: the document, validated and compiled once.
 //! * [`jsonrpc`]: a strict decoder from body bytes to the calls the policy must judge.
 //! * [`Engine`]: the decision, a pure function of policy, calls, scope keys and counters.
-//! * [`counter`]: where rate-limit state lives ([`MemoryCounters`] on governor).
+//! * [`counter`]: where rate-limit state lives ([`MemoryCounters`](counter::MemoryCounters) on governor).
 //! * [`observe`]: one [`Event`](observe::Event) per decision, to an
 //!   [`Observer`](observe::Observer) (tracing by default; metrics with feature `metrics`).
 //!
@@ -70,20 +70,27 @@ mod value;
 #[cfg(feature = "watch")]
 mod watch;
 
-pub use counter::{
-    Charge, ChargeError, CounterId, CounterStore, FakeClock, MemoryCounters, Quota, StoreError,
-};
-#[cfg(feature = "redis")]
-pub use counter::{FailMode, RedisCounters};
-pub use decision::{
-    Allowed, Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN,
-};
-pub use engine::{Call, Decision, Engine, PendingCharges, Prepared, Refusal, Verdict};
+pub use counter::clock::FakeClock;
+pub use decision::{Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN};
+pub use engine::{Decision, Engine};
 pub use error::{PolicyError, PolicyErrorKind};
-pub use layer::{DenialFormat, Grant, Mode, PolicyLayer, PolicyService};
-pub use policy::{ArgPlan, CounterDef, Policy, PolicyWarning, Scope};
+pub use layer::layer::PolicyLayer;
+pub use layer::response::DenialFormat;
+pub use layer::service::{Grant, Mode, PolicyService};
+pub use policy::{CounterDef, Policy, PolicyWarning, Scope};
 pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};
+
+/// The decision in two phases, for callers that drive the [`Engine`] themselves (the
+/// layer does this for you): [`Engine::prepare`] judges the calls without touching a
+/// counter and lists the charges, which a store applies all or nothing, and
+/// [`PendingCharges::finish`](decide::PendingCharges::finish) turns its answer into a
+/// [`Verdict`](decide::Verdict). Low-level: most users never need it.
+pub mod decide {
+    pub use crate::decision::Allowed;
+    pub use crate::engine::{Call, PendingCharges, Prepared, Refusal, Verdict};
+}
+
 #[cfg(feature = "watch")]
 pub use watch::PolicyWatcher;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{
-    Charge, ChargeError, CounterId, CounterStore, Decision, Engine, MemoryCounters, Policy, Quota,
-    ScopeHasher, ScopeKeys, StoreError,
+    Decision, Engine, Policy, ScopeHasher, ScopeKeys,
+    counter::{Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError},
 };
 
 fn policy(text: &str) -> Arc<Policy> {
@@ -121,17 +121,17 @@ async fn a_store_error_is_a_fixed_message_with_the_stores_retry_hint() {
     let args = tower_mcp_policy::ArgValue::from(&args);
     let verdict = engine
         .decide_async(
-            &[tower_mcp_policy::Call {
+            &[tower_mcp_policy::decide::Call {
                 tool: "a",
                 args: Some(&args),
             }],
             &keys(),
         )
         .await;
-    let tower_mcp_policy::Verdict::Refuse(refusals) = verdict else {
+    let tower_mcp_policy::decide::Verdict::Refuse(refusals) = verdict else {
         panic!("denied when the store is down")
     };
-    let tower_mcp_policy::Refusal::Denied(denial) = &refusals[0] else {
+    let tower_mcp_policy::decide::Refusal::Denied(denial) = &refusals[0] else {
         panic!("{refusals:?}")
     };
     assert_eq!(

@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{
-    ArgValue, Call, Decision, Denial, DenialKind, Engine, MemoryCounters, Policy, Refusal,
-    ScopeHasher, ScopeKeys, Verdict,
+    ArgValue, Decision, Denial, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys,
+    counter::MemoryCounters,
+    decide::{Call, Refusal, Verdict},
 };
 
 fn fixture(name: &str) -> Policy {

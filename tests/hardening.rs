@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
-use tower_mcp_policy::{MemoryCounters, Policy, PolicyLayer};
+use tower_mcp_policy::{Policy, PolicyLayer, counter::MemoryCounters};
 
 type TestLayer = PolicyLayer<MemoryCounters>;
 

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::counter::{Charge, ChargeError, CounterStore};
-use tower_mcp_policy::layer::{Grant, PolicyBody};
-use tower_mcp_policy::{DenialFormat, Engine, Policy, PolicyLayer};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::{DenialFormat, Engine, Grant, Policy, PolicyLayer};
 
 const POLICY: &str = r#"{"version":"1","default":"deny","hide":["delete_*"],
     "tools":{"echo":{},"write":{"limits":[{"counter":"w","window":"minute","max":1}]},
@@ -25,7 +25,7 @@ fn policy() -> Arc<Policy> {
     Arc::new(POLICY.parse().unwrap())
 }
 
-fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters> {
+fn layer() -> PolicyLayer<tower_mcp_policy::counter::MemoryCounters> {
     PolicyLayer::with_clock(policy(), FakeClock::new())
 }
 

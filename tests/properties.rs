@@ -5,7 +5,10 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::jsonrpc::{DecodeErrorKind, ReadAll, decode};
-use tower_mcp_policy::{ArgValue, Call, Engine, Policy, Refusal, ScopeHasher, ScopeKeys, Verdict};
+use tower_mcp_policy::{
+    ArgValue, Engine, Policy, ScopeHasher, ScopeKeys,
+    decide::{Call, Refusal, Verdict},
+};
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

@@ -21,7 +21,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{
-    Charge, ChargeError, Engine, FailMode, MemoryCounters, Policy, PolicyLayer, ScopeHasher,
+    Engine, Policy, PolicyLayer, ScopeHasher,
+    counter::{Charge, ChargeError, FailMode, MemoryCounters},
 };
 
 fn seed_policy() -> Arc<Policy> {
@@ -288,11 +289,11 @@ async fn the_redis_store_decides_exactly_as_the_memory_store() {
         .iter()
         .enumerate()
         .flat_map(|(i, &(max, window))| {
-            let quota = tower_mcp_policy::Quota::new(
+            let quota = tower_mcp_policy::counter::Quota::new(
                 NonZeroU32::new(max).unwrap(),
                 Duration::from_secs(window),
             );
-            let id = tower_mcp_policy::CounterId::new(
+            let id = tower_mcp_policy::counter::CounterId::new(
                 &format!("c{i}"),
                 quota,
                 tower_mcp_policy::Scope::Grant,

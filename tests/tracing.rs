@@ -23,7 +23,7 @@ fn post(tool: &str, args: Value) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn layer() -> PolicyLayer<tower_mcp_policy::MemoryCounters> {
+fn layer() -> PolicyLayer<tower_mcp_policy::counter::MemoryCounters> {
     let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"deny","tools":{"echo":{},
         "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#
         .parse()

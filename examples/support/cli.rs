@@ -9,7 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_mcp_policy::metrics::MetricsObserver;
 use tower_mcp_policy::observe::TracingObserver;
-use tower_mcp_policy::{Engine, FailMode, Mode, Policy, PolicyLayer, RedisCounters};
+use tower_mcp_policy::{
+    Engine, Mode, Policy, PolicyLayer,
+    counter::{FailMode, RedisCounters},
+};
 
 /// The command-line options, or exit code 2 with the message.
 pub fn options_or_exit<T>(program: &str, options: Result<T, String>) -> T {
@@ -153,7 +156,7 @@ pub fn watch<S>(
     serving: &Serving,
 ) -> Option<tower_mcp_policy::PolicyWatcher>
 where
-    S: tower_mcp_policy::CounterStore + Clone,
+    S: tower_mcp_policy::counter::CounterStore + Clone,
 {
     if !serving.watch {
         return None;

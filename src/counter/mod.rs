@@ -4,7 +4,7 @@
 //! [`MemoryCounters`] keeps them in this process with governor's GCRA; the trait returns
 //! a future so that a store shared by replicas (Redis, say) can implement it unchanged.
 
-mod clock;
+pub(crate) mod clock;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
-pub use clock::FakeClock;
 pub use memory::{DEFAULT_MAX_KEYS, MemoryCounters};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCounters, RedisCountersBuilder};

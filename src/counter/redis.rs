@@ -54,7 +54,7 @@ pub enum FailMode {
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use tower_mcp_policy::{Engine, Policy, PolicyLayer, RedisCounters};
+/// use tower_mcp_policy::{Engine, Policy, PolicyLayer, counter::RedisCounters};
 ///
 /// let counters = RedisCounters::builder("redis://127.0.0.1:6379/").connect().await?;
 /// let policy = Policy::from_file("policy.json")?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::DenialFormat;
+use super::response::DenialFormat;
 use super::service::{Config, Mode, PolicyService, Refunds, Shared, SharedObserver};
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};

@@ -1,4 +1,5 @@
-//! The tower middleware: [`PolicyLayer`] and [`PolicyService`].
+//! The tower middleware: [`PolicyLayer`](crate::PolicyLayer) and
+//! [`PolicyService`](crate::PolicyService), and what they answer with.
 //!
 //! Add it in front of an MCP server that speaks Streamable HTTP. For every POST it reads
 //! the body (up to a limit), decodes the JSON-RPC message or batch, and asks the policy
@@ -8,7 +9,7 @@
 //!   bytes the policy read);
 //! * denied: nothing is forwarded, and the agent gets an answer it can read:
 //!   by default HTTP 200 with a `CallToolResult` whose text is
-//!   `[POLICY DENIED] <message>` and `isError: true` (see [`DenialFormat`]);
+//!   `[POLICY DENIED] <message>` and `isError: true` (see [`DenialFormat`](crate::DenialFormat));
 //! * not understood: HTTP 400, 413 or 415 with a JSON-RPC error, never forwarded.
 //!
 //! GET (the SSE stream), DELETE, HEAD and OPTIONS pass through, but never with a body.
@@ -64,19 +65,19 @@ mod deadline;
 mod filter;
 mod future;
 #[allow(clippy::module_inception)]
-mod layer;
+pub(crate) mod layer;
 mod refund;
 mod request;
-mod response;
-mod service;
+pub(crate) mod response;
+pub(crate) mod service;
 mod sessions;
 
 pub use body::{PolicyBody, ResponseBody};
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
+pub use layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE};
 pub use response::{
-    DENIED_PREFIX, DenialFormat, HEADER_MISMATCH, INTERNAL_ERROR, META_KEY, NOT_EXECUTED,
-    POLICY_DENIED, UNKNOWN_TOOL,
+    DENIED_PREFIX, HEADER_MISMATCH, INTERNAL_ERROR, META_KEY, NOT_EXECUTED, POLICY_DENIED,
+    UNKNOWN_TOOL,
 };
-pub use service::{Grant, Mode, Outcome, PolicyDecision, PolicyService};
+pub use service::{Outcome, PolicyDecision};
 pub use sessions::DEFAULT_MAX_SESSIONS;

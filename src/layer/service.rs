@@ -44,7 +44,7 @@ pub(crate) static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-sess
 /// header for `"scope": "grant"` counters.
 ///
 /// ```
-/// # use tower_mcp_policy::layer::Grant;
+/// # use tower_mcp_policy::Grant;
 /// let mut request = http::Request::new(());
 /// request.extensions_mut().insert(Grant::new("tenant-42"));
 /// ```

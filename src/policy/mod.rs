@@ -262,7 +262,7 @@ impl Policy {
     }
 
     /// Which arguments of `tool` the policy reads. Empty for hidden or not-allowed tools.
-    pub fn plan_for(&self, tool: &str) -> &ArgPlan {
+    pub(crate) fn plan_for(&self, tool: &str) -> &ArgPlan {
         static EMPTY: std::sync::OnceLock<ArgPlan> = std::sync::OnceLock::new();
         match self.resolve(tool) {
             Resolved::Rules(Some(rule)) => &rule.plan,

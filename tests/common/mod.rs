@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use demo_server::Executions;
-use tower_mcp_policy::{CounterStore, PolicyLayer};
+use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 pub fn example_policy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy.json")

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tower_mcp_policy::RedisCounters;
+use tower_mcp_policy::counter::RedisCounters;
 use tower_mcp_policy::counter::RedisCountersBuilder;
 
 /// A `redis-server` of this test's own; killed when dropped.
