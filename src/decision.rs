@@ -25,6 +25,8 @@ use crate::scope::ScopeKeys;
 use crate::value::ArgValue;
 
 /// Why a call was denied.
+///
+/// See the example on [`Denial`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DenialKind {
@@ -59,6 +61,28 @@ impl DenialKind {
 }
 
 /// The policy's answer to a denied call.
+///
+/// ```
+/// use serde_json::json;
+/// use tower_mcp_policy::{Decision, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys};
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
+///     "deny_if": [{ "conditions": [{ "path": "args.amount", "op": "gt", "value": 5000 }],
+///                   "on_deny": "Transfers above 5000 need a human." }] } } }"#.parse()?;
+/// let engine = Engine::new(policy);
+/// let hasher = ScopeHasher::random();
+/// let grant = hasher.anonymous();
+/// let scope = ScopeKeys::new(grant, hasher.no_session(grant));
+///
+/// let Decision::Deny(denial) = engine.decide("transfer", Some(&json!({ "amount": 9000 })), &scope)
+/// else { panic!("9000 is above the threshold") };
+/// assert_eq!(denial.kind(), DenialKind::DenyIf);
+/// assert_eq!(denial.kind().as_str(), "deny_if");
+/// assert_eq!(denial.rule(), "/tools/transfer/deny_if/0");
+/// assert_eq!(denial.message(), "Transfers above 5000 need a human.");
+/// assert_eq!(denial.retry_after(), None);
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     kind: DenialKind,
@@ -138,7 +162,8 @@ impl fmt::Display for Denial {
 /// A call that passed the rules, with the charges its limits ask for.
 ///
 /// It borrows the tool's name from the request; [`Allowed::into_owned`] makes it
-/// independent of it (for a store that must be awaited).
+/// independent of it (for a store that must be awaited). See the example on
+/// [`Engine::prepare`](crate::Engine::prepare).
 #[derive(Debug)]
 pub struct Allowed<'p> {
     tool: Cow<'p, str>,

@@ -14,6 +14,8 @@ use crate::source::Source;
 use crate::value::ArgValue;
 
 /// One tool call to judge: its name and its (possibly pruned) arguments.
+///
+/// See the example on [`Engine::prepare`].
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     /// The tool's name, with JSON escapes decoded.
@@ -37,7 +39,7 @@ impl<'a> Call<'a> {
     }
 }
 
-/// The decision for a single call.
+/// The decision for a single call. See the examples on [`Engine`] and [`Denial`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The call may run; its charges were applied.
@@ -46,7 +48,7 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// What became of one call of a refused request.
+/// What became of one call of a refused request. See the example on [`Engine::prepare`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -57,7 +59,8 @@ pub enum Refusal {
     NotExecuted,
 }
 
-/// The decision for a request of one or more calls (a JSON-RPC batch).
+/// The decision for a request of one or more calls (a JSON-RPC batch). See the example
+/// on [`Engine::prepare`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Verdict {
@@ -175,6 +178,49 @@ impl<S> Engine<S> {
 
     /// Phase 1 for every call under `policy` (one snapshot for the whole request): the
     /// rules, and the charges to apply if all pass.
+    ///
+    /// A batch of two calls, judged by the rules, then charged by the store:
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tower_mcp_policy::counter::CounterStore;
+    /// use tower_mcp_policy::decide::{Call, Prepared, Refusal, Verdict};
+    /// use tower_mcp_policy::{ArgValue, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys};
+    ///
+    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": {
+    ///     "get_price": {},
+    ///     "buy": { "limits": [{ "counter": "orders", "window": "minute", "max": 1 }] } } }"#
+    ///     .parse()?;
+    /// let engine = Engine::new(policy);
+    /// let hasher = ScopeHasher::random();
+    /// let grant = hasher.credential(b"Bearer alice");
+    /// let scope = ScopeKeys::new(grant, hasher.no_session(grant));
+    /// let args = ArgValue::from(&json!({ "symbol": "BTC" }));
+    /// let calls = [
+    ///     Call { tool: "get_price", args: Some(&args) },
+    ///     Call { tool: "buy", args: Some(&args) },
+    /// ];
+    ///
+    /// for attempt in 0..2 {
+    ///     let policy = engine.policy(); // one snapshot for the whole request
+    ///     let Prepared::Charge(pending) = engine.prepare(&policy, &calls, &scope) else {
+    ///         panic!("both calls pass the rules; `buy` has a limit to charge")
+    ///     };
+    ///     assert_eq!(pending.charges_by_call().map(|(call, _)| call).collect::<Vec<_>>(), [1]);
+    ///     let answer = engine.counters().charge_now(pending.charges()).expect("in memory");
+    ///     match (attempt, pending.finish(answer)) {
+    ///         (0, Verdict::Forward) => {}
+    ///         (1, Verdict::Refuse(refusals)) => {
+    ///             // All or nothing: `get_price` is not run either.
+    ///             assert_eq!(refusals[0], Refusal::NotExecuted);
+    ///             let Refusal::Denied(denial) = &refusals[1] else { panic!() };
+    ///             assert_eq!(denial.kind(), DenialKind::Limit);
+    ///         }
+    ///         other => panic!("unexpected {other:?}"),
+    ///     }
+    /// }
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
     pub fn prepare<'p>(
         &self,
         policy: &'p Policy,
@@ -249,7 +295,7 @@ impl<S: CounterStore> Engine<S> {
     }
 }
 
-/// The state between the rules and the counters; see [`Engine::prepare`].
+/// The state between the rules and the counters; see the example on [`Engine::prepare`].
 // A short-lived stack value: boxing the large variant would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
@@ -260,7 +306,7 @@ pub enum Prepared<'p> {
     Charge(PendingCharges<'p>),
 }
 
-/// Charges waiting for a counter store.
+/// Charges waiting for a counter store. See the example on [`Engine::prepare`].
 #[derive(Debug)]
 pub struct PendingCharges<'p> {
     allowed: SmallVec<[Allowed<'p>; 1]>,

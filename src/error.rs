@@ -4,6 +4,22 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// What went wrong while loading a policy; see [`PolicyError::kind`].
+///
+/// ```
+/// use tower_mcp_policy::{Policy, PolicyErrorKind};
+///
+/// let error = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
+///     "deny_if": [{ "conditions": [{ "path": "args.amount", "op": "gtt", "value": 1 }] }] } } }"#
+///     .parse::<Policy>()
+///     .unwrap_err();
+/// assert_eq!(error.kind(), PolicyErrorKind::Invalid);
+/// assert_eq!(error.pointer(), "/tools/transfer/deny_if/0/conditions/0/op");
+/// assert_eq!(error.line(), Some(2));
+/// assert!(error.to_string().starts_with("/tools/transfer/deny_if/0/conditions/0/op: unknown variant `gtt`"), "{error}");
+///
+/// let error = Policy::from_file("/nonexistent/policy.json").unwrap_err();
+/// assert_eq!(error.kind(), PolicyErrorKind::Io);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PolicyErrorKind {
@@ -23,6 +39,9 @@ pub enum PolicyErrorKind {
 /// ```text
 /// policy.json: /tools/transfer/deny_if/0/conditions/1/op: unknown variant `gtt`, expected one of `eq`, … (line 9, column 52)
 /// ```
+///
+/// Its `Debug` is the same line, so `main` returning `Result<(), Box<dyn Error>>` prints
+/// it readably. See the example on [`PolicyErrorKind`] for its parts.
 pub struct PolicyError {
     kind: PolicyErrorKind,
     file: Option<PathBuf>,

@@ -21,6 +21,19 @@ use crate::observe::{Event, Observer};
 
 /// Records every [`Event`] as metrics (see the [module docs](self)). Pair it with the
 /// tracing observer to keep the log lines: `.observer((TracingObserver, MetricsObserver))`.
+///
+/// ```
+/// use tower_mcp_policy::metrics::MetricsObserver;
+/// use tower_mcp_policy::observe::TracingObserver;
+/// use tower_mcp_policy::{Policy, PolicyLayer};
+///
+/// // Install a recorder first (metrics-exporter-prometheus, say); without one the
+/// // metrics are dropped.
+/// let policy: Policy = r#"{ "version": "1", "default": "allow" }"#.parse()?;
+/// let layer = PolicyLayer::new(policy).observer((TracingObserver, MetricsObserver));
+/// # let _ = layer;
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsObserver;
 

@@ -29,6 +29,55 @@ use crate::value::ArgValue;
 
 /// Receives every [`Event`] of a layer. Called on the request's path: keep it quick
 /// (hand slow work to a channel).
+///
+/// An audit sink that keeps one line per denied call, next to the default tracing:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tower::{Layer, ServiceExt};
+/// use tower_mcp_policy::observe::{CallDecision, Event, Observer, TracingObserver};
+/// use tower_mcp_policy::testing::{self, Answer};
+/// use tower_mcp_policy::{Policy, PolicyLayer};
+///
+/// #[derive(Clone, Default)]
+/// struct Audit(Arc<Mutex<Vec<String>>>);
+///
+/// impl Observer for Audit {
+///     fn observe(&self, event: &Event<'_>) {
+///         if let Event::Call(call) = event {
+///             if call.decision == CallDecision::Deny {
+///                 let rule = call.denial.map_or("", |d| d.rule());
+///                 let line = format!("{} {} grant={} rule={rule}", call.decision.as_str(), call.tool, call.grant);
+///                 self.0.lock().unwrap().push(line);
+///             }
+///         }
+///     }
+///
+///     fn wants_allowed(&self) -> bool {
+///         false // saves keeping allowed calls until the server answers
+///     }
+/// }
+///
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+/// # });
+/// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "get_price": {} } }"#.parse()?;
+/// let audit = Audit::default();
+/// let service = PolicyLayer::new(policy)
+///     .observer((TracingObserver, audit.clone()))
+///     .layer(my_mcp_service);
+///
+/// let answer = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
+/// assert!(matches!(testing::answer(answer).await?, Answer::Denied(_)));
+/// let lines = audit.0.lock().unwrap();
+/// assert!(lines[0].starts_with("deny transfer grant="), "{}", lines[0]);
+/// assert!(lines[0].ends_with("rule=(default deny)"), "{}", lines[0]);
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+/// ```
 pub trait Observer: Send + Sync + 'static {
     /// One event.
     fn observe(&self, event: &Event<'_>);
@@ -63,7 +112,7 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     }
 }
 
-/// Something the layer did or decided.
+/// Something the layer did or decided. See the example on [`Observer`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
@@ -110,7 +159,7 @@ pub enum Event<'a> {
     },
 }
 
-/// What became of one tool call.
+/// What became of one tool call. See the example on [`Observer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallDecision {
@@ -141,6 +190,8 @@ impl CallDecision {
 }
 
 /// The server's answer to a forwarded request.
+///
+/// See the example on [`Observer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upstream {
     /// Its HTTP status; `None` when the inner service failed without answering.
@@ -150,6 +201,8 @@ pub struct Upstream {
 }
 
 /// One judged tool call; see [`Event::Call`].
+///
+/// See the example on [`Observer`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CallEvent<'a> {
@@ -207,6 +260,8 @@ pub(crate) enum ArgKeys<'a> {
 /// The default observer: one `tracing` event per [`Event`], target `tower_mcp_policy`.
 /// Allowed calls, refunds and `Judged` are DEBUG, denials and rejections INFO, store
 /// errors WARN, failed reloads ERROR.
+///
+/// See the example on [`Observer`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingObserver;
 

@@ -12,6 +12,8 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use crate::policy::Scope;
 
 /// A hashed scope value: the key of one bucket of a counter.
+///
+/// See the examples on [`Engine`](crate::Engine) and [`MemoryCounters`](crate::counter::MemoryCounters).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ScopeValue(u128);
 
@@ -39,6 +41,8 @@ impl fmt::Display for ScopeValue {
 }
 
 /// Turns credentials, application keys and session ids into [`ScopeValue`]s.
+///
+/// See the examples on [`Engine`](crate::Engine) and [`MemoryCounters`](crate::counter::MemoryCounters).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScopeHasher {
     key: [u8; 16],
@@ -163,6 +167,8 @@ fn split_credentials(value: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 /// The scope values of one request: which grant and which session it belongs to.
+///
+/// See the examples on [`Engine`](crate::Engine) and [`MemoryCounters`](crate::counter::MemoryCounters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScopeKeys {
     /// The caller's grant.

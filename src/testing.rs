@@ -47,6 +47,8 @@ pub const ENDPOINT: &str = "http://localhost/mcp";
 
 /// A JSON-RPC request `method` with `params` (id 1), as an MCP client posts it: an
 /// absolute URI, `Content-Type: application/json` and the `Accept` of Streamable HTTP.
+///
+/// See the example in the [`testing`](crate::testing) module.
 pub fn request(method: &str, params: Value) -> Request<Full<Bytes>> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     Request::post(ENDPOINT)
@@ -57,11 +59,15 @@ pub fn request(method: &str, params: Value) -> Request<Full<Bytes>> {
 }
 
 /// A `tools/call` of `tool` with `arguments`.
+///
+/// See the example in the [`testing`](crate::testing) module.
 pub fn tool_call(tool: &str, arguments: Value) -> Request<Full<Bytes>> {
     request("tools/call", json!({"name": tool, "arguments": arguments}))
 }
 
 /// An `initialize` request, for servers that keep sessions.
+///
+/// See the example in the [`testing`](crate::testing) module.
 pub fn initialize() -> Request<Full<Bytes>> {
     request(
         "initialize",
@@ -72,6 +78,8 @@ pub fn initialize() -> Request<Full<Bytes>> {
 
 /// `request` sent with `Authorization: credential` (a caller of its own for `grant`
 /// counters).
+///
+/// See the example in the [`testing`](crate::testing) module.
 pub fn as_caller<B>(mut request: Request<B>, credential: &str) -> Request<B> {
     let value = credential.parse().expect("a header value");
     request.headers_mut().insert(header::AUTHORIZATION, value);
@@ -79,6 +87,8 @@ pub fn as_caller<B>(mut request: Request<B>, credential: &str) -> Request<B> {
 }
 
 /// What came back for a request.
+///
+/// See the example in the [`testing`](crate::testing) module.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Answer {
@@ -96,6 +106,8 @@ pub enum Answer {
 }
 
 /// A policy denial, as the agent receives it.
+///
+/// See the example in the [`testing`](crate::testing) module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Denied {
@@ -113,6 +125,8 @@ pub struct Denied {
 
 /// Reads `response` (JSON, or the first message of an event stream) as an [`Answer`].
 /// The error says what could not be read, and shows the body.
+///
+/// See the example in the [`testing`](crate::testing) module.
 pub async fn answer<B>(response: Response<B>) -> Result<Answer, String>
 where
     B: Body,

@@ -13,6 +13,18 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watches a policy file and puts every good version of it in force; see
 /// [`PolicyHandle::watch`]. Watching stops when this is dropped.
+///
+/// ```no_run
+/// use tower_mcp_policy::PolicyLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = PolicyLayer::from_file("policy.json")?;
+/// // Keep the watcher for as long as the server runs. A broken edit is reported (a
+/// // `Reload` event) and the last good policy stays in force.
+/// let watcher = layer.handle().watch("policy.json")?;
+/// assert!(watcher.path().ends_with("policy.json"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct PolicyWatcher {
     _watcher: RecommendedWatcher,

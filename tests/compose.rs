@@ -123,6 +123,7 @@ async fn tower_http_layers_outside_the_policy() {
 async fn tower_http_layers_inside_the_policy() {
     let service = ServiceBuilder::new()
         .layer(policy())
+        .layer(RequestBodyLimitLayer::new(1 << 20))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .layer(CorsLayer::permissive())

@@ -60,6 +60,29 @@ const SHARDS: usize = 256;
 /// its state.
 ///
 /// Cloning is cheap and shares the counters.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::MemoryCounters;
+/// use tower_mcp_policy::{Decision, Engine, FakeClock, Policy, ScopeHasher, ScopeKeys};
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
+///     "limits": [{ "counter": "transfers", "window": "minute", "max": 1 }] } } }"#.parse()?;
+/// let clock = FakeClock::new();
+/// let counters = MemoryCounters::with_clock(clock.clone()).with_max_keys(10_000);
+/// let engine = Engine::with_counters(policy, counters.clone());
+///
+/// let hasher = ScopeHasher::random();
+/// let alice = hasher.credential(b"Bearer alice");
+/// let scope = ScopeKeys::new(alice, hasher.no_session(alice));
+/// assert_eq!(engine.decide("transfer", None, &scope), Decision::Allow);
+/// assert!(matches!(engine.decide("transfer", None, &scope), Decision::Deny(_)));
+/// assert_eq!(counters.len(), 1); // one bucket: alice's
+///
+/// clock.advance(Duration::from_secs(60));
+/// assert_eq!(engine.decide("transfer", None, &scope), Decision::Allow);
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 pub struct MemoryCounters {
     inner: Arc<Inner>,
 }

@@ -29,6 +29,8 @@ use crate::scope::ScopeValue;
 /// scope). The same counter in two versions of a policy has the same id, so a store
 /// keeps its state; a counter whose definition changed is a new counter. Stable across
 /// processes and builds, so replicas sharing a store agree on it.
+///
+/// See the example on [`CounterStore`] for ids, quotas and charges together.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterId(u64);
 
@@ -69,6 +71,15 @@ impl fmt::Display for CounterId {
 }
 
 /// What a counter allows: a burst of `max`, refilled at `max` per `window` (GCRA).
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::Quota;
+///
+/// let quota = Quota::new(NonZeroU32::new(30).unwrap(), Duration::from_secs(60));
+/// assert_eq!(quota.period(), Duration::from_secs(2)); // one call refills every 2 s
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     max: NonZeroU32,
@@ -99,6 +110,8 @@ impl Quota {
 
 /// One unit of work for a counter: charge `cost` to the bucket `key` of counter
 /// `counter`, which allows `quota`. A store needs nothing else to apply it.
+///
+/// See the example on [`CounterStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Charge {
@@ -126,6 +139,15 @@ impl Charge {
 
 /// Why a counter store could not decide: its own error, for the logs, and when to try
 /// again. The agent never reads it; it reads a fixed message with the retry hint.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::{ChargeError, StoreError};
+///
+/// let error = StoreError::new("connection refused").with_retry_after(Duration::from_secs(2));
+/// let error = ChargeError::Unavailable(error);
+/// assert_eq!(error.to_string(), "counter store unavailable: connection refused");
+/// ```
 #[derive(Clone)]
 pub struct StoreError {
     source: Arc<dyn std::error::Error + Send + Sync>,
@@ -188,6 +210,8 @@ impl From<String> for StoreError {
 }
 
 /// Why a set of charges was not applied. When this is returned, nothing was charged.
+///
+/// See the examples on [`CounterStore`] and [`StoreError`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ChargeError {
@@ -224,6 +248,66 @@ impl std::error::Error for ChargeError {}
 /// A store that can answer without waiting (like [`MemoryCounters`]) implements
 /// [`CounterStore::charge_now`], and the layer never awaits it. A remote store answers
 /// through [`CounterStore::charge`]'s future, which must do nothing until polled.
+///
+/// A store that wraps [`MemoryCounters`] and refuses everything during maintenance:
+///
+/// ```
+/// use std::future::{Ready, ready};
+/// use std::num::NonZeroU32;
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::{
+///     Charge, ChargeError, CounterId, CounterStore, MemoryCounters, Quota, StoreError,
+/// };
+/// use tower_mcp_policy::{Scope, ScopeValue};
+///
+/// #[derive(Clone, Default)]
+/// struct Maintainable {
+///     counters: MemoryCounters,
+///     maintenance: Arc<AtomicBool>,
+/// }
+///
+/// impl CounterStore for Maintainable {
+///     type Future = Ready<Result<(), ChargeError>>;
+///
+///     fn charge(&self, charges: &[Charge]) -> Self::Future {
+///         ready(self.charge_now(charges).expect("answers at once"))
+///     }
+///
+///     fn charge_now(&self, charges: &[Charge]) -> Option<Result<(), ChargeError>> {
+///         if self.maintenance.load(Ordering::Relaxed) {
+///             let error = StoreError::new("maintenance").with_retry_after(Duration::from_secs(30));
+///             return Some(Err(ChargeError::Unavailable(error)));
+///         }
+///         self.counters.charge_now(charges)
+///     }
+///
+///     fn refund(&self, charges: &[Charge]) {
+///         self.counters.refund(charges);
+///     }
+/// }
+///
+/// let store = Maintainable::default();
+/// let quota = Quota::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(60));
+/// let counter = CounterId::new("transfers", quota, Scope::Global);
+/// let charge = Charge::new(counter, quota, ScopeValue::GLOBAL, NonZeroU32::MIN);
+///
+/// assert!(store.charge_now(&[charge]).unwrap().is_ok());
+/// assert!(store.charge_now(&[charge]).unwrap().is_ok());
+/// let Some(Err(ChargeError::Exceeded { index: 0, retry_after: Some(wait) })) =
+///     store.charge_now(&[charge])
+/// else {
+///     panic!("the third call in a minute does not fit")
+/// };
+/// assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(30)); // one refill
+///
+/// store.maintenance.store(true, Ordering::Relaxed);
+/// assert!(matches!(store.charge_now(&[charge]), Some(Err(ChargeError::Unavailable(_)))));
+/// ```
+///
+/// Use it with [`Engine::with_counters`](crate::Engine::with_counters) or
+/// [`PolicyLayer::from_engine`](crate::PolicyLayer::from_engine).
 pub trait CounterStore: Send + Sync + 'static {
     /// The future of [`CounterStore::charge`].
     type Future: Future<Output = Result<(), ChargeError>> + Send + 'static;

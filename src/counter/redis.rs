@@ -22,6 +22,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What to do with a call that needs a counter while Redis cannot be reached.
+///
+/// See the example on [`RedisCountersBuilder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailMode {
@@ -89,6 +91,20 @@ impl fmt::Debug for RedisCounters {
 }
 
 /// Options for [`RedisCounters`]; see [`RedisCounters::builder`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), redis::RedisError> {
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::{FailMode, RedisCounters};
+///
+/// let counters = RedisCounters::builder("redis://redis.internal:6379/")
+///     .prefix("payments-mcp:")
+///     .deadline(Duration::from_millis(50))
+///     .fail_mode(FailMode::Open) // keep serving, uncounted, while Redis is down
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RedisCountersBuilder {
     url: String,

@@ -30,6 +30,18 @@
 //! let err = decode(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call",
 //!     "params":{"name":"get_price","name":"transfer"}}"#, &ReadAll).unwrap_err();
 //! assert_eq!(err.code(), -32600);
+//!
+//! // With a policy as the plan, only the arguments its rules read are kept.
+//! let policy: tower_mcp_policy::Policy = r#"{ "version": "1", "default": "deny", "tools": {
+//!     "transfer": { "deny_if": [{ "conditions": [
+//!         { "path": "args.amount", "op": "gt", "value": 5000 }] }] } } }"#.parse().unwrap();
+//! let decoded = decode(body_with_memo(), &policy)?;
+//! let call = decoded.messages()[0].tool_call().unwrap();
+//! assert_eq!(call.arguments().unwrap(), &serde_json::json!({"amount": 5}));
+//! # fn body_with_memo() -> &'static [u8] {
+//! #     br#"{"jsonrpc":"2.0","id":8,"method":"tools/call",
+//! #          "params":{"name":"transfer","arguments":{"amount":5,"memo":"rent"}}}"#
+//! # }
 //! # Ok::<(), tower_mcp_policy::jsonrpc::DecodeError>(())
 //! ```
 
@@ -55,6 +67,8 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 
 /// Which arguments to read for a tool: implemented by [`Policy`] and [`ReadAll`].
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 pub trait PlanSource {
     /// The plan for `tool`'s arguments.
     fn plan_for(&self, tool: &str) -> &ArgPlan;
@@ -67,6 +81,8 @@ impl PlanSource for Policy {
 }
 
 /// A [`PlanSource`] that reads every argument of every tool.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadAll;
 
@@ -78,6 +94,8 @@ impl PlanSource for ReadAll {
 }
 
 /// A JSON-RPC id: a string or an integer.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum Id {
@@ -97,6 +115,8 @@ impl fmt::Display for Id {
 }
 
 /// What a message is.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// A request: it has a `method` and an `id`, and expects a response.
@@ -108,6 +128,8 @@ pub enum MessageKind {
 }
 
 /// A `tools/call`: the tool's name and the arguments the policy reads.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall<'a> {
     name: Cow<'a, str>,
@@ -136,6 +158,8 @@ impl ToolCall<'_> {
 }
 
 /// One decoded JSON-RPC message.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message<'a> {
     kind: MessageKind,
@@ -186,6 +210,8 @@ impl<'a> Message<'a> {
 }
 
 /// A decoded body: one message, or a batch.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded<'a> {
     messages: Vec<Message<'a>>,
@@ -213,6 +239,8 @@ impl<'a> Decoded<'a> {
 }
 
 /// Which of the two JSON-RPC errors a [`DecodeError`] is.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeErrorKind {
@@ -223,6 +251,8 @@ pub enum DecodeErrorKind {
 }
 
 /// Why a body was refused.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
     kind: DecodeErrorKind,
@@ -289,6 +319,8 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Decodes a body, reading of each tool call's arguments what `plans` names.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 pub fn decode<'a, P: PlanSource + ?Sized>(
     body: &'a [u8],
     plans: &P,

@@ -15,6 +15,8 @@ use super::response::INTERNAL_ERROR;
 use crate::policy::Policy;
 
 /// The request body the inner service receives: the bytes the policy read.
+///
+/// See the examples in the [`layer`](crate::layer) module.
 #[derive(Debug, Default)]
 pub struct PolicyBody {
     inner: Full<Bytes>,
@@ -51,6 +53,8 @@ impl Body for PolicyBody {
 pin_project! {
     /// The response body of [`PolicyService`](super::PolicyService): the inner service's
     /// body, a tools/list answer with hidden tools removed, or an answer of the layer's own.
+    ///
+    /// See the examples in the [`layer`](crate::layer) module.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,

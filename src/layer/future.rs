@@ -27,6 +27,8 @@ use crate::jsonrpc::INVALID_REQUEST;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
+    ///
+    /// See the examples in the [`layer`](crate::layer) module.
     pub struct ResponseFuture<Inner, S, ReqBody, ResBody>
     where
         Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,

@@ -27,6 +27,32 @@ pub const META_KEY: &str = "tower-mcp-policy/denial";
 pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
 
 /// How a denied `tools/call` is answered.
+///
+/// ```
+/// use http_body_util::BodyExt;
+/// use tower::{Layer, ServiceExt};
+/// use tower_mcp_policy::layer::POLICY_DENIED;
+/// use tower_mcp_policy::{DenialFormat, Policy, PolicyLayer, testing};
+///
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+/// # });
+/// let policy: Policy = r#"{ "version": "1", "default": "deny" }"#.parse()?;
+/// let service = PolicyLayer::new(policy)
+///     .denial_format(DenialFormat::JsonRpcError)
+///     .layer(my_mcp_service);
+/// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
+/// let body = response.into_body().collect().await?.to_bytes();
+/// let answer: serde_json::Value = serde_json::from_slice(&body)?;
+/// assert_eq!(answer["error"]["code"], POLICY_DENIED);
+/// assert_eq!(answer["error"]["data"]["kind"], "not_allowed");
+/// assert_eq!(answer["error"]["data"]["rule"], "(default deny)");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DenialFormat {

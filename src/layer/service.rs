@@ -64,6 +64,28 @@ impl Grant {
 }
 
 /// Whether the layer enforces its policy or only reports what it would do.
+///
+/// Trying a policy on live traffic first: the call it would deny runs, and a
+/// `would_deny` event says so.
+///
+/// ```
+/// use tower::{Layer, ServiceExt};
+/// use tower_mcp_policy::testing::{self, Answer};
+/// use tower_mcp_policy::{Mode, Policy, PolicyLayer};
+///
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+/// # });
+/// let policy: Policy = r#"{ "version": "1", "default": "deny" }"#.parse()?;
+/// let service = PolicyLayer::new(policy).mode(Mode::Monitor).layer(my_mcp_service);
+/// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
+/// assert!(matches!(testing::answer(response).await?, Answer::Result(_)));
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Mode {
@@ -265,7 +287,7 @@ pub struct PolicyDecision {
     pub denials: Vec<crate::decision::Denial>,
 }
 
-/// What became of a request; see [`PolicyDecision`].
+/// What became of a request; see [`PolicyDecision`] and its example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {

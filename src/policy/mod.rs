@@ -4,15 +4,6 @@
 //! document ([`document`]) is parsed first, then [`compile`] validates it and builds a
 //! [`Policy`]: glob matchers, compiled regexes, argument plans and counter definitions.
 //! Requests only ever see the compiled form.
-//!
-//! ```
-//! use tower_mcp_policy::Policy;
-//!
-//! let policy: Policy = r#"{ "version": "1", "default": "deny",
-//!     "tools": { "get_price": {} } }"#.parse()?;
-//! assert_eq!(policy.summary(), "default deny; 1 tool rule; nothing hidden; no counters");
-//! # Ok::<(), tower_mcp_policy::PolicyError>(())
-//! ```
 
 mod compile;
 pub(crate) mod condition;
@@ -36,6 +27,22 @@ pub use path::ArgPlan;
 use window::Window;
 
 /// A validated, compiled policy. Build one with [`Policy::from_file`] or [`str::parse`].
+///
+/// ```
+/// use tower_mcp_policy::Policy;
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "deny",
+///     "hide": ["debug_*"],
+///     "tools": { "get_price": {},
+///                "transfer": { "limits": [{ "counter": "transfers", "window": "minute",
+///                                           "max": 5, "scope": "grant" }] } } }"#.parse()?;
+/// assert_eq!(policy.rule_key("transfer"), Some("transfer"));
+/// assert!(policy.is_hidden("debug_dump"));
+/// assert!(!policy.default_allows());
+/// assert_eq!(policy.counters()[0].name(), "transfers");
+/// assert!(policy.warnings().is_empty());
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug)]
 pub struct Policy {
     default_allow: bool,
@@ -57,6 +64,18 @@ pub struct Policy {
 }
 
 /// Something in a policy that loads but is probably a mistake; see [`Policy::warnings`].
+///
+/// ```
+/// use tower_mcp_policy::Policy;
+///
+/// // A rule for a tool that the same policy hides can never apply.
+/// let policy: Policy = r#"{ "version": "1", "default": "deny",
+///     "hide": ["admin_*"], "tools": { "admin_reset": {} } }"#.parse()?;
+/// let warning = &policy.warnings()[0];
+/// assert_eq!(warning.pointer(), "/tools/admin_reset");
+/// assert!(warning.message().contains("hidden"), "{warning}");
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PolicyWarning {
@@ -135,6 +154,17 @@ pub(crate) struct LimitMeta {
 }
 
 /// Whose calls a counter counts together.
+///
+/// ```
+/// use tower_mcp_policy::{Policy, Scope};
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "allow", "tools": { "search": {
+///     "limits": [{ "counter": "searches", "window": "hour", "max": 100, "scope": "session" }] } } }"#
+///     .parse()?;
+/// assert_eq!(policy.counters()[0].scope(), Scope::Session);
+/// assert_eq!(Scope::Session.as_str(), "session");
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Scope {
@@ -160,6 +190,20 @@ impl Scope {
 /// A named counter: `max` calls (or cost units) per `window`, per `scope`.
 ///
 /// All limits that name the same counter share one budget.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mcp_policy::{Policy, Scope};
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": {
+///     "buy":  { "limits": [{ "counter": "orders", "window": "minute", "max": 30 }] },
+///     "sell": { "limits": [{ "counter": "orders", "window": "minute", "max": 30 }] } } }"#
+///     .parse()?;
+/// let [orders] = policy.counters() else { panic!("one shared counter") };
+/// assert_eq!((orders.name(), orders.window(), orders.max().get()), ("orders", Duration::from_secs(60), 30));
+/// assert_eq!(orders.scope(), Scope::Grant);
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterDef {
     name: Box<str>,

@@ -80,6 +80,8 @@ impl ArgPath {
 ///
 /// The decoder walks a tool call's `arguments` with this plan: it keeps what the plan
 /// names (checking those objects for duplicate keys) and only validates the rest.
+///
+/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArgPlan {
     root: PlanNode,

@@ -31,6 +31,13 @@ pub struct Decimal {
 }
 
 /// Why a text is not a JSON number.
+///
+/// ```
+/// use tower_mcp_policy::{Decimal, NotANumber};
+///
+/// assert_eq!("1e".parse::<Decimal>(), Err(NotANumber));
+/// assert_eq!("NaN".parse::<Decimal>(), Err(NotANumber)); // not JSON
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotANumber;
 
