@@ -25,8 +25,9 @@ use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
-#[path = "support/cli.rs"]
-mod cli;
+// The start-up code `mcp-policy gateway` uses: policy, counters, watch, metrics.
+#[path = "../src/bin/mcp-policy/serving.rs"]
+mod serving;
 
 /// How many times each tool actually ran.
 #[derive(Debug, Clone, Default)]
@@ -166,73 +167,49 @@ pub fn app<S: CounterStore>(
     axum::Router::new().nest_service("/mcp", mcp).layer(layer)
 }
 
+/// A demo MCP exchange (rmcp, Streamable HTTP) behind a policy.
+#[derive(Debug, clap::Parser)]
+#[command(name = "demo_server")]
 struct Options {
+    /// The policy document.
+    #[arg(long, value_name = "FILE", default_value = "examples/policy.json")]
     policy: PathBuf,
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// Answer with application/json instead of SSE streams (stateless mode).
+    #[arg(long)]
     json: bool,
-    store: cli::Serving,
-}
-
-fn options() -> Result<Options, String> {
-    let mut options = Options {
-        policy: PathBuf::from("examples/policy.json"),
-        listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
-        json: false,
-        store: cli::Serving::default(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if options.store.accept(&arg, &mut args)? {
-            continue;
-        }
-        match arg.as_str() {
-            "--policy" => options.policy = args.next().ok_or("--policy needs a path")?.into(),
-            "--listen" => {
-                let value = args.next().ok_or("--listen needs an address")?;
-                options.listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen {value}: {e} (expected e.g. 127.0.0.1:3000)"))?;
-            }
-            "--json" => options.json = true,
-            "-h" | "--help" => {
-                println!(
-                    "usage: demo_server [--policy PATH] [--listen ADDR] [--json] {}",
-                    cli::SERVING_USAGE
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
-    }
-    Ok(options)
+    #[command(flatten)]
+    store: serving::Serving,
 }
 
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() {
-    cli::init_tracing();
-    let options = cli::options_or_exit("demo_server", options());
-    match cli::load_layer("demo_server", &options.policy, &options.store).await {
-        cli::AnyLayer::Memory(layer) => run(layer, options).await,
-        cli::AnyLayer::Redis(layer) => run(layer, options).await,
+    serving::init_tracing();
+    let options = <Options as clap::Parser>::parse();
+    match serving::load_layer("demo_server", &options.policy, &options.store).await {
+        serving::AnyLayer::Memory(layer) => run(layer, options).await,
+        serving::AnyLayer::Redis(layer) => run(layer, options).await,
     }
 }
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
-    let _watcher = cli::watch("demo_server", &layer, &options.policy, &options.store);
+    let _watcher = serving::watch("demo_server", &layer, &options.policy, &options.store);
     let summary = layer.engine().policy().summary();
-    let listener = cli::bind("demo_server", options.listen).await;
+    let listener = serving::bind("demo_server", options.listen).await;
     let address = listener
         .local_addr()
         .expect("a bound listener has an address");
     println!("demo MCP server listening on http://{address}/mcp");
     println!("policy {}: {summary}", options.policy.display());
-    println!("{}", cli::describe(&options.store));
+    println!("{}", serving::describe(&options.store));
     println!("metrics on http://{address}/metrics");
     // `/metrics` is added after the policy layer, so it is outside it.
     let app = app(layer, Executions::default(), server_config(options.json)).route(
         "/metrics",
-        axum::routing::get(|| async { cli::metrics().render() }),
+        axum::routing::get(|| async { serving::metrics().render() }),
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 
 use crate::counter::Charge;
 use crate::policy::condition::{Truth, kind};
-use crate::policy::{Clause, Limit, LimitMeta, Policy, Resolved, Rule};
+use crate::policy::{Clause, CounterDef, Limit, LimitMeta, Policy, Resolved, Rule};
 use crate::scope::ScopeKeys;
 use crate::value::ArgValue;
 
@@ -248,7 +248,21 @@ impl Policy {
         args: Option<&ArgValue>,
         scope: &ScopeKeys,
     ) -> Result<Allowed<'p>, Denial> {
-        let own = match self.resolve(tool) {
+        self.evaluate_traced(tool, args, scope, &mut ())
+    }
+
+    /// [`Policy::evaluate`], telling `tracer` each step (for explanations; the no-op
+    /// tracer `()` compiles to the plain evaluation).
+    pub(crate) fn evaluate_traced<'p>(
+        &'p self,
+        tool: &'p str,
+        args: Option<&ArgValue>,
+        scope: &ScopeKeys,
+        tracer: &mut impl Tracer,
+    ) -> Result<Allowed<'p>, Denial> {
+        let resolved = self.resolve(tool);
+        tracer.resolved(&resolved);
+        let own = match resolved {
             Resolved::Hidden => {
                 return Err(Denial::new(
                     DenialKind::Hidden,
@@ -270,7 +284,9 @@ impl Policy {
         let rules = || self.all_tools().into_iter().chain(own);
 
         for clause in rules().flat_map(|r: &Rule| &r.deny_if) {
-            match clause_truth(clause, args) {
+            let truth = clause_truth(clause, args);
+            tracer.clause(DenialKind::DenyIf, clause, args, &truth);
+            match truth {
                 Truth::False => {}
                 Truth::True => {
                     let message = match &clause.on_deny {
@@ -293,7 +309,9 @@ impl Policy {
             }
         }
         for clause in rules().flat_map(|r: &Rule| &r.require) {
-            match clause_truth(clause, args) {
+            let truth = clause_truth(clause, args);
+            tracer.clause(DenialKind::Require, clause, args, &truth);
+            match truth {
                 Truth::True => {}
                 Truth::False => {
                     let message = match &clause.on_deny {
@@ -318,10 +336,12 @@ impl Policy {
 
         let mut pending = SmallVec::new();
         for limit in rules().flat_map(|r: &Rule| &r.limits) {
-            let Some(cost) = cost(limit, tool, args)? else {
+            let counter = self.counter(limit.counter);
+            let cost = cost(limit, tool, args);
+            tracer.limit(limit, counter, &cost);
+            let Some(cost) = cost? else {
                 continue;
             };
-            let counter = self.counter(limit.counter);
             let fits = u32::try_from(cost.get()).ok().and_then(NonZeroU32::new);
             let Some(cost) = fits.filter(|c| *c <= counter.max()) else {
                 // Beyond 64 bits the cost is shown as the argument's exact value.
@@ -356,6 +376,37 @@ impl Policy {
         })
     }
 }
+
+/// Told each step of an evaluation; every method does nothing by default.
+pub(crate) trait Tracer {
+    /// How the tool's name resolved.
+    fn resolved(&mut self, resolved: &Resolved<'_>) {
+        let _ = resolved;
+    }
+
+    /// A `deny_if` or `require` item and its truth.
+    fn clause(
+        &mut self,
+        kind: DenialKind,
+        clause: &Clause,
+        args: Option<&ArgValue>,
+        truth: &Truth,
+    ) {
+        let _ = (kind, clause, args, truth);
+    }
+
+    /// A limit and the cost it would charge (`Ok(None)`: nothing; `Err`: the denial).
+    fn limit(
+        &mut self,
+        limit: &Limit,
+        counter: &CounterDef,
+        cost: &Result<Option<NonZeroU64>, Denial>,
+    ) {
+        let _ = (limit, counter, cost);
+    }
+}
+
+impl Tracer for () {}
 
 /// Three-valued AND: false wins over unknown, unknown over true; no conditions is true.
 fn clause_truth(clause: &Clause, args: Option<&ArgValue>) -> Truth {

@@ -57,6 +57,7 @@ pub mod counter;
 mod decision;
 mod engine;
 mod error;
+pub mod explain;
 pub mod jsonrpc;
 pub mod layer;
 #[cfg(feature = "metrics")]

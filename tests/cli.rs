@@ -1,4 +1,5 @@
-//! The example binaries as a user runs them (`cargo test` builds the examples first).
+//! The demo server example and `mcp-policy gateway` as a user runs them (`cargo test`
+//! builds both first).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -56,16 +57,21 @@ fn bad_policy() -> PathBuf {
 fn a_bad_policy_stops_the_demo_server_with_its_path_and_line() {
     let policy = bad_policy();
     for (binary, extra) in [
-        ("demo_server", vec![]),
-        ("gateway", vec!["--upstream", "http://127.0.0.1:9/mcp"]),
+        (example("demo_server"), vec![]),
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_mcp-policy")),
+            vec!["--upstream", "http://127.0.0.1:9/mcp"],
+        ),
     ] {
-        let output = Command::new(example(binary))
+        let gateway = binary.ends_with("mcp-policy");
+        let output = Command::new(&binary)
+            .args(gateway.then_some("gateway"))
             .arg("--policy")
             .arg(&policy)
             .args(&extra)
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(1), "{binary}");
+        assert_eq!(output.status.code(), Some(1), "{}", binary.display());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains("/tools/transfer/deny_if/0/conditions/0/op: unknown variant `gtt`"),
@@ -104,19 +110,40 @@ fn the_demo_server_starts_and_prints_its_address_and_policy() {
 
 #[test]
 fn bad_arguments_are_usage_errors() {
-    let output = Command::new(example("gateway"))
-        .arg("--policy")
-        .arg("x.json")
+    let output = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .args(["gateway", "--policy", "x.json"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream is required"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--upstream <URL>"),
+        "{stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .args([
+            "gateway",
+            "--policy",
+            "x.json",
+            "--upstream",
+            "https://example.com/mcp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must be an http:// URL"), "{stderr}");
     let output = Command::new(example("demo_server"))
         .args(["--listen", "nowhere"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen nowhere"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid value 'nowhere' for '--listen <ADDR>'"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Every `.rs` file under `src`, with its text.
+/// Every `.rs` file of the library (under `src`, but not `src/bin`), with its text.
 fn sources() -> BTreeMap<PathBuf, String> {
     fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                walk(&path, out);
+                // The `mcp-policy` binary is not part of the library's API.
+                if !path.ends_with("bin") {
+                    walk(&path, out);
+                }
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.insert(path.clone(), std::fs::read_to_string(&path).unwrap());
             }

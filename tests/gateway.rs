@@ -2,12 +2,17 @@
 //! rmcp's client: initialize, tools/list, allowed and denied calls, rate limit, session
 //! DELETE, a broken upstream, concurrency and graceful shutdown.
 
-// Both examples are included here, and each includes examples/support/cli.rs.
+// The demo server example and the gateway are included here, and each includes
+// src/bin/mcp-policy/serving.rs.
 #![allow(clippy::duplicate_mod)]
 
 mod common;
 
-#[path = "../examples/gateway.rs"]
+#[path = "../src/bin/mcp-policy/serving.rs"]
+#[allow(dead_code)]
+mod serving;
+
+#[path = "../src/bin/mcp-policy/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
 

@@ -119,6 +119,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         unlisted_plan,
         counters: counters.defs,
         warnings,
+        hide: hide_list.into_iter().map(Into::into).collect(),
         fingerprint: Box::from(""),
     })
 }

@@ -8,7 +8,7 @@
 mod compile;
 pub(crate) mod condition;
 pub(crate) mod document;
-mod glob;
+pub(crate) mod glob;
 pub(crate) mod path;
 pub(crate) mod window;
 
@@ -54,11 +54,13 @@ pub struct Policy {
     all_tools: Option<Rule>,
     /// Sorted by precedence: most literal characters first, then by key.
     patterns: Vec<(Glob, usize)>,
-    tools: Vec<ToolRule>,
+    pub(crate) tools: Vec<ToolRule>,
     /// What to read of the arguments of a tool that has no rule of its own (default allow).
     unlisted_plan: ArgPlan,
     counters: Vec<CounterDef>,
     warnings: Vec<PolicyWarning>,
+    /// The `hide` entries as written, for explanations.
+    pub(crate) hide: Box<[Box<str>]>,
     /// Sixteen hex digits identifying the document's text.
     fingerprint: Box<str>,
 }
@@ -79,8 +81,8 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PolicyWarning {
-    pointer: String,
-    message: String,
+    pub(crate) pointer: String,
+    pub(crate) message: String,
 }
 
 impl PolicyWarning {
@@ -262,6 +264,19 @@ impl CounterDef {
     }
 }
 
+/// `orders (30 per minute per grant)`.
+impl std::fmt::Display for CounterDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} per {})",
+            self.name,
+            self.describe(),
+            self.scope.as_str()
+        )
+    }
+}
+
 /// What the policy says about a tool name before any argument is read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Resolved<'p> {
@@ -381,6 +396,24 @@ impl Policy {
             Some(&(_, i)) => &self.tools[i].key,
             None => "other",
         }
+    }
+
+    /// The JSON Schema (draft 2020-12) of a policy document (feature `schema`),
+    /// generated from the model the loader reads, so it cannot drift from it. Point an
+    /// editor at it (a copy is `policy.schema.json` in the repository) or validate
+    /// documents in CI. It cannot say everything the loader checks (unique keys under
+    /// `tools`, regexes that compile, limits sharing a counter agreeing), so load the
+    /// document too: `mcp-policy check`.
+    ///
+    /// ```
+    /// let schema = tower_mcp_policy::Policy::json_schema();
+    /// assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    /// assert_eq!(schema["required"], serde_json::json!(["version", "default"]));
+    /// ```
+    #[cfg(feature = "schema")]
+    pub fn json_schema() -> serde_json::Value {
+        let schema = schemars::schema_for!(document::Document);
+        serde_json::to_value(schema).expect("a schema is JSON")
     }
 
     /// One line describing the policy, for logs and start-up banners.

@@ -1,7 +1,8 @@
-//! A policy gateway in front of any MCP server that speaks Streamable HTTP.
+//! `mcp-policy gateway`: a policy gateway in front of any MCP server that speaks
+//! Streamable HTTP.
 //!
 //! ```text
-//! cargo run --example gateway -- --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]
+//! mcp-policy gateway --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]
 //! ```
 //!
 //! `GET /metrics` answers Prometheus text, outside the policy.
@@ -35,12 +36,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::Layer;
+use tower_layer::Layer;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
-#[path = "support/cli.rs"]
-mod cli;
+use super::serving;
 
 /// The response body the proxy hands back: the upstream's, streamed, or its own error.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -161,7 +161,7 @@ fn bad_gateway(upstream: &Upstream, reason: &str) -> Response<ProxyBody> {
     response
 }
 
-impl tower::Service<Request<PolicyBody>> for Proxy {
+impl tower_service::Service<Request<PolicyBody>> for Proxy {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -257,9 +257,9 @@ pub async fn serve<S: CounterStore>(
 #[derive(Clone)]
 pub struct WithMetrics<S>(S);
 
-impl<S, B> tower::Service<Request<Incoming>> for WithMetrics<S>
+impl<S, B> tower_service::Service<Request<Incoming>> for WithMetrics<S>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -273,7 +273,7 @@ where
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         if request.method() == http::Method::GET && request.uri().path() == "/metrics" {
-            let text = cli::metrics().render();
+            let text = serving::metrics().render();
             let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -311,68 +311,35 @@ pub async fn signal() {
     }
 }
 
-struct Options {
-    policy: PathBuf,
-    upstream: Upstream,
-    listen: SocketAddr,
-    store: cli::Serving,
+/// `mcp-policy gateway`: the options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The policy document.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The MCP server's Streamable HTTP endpoint; the gateway serves the same path.
+    #[arg(long, value_name = "URL", value_parser = Upstream::parse)]
+    pub upstream: Upstream,
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: serving::Serving,
 }
 
-fn options() -> Result<Options, String> {
-    let mut policy = None;
-    let mut upstream = None;
-    let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    let mut store = cli::Serving::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if store.accept(&arg, &mut args)? {
-            continue;
-        }
-        match arg.as_str() {
-            "--policy" => policy = Some(PathBuf::from(args.next().ok_or("--policy needs a path")?)),
-            "--upstream" => {
-                upstream = Some(Upstream::parse(
-                    &args.next().ok_or("--upstream needs a URL")?,
-                )?)
-            }
-            "--listen" => {
-                let value = args.next().ok_or("--listen needs an address")?;
-                listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen {value}: {e} (expected e.g. 127.0.0.1:8080)"))?;
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: gateway --policy PATH --upstream http://HOST:PORT/PATH [--listen ADDR] {}",
-                    cli::SERVING_USAGE
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
-    }
-    Ok(Options {
-        policy: policy.ok_or("--policy is required")?,
-        upstream: upstream.ok_or("--upstream is required")?,
-        listen,
-        store,
-    })
-}
-
-#[allow(dead_code)]
-#[tokio::main]
-async fn main() {
-    cli::init_tracing();
-    let options = cli::options_or_exit("gateway", options());
-    match cli::load_layer("gateway", &options.policy, &options.store).await {
-        cli::AnyLayer::Memory(layer) => run(layer, options).await,
-        cli::AnyLayer::Redis(layer) => run(layer, options).await,
+/// Runs the gateway until Ctrl-C or SIGTERM.
+pub async fn main(options: Options) {
+    serving::init_tracing();
+    match serving::load_layer("mcp-policy gateway", &options.policy, &options.store).await {
+        serving::AnyLayer::Memory(layer) => run(layer, options).await,
+        serving::AnyLayer::Redis(layer) => run(layer, options).await,
     }
 }
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
-    let _watcher = cli::watch("gateway", &layer, &options.policy, &options.store);
-    let listener = cli::bind("gateway", options.listen).await;
+    let program = "mcp-policy gateway";
+    let _watcher = serving::watch(program, &layer, &options.policy, &options.store);
+    let listener = serving::bind(program, options.listen).await;
     let address = listener
         .local_addr()
         .expect("a bound listener has an address");
@@ -386,7 +353,7 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         options.policy.display(),
         layer.engine().policy().summary()
     );
-    println!("{}", cli::describe(&options.store));
+    println!("{}", serving::describe(&options.store));
     serve(listener, layer, options.upstream, signal()).await;
     println!("gateway stopped");
 }

@@ -1,5 +1,6 @@
-//! Start-up shared by the example programs: logging, the policy, the listener. Every
-//! failure ends the program with a one-line message and an exit code, never a panic.
+//! Start-up shared by `mcp-policy gateway` and the demo server example (which includes
+//! this file): logging, the policy, its counters, the listener. Every failure ends the
+//! program with a one-line message and exit code 1, never a panic.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,14 +14,6 @@ use tower_mcp_policy::{
     Engine, Mode, Policy, PolicyLayer,
     counter::{FailMode, RedisCounters},
 };
-
-/// The command-line options, or exit code 2 with the message.
-pub fn options_or_exit<T>(program: &str, options: Result<T, String>) -> T {
-    options.unwrap_or_else(|message| {
-        eprintln!("{program}: {message}");
-        std::process::exit(2);
-    })
-}
 
 /// Logs to stderr; `RUST_LOG` overrides the default (decisions at debug). Colours only
 /// when stderr is a terminal, so a log file or collector gets no escape sequences.
@@ -37,45 +30,26 @@ pub fn init_tracing() {
 }
 
 /// How the policy is served: where the counters live (in this process by default, or
-/// in Redis), and whether the policy file is watched.
-#[derive(Debug, Default)]
+/// in Redis), whether the policy file is watched, and whether it is enforced.
+#[derive(Debug, Default, clap::Args)]
 pub struct Serving {
-    /// `--redis URL`.
+    /// Keep counters in Redis or Valkey, shared by every replica (e.g.
+    /// redis://127.0.0.1:6379/). Without it, counters live in this process.
+    #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
-    /// `--fail-open`: while Redis is unreachable, allow limited calls uncounted.
+    /// While Redis is unreachable, allow limited calls uncounted (with a warning)
+    /// instead of denying them.
+    #[arg(long, requires = "redis")]
     pub fail_open: bool,
-    /// `--watch`: reload the policy file when it changes.
+    /// Reload the policy file when it changes; a broken edit keeps the last good policy.
+    #[arg(long)]
     pub watch: bool,
-    /// `--monitor`: a dry run; report what the policy would deny, deny nothing.
+    /// A dry run: deny nothing, log what the policy would deny.
+    #[arg(long)]
     pub monitor: bool,
-    /// `--candidate FILE`: judge every request under this policy too, and report what
-    /// it would deny.
+    /// Judge every request under this policy too, and log what it would deny.
+    #[arg(long, value_name = "FILE")]
     pub candidate: Option<PathBuf>,
-}
-
-/// The usage text of the serving options.
-pub const SERVING_USAGE: &str =
-    "[--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]";
-
-impl Serving {
-    /// Takes `arg` (and its value from `args`) when it is a serving option.
-    pub fn accept(
-        &mut self,
-        arg: &str,
-        args: &mut impl Iterator<Item = String>,
-    ) -> Result<bool, String> {
-        match arg {
-            "--redis" => self.redis = Some(args.next().ok_or("--redis needs a URL")?),
-            "--fail-open" => self.fail_open = true,
-            "--watch" => self.watch = true,
-            "--monitor" => self.monitor = true,
-            "--candidate" => {
-                self.candidate = Some(args.next().ok_or("--candidate needs a path")?.into());
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
 }
 
 /// The policy layer, on in-memory or Redis counters.

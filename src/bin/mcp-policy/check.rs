@@ -1,0 +1,319 @@
+//! `mcp-policy check`: does each policy load, what does it warn about, and (with
+//! `--server`) what does it do with each tool the server really has.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rmcp::ServiceExt;
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+use tower_mcp_policy::explain::ToolPolicy;
+use tower_mcp_policy::{CounterDef, Policy, PolicyWarning};
+
+use crate::{Outcome, shown};
+
+/// How long listing a server's tools may take, handshake included.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `mcp-policy check`: the options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The policy documents to check.
+    #[arg(required = true, value_name = "POLICY")]
+    policies: Vec<PathBuf>,
+    /// An MCP server (Streamable HTTP endpoint) whose tools to compare the policies
+    /// with: initialize, then every page of tools/list.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A header to send to the server, e.g. 'Authorization: Bearer TOKEN'; repeatable.
+    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Exit with code 2 when there is any warning (load-time warnings, or policy
+    /// entries that match no server tool).
+    #[arg(long)]
+    strict: bool,
+    /// Print the report as JSON (for CI).
+    #[arg(long)]
+    json: bool,
+}
+
+fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not 'Name: value'"))?;
+    let name = HeaderName::try_from(name.trim())
+        .map_err(|e| format!("invalid header name {name:?}: {e}"))?;
+    let value = HeaderValue::try_from(value.trim())
+        .map_err(|e| format!("invalid value for header {name}: {e}"))?;
+    for reserved in ["accept", "mcp-session-id", "last-event-id", "content-type"] {
+        if name == reserved {
+            return Err(format!(
+                "{name} is set by the MCP client itself and cannot be overridden"
+            ));
+        }
+    }
+    Ok((name, value))
+}
+
+/// The server: its name and version, and its tools' names.
+struct Server {
+    url: String,
+    name: String,
+    version: String,
+    tools: Vec<String>,
+}
+
+/// Initializes an MCP session with `url` and lists every page of its tools.
+async fn list_tools(url: &str, headers: &[(HeaderName, HeaderValue)]) -> Result<Server, String> {
+    if url.starts_with("https://") {
+        return Err(
+            "this build of mcp-policy speaks plain http:// only; check through a local endpoint"
+                .to_owned(),
+        );
+    }
+    let custom: HashMap<HeaderName, HeaderValue> = headers.iter().cloned().collect();
+    let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
+    let transport = StreamableHttpClientTransport::from_config(config);
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mcp-policy", env!("CARGO_PKG_VERSION")),
+    );
+    let listing = async {
+        let client = info
+            .serve(transport)
+            .await
+            .map_err(|e| format!("the MCP handshake failed: {e}"))?;
+        let tools = client
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+        let (name, version) = client
+            .peer_info()
+            .and_then(|info| info.server_info.clone())
+            .map(|server| (server.name, server.version))
+            .unwrap_or_default();
+        let _ = client.cancel().await;
+        Ok::<_, String>(Server {
+            url: url.to_owned(),
+            name,
+            version,
+            tools: tools.into_iter().map(|t| t.name.to_string()).collect(),
+        })
+    };
+    tokio::time::timeout(SERVER_TIMEOUT, listing)
+        .await
+        .map_err(|_| format!("no answer within {}s", SERVER_TIMEOUT.as_secs()))?
+}
+
+/// The closest of `names` to `word`, when it is close enough to be a typo.
+fn did_you_mean<'a>(word: &str, names: &'a [String]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|name| (strsim::jaro_winkler(word, name), name))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name.as_str())
+}
+
+fn counter_json(counter: &CounterDef) -> Value {
+    json!({
+        "name": counter.name(),
+        "max": counter.max().get(),
+        "window_seconds": counter.window().as_secs(),
+        "scope": counter.scope().as_str(),
+    })
+}
+
+fn warning_json(warning: &PolicyWarning) -> Value {
+    json!({ "pointer": warning.pointer(), "message": warning.message() })
+}
+
+/// An unmatched policy entry, with a suggestion when the key looks like a typo.
+fn unmatched_text(warning: &PolicyWarning, server: &Server) -> (String, Option<String>) {
+    let key = warning
+        .message()
+        .split('`')
+        .nth(1)
+        .unwrap_or(warning.pointer());
+    let suggestion = did_you_mean(key, &server.tools).map(str::to_owned);
+    let text = match &suggestion {
+        Some(name) => format!("{warning} (did you mean `{name}`?)"),
+        None => warning.to_string(),
+    };
+    (text, suggestion)
+}
+
+/// One policy's report.
+fn report(
+    path: &std::path::Path,
+    policy: &Policy,
+    server: Option<&Server>,
+    json: bool,
+) -> (Value, usize) {
+    let mut warnings = policy.warnings().len();
+    let mut out = json!({
+        "file": shown(path),
+        "summary": policy.summary(),
+        "fingerprint": policy.fingerprint(),
+        "warnings": policy.warnings().iter().map(warning_json).collect::<Vec<_>>(),
+    });
+    if !json {
+        println!("{}: loads: {}", shown(path), policy.summary());
+        for warning in policy.warnings() {
+            println!("{}: warning: {warning}", shown(path));
+        }
+    }
+    let Some(server) = server else {
+        return (out, warnings);
+    };
+    let mut tools: Vec<(&str, ToolPolicy<'_>)> = server
+        .tools
+        .iter()
+        .map(|name| (name.as_str(), policy.tool_policy(name)))
+        .collect();
+    tools.sort_by(|a, b| a.0.cmp(b.0));
+    let names: Vec<&str> = server.tools.iter().map(String::as_str).collect();
+    let unmatched = policy.unmatched(&names);
+    warnings += unmatched.len();
+    if json {
+        out["tools"] = tools
+            .iter()
+            .map(|(name, tool)| {
+                json!({
+                    "name": name,
+                    "verdict": tool.verdict(),
+                    "rule": tool.rule,
+                    "conditions": tool.conditions,
+                    "counters": tool.counters.iter().map(|c| counter_json(c)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out["unmatched"] = unmatched
+            .iter()
+            .map(|warning| {
+                let (_, suggestion) = unmatched_text(warning, server);
+                let mut entry = warning_json(warning);
+                entry["did_you_mean"] = json!(suggestion);
+                entry
+            })
+            .collect();
+        return (out, warnings);
+    }
+    let width = |column: &dyn Fn(&(&str, ToolPolicy<'_>)) -> usize, title: usize| {
+        tools.iter().map(column).max().unwrap_or(0).max(title)
+    };
+    let name_width = width(&|(name, _)| name.chars().count(), 4);
+    let verdict_width = width(&|(_, tool)| tool.verdict().len(), 7);
+    let rule_width = width(&|(_, tool)| tool.rule.map_or(1, |r| r.chars().count()), 4);
+    println!();
+    println!(
+        "{:name_width$}  {:verdict_width$}  {:rule_width$}  COUNTERS",
+        "TOOL", "VERDICT", "RULE"
+    );
+    for (name, tool) in &tools {
+        let counters: Vec<String> = tool.counters.iter().map(ToString::to_string).collect();
+        let counters = if counters.is_empty() {
+            "-".to_owned()
+        } else {
+            counters.join(", ")
+        };
+        println!(
+            "{name:name_width$}  {:verdict_width$}  {:rule_width$}  {counters}",
+            tool.verdict(),
+            tool.rule.unwrap_or("-"),
+        );
+    }
+    if unmatched.is_empty() {
+        println!("\nevery policy entry matches a server tool");
+    } else {
+        println!("\npolicy entries that match no server tool:");
+        for warning in &unmatched {
+            println!("  {}", unmatched_text(warning, server).0);
+        }
+        if unmatched.iter().any(|w| w.pointer().starts_with("/hide/")) {
+            println!(
+                "(a server that is already behind this policy does not list the tools it hides)"
+            );
+        }
+    }
+    println!();
+    (out, warnings)
+}
+
+/// Runs `mcp-policy check`.
+pub async fn run(options: Options) -> Outcome {
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for path in &options.policies {
+        match Policy::from_file(path) {
+            Ok(policy) => loaded.push((path, policy)),
+            Err(err) => {
+                eprintln!("mcp-policy: {err}");
+                errors.push(json!({
+                    "file": shown(path),
+                    "pointer": err.pointer(),
+                    "line": err.line(),
+                    "column": err.column(),
+                    "message": err.message(),
+                    "error": err.to_string(),
+                }));
+            }
+        }
+    }
+    let failed = !errors.is_empty();
+    let server = match &options.server {
+        None => None,
+        Some(url) => match list_tools(url, &options.headers).await {
+            Ok(server) => Some(server),
+            Err(err) => {
+                eprintln!("mcp-policy: cannot list the tools of {url}: {err}");
+                return Outcome::Error;
+            }
+        },
+    };
+    if let (Some(server), false) = (&server, options.json) {
+        println!(
+            "server {}: {} {}, {} tools\n",
+            server.url,
+            server.name,
+            server.version,
+            server.tools.len()
+        );
+    }
+    let mut warnings = 0;
+    let mut reports = Vec::new();
+    for (path, policy) in &loaded {
+        let (report, count) = report(path, policy, server.as_ref(), options.json);
+        warnings += count;
+        reports.push(report);
+    }
+    if options.json {
+        let mut out = json!({ "policies": reports, "errors": errors, "warnings": warnings });
+        if let Some(server) = &server {
+            out["server"] = json!({
+                "url": server.url,
+                "name": server.name,
+                "version": server.version,
+                "tools": server.tools.len(),
+            });
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("a report is JSON")
+        );
+    }
+    if failed {
+        Outcome::Error
+    } else if options.strict && warnings > 0 {
+        if !options.json {
+            eprintln!("mcp-policy: {warnings} warning(s), and --strict");
+        }
+        Outcome::Warnings
+    } else {
+        Outcome::Fine
+    }
+}

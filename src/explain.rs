@@ -1,0 +1,465 @@
+//! What a policy does, for the people who write it.
+//!
+//! [`Policy::tool_policy`] says what the policy does with a tool before any argument
+//! is known, and [`Policy::unmatched`] which of its entries match none of a server's
+//! tools. [`Policy::explain`] runs the same evaluation the layer runs (the rules, then the
+//! charges on fresh counters) and records each step: how the tool's name resolved,
+//! each `deny_if` and `require` item with the value and truth of every condition, and
+//! each limit with what it would charge.
+
+use std::fmt;
+use std::num::NonZeroU64;
+
+use crate::counter::{Charge, ChargeError, MemoryCounters};
+use crate::decision::{Denial, DenialKind, RULE_DEFAULT_DENY, RULE_HIDDEN, Tracer};
+use crate::engine::Decision;
+use crate::error::pointer;
+use crate::policy::condition::Truth;
+use crate::policy::glob::Glob;
+use crate::policy::{Clause, CounterDef, Limit, Policy, PolicyWarning, Resolved};
+use crate::scope::{ScopeHasher, ScopeKeys};
+use crate::value::ArgValue;
+
+/// The decision for one call with every step that led to it; see [`Policy::explain`].
+/// Its `Display` is the trace as text, one step per line.
+///
+/// See the example on [`Policy::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Explanation {
+    /// The tool that was called.
+    pub tool: String,
+    /// The steps, in the order the layer takes them; evaluation stops at a denial.
+    pub steps: Vec<Step>,
+    /// The decision, with fresh counters.
+    pub decision: Decision,
+}
+
+/// One step of an [`Explanation`].
+///
+/// See the example on [`Policy::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Step {
+    /// What kind of step.
+    pub kind: StepKind,
+    /// Where in the policy: a JSON Pointer (`/tools/transfer/deny_if/0`), or
+    /// `(default deny)`, `(hidden)`, `(default allow)`.
+    pub rule: String,
+    /// What happened, in words.
+    pub summary: String,
+    /// For `deny_if` and `require`: every condition of the item.
+    pub conditions: Vec<ConditionCheck>,
+}
+
+/// What a [`Step`] is.
+///
+/// See the example on [`Policy::explain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepKind {
+    /// How the tool's name resolved: hidden, no rule (default), or the rule that governs it.
+    Resolve,
+    /// A `deny_if` item: the call is denied when all its conditions hold.
+    DenyIf,
+    /// A `require` item: the call is denied unless all its conditions hold.
+    Require,
+    /// A limit: what the call would be charged.
+    Limit,
+}
+
+/// One condition of a `deny_if` or `require` item, evaluated.
+///
+/// See the example on [`Policy::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConditionCheck {
+    /// The condition: `args.amount gt 5000`.
+    pub condition: String,
+    /// The argument's value at the condition's path (JSON text), `None` when absent.
+    pub value: Option<String>,
+    /// Its truth, or why it could not be evaluated (which makes the item fail closed).
+    pub truth: Result<bool, String>,
+}
+
+impl Policy {
+    /// The decision for a call of `tool` with `args` as the layer would make it with
+    /// fresh counters, and every step that led to it.
+    ///
+    /// ```
+    /// use tower_mcp_policy::explain::StepKind;
+    /// use tower_mcp_policy::{ArgValue, Decision, Policy};
+    ///
+    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
+    ///     "deny_if": [{ "conditions": [{ "path": "args.amount", "op": "gt", "value": 5000 }] }],
+    ///     "limits": [{ "counter": "transfers", "window": "minute", "max": 5 }] } } }"#.parse()?;
+    ///
+    /// let args = ArgValue::parse_exact(r#"{ "amount": 9000 }"#).unwrap();
+    /// let explanation = policy.explain("transfer", Some(&args));
+    /// assert!(matches!(explanation.decision, Decision::Deny(_)));
+    /// let deny_if = &explanation.steps[1];
+    /// assert_eq!((deny_if.kind, deny_if.rule.as_str()), (StepKind::DenyIf, "/tools/transfer/deny_if/0"));
+    /// assert_eq!(deny_if.conditions[0].value.as_deref(), Some("9000"));
+    /// assert_eq!(deny_if.conditions[0].truth, Ok(true));
+    ///
+    /// let args = ArgValue::parse_exact(r#"{ "amount": 10 }"#).unwrap();
+    /// let explanation = policy.explain("transfer", Some(&args));
+    /// assert_eq!(explanation.decision, Decision::Allow);
+    /// assert_eq!(explanation.steps.last().unwrap().kind, StepKind::Limit);
+    /// println!("{explanation}");
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn explain(&self, tool: &str, args: Option<&ArgValue>) -> Explanation {
+        let hasher = ScopeHasher::with_key([0; 16]);
+        let grant = hasher.anonymous();
+        let scope = ScopeKeys::new(grant, hasher.no_session(grant));
+        let mut steps = Steps {
+            policy: self,
+            tool,
+            steps: Vec::new(),
+        };
+        let decision = match self.evaluate_traced(tool, args, &scope, &mut steps) {
+            Err(denial) => Decision::Deny(denial),
+            Ok(allowed) => {
+                // The same all-or-nothing charge as the layer's, on fresh counters: two
+                // limits on one counter can exhaust it within a single call.
+                let charges: Vec<Charge> = allowed.charges().collect();
+                match MemoryCounters::new().try_charge(&charges) {
+                    Ok(()) => Decision::Allow,
+                    Err(ChargeError::Exceeded { index, retry_after }) => {
+                        Decision::Deny(allowed.exceeded(index, retry_after))
+                    }
+                    Err(ChargeError::Unavailable(error)) => {
+                        Decision::Deny(Denial::counter_unavailable(tool, error.retry_after()))
+                    }
+                }
+            }
+        };
+        Explanation {
+            tool: tool.to_owned(),
+            steps: steps.steps,
+            decision,
+        }
+    }
+}
+
+/// Records the steps of one evaluation.
+struct Steps<'a> {
+    policy: &'a Policy,
+    tool: &'a str,
+    steps: Vec<Step>,
+}
+
+impl Steps<'_> {
+    fn push(&mut self, kind: StepKind, rule: String, summary: String) {
+        self.steps.push(Step {
+            kind,
+            rule,
+            summary,
+            conditions: Vec::new(),
+        });
+    }
+}
+
+impl Tracer for Steps<'_> {
+    fn resolved(&mut self, resolved: &Resolved<'_>) {
+        let tool = self.tool;
+        let (rule, summary) = match resolved {
+            Resolved::Hidden => (
+                RULE_HIDDEN.to_owned(),
+                format!("\"{tool}\" is hidden: the agent is told the tool does not exist"),
+            ),
+            Resolved::NotAllowed => (
+                RULE_DEFAULT_DENY.to_owned(),
+                format!("no rule under `tools` matches \"{tool}\", and the default is deny"),
+            ),
+            Resolved::Rules(None) => (
+                "(default allow)".to_owned(),
+                format!("no rule under `tools` matches \"{tool}\"; the default is allow"),
+            ),
+            Resolved::Rules(Some(rule)) if &*rule.key == tool => (
+                pointer("/tools", &[&rule.key]),
+                format!("the rule for \"{tool}\" applies (exact name)"),
+            ),
+            Resolved::Rules(Some(rule)) => (
+                pointer("/tools", &[&rule.key]),
+                format!("the rule \"{}\" applies (pattern)", rule.key),
+            ),
+        };
+        self.push(StepKind::Resolve, rule, summary);
+        if matches!(resolved, Resolved::Rules(_)) && self.policy.all_tools().is_some() {
+            let last = self.steps.last_mut().expect("just pushed");
+            last.summary.push_str("; `all_tools` applies too");
+        }
+    }
+
+    fn clause(
+        &mut self,
+        kind: DenialKind,
+        clause: &Clause,
+        args: Option<&ArgValue>,
+        truth: &Truth,
+    ) {
+        let (step, summary) = match (kind, truth) {
+            (DenialKind::DenyIf, Truth::True) => (StepKind::DenyIf, "all conditions hold: deny"),
+            (DenialKind::DenyIf, Truth::False) => (StepKind::DenyIf, "a condition is false: pass"),
+            (DenialKind::DenyIf, Truth::Unknown(_)) => (
+                StepKind::DenyIf,
+                "a condition cannot be evaluated: deny (fail closed)",
+            ),
+            (_, Truth::True) => (StepKind::Require, "all conditions hold: pass"),
+            (_, Truth::False) => (StepKind::Require, "a condition is false: deny"),
+            (_, Truth::Unknown(_)) => (
+                StepKind::Require,
+                "a condition cannot be evaluated: deny (fail closed)",
+            ),
+        };
+        let summary = if clause.conditions.is_empty() {
+            match step {
+                StepKind::DenyIf => "no conditions: always deny".to_owned(),
+                _ => "no conditions: always pass".to_owned(),
+            }
+        } else {
+            summary.to_owned()
+        };
+        let conditions = clause
+            .conditions
+            .iter()
+            .map(|condition| ConditionCheck {
+                condition: condition.describe(),
+                value: condition.path.lookup(args).map(ToString::to_string),
+                truth: match condition.eval(args) {
+                    Truth::True => Ok(true),
+                    Truth::False => Ok(false),
+                    Truth::Unknown(reason) => Err(reason),
+                },
+            })
+            .collect();
+        self.steps.push(Step {
+            kind: step,
+            rule: clause.pointer.to_string(),
+            summary,
+            conditions,
+        });
+    }
+
+    fn limit(
+        &mut self,
+        limit: &Limit,
+        counter: &CounterDef,
+        cost: &Result<Option<NonZeroU64>, Denial>,
+    ) {
+        let budget = format!(
+            "counter \"{}\" ({} per {})",
+            counter.name(),
+            counter.describe(),
+            counter.scope().as_str()
+        );
+        let summary = match cost {
+            Ok(Some(cost)) if cost.get() > u64::from(counter.max().get()) => {
+                format!("costs {cost}, more than {budget} allows: deny")
+            }
+            Ok(Some(cost)) => format!("charges {cost} to {budget}"),
+            Ok(None) => format!("costs 0: nothing is charged to {budget}"),
+            Err(denial) => format!("{}: deny", denial.message()),
+        };
+        self.push(StepKind::Limit, limit.meta.pointer.to_string(), summary);
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StepKind::Resolve => "tool",
+            StepKind::DenyIf => "deny_if",
+            StepKind::Require => "require",
+            StepKind::Limit => "limit",
+        })
+    }
+}
+
+/// ```text
+/// tool     /tools/transfer: the rule for "transfer" applies (exact name)
+/// deny_if  /tools/transfer/deny_if/0: all conditions hold: deny
+///            args.amount gt 5000: value 9000: true
+/// decision DENY (deny_if, /tools/transfer/deny_if/0): Calls to "transfer" are denied when args.amount gt 5000.
+/// ```
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for step in &self.steps {
+            writeln!(
+                f,
+                "{:<8} {}: {}",
+                step.kind.to_string(),
+                step.rule,
+                step.summary
+            )?;
+            for check in &step.conditions {
+                let value = check.value.as_deref().unwrap_or("(absent)");
+                match &check.truth {
+                    Ok(truth) => {
+                        writeln!(f, "           {}: value {value}: {truth}", check.condition)?
+                    }
+                    Err(reason) => writeln!(
+                        f,
+                        "           {}: value {value}: cannot be evaluated ({reason})",
+                        check.condition
+                    )?,
+                }
+            }
+        }
+        match &self.decision {
+            Decision::Allow => write!(f, "decision ALLOW: the call is forwarded to the server"),
+            Decision::Deny(denial) => {
+                write!(
+                    f,
+                    "decision DENY ({}, {}): {}",
+                    denial.kind().as_str(),
+                    denial.rule(),
+                    denial.message()
+                )?;
+                match denial.retry_after() {
+                    Some(seconds) => write!(f, " (retry after {seconds}s)"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// What a policy does with one tool, before any argument is known; see
+/// [`Policy::tool_policy`].
+///
+/// See the example on [`Policy::tool_policy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ToolPolicy<'p> {
+    /// Whether calls can run at all.
+    pub access: Access,
+    /// The key under `tools` that governs the tool (its name or a pattern), if any.
+    pub rule: Option<&'p str>,
+    /// How many `deny_if` and `require` items apply (`all_tools` included).
+    pub conditions: usize,
+    /// The counters every call is charged to (`all_tools` included), in order.
+    pub counters: Vec<&'p CounterDef>,
+}
+
+/// Whether a tool's calls can run; see [`ToolPolicy`].
+///
+/// See the example on [`Policy::tool_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Hidden: not listed, and calls are answered as an unknown tool.
+    Hidden,
+    /// No rule, and the default is deny.
+    DeniedByDefault,
+    /// Calls may run, subject to the conditions and counters.
+    Allowed,
+}
+
+impl ToolPolicy<'_> {
+    /// `hidden`, `denied by default`, `allowed`, `allowed with conditions`, or
+    /// `limited` (with or without conditions).
+    pub fn verdict(&self) -> &'static str {
+        match (self.access, self.conditions > 0, !self.counters.is_empty()) {
+            (Access::Hidden, ..) => "hidden",
+            (Access::DeniedByDefault, ..) => "denied by default",
+            (Access::Allowed, false, false) => "allowed",
+            (Access::Allowed, true, false) => "allowed with conditions",
+            (Access::Allowed, false, true) => "limited",
+            (Access::Allowed, true, true) => "limited, with conditions",
+        }
+    }
+}
+
+impl Policy {
+    /// What the policy does with `tool`: hidden, denied by default, or allowed under
+    /// which rule, how many conditions and which counters.
+    ///
+    /// ```
+    /// use tower_mcp_policy::Policy;
+    /// use tower_mcp_policy::explain::Access;
+    ///
+    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "hide": ["admin_*"],
+    ///     "tools": { "binance_*": { "limits": [{ "counter": "binance", "window": "minute", "max": 30 }] },
+    ///                "get_price": {} } }"#.parse()?;
+    /// let close = policy.tool_policy("binance_close_listen_key");
+    /// assert_eq!((close.access, close.rule, close.verdict()), (Access::Allowed, Some("binance_*"), "limited"));
+    /// assert_eq!(close.counters[0].name(), "binance");
+    /// assert_eq!(policy.tool_policy("get_price").verdict(), "allowed");
+    /// assert_eq!(policy.tool_policy("admin_reset").verdict(), "hidden");
+    /// assert_eq!(policy.tool_policy("transfer").verdict(), "denied by default");
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn tool_policy(&self, tool: &str) -> ToolPolicy<'_> {
+        let (access, own) = match self.resolve(tool) {
+            Resolved::Hidden => (Access::Hidden, None),
+            Resolved::NotAllowed => (Access::DeniedByDefault, None),
+            Resolved::Rules(own) => (Access::Allowed, own),
+        };
+        let mut policy = ToolPolicy {
+            access,
+            rule: own.map(|rule| &*rule.key),
+            conditions: 0,
+            counters: Vec::new(),
+        };
+        if access != Access::Allowed {
+            return policy;
+        }
+        for rule in self.all_tools().into_iter().chain(own.map(|r| &r.rule)) {
+            policy.conditions += rule.deny_if.len() + rule.require.len();
+            for limit in &rule.limits {
+                let counter = self.counter(limit.counter);
+                if !policy.counters.contains(&counter) {
+                    policy.counters.push(counter);
+                }
+            }
+        }
+        policy
+    }
+
+    /// The entries of `tools` and `hide` that match none of `tools` (a server's tool
+    /// names): misspelt names, and rules for tools the server does not have. Under
+    /// `default: deny` a misspelt rule silently denies the real tool forever.
+    ///
+    /// ```
+    /// use tower_mcp_policy::Policy;
+    ///
+    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "hide": ["debug_*"],
+    ///     "tools": { "get_price": {}, "transfr": {} } }"#.parse()?;
+    /// let unmatched = policy.unmatched(&["get_price", "transfer"]);
+    /// let pointers: Vec<&str> = unmatched.iter().map(|w| w.pointer()).collect();
+    /// assert_eq!(pointers, ["/hide/0", "/tools/transfr"]);
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn unmatched(&self, tools: &[&str]) -> Vec<PolicyWarning> {
+        let matches_any = |key: &str| match Glob::new(key) {
+            Some(glob) => tools.iter().any(|tool| glob.is_match(tool)),
+            None => tools.contains(&key),
+        };
+        let mut unmatched = Vec::new();
+        for (i, entry) in self.hide.iter().enumerate() {
+            if !matches_any(entry) {
+                unmatched.push(PolicyWarning {
+                    pointer: pointer("/hide", &[&i.to_string()]),
+                    message: format!("`{entry}` hides none of the server's tools"),
+                });
+            }
+        }
+        for rule in &self.tools {
+            if !matches_any(&rule.key) {
+                let what = if rule.key.contains('*') {
+                    "the pattern matches none of the server's tools"
+                } else {
+                    "the server has no tool of this name"
+                };
+                unmatched.push(PolicyWarning {
+                    pointer: pointer("/tools", &[&rule.key]),
+                    message: format!("`{}`: {what}", rule.key),
+                });
+            }
+        }
+        unmatched
+    }
+}
