@@ -149,26 +149,27 @@ fn unmatched_text(warning: &PolicyWarning, server: &Server) -> (String, Option<S
 
 /// One policy's report.
 fn report(
+    out: &mut String,
     path: &std::path::Path,
     policy: &Policy,
     server: Option<&Server>,
     json: bool,
 ) -> (Value, usize) {
     let mut warnings = policy.warnings().len();
-    let mut out = json!({
+    let mut entry = json!({
         "file": shown(path),
         "summary": policy.summary(),
         "fingerprint": policy.fingerprint(),
         "warnings": policy.warnings().iter().map(warning_json).collect::<Vec<_>>(),
     });
     if !json {
-        println!("{}: loads: {}", shown(path), policy.summary());
+        say!(out, "{}: loads: {}", shown(path), policy.summary());
         for warning in policy.warnings() {
-            println!("{}: warning: {warning}", shown(path));
+            say!(out, "{}: warning: {warning}", shown(path));
         }
     }
     let Some(server) = server else {
-        return (out, warnings);
+        return (entry, warnings);
     };
     let mut tools: Vec<(&str, ToolPolicy<'_>)> = server
         .tools
@@ -180,7 +181,7 @@ fn report(
     let unmatched = policy.unmatched(&names);
     warnings += unmatched.len();
     if json {
-        out["tools"] = tools
+        entry["tools"] = tools
             .iter()
             .map(|(name, tool)| {
                 json!({
@@ -192,16 +193,16 @@ fn report(
                 })
             })
             .collect();
-        out["unmatched"] = unmatched
+        entry["unmatched"] = unmatched
             .iter()
             .map(|warning| {
                 let (_, suggestion) = unmatched_text(warning, server);
-                let mut entry = warning_json(warning);
-                entry["did_you_mean"] = json!(suggestion);
-                entry
+                let mut unmatched = warning_json(warning);
+                unmatched["did_you_mean"] = json!(suggestion);
+                unmatched
             })
             .collect();
-        return (out, warnings);
+        return (entry, warnings);
     }
     let width = |column: &dyn Fn(&(&str, ToolPolicy<'_>)) -> usize, title: usize| {
         tools.iter().map(column).max().unwrap_or(0).max(title)
@@ -209,10 +210,13 @@ fn report(
     let name_width = width(&|(name, _)| name.chars().count(), 4);
     let verdict_width = width(&|(_, tool)| tool.verdict().len(), 7);
     let rule_width = width(&|(_, tool)| tool.rule.map_or(1, |r| r.chars().count()), 4);
-    println!();
-    println!(
+    say!(out);
+    say!(
+        out,
         "{:name_width$}  {:verdict_width$}  {:rule_width$}  COUNTERS",
-        "TOOL", "VERDICT", "RULE"
+        "TOOL",
+        "VERDICT",
+        "RULE"
     );
     for (name, tool) in &tools {
         let counters: Vec<String> = tool.counters.iter().map(ToString::to_string).collect();
@@ -221,31 +225,34 @@ fn report(
         } else {
             counters.join(", ")
         };
-        println!(
+        say!(
+            out,
             "{name:name_width$}  {:verdict_width$}  {:rule_width$}  {counters}",
             tool.verdict(),
             tool.rule.unwrap_or("-"),
         );
     }
     if unmatched.is_empty() {
-        println!("\nevery policy entry matches a server tool");
+        say!(out, "\nevery policy entry matches a server tool");
     } else {
-        println!("\npolicy entries that match no server tool:");
+        say!(out, "\npolicy entries that match no server tool:");
         for warning in &unmatched {
-            println!("  {}", unmatched_text(warning, server).0);
+            say!(out, "  {}", unmatched_text(warning, server).0);
         }
         if unmatched.iter().any(|w| w.pointer().starts_with("/hide/")) {
-            println!(
+            say!(
+                out,
                 "(a server that is already behind this policy does not list the tools it hides)"
             );
         }
     }
-    println!();
-    (out, warnings)
+    say!(out);
+    (entry, warnings)
 }
 
 /// Runs `mcp-policy check`.
 pub async fn run(options: Options) -> Outcome {
+    let mut out = String::new();
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for path in &options.policies {
@@ -276,7 +283,8 @@ pub async fn run(options: Options) -> Outcome {
         },
     };
     if let (Some(server), false) = (&server, options.json) {
-        println!(
+        say!(
+            out,
             "server {}: {} {}, {} tools\n",
             server.url,
             server.name,
@@ -287,25 +295,27 @@ pub async fn run(options: Options) -> Outcome {
     let mut warnings = 0;
     let mut reports = Vec::new();
     for (path, policy) in &loaded {
-        let (report, count) = report(path, policy, server.as_ref(), options.json);
+        let (report, count) = report(&mut out, path, policy, server.as_ref(), options.json);
         warnings += count;
         reports.push(report);
     }
     if options.json {
-        let mut out = json!({ "policies": reports, "errors": errors, "warnings": warnings });
+        let mut json = json!({ "policies": reports, "errors": errors, "warnings": warnings });
         if let Some(server) = &server {
-            out["server"] = json!({
+            json["server"] = json!({
                 "url": server.url,
                 "name": server.name,
                 "version": server.version,
                 "tools": server.tools.len(),
             });
         }
-        println!(
+        say!(
+            out,
             "{}",
-            serde_json::to_string_pretty(&out).expect("a report is JSON")
+            serde_json::to_string_pretty(&json).expect("a report is JSON")
         );
     }
+    crate::print(&out);
     if failed {
         Outcome::Error
     } else if options.strict && warnings > 0 {

@@ -114,13 +114,19 @@ pub async fn run(options: Options) -> Outcome {
             return Outcome::Error;
         }
     };
-    println!("policy {}: {}", shown(&options.policy), policy.summary());
+    let mut out = String::new();
+    say!(
+        out,
+        "policy {}: {}",
+        shown(&options.policy),
+        policy.summary()
+    );
     for warning in policy.warnings() {
-        println!("{}: warning: {warning}", shown(&options.policy));
+        say!(out, "{}: warning: {warning}", shown(&options.policy));
     }
-    println!("call {} {args}\n", options.tool);
+    say!(out, "call {} {args}\n", options.tool);
     let explanation = policy.explain(&options.tool, Some(&args));
-    println!("{explanation}\n");
+    say!(out, "{explanation}\n");
 
     let expected = explanation.decision.clone();
     let (status, body, answer) = through_the_layer(policy, &options.tool, text).await;
@@ -136,6 +142,7 @@ pub async fn run(options: Options) -> Outcome {
         _ => false,
     };
     if !agrees {
+        crate::print(&out);
         eprintln!(
             "mcp-policy: internal error: the layer answered differently from this explanation: HTTP {status} {body}"
         );
@@ -143,11 +150,15 @@ pub async fn run(options: Options) -> Outcome {
     }
     match expected {
         Decision::Allow => {
-            println!("the call is forwarded to the MCP server, which answers the agent.");
+            say!(
+                out,
+                "the call is forwarded to the MCP server, which answers the agent."
+            );
         }
         Decision::Deny(_) => {
-            println!("the agent reads (HTTP {status}):\n{body}");
+            say!(out, "the agent reads (HTTP {status}):\n{body}");
         }
     }
+    crate::print(&out);
     Outcome::Fine
 }

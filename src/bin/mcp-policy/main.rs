@@ -3,6 +3,17 @@
 //! Exit codes: 0 fine, 1 an error (a policy that does not load, a server that cannot
 //! be reached), 2 warnings under `--strict`, or a usage error.
 
+/// Appends a line to the report `out` (printed at the end; see [`print`]).
+macro_rules! say {
+    ($out:expr) => {
+        $out.push('\n')
+    };
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 mod check;
 mod explain;
 mod gateway;
@@ -83,6 +94,21 @@ impl From<Outcome> for ExitCode {
     }
 }
 
+/// Prints a report. A closed pipe (`mcp-policy schema | head`) ends the output quietly
+/// instead of panicking.
+fn print(report: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_all(report.as_bytes())
+        .and_then(|()| stdout.flush());
+    if let Err(err) = written
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("mcp-policy: cannot write the report: {err}");
+    }
+}
+
 /// A policy's path as the user wrote it, for messages.
 fn shown(path: &std::path::Path) -> String {
     path.display().to_string()
@@ -102,10 +128,7 @@ fn main() -> ExitCode {
         Command::Explain(options) => runtime().block_on(explain::run(options)).into(),
         Command::Schema => {
             let schema = tower_mcp_policy::Policy::json_schema();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).expect("a schema is JSON")
-            );
+            print(&(serde_json::to_string_pretty(&schema).expect("a schema is JSON") + "\n"));
             ExitCode::SUCCESS
         }
         Command::Gateway(options) => {
