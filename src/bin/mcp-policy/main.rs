@@ -3,7 +3,7 @@
 //! Exit codes: 0 fine, 1 an error (a policy that does not load, a server that cannot
 //! be reached), 2 warnings under `--strict`, or a usage error.
 
-/// Appends a line to the report `out` (printed at the end; see [`print`]).
+/// Appends a line to the report `out` (printed at the end; see [`print()`]).
 macro_rules! say {
     ($out:expr) => {
         $out.push('\n')
