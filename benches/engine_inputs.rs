@@ -15,3 +15,45 @@ pub const POLICY_B: &str = r#"{"version":"1","default":"deny",
     "tools":{"transfer":{
       "deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Transfers above 1000 need a human."}],
       "limits":[{"counter":"transfers","window":"day","max":4000000000}]}}}"#;
+
+/// A policy of `rules` exact rules (`tool0000`… and `get_price`), `patterns` pattern rules
+/// (`vendor0000_*`…) and `hidden` hide patterns (`hidden0000_*`…): the pattern-scaling
+/// table. Every limit is on one counter that never runs out.
+pub fn scaled_policy(rules: usize, patterns: usize, hidden: usize) -> String {
+    let limit = r#"{"limits":[{"counter":"calls","window":"day","max":4000000000}]}"#;
+    let mut tools = vec![format!(r#""get_price":{limit}"#)];
+    tools.extend((1..rules).map(|i| format!(r#""tool{i:04}":{limit}"#)));
+    tools.extend((0..patterns).map(|i| format!(r#""vendor{i:04}_*":{limit}"#)));
+    let hide: Vec<String> = (0..hidden)
+        .map(|i| format!(r#""hidden{i:04}_*""#))
+        .collect();
+    format!(
+        r#"{{"version":"1","default":"deny","hide":[{}],"tools":{{{}}}}}"#,
+        hide.join(","),
+        tools.join(",")
+    )
+}
+
+/// The policies of the pattern-scaling table: (name, rules, patterns, hide patterns).
+pub const SCALED: &[(&str, usize, usize, usize)] = &[
+    ("one-rule", 1, 0, 0),
+    ("100-rules", 100, 0, 0),
+    ("1000-patterns", 1, 1000, 0),
+    ("100-rules+1000-hide", 100, 0, 1000),
+    ("1000-patterns+1000-hide", 1, 1000, 1000),
+];
+
+/// The calls of the pattern-scaling table: an exact rule, a name only a pattern
+/// resolves (denied by default where there is none), and a name nothing matches.
+pub const SCALED_CALLS: &[(&str, &str)] = &[
+    ("exact", "get_price"),
+    ("pattern", "vendor0500_get_price"),
+    ("unknown", "unknown_tool_name"),
+];
+
+/// A ~200-byte `tools/call` of `tool`.
+pub fn scaled_body(tool: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"listenKey":"pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8"}},"_meta":{{"progressToken":42}}}}}}"#
+    )
+}

@@ -5,18 +5,24 @@
 //!
 //! ```text
 //! instructions (a|b) (value|decode|decide) ITERATIONS
+//! instructions scale POLICY CALL ITERATIONS
 //! ```
 //!
 //! (a) and (b) are the bodies and policies of `benches/engine.rs`: `value` parses the
 //! body into a `serde_json::Value`, `decode` decodes it for the policy, `decide` decodes
-//! and decides every call as the layer does (in-memory counters).
+//! and decides every call as the layer does (in-memory counters, on a `FakeClock`: the
+//! monotonic clock's calibration runs for a wall-clock time, so its instructions vary
+//! from run to run). `scale` decodes and
+//! decides one call (`exact`, `pattern`, `unknown`) under one of the pattern-scaling
+//! policies (`one-rule`, `100-rules`, `1000-patterns`, `100-rules+1000-hide`,
+//! `1000-patterns+1000-hide`; see `engine_inputs.rs`).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use tower_mcp_policy::jsonrpc::decode;
 use tower_mcp_policy::{
-    Engine, Policy, ScopeHasher, ScopeKeys,
+    Engine, FakeClock, Policy, ScopeHasher, ScopeKeys,
     decide::{Call, Verdict},
 };
 
@@ -31,15 +37,20 @@ fn main() {
         .collect();
     let [which, mode, iterations] = &args[..] else {
         eprintln!("usage: instructions (a|b) (value|decode|decide) ITERATIONS");
+        eprintln!("       instructions scale POLICY CALL ITERATIONS");
         std::process::exit(2);
     };
+    if which == "scale" {
+        let (policy, call) = mode.split_once(':').expect("POLICY:CALL");
+        return scale(policy, call, iterations.parse().expect("iterations"));
+    }
     let (policy, body) = match which.as_str() {
         "a" => (inputs::POLICY_A, inputs::BODY_A),
         _ => (inputs::POLICY_B, inputs::BODY_B),
     };
     let iterations: usize = iterations.parse().expect("a number of iterations");
     let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
-    let engine = Engine::new(policy.clone());
+    let engine = Engine::with_clock(policy.clone(), FakeClock::new());
     let hasher = ScopeHasher::with_key([1; 16]);
     let keys = ScopeKeys::new(hasher.credential(b"Bearer bench"), hasher.session(b"s"));
     for _ in 0..iterations {
@@ -56,5 +67,31 @@ fn main() {
                 assert_eq!(engine.decide_all(&calls, &keys), Verdict::Forward);
             }
         }
+    }
+}
+
+/// Decodes and decides one call under a pattern-scaling policy, `iterations` times.
+fn scale(policy: &str, call: &str, iterations: usize) {
+    let &(_, rules, patterns, hidden) = inputs::SCALED
+        .iter()
+        .find(|(name, ..)| *name == policy)
+        .expect("a policy of the table");
+    let &(_, tool) = inputs::SCALED_CALLS
+        .iter()
+        .find(|(name, _)| *name == call)
+        .expect("a call of the table");
+    let policy: Arc<Policy> = Arc::new(
+        inputs::scaled_policy(rules, patterns, hidden)
+            .parse()
+            .unwrap(),
+    );
+    let body = inputs::scaled_body(tool);
+    let engine = Engine::with_clock(policy.clone(), FakeClock::new());
+    let hasher = ScopeHasher::with_key([1; 16]);
+    let keys = ScopeKeys::new(hasher.credential(b"Bearer bench"), hasher.session(b"s"));
+    for _ in 0..iterations {
+        let decoded = decode(black_box(body.as_bytes()), &*policy).unwrap();
+        let calls = Call::all_in(&decoded);
+        black_box(engine.decide_all(&calls, &keys));
     }
 }

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Instructions per request (callgrind), for the engine's (a) and (b) bodies: a
-# serde_json::Value parse, decoding, and decoding + deciding. Each figure is the
-# difference between 2,000 and 42,000 iterations, divided by 40,000, so set-up cancels.
+# serde_json::Value parse, decoding, and decoding + deciding; the pattern-scaling table;
+# and whole requests through axum + rmcp, bare and behind the layer. Each figure is the
+# difference between two iteration counts, divided by the difference, so set-up cancels.
 # Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary=$(cargo bench --bench instructions --no-run --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*instructions[^"]*\)".*/\1/p' | tail -n 1)
-[ -x "$binary" ] || { echo "instructions: could not build the driver" >&2; exit 1; }
+driver() {
+  local path
+  path=$(cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null \
+    | sed -n "s/.*\"executable\":\"\([^\"]*$1[^\"]*\)\".*/\1/p" | tail -n 1)
+  [ -x "$path" ] || { echo "instructions: could not build the $1 driver" >&2; exit 1; }
+  echo "$path"
+}
+binary=$(driver instructions)
+requests=$(driver requests)
 count() {
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$binary" "$@" 2>&1 \
+    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+count_requests() {
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$requests" "$@" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 printf '%-4s %-7s %12s\n' body mode instructions
@@ -19,4 +30,29 @@ for body in a b; do
     high=$(count "$body" "$mode" 42000)
     printf '%-4s %-7s %12d\n' "$body" "$mode" $(( (high - low) / 40000 ))
   done
+done
+
+# The pattern-scaling table: decode + decide of one ~200-byte call under policies with
+# many rules, patterns and hide patterns (engine_inputs.rs), next to a one-rule policy.
+echo
+printf '%-26s %10s %10s %10s\n' policy exact pattern unknown
+for policy in one-rule 100-rules 1000-patterns 100-rules+1000-hide 1000-patterns+1000-hide; do
+  row=$(printf '%-26s' "$policy")
+  for call in exact pattern unknown; do
+    low=$(count scale "$policy:$call" 2000)
+    high=$(count scale "$policy:$call" 12000)
+    row="$row $(printf '%10d' $(( (high - low) / 10000 )))"
+  done
+  echo "$row"
+done
+
+# Whole requests: axum + rmcp (stateless JSON), client included, bare and behind the
+# layer; per request, between 200 and 1,200 requests on one keep-alive connection.
+echo
+printf '%-5s %12s %12s %9s\n' body bare layer added
+for size in 200 1k; do
+  bare=$(( ($(count_requests bare "$size" 1200) - $(count_requests bare "$size" 200)) / 1000 ))
+  layer=$(( ($(count_requests layer "$size" 1200) - $(count_requests layer "$size" 200)) / 1000 ))
+  printf '%-5s %12d %12d %8s%%\n' "$size" "$bare" "$layer" \
+    "$(awk -v b="$bare" -v l="$layer" 'BEGIN { printf "%.1f", (l - b) * 100 / b }')"
 done

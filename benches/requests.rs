@@ -1,0 +1,106 @@
+//! A driver for instruction counts of whole requests (valgrind's callgrind): an axum app
+//! serving rmcp's `StreamableHttpService` (stateless JSON, the demo exchange), bare or
+//! behind `PolicyLayer`, and a hyper client sending `tools/call`s over one keep-alive
+//! loopback connection, all on one thread so the count is repeatable.
+//! `benches/instructions.sh` runs it at two request counts and prints the difference
+//! per request, so start-up cancels out.
+//!
+//! ```text
+//! requests (bare|layer) (200|1k) REQUESTS
+//! ```
+//!
+//! `200` is a ~200-byte call of `echo`, `1k` a ~1 KiB one. The policy allows `echo` with
+//! a limit that never runs out, so every request is decoded, judged, charged and
+//! forwarded.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
+
+#[path = "../examples/demo_server.rs"]
+#[allow(dead_code)]
+mod demo_server;
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
+    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
+
+/// A `tools/call` of `echo` of about `size` bytes.
+fn body(size: usize) -> String {
+    let head = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":""#;
+    let tail = r#""},"_meta":{"progressToken":42}}}"#;
+    let text = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8 ".repeat(size / 48 + 1);
+    let text = &text[..size.saturating_sub(head.len() + tail.len())];
+    format!("{head}{text}{tail}")
+}
+
+fn main() {
+    // `cargo bench` adds `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let [mode, size, requests] = &args[..] else {
+        eprintln!("usage: requests (bare|layer) (200|1k) REQUESTS");
+        std::process::exit(2);
+    };
+    let size = if size == "1k" { 1024 } else { 200 };
+    let requests: usize = requests.parse().expect("a number of requests");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(mode == "layer", body(size), requests));
+}
+
+async fn run(layered: bool, body: String, requests: usize) {
+    let config = demo_server::server_config(true);
+    let mcp: rmcp::transport::StreamableHttpService<demo_server::Exchange, _> =
+        rmcp::transport::StreamableHttpService::new(
+            || Ok(demo_server::Exchange::new(Default::default())),
+            std::sync::Arc::new(
+                rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default(),
+            ),
+            config,
+        );
+    let mut app = axum::Router::new().nest_service("/mcp", mcp);
+    if layered {
+        let policy: Policy = POLICY.parse().unwrap();
+        // A FakeClock: the monotonic clock's calibration runs for a wall-clock time, so
+        // its instruction count varies from run to run.
+        app = app.layer(PolicyLayer::with_clock(policy, FakeClock::new()));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let body = Bytes::from(body);
+    let uri = format!("http://{address}/mcp");
+    for _ in 0..requests {
+        let request = Request::post(&uri)
+            .header(header::HOST, address.to_string())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::AUTHORIZATION, "Bearer bench")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            answer.starts_with(b"{") && !answer.windows(6).any(|w| w == b"DENIED"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        black_box(answer);
+    }
+}
