@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 
 use super::condition::{Condition, Op};
 use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, ScopeDoc};
-use super::glob::Glob;
+use super::glob::{Glob, GlobSet};
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
 use super::{
@@ -96,13 +96,16 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
             plan,
         });
     }
+    let hidden_patterns = GlobSet::new(hidden_patterns);
     let mut warnings = hidden_rules(&tools, &hide_list, &names, &hidden_patterns);
     patterns.sort_by(|(a, ai), (b, bi)| {
         b.literal_len()
             .cmp(&a.literal_len())
             .then_with(|| tools[*ai].key.cmp(&tools[*bi].key))
     });
-    warnings.extend(shadowed_patterns(&tools, &patterns));
+    let (globs, pattern_rules): (Vec<Glob>, Vec<usize>) = patterns.into_iter().unzip();
+    let patterns = GlobSet::new(globs);
+    warnings.extend(shadowed_patterns(&tools, &patterns, &pattern_rules));
     let rules = all_tools.iter().chain(tools.iter().map(|t| &t.rule));
     for rule in rules {
         warnings.extend(impossible_limits(rule, &counters.defs));
@@ -115,6 +118,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         hidden_count,
         all_tools,
         patterns,
+        pattern_rules,
         tools,
         unlisted_plan,
         counters: counters.defs,
@@ -128,17 +132,23 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
 /// pattern of higher precedence. For `*`-only globs, `q` matches every name `p` matches
 /// exactly when `q` matches `p`'s own text with each `*` standing for a character no
 /// literal has (only a `*` of `q` can absorb it).
-fn shadowed_patterns(tools: &[ToolRule], patterns: &[(Glob, usize)]) -> Vec<PolicyWarning> {
+fn shadowed_patterns(
+    tools: &[ToolRule],
+    patterns: &GlobSet,
+    rules: &[usize],
+) -> Vec<PolicyWarning> {
     let mut warnings = Vec::new();
-    for (at, (_, index)) in patterns.iter().enumerate() {
+    for (at, index) in rules.iter().enumerate() {
         let key = &tools[*index].key;
         let generic: String = key.replace('*', "\u{0}");
-        if let Some((_, by)) = patterns[..at].iter().find(|(q, _)| q.is_match(&generic)) {
+        // A pattern always matches its own generic text, so the first match is `at`
+        // itself unless one of higher precedence matches too.
+        if let Some(first) = patterns.first_match(&generic).filter(|&first| first < at) {
             warnings.push(PolicyWarning {
                 pointer: pointer("/tools", &[key]),
                 message: format!(
                     "this rule never applies: every tool `{key}` matches is matched first by `{}`, which has more literal characters (or sorts first)",
-                    tools[*by].key
+                    tools[rules[first]].key
                 ),
             });
         }
@@ -188,7 +198,7 @@ fn hidden_rules(
     tools: &[ToolRule],
     hide: &[String],
     names: &HashMap<Box<str>, Named>,
-    hidden_patterns: &[Glob],
+    hidden_patterns: &GlobSet,
 ) -> Vec<PolicyWarning> {
     let hidden_by = |key: &str| -> Option<String> {
         let exact = names.get(key).is_some_and(|n| n.hidden);
@@ -198,8 +208,7 @@ fn hidden_rules(
             Some(_) => hide.iter().position(|h| h == key || h == "*").map(by),
             None if exact => hide.iter().position(|h| h == key).map(by),
             None => hidden_patterns
-                .iter()
-                .any(|g| g.is_match(key))
+                .is_match(key)
                 .then(|| {
                     hide.iter()
                         .position(|h| Glob::new(h).is_some_and(|g| g.is_match(key)))

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::counter::{CounterId, Quota};
 use crate::error::PolicyError;
 use condition::Condition;
-use glob::Glob;
+use glob::GlobSet;
 use path::ArgPath;
 pub use path::ArgPlan;
 use window::Window;
@@ -48,12 +48,14 @@ pub struct Policy {
     default_allow: bool,
     /// Exact names, hidden or governed by a rule: one hash per lookup.
     names: HashMap<Box<str>, Named>,
-    hidden_patterns: Vec<Glob>,
+    hidden_patterns: GlobSet,
     /// How many `hide` entries there are (names and patterns).
     hidden_count: usize,
     all_tools: Option<Rule>,
     /// Sorted by precedence: most literal characters first, then by key.
-    patterns: Vec<(Glob, usize)>,
+    patterns: GlobSet,
+    /// The rule (index into `tools`) of each pattern, in the same order.
+    pattern_rules: Vec<usize>,
     pub(crate) tools: Vec<ToolRule>,
     /// What to read of the arguments of a tool that has no rule of its own (default allow).
     unlisted_plan: ArgPlan,
@@ -296,14 +298,13 @@ impl Policy {
     /// What the policy says about `tool`, before arguments.
     pub(crate) fn resolve(&self, tool: &str) -> Resolved<'_> {
         let named = self.names.get(tool).copied().unwrap_or_default();
-        if named.hidden || self.hidden_patterns.iter().any(|g| g.is_match(tool)) {
+        if named.hidden || self.hidden_patterns.is_match(tool) {
             return Resolved::Hidden;
         }
         let index = named.rule.or_else(|| {
             self.patterns
-                .iter()
-                .find(|(glob, _)| glob.is_match(tool))
-                .map(|&(_, i)| i)
+                .first_match(tool)
+                .map(|at| self.pattern_rules[at])
         });
         match index {
             Some(i) => Resolved::Rules(Some(&self.tools[i])),
@@ -332,8 +333,7 @@ impl Policy {
 
     /// True when `tool` is hidden: absent from `tools/list` and unknown to calls.
     pub fn is_hidden(&self, tool: &str) -> bool {
-        self.names.get(tool).is_some_and(|n| n.hidden)
-            || self.hidden_patterns.iter().any(|g| g.is_match(tool))
+        self.names.get(tool).is_some_and(|n| n.hidden) || self.hidden_patterns.is_match(tool)
     }
 
     /// True when the policy hides at least one name or pattern.
@@ -389,11 +389,11 @@ impl Policy {
         if let Some((name, _)) = self.names.get_key_value(tool) {
             return name;
         }
-        if self.hidden_patterns.iter().any(|g| g.is_match(tool)) {
+        if self.hidden_patterns.is_match(tool) {
             return "hidden";
         }
-        match self.patterns.iter().find(|(glob, _)| glob.is_match(tool)) {
-            Some(&(_, i)) => &self.tools[i].key,
+        match self.patterns.first_match(tool) {
+            Some(at) => &self.tools[self.pattern_rules[at]].key,
             None => "other",
         }
     }
