@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -79,7 +79,7 @@ pin_project! {
         // passed on frame by frame, a copy kept (up to `limit`) to watch for errors.
         Json {
             #[pin] body: B,
-            buffer: BytesMut,
+            buffer: Buffer,
             limit: usize,
             policy: Option<Arc<Policy>>,
             watch: Option<Watch>,
@@ -128,7 +128,7 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Json {
                 body,
-                buffer: BytesMut::new(),
+                buffer: Buffer::default(),
                 limit,
                 policy,
                 watch,
@@ -227,7 +227,7 @@ where
                         Ok(data) if buffer.len() + data.len() > *limit => {
                             // Too large to read: nothing is refunded.
                             *watch = None;
-                            buffer.clear();
+                            *buffer = Buffer::default();
                             if policy.is_none() {
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             }
@@ -240,19 +240,20 @@ where
                             return Poll::Ready(Some(Ok(Frame::data(unfilterable()))));
                         }
                         Ok(data) if policy.is_none() => {
-                            // Watching only: the frame goes on at once, a copy stays.
+                            // Watching only: the frame goes on at once, and a shared
+                            // handle to it (not a copy) stays.
                             if watch.is_some() {
-                                buffer.extend_from_slice(&data);
+                                buffer.push(data.clone());
                             }
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
-                        Ok(data) => buffer.extend_from_slice(&data),
+                        Ok(data) => buffer.push(data),
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     },
                     Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                     None => {
                         *done = true;
-                        let bytes = buffer.split().freeze();
+                        let bytes = buffer.take();
                         if let Some(watch) = watch {
                             watch.message(&bytes);
                         }
@@ -280,6 +281,11 @@ where
             Kind::Full { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            // Watched only: the bytes pass unchanged, so the server's length holds (and
+            // the client gets a Content-Length, not chunks).
+            Kind::Json {
+                body, policy: None, ..
+            } => body.size_hint(),
             Kind::Sse { .. } | Kind::Json { .. } => SizeHint::default(),
         }
     }
@@ -301,4 +307,39 @@ fn unfilterable() -> Bytes {
         "error": { "code": INTERNAL_ERROR, "message": "the tools/list response was too large for the policy layer to filter" }
     });
     Bytes::from(message.to_string())
+}
+
+/// The body read so far; a single frame is kept without copying.
+#[derive(Default)]
+pub(crate) struct Buffer {
+    first: Option<Bytes>,
+    rest: BytesMut,
+}
+
+impl Buffer {
+    pub fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
+    }
+
+    pub fn push(&mut self, mut data: impl Buf) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data.copy_to_bytes(data.remaining()));
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.rest.extend_from_slice(&first);
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            self.rest.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+
+    pub fn take(&mut self) -> Bytes {
+        self.first
+            .take()
+            .unwrap_or_else(|| self.rest.split().freeze())
+    }
 }

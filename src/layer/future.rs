@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::ResponseBody;
-use super::body::PolicyBody;
+use super::body::{Buffer, PolicyBody};
 use super::deadline::Deadline;
 use super::request::{Refused, check_entity_headers, too_large};
 use super::service::{
@@ -75,41 +75,6 @@ pin_project! {
         Answered {
             response: Option<Response<ResponseBody<ResBody>>>,
         },
-    }
-}
-
-/// The body read so far; a single frame is kept without copying.
-#[derive(Default)]
-struct Buffer {
-    first: Option<Bytes>,
-    rest: BytesMut,
-}
-
-impl Buffer {
-    fn len(&self) -> usize {
-        self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
-    }
-
-    fn push(&mut self, mut data: impl Buf) {
-        if self.first.is_none() && self.rest.is_empty() {
-            self.first = Some(data.copy_to_bytes(data.remaining()));
-            return;
-        }
-        if let Some(first) = self.first.take() {
-            self.rest.extend_from_slice(&first);
-        }
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            let n = chunk.len();
-            self.rest.extend_from_slice(chunk);
-            data.advance(n);
-        }
-    }
-
-    fn take(&mut self) -> Bytes {
-        self.first
-            .take()
-            .unwrap_or_else(|| self.rest.split().freeze())
     }
 }
 

@@ -106,7 +106,9 @@ fn same_id(call: &Id, answer: &Value) -> bool {
 
 /// A cheap test before parsing: an error answer mentions `"error"`.
 fn memchr_error(data: &[u8]) -> bool {
-    data.windows(7).any(|w| w == b"\"error\"")
+    static ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+    ERROR.find(data).is_some()
 }
 
 /// What a response body needs to refund the calls the server answers with errors.
