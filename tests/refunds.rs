@@ -194,3 +194,22 @@ async fn in_a_batch_only_the_calls_answered_with_errors_are_refunded() {
         "read (id 2) ran: not refunded"
     );
 }
+
+/// A watched answer passes unchanged, so its length is the server's: the client gets a
+/// Content-Length, not a chunked body.
+#[tokio::test]
+async fn a_watched_answer_keeps_its_exact_length() {
+    use http_body::Body as _;
+    let policy: Policy = POLICY.parse().unwrap();
+    let server = tower::service_fn(|_: Request<PolicyBody>| async {
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+    });
+    let service = PolicyLayer::with_clock(policy, FakeClock::new()).layer(server);
+    let request = tower_mcp_policy::testing::tool_call("write", json!({}));
+    let response = service.oneshot(request).await.unwrap();
+    let length = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#.len() as u64;
+    assert_eq!(response.body().size_hint().exact(), Some(length));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len() as u64, length);
+}
