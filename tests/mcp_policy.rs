@@ -104,14 +104,15 @@ async fn check_against_the_demo_server_gives_every_tool_its_verdict() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
     // Every tool the demo server lists (it hides delete_account itself), with its verdict.
-    for line in [
-        "binance_us_close_listen_key  limited                  binance_us_close_listen_key  binance_us_close_listen_key_rate (30 per minute per grant)",
-        "echo                         allowed                  echo                         -",
-        "get_price                    allowed                  get_price                    -",
-        "transfer                     allowed with conditions  transfer                     -",
-    ] {
-        assert!(text.contains(line), "no line {line:?} in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        &[
+            "binance_us_close_listen_key  limited                  binance_us_close_listen_key  binance_us_close_listen_key_rate (30 per minute per grant)",
+            "echo                         allowed                  echo                         -",
+            "get_price                    allowed                  get_price                    -",
+            "transfer                     allowed with conditions  transfer                     -",
+        ],
+    );
     assert!(
         text.contains("/hide/0: `delete_account` hides none of the server's tools"),
         "{text}"
@@ -313,6 +314,13 @@ fn explain(policy: &str, tool: &str, args: &str) -> String {
     stdout(&output)
 }
 
+/// Fails, showing `text`, unless it has every one of `lines`.
+fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "no line {line:?} in:\n{text}");
+    }
+}
+
 const PAYMENTS: &str = "tests/fixtures/policies/payments.json";
 
 #[test]
@@ -322,19 +330,20 @@ fn explain_an_allowed_call_with_its_conditions_and_charges() {
         "create_charge",
         r#"{"currency": "usd", "amount": 10}"#,
     );
-    for line in [
-        "tool     /tools/create_charge: the rule for \"create_charge\" applies (exact name); `all_tools` applies too",
-        "deny_if  /tools/create_charge/deny_if/0: a condition is false: pass",
-        "           args.amount gt 5000: value 10: false",
-        "require  /tools/create_charge/require/0: all conditions hold: pass",
-        "           args.currency in [\"usd\",\"eur\"]: value \"usd\": true",
-        "limit    /all_tools/limits/0: charges 1 to counter \"calls_per_minute\" (120 per minute per grant)",
-        "limit    /tools/create_charge/limits/0: charges 1 to counter \"charges\" (50 per hour per grant)",
-        "decision ALLOW: the call is forwarded to the server",
-        "the call is forwarded to the MCP server, which answers the agent.",
-    ] {
-        assert!(text.contains(line), "no line {line:?} in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        &[
+            "tool     /tools/create_charge: the rule for \"create_charge\" applies (exact name); `all_tools` applies too",
+            "deny_if  /tools/create_charge/deny_if/0: a condition is false: pass",
+            "           args.amount gt 5000: value 10: false",
+            "require  /tools/create_charge/require/0: all conditions hold: pass",
+            "           args.currency in [\"usd\",\"eur\"]: value \"usd\": true",
+            "limit    /all_tools/limits/0: charges 1 to counter \"calls_per_minute\" (120 per minute per grant)",
+            "limit    /tools/create_charge/limits/0: charges 1 to counter \"charges\" (50 per hour per grant)",
+            "decision ALLOW: the call is forwarded to the server",
+            "the call is forwarded to the MCP server, which answers the agent.",
+        ],
+    );
 }
 
 #[test]
@@ -344,16 +353,17 @@ fn explain_a_call_denied_by_a_condition_with_its_pointer_and_answer() {
         "create_charge",
         r#"{"currency": "usd", "amount": 5000.0000000000001}"#,
     );
-    for line in [
-        "deny_if  /tools/create_charge/deny_if/0: all conditions hold: deny",
-        "           args.amount gt 5000: value 5000.0000000000001: true",
-        "decision DENY (deny_if, /tools/create_charge/deny_if/0): Charges above 5000 need a human.",
-        "the agent reads (HTTP 200):",
-        r#""_meta":{"tower-mcp-policy/denial":{"kind":"deny_if","rule":"/tools/create_charge/deny_if/0","tool":"create_charge"}}"#,
-        r#""text":"[POLICY DENIED] Charges above 5000 need a human.""#,
-    ] {
-        assert!(text.contains(line), "no line {line:?} in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        &[
+            "deny_if  /tools/create_charge/deny_if/0: all conditions hold: deny",
+            "           args.amount gt 5000: value 5000.0000000000001: true",
+            "decision DENY (deny_if, /tools/create_charge/deny_if/0): Charges above 5000 need a human.",
+            "the agent reads (HTTP 200):",
+            r#""_meta":{"tower-mcp-policy/denial":{"kind":"deny_if","rule":"/tools/create_charge/deny_if/0","tool":"create_charge"}}"#,
+            r#""text":"[POLICY DENIED] Charges above 5000 need a human.""#,
+        ],
+    );
     // Evaluation stops at the denial: no require, no limit.
     assert!(!text.contains("require  "), "{text}");
     assert!(!text.contains("limit    "), "{text}");
@@ -366,13 +376,14 @@ fn explain_an_argument_that_cannot_be_evaluated() {
         "create_charge",
         r#"{"currency": "usd", "amount": "lots"}"#,
     );
-    for line in [
-        "deny_if  /tools/create_charge/deny_if/0: a condition cannot be evaluated: deny (fail closed)",
-        "           args.amount gt 5000: value \"lots\": cannot be evaluated (argument `args.amount` is a string, but `gt` needs a number)",
-        "decision DENY (deny_if, /tools/create_charge/deny_if/0): Charges above 5000 need a human. (the rule could not be checked: argument `args.amount` is a string, but `gt` needs a number)",
-    ] {
-        assert!(text.contains(line), "no line {line:?} in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        &[
+            "deny_if  /tools/create_charge/deny_if/0: a condition cannot be evaluated: deny (fail closed)",
+            "           args.amount gt 5000: value \"lots\": cannot be evaluated (argument `args.amount` is a string, but `gt` needs a number)",
+            "decision DENY (deny_if, /tools/create_charge/deny_if/0): Charges above 5000 need a human. (the rule could not be checked: argument `args.amount` is a string, but `gt` needs a number)",
+        ],
+    );
     let text = explain(PAYMENTS, "refund_charge", "{}");
     assert!(
         text.contains("           args.reason exists true: value (absent): false"),
