@@ -1,7 +1,8 @@
 //! `mcp-policy` as a user runs it, spawned as a process: `check` against the demo
 //! server and the TypeScript reference server, `explain` on the fixtures, `schema`
-//! against the fixtures and bad documents, and the help. (`gateway` is driven by
-//! tests/gateway.rs, tests/gateway_everything.rs and tests/cli.rs.)
+//! against the fixtures and bad documents, the help, and `gateway` in front of the demo
+//! exchange (its proxy code is also driven in process by tests/gateway.rs and
+//! tests/gateway_everything.rs, and its start-up errors by tests/cli.rs).
 
 #![allow(clippy::duplicate_mod)]
 
@@ -607,4 +608,73 @@ fn every_subcommand_has_help_with_an_example() {
     }
     let usage = run(&["frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
+}
+
+/// `mcp-policy gateway` as installed: in front of the demo exchange (which has no
+/// policy of its own), rmcp's client sees the policy's tools, an allowed call runs, a
+/// denied one does not, and `/metrics` counts both.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_runs_from_the_binary() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), false).await;
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["gateway", "--policy", "examples/policy.json", "--upstream"])
+        .arg(upstream.url())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("policy gateway listening on ")
+        .and_then(|rest| rest.split(" -> ").next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let client = common::connect(url.clone(), "agent-1").await;
+    assert_eq!(
+        common::tool_names(&client).await,
+        [
+            "binance_us_close_listen_key",
+            "echo",
+            "get_price",
+            "transfer"
+        ],
+        "delete_account is hidden by the gateway"
+    );
+    let allowed = common::call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;
+    assert!(
+        common::text(&allowed).contains("get_price ran"),
+        "{allowed}"
+    );
+    let denied = common::call(&client, "transfer", json!({"to": "x", "amount": 5000})).await;
+    assert!(
+        common::text(&denied).starts_with("[POLICY DENIED]"),
+        "{denied}"
+    );
+    assert_eq!(
+        upstream.executions.of("transfer"),
+        0,
+        "the denied call never ran"
+    );
+
+    let metrics_url = url.replace("/mcp", "/metrics");
+    let metrics = common::raw(reqwest::Method::GET, &metrics_url, &[], "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"decision="deny",kind="deny_if",tool="transfer""#),
+        "{metrics}"
+    );
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
 }
