@@ -339,15 +339,17 @@ impl PendingCharges<'_> {
 
     /// The verdict, given the store's answer for [`PendingCharges::charges`].
     pub fn finish(self, result: Result<(), ChargeError>) -> Verdict {
+        let Err(error) = result else {
+            return Verdict::Forward;
+        };
         let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];
-        match result {
-            Ok(()) => return Verdict::Forward,
-            Err(ChargeError::Exceeded { index, retry_after }) => {
+        match error {
+            ChargeError::Exceeded { index, retry_after } => {
                 let (call, charge) = self.owners[index];
                 refusals[call] = Refusal::Denied(self.allowed[call].exceeded(charge, retry_after));
             }
             // Nothing could be checked: every call that needed the store is denied.
-            Err(ChargeError::Unavailable(error)) => {
+            ChargeError::Unavailable(error) => {
                 for &(call, _) in &self.owners {
                     let tool = self.allowed[call].tool();
                     let denial = Denial::counter_unavailable(tool, error.retry_after());

@@ -55,6 +55,7 @@ use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 pub use crate::policy::ArgPlan;
 use crate::policy::Policy;
@@ -214,7 +215,8 @@ impl<'a> Message<'a> {
 /// See the example in the [`jsonrpc`](crate::jsonrpc) module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded<'a> {
-    messages: Vec<Message<'a>>,
+    /// One message inline: a single message (the usual body) costs no allocation.
+    messages: SmallVec<[Message<'a>; 1]>,
     batch: bool,
 }
 
@@ -378,12 +380,12 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for BodySeed<'_, P> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Decoded<'de>, A::Error> {
         let message = Envelope(self.0).visit_map(map)?;
         Ok(Decoded {
-            messages: vec![message],
+            messages: smallvec::smallvec![message],
             batch: false,
         })
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Decoded<'de>, A::Error> {
-        let mut messages = Vec::new();
+        let mut messages = SmallVec::new();
         while let Some(message) = seq.next_element_seed(Envelope(self.0))? {
             messages.push(message);
         }
