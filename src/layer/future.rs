@@ -193,13 +193,13 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Reading {
-                    body,
+                    mut body,
                     request,
                     buffer,
                     limit,
                     judge,
                     deadline,
-                } => match body.poll_frame(cx) {
+                } => match body.as_mut().poll_frame(cx) {
                     Poll::Pending if deadline.expired(cx) => answered(
                         this.shared,
                         Refused {
@@ -220,24 +220,30 @@ where
                             };
                             if buffer.len() + data.remaining() <= *limit {
                                 buffer.push(data);
-                                continue;
+                                if !body.is_end_stream() {
+                                    continue;
+                                }
+                                // The body says it is complete (its length is reached):
+                                // no further poll is needed to learn it.
+                                read_whole(this.shared, request, buffer, *judge)
+                            } else {
+                                let (parts, _) = request.as_ref().expect("read until answered");
+                                answered(
+                                    this.shared,
+                                    if *judge {
+                                        too_large(*limit)
+                                    } else {
+                                        Refused {
+                                            status: StatusCode::BAD_REQUEST,
+                                            code: INVALID_REQUEST,
+                                            message: format!(
+                                                "a {} request must not carry a body",
+                                                parts.method
+                                            ),
+                                        }
+                                    },
+                                )
                             }
-                            let (parts, _) = request.as_ref().expect("read until answered");
-                            answered(
-                                this.shared,
-                                if *judge {
-                                    too_large(*limit)
-                                } else {
-                                    Refused {
-                                        status: StatusCode::BAD_REQUEST,
-                                        code: INVALID_REQUEST,
-                                        message: format!(
-                                            "a {} request must not carry a body",
-                                            parts.method
-                                        ),
-                                    }
-                                },
-                            )
                         }
                         Some(Err(err)) => answered(
                             this.shared,
@@ -247,24 +253,7 @@ where
                                 message: format!("could not read the request body: {}", err.into()),
                             },
                         ),
-                        None => {
-                            let (parts, mut inner) = request.take().expect("read until answered");
-                            let bytes = buffer.take();
-                            if !*judge {
-                                let forwarded = Forwarded::unjudged(this.shared.engine.policy());
-                                calling(this.shared, &mut inner, parts, bytes, forwarded)
-                            } else {
-                                match this.shared.judge(&parts, &bytes) {
-                                    Judgment::Judged(judged) => {
-                                        after_judging(this.shared, inner, judged, parts, bytes)
-                                    }
-                                    Judgment::Awaiting(future, charging) => State::Charging {
-                                        future,
-                                        rest: Some((charging, parts, bytes, inner)),
-                                    },
-                                }
-                            }
-                        }
+                        None => read_whole(this.shared, request, buffer, *judge),
                     },
                 },
                 StateProj::Charging { future, rest } => {
@@ -316,5 +305,32 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
+    }
+}
+
+/// The body has been read whole: judge it (or forward it unjudged), and the next state.
+fn read_whole<Inner, S, ReqBody, ResBody>(
+    shared: &Arc<Shared<S>>,
+    request: &mut Option<(Parts, Inner)>,
+    buffer: &mut Buffer,
+    judge: bool,
+) -> State<Inner, S, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    S: CounterStore,
+{
+    let (parts, mut inner) = request.take().expect("read until answered");
+    let bytes = buffer.take();
+    if !judge {
+        let forwarded = Forwarded::unjudged(shared.engine.policy());
+        return calling(shared, &mut inner, parts, bytes, forwarded);
+    }
+    match shared.judge(&parts, &bytes) {
+        Judgment::Judged(judged) => after_judging(shared, inner, judged, parts, bytes),
+        Judgment::Awaiting(future, charging) => State::Charging {
+            future,
+            rest: Some((charging, parts, bytes, inner)),
+        },
     }
 }
