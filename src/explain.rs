@@ -10,6 +10,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 
+use crate::counter::clock::FakeClock;
 use crate::counter::{Charge, ChargeError, MemoryCounters};
 use crate::decision::{Denial, DenialKind, RULE_DEFAULT_DENY, RULE_HIDDEN, Tracer};
 use crate::engine::Decision;
@@ -124,7 +125,8 @@ impl Policy {
                 // The same all-or-nothing charge as the layer's, on fresh counters: two
                 // limits on one counter can exhaust it within a single call.
                 let charges: Vec<Charge> = allowed.charges().collect();
-                match MemoryCounters::new().try_charge(&charges) {
+                // Fresh counters: only their starting state matters, so no real clock.
+                match MemoryCounters::with_clock(FakeClock::new()).try_charge(&charges) {
                     Ok(()) => Decision::Allow,
                     Err(ChargeError::Exceeded { index, retry_after }) => {
                         Decision::Deny(allowed.exceeded(index, retry_after))
@@ -344,6 +346,19 @@ pub struct ToolPolicy<'p> {
     pub counters: Vec<&'p CounterDef>,
 }
 
+/// An entry of a policy (a `hide` entry or a key under `tools`) that matches none of a
+/// server's tools; see [`Policy::unmatched`].
+///
+/// See the example on [`Policy::unmatched`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unmatched<'p> {
+    /// The entry as written: a name or a pattern.
+    pub entry: &'p str,
+    /// Where it is and what is wrong, for people.
+    pub warning: PolicyWarning,
+}
+
 /// Whether a tool's calls can run; see [`ToolPolicy`].
 ///
 /// See the example on [`Policy::tool_policy`].
@@ -419,7 +434,7 @@ impl Policy {
         policy
     }
 
-    /// The entries of `tools` and `hide` that match none of `tools` (a server's tool
+    /// The entries of `hide` and `tools` that match none of `tools` (a server's tool
     /// names): misspelt names, and rules for tools the server does not have. Under
     /// `default: deny` a misspelt rule silently denies the real tool forever.
     ///
@@ -429,11 +444,12 @@ impl Policy {
     /// let policy: Policy = r#"{ "version": "1", "default": "deny", "hide": ["debug_*"],
     ///     "tools": { "get_price": {}, "transfr": {} } }"#.parse()?;
     /// let unmatched = policy.unmatched(&["get_price", "transfer"]);
-    /// let pointers: Vec<&str> = unmatched.iter().map(|w| w.pointer()).collect();
-    /// assert_eq!(pointers, ["/hide/0", "/tools/transfr"]);
+    /// let entries: Vec<(&str, &str)> =
+    ///     unmatched.iter().map(|u| (u.entry, u.warning.pointer())).collect();
+    /// assert_eq!(entries, [("debug_*", "/hide/0"), ("transfr", "/tools/transfr")]);
     /// # Ok::<(), tower_mcp_policy::PolicyError>(())
     /// ```
-    pub fn unmatched(&self, tools: &[&str]) -> Vec<PolicyWarning> {
+    pub fn unmatched(&self, tools: &[&str]) -> Vec<Unmatched<'_>> {
         let matches_any = |key: &str| match Glob::new(key) {
             Some(glob) => tools.iter().any(|tool| glob.is_match(tool)),
             None => tools.contains(&key),
@@ -441,9 +457,12 @@ impl Policy {
         let mut unmatched = Vec::new();
         for (i, entry) in self.hide.iter().enumerate() {
             if !matches_any(entry) {
-                unmatched.push(PolicyWarning {
-                    pointer: pointer("/hide", &[&i.to_string()]),
-                    message: format!("`{entry}` hides none of the server's tools"),
+                unmatched.push(Unmatched {
+                    entry,
+                    warning: PolicyWarning {
+                        pointer: pointer("/hide", &[&i.to_string()]),
+                        message: format!("`{entry}` hides none of the server's tools"),
+                    },
                 });
             }
         }
@@ -454,9 +473,12 @@ impl Policy {
                 } else {
                     "the server has no tool of this name"
                 };
-                unmatched.push(PolicyWarning {
-                    pointer: pointer("/tools", &[&rule.key]),
-                    message: format!("`{}`: {what}", rule.key),
+                unmatched.push(Unmatched {
+                    entry: &rule.key,
+                    warning: PolicyWarning {
+                        pointer: pointer("/tools", &[&rule.key]),
+                        message: format!("`{}`: {what}", rule.key),
+                    },
                 });
             }
         }

@@ -11,7 +11,7 @@ use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-use tower_mcp_policy::explain::ToolPolicy;
+use tower_mcp_policy::explain::{ToolPolicy, Unmatched};
 use tower_mcp_policy::{CounterDef, Policy, PolicyWarning};
 
 use crate::{Outcome, shown};
@@ -132,14 +132,10 @@ fn warning_json(warning: &PolicyWarning) -> Value {
     json!({ "pointer": warning.pointer(), "message": warning.message() })
 }
 
-/// An unmatched policy entry, with a suggestion when the key looks like a typo.
-fn unmatched_text(warning: &PolicyWarning, server: &Server) -> (String, Option<String>) {
-    let key = warning
-        .message()
-        .split('`')
-        .nth(1)
-        .unwrap_or(warning.pointer());
-    let suggestion = did_you_mean(key, &server.tools).map(str::to_owned);
+/// An unmatched policy entry, with a suggestion when it looks like a typo.
+fn unmatched_text(unmatched: &Unmatched<'_>, server: &Server) -> (String, Option<String>) {
+    let warning = &unmatched.warning;
+    let suggestion = did_you_mean(unmatched.entry, &server.tools).map(str::to_owned);
     let text = match &suggestion {
         Some(name) => format!("{warning} (did you mean `{name}`?)"),
         None => warning.to_string(),
@@ -195,9 +191,9 @@ fn report(
             .collect();
         entry["unmatched"] = unmatched
             .iter()
-            .map(|warning| {
-                let (_, suggestion) = unmatched_text(warning, server);
-                let mut unmatched = warning_json(warning);
+            .map(|entry| {
+                let (_, suggestion) = unmatched_text(entry, server);
+                let mut unmatched = warning_json(&entry.warning);
                 unmatched["did_you_mean"] = json!(suggestion);
                 unmatched
             })
@@ -236,10 +232,13 @@ fn report(
         say!(out, "\nevery policy entry matches a server tool");
     } else {
         say!(out, "\npolicy entries that match no server tool:");
-        for warning in &unmatched {
-            say!(out, "  {}", unmatched_text(warning, server).0);
+        for entry in &unmatched {
+            say!(out, "  {}", unmatched_text(entry, server).0);
         }
-        if unmatched.iter().any(|w| w.pointer().starts_with("/hide/")) {
+        if unmatched
+            .iter()
+            .any(|u| u.warning.pointer().starts_with("/hide/"))
+        {
             say!(
                 out,
                 "(a server that is already behind this policy does not list the tools it hides)"
