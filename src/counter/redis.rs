@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use smallvec::SmallVec;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Charge, ChargeError, CounterStore, StoreError};
 use crate::scope::ScopeHasher;
@@ -18,6 +19,10 @@ pub const DEFAULT_PREFIX: &str = "mcp-policy:";
 /// The default deadline of one charge.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 
+/// At most this many requests wait for Redis; past that, calls fail fast.
+const QUEUE: usize = 16_384;
+/// At most this many requests go to Redis in one script call.
+const MAX_BATCH: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -39,9 +44,11 @@ pub enum FailMode {
 /// budget per grant and a restart forgets nothing.
 ///
 /// * One multiplexed connection, shared by every request and reconnecting by itself.
-/// * One round trip per request: all the charges of a request (or of a whole batch) go
-///   to Redis as one script call (`EVALSHA`, reloaded on `NOSCRIPT`), applied
-///   atomically: every charge or none.
+/// * At most one round trip per request: all the charges of a request (or of a whole
+///   batch) go to Redis in one script call (`EVALSHA`, reloaded on `NOSCRIPT`), applied
+///   atomically: every charge or none. Requests that wait while a call is out share the
+///   next one (up to 256 requests per call), each still applied all or nothing on its
+///   own, so under load Redis runs far fewer, larger calls.
 /// * The same GCRA as [`MemoryCounters`](super::MemoryCounters) (a burst of `max`,
 ///   refilled at `max` per `window`, the same retry hint), on the Redis server's clock,
 ///   so replicas whose clocks differ agree. One small value per key; every key expires
@@ -50,8 +57,9 @@ pub enum FailMode {
 ///   of the scope value: no credential or session id is ever written in clear.
 /// * Replicas hash credentials with one secret key, created in Redis on first use
 ///   (`SET NX`) and read by every replica; the layer takes it from the store.
-/// * Every charge has a deadline (default 100 ms). While Redis is down no request waits
-///   longer: after a failure the store backs off (100 ms doubling to 5 s, failing fast
+/// * Every charge has a deadline (default 100 ms), counted from the moment the request
+///   asks. While Redis is down no request waits longer; a request whose deadline passed
+///   while it waited is answered without being charged. After a failure the store backs off (100 ms doubling to 5 s, failing fast
 ///   meanwhile), then lets one request probe. Counting resumes by itself.
 ///
 /// ```no_run
@@ -69,16 +77,38 @@ pub struct RedisCounters {
 }
 
 struct Inner {
-    connection: ConnectionManager,
-    script: Script,
-    prefix: String,
+    /// Requests' charges, on their way to the worker that sends them to Redis.
+    queue: mpsc::Sender<Job>,
+    prefix: Arc<str>,
     deadline: Duration,
     fail: FailMode,
     hasher: ScopeHasher,
+    shared: Arc<Shared>,
+}
+
+/// What the requests and the worker both use.
+struct Shared {
+    connection: ConnectionManager,
+    prefix: Arc<str>,
     /// The hasher's key as stored in Redis (32 hex digits).
     secret: String,
     breaker: Mutex<Breaker>,
 }
+
+/// The charges (or refunds) of one request, and where its answer goes.
+struct Job {
+    charges: SmallVec<[Charge; 4]>,
+    mode: Mode,
+    now: Option<Duration>,
+    /// The end of the request's deadline.
+    due: Instant,
+    /// `None` for a refund, which nobody waits for.
+    reply: Option<oneshot::Sender<Result<Answer, StoreError>>>,
+}
+
+/// A group's answer from the script: `None` when applied, else the index of the charge
+/// that did not fit and the wait in microseconds (negative: never).
+type Answer = Option<(usize, f64)>;
 
 impl fmt::Debug for RedisCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,16 +191,23 @@ impl RedisCountersBuilder {
                 secret_key.clone(),
             ))
         })?;
+        let prefix: Arc<str> = self.prefix.into();
+        let shared = Arc::new(Shared {
+            connection,
+            prefix: prefix.clone(),
+            secret,
+            breaker: Mutex::new(Breaker::default()),
+        });
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(work(jobs, shared.clone(), self.deadline));
         Ok(RedisCounters {
             inner: Arc::new(Inner {
-                connection,
-                script: Script::new(include_str!("gcra.lua")),
-                prefix: self.prefix,
+                queue,
+                prefix,
                 deadline: self.deadline,
                 fail: self.fail,
                 hasher: ScopeHasher::with_key(key),
-                secret,
-                breaker: Mutex::new(Breaker::default()),
+                shared,
             }),
         })
     }
@@ -190,12 +227,7 @@ impl RedisCounters {
 
     /// The Redis key of a charge's bucket.
     pub fn key_of(&self, charge: &Charge) -> String {
-        format!(
-            "{}{}:{:032x}",
-            self.inner.prefix,
-            charge.counter,
-            charge.key.as_u128()
-        )
+        key_of(&self.inner.prefix, charge)
     }
 
     /// Applies `charges` as if the server's clock read `now` (microseconds since the
@@ -203,7 +235,9 @@ impl RedisCounters {
     /// only: in service, the store always uses the server's clock.
     #[doc(hidden)]
     pub async fn charge_at(&self, charges: &[Charge], now: Duration) -> Result<(), ChargeError> {
-        self.inner.run(charges, Mode::Charge, Some(now)).await
+        self.inner
+            .run(charges.into(), Mode::Charge, Some(now))
+            .await
     }
 }
 
@@ -216,66 +250,40 @@ enum Mode {
 impl Inner {
     async fn run(
         &self,
-        charges: &[Charge],
+        charges: SmallVec<[Charge; 4]>,
         mode: Mode,
         now: Option<Duration>,
     ) -> Result<(), ChargeError> {
-        let probe = match self.breaker().admit() {
-            Admit::Go(probe) => probe,
-            Admit::Wait(wait) => {
-                let error =
-                    StoreError::new("Redis is unreachable; backing off before the next try")
-                        .with_retry_after(wait);
-                return self.unavailable(error);
-            }
+        if let Admit::Wait(wait) = self.shared.breaker().admit(self.deadline) {
+            let error = StoreError::new("Redis is unreachable; backing off before the next try")
+                .with_retry_after(wait);
+            return self.unavailable(error);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            charges,
+            mode,
+            now,
+            due: Instant::now() + self.deadline,
+            reply: Some(reply),
         };
-        let mut invocation = self.script.prepare_invoke();
-        for charge in charges {
-            invocation.key(format!(
-                "{}{}:{:032x}",
-                self.prefix,
-                charge.counter,
-                charge.key.as_u128()
-            ));
+        if self.queue.try_send(job).is_err() {
+            self.shared.breaker().failed();
+            let error = format!("more than {QUEUE} requests are waiting for Redis");
+            return self.unavailable(StoreError::new(error));
         }
-        invocation.arg(now.map_or_else(String::new, |now| now.as_micros().to_string()));
-        invocation.arg(match mode {
-            Mode::Charge => "c",
-            Mode::Refund => "r",
-        });
-        for charge in charges {
-            let period_us = charge.quota.period().as_nanos() as f64 / 1000.0;
-            invocation
-                .arg(format!("{period_us:.3}"))
-                .arg(charge.quota.max().get())
-                .arg(charge.cost.get());
-        }
-        let mut connection = self.connection.clone();
-        let answer = tokio::time::timeout(
-            self.deadline,
-            invocation.invoke_async::<(i64, String)>(&mut connection),
-        )
-        .await;
-        let answer = match answer {
+        // The worker answers every request by its deadline.
+        let answer = match answer.await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(err)) => {
-                self.breaker().failed(probe);
-                return self.unavailable(StoreError::new(err));
-            }
+            Ok(Err(error)) => return self.unavailable(error),
             Err(_) => {
-                self.breaker().failed(probe);
-                let error = format!("Redis did not answer within {:?}", self.deadline);
-                return self.unavailable(StoreError::new(error));
+                self.shared.breaker().failed();
+                return self.unavailable(StoreError::new("the Redis worker stopped"));
             }
         };
-        if self.breaker().succeeded() {
-            self.reseed();
-        }
         match answer {
-            (0, _) => Ok(()),
-            (index, wait) => {
-                let index = usize::try_from(index - 1).unwrap_or(0);
-                let wait: f64 = wait.parse().unwrap_or(-1.0);
+            None => Ok(()),
+            Some((index, wait)) => {
                 let retry_after = (wait >= 0.0)
                     .then(|| Duration::from_nanos((wait * 1000.0).ceil() as u64))
                     .map(|d| d.max(Duration::from_nanos(1)));
@@ -284,17 +292,178 @@ impl Inner {
         }
     }
 
+    fn unavailable(&self, error: StoreError) -> Result<(), ChargeError> {
+        match self.fail {
+            FailMode::Closed => Err(ChargeError::Unavailable(error)),
+            FailMode::Open => {
+                tracing::warn!(
+                    target: "tower_mcp_policy",
+                    decision = "store_error",
+                    "counter store unavailable, call allowed uncounted (fail open): {error}"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends the queued requests to Redis, all that are waiting in one script call, one
+/// call at a time: under load, one round trip carries many requests.
+async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Duration) {
+    let script = Script::new(include_str!("gcra.lua"));
+    let mut connection = shared.connection.clone();
+    let mut batch: Vec<Job> = Vec::new();
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH {
+            // Let the requests that are running now queue their charges too: one
+            // script call for all of them costs Redis and this process far less.
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        // A request that went away is not charged; one whose deadline passed while it
+        // waited behind a slow call is answered now, uncharged.
+        let now = Instant::now();
+        batch.retain_mut(|job| match &job.reply {
+            None => true,
+            Some(reply) if reply.is_closed() => false,
+            Some(_) if job.due <= now => {
+                if let Some(reply) = job.reply.take() {
+                    let _ = reply.send(Err(late(deadline)));
+                }
+                false
+            }
+            Some(_) => true,
+        });
+        if batch.is_empty() {
+            continue;
+        }
+        let due = batch
+            .iter()
+            .filter(|job| job.reply.is_some())
+            .map(|job| job.due)
+            .min();
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(batch.len());
+        for job in &batch {
+            for charge in &job.charges {
+                invocation.key(key_of(&shared.prefix, charge));
+            }
+            invocation
+                .arg(
+                    job.now
+                        .map_or_else(String::new, |now| now.as_micros().to_string()),
+                )
+                .arg(match job.mode {
+                    Mode::Charge => "c",
+                    Mode::Refund => "r",
+                })
+                .arg(job.charges.len());
+            for charge in &job.charges {
+                invocation
+                    .arg(charge.quota.period().as_nanos() as u64)
+                    .arg(charge.quota.max().get())
+                    .arg(charge.cost.get());
+            }
+        }
+        // Answered by the earliest deadline in the batch (refunds alone: by the
+        // connection's response timeout, which is the deadline too).
+        let call = invocation.invoke_async::<String>(&mut connection);
+        let answers = match due {
+            Some(due) => tokio::time::timeout_at(due.into(), call).await,
+            None => Ok(call.await),
+        };
+        let answers = match answers {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(err)) => Err(StoreError::new(err)),
+            Err(_) => Err(late(deadline)),
+        };
+        match answers {
+            Ok(answers) => {
+                if shared.breaker().succeeded() {
+                    shared.reseed();
+                }
+                let mut answers = answers.split(' ').map(parse_answer);
+                for job in batch.drain(..) {
+                    let answer = answers.next().unwrap_or_else(|| {
+                        Err(StoreError::new("the Redis script answered too few groups"))
+                    });
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+            Err(error) => {
+                shared.breaker().failed();
+                for job in batch.drain(..) {
+                    match job.reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                        None => tracing::warn!(
+                            target: "tower_mcp_policy",
+                            "refund not applied: {error}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn late(deadline: Duration) -> StoreError {
+    StoreError::new(format!("Redis did not answer within {deadline:?}"))
+}
+
+/// One group's answer, `index:wait`: 0 when it was applied, else the 1-based index of the
+/// charge that did not fit and the wait in microseconds (negative: never).
+fn parse_answer(answer: &str) -> Result<Answer, StoreError> {
+    let parsed = answer.split_once(':').and_then(|(index, wait)| {
+        let index: usize = index.parse().ok()?;
+        let wait: f64 = wait.parse().ok()?;
+        Some((index, wait))
+    });
+    match parsed {
+        Some((0, _)) => Ok(None),
+        Some((index, wait)) => Ok(Some((index - 1, wait))),
+        None => Err(StoreError::new(format!(
+            "the Redis script answered {answer:?}"
+        ))),
+    }
+}
+
+fn key_of(prefix: &str, charge: &Charge) -> String {
+    // Written by hand: `format!` with two hex fields costs more than the rest of a
+    // request's share of a script call.
+    let mut key = String::with_capacity(prefix.len() + 16 + 1 + 32);
+    key.push_str(prefix);
+    push_hex(&mut key, u128::from(charge.counter.as_u64()), 16);
+    key.push(':');
+    push_hex(&mut key, charge.key.as_u128(), 32);
+    key
+}
+
+/// The last `digits` hex digits of `value`, zero-padded.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        out.push(char::from(HEX[((value >> (4 * shift)) & 0xf) as usize]));
+    }
+}
+
+impl Shared {
     /// After an outage: Redis may have restarted empty, so the shared hashing secret
     /// is written back (`SET NX`) for replicas that start later; a different secret
     /// already there means replicas now count one caller in two buckets: an ERROR.
-    fn reseed(self: &Inner) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    fn reseed(&self) {
         let mut connection = self.connection.clone();
         let key = format!("{}scope-hasher-key", self.prefix);
         let ours = self.secret.clone();
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(&key)
                 .arg(&ours)
@@ -320,20 +489,6 @@ impl Inner {
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn unavailable(&self, error: StoreError) -> Result<(), ChargeError> {
-        match self.fail {
-            FailMode::Closed => Err(ChargeError::Unavailable(error)),
-            FailMode::Open => {
-                tracing::warn!(
-                    target: "tower_mcp_policy",
-                    decision = "store_error",
-                    "counter store unavailable, call allowed uncounted (fail open): {error}"
-                );
-                Ok(())
-            }
-        }
-    }
 }
 
 /// Backs off after failures, then lets one request probe.
@@ -341,33 +496,33 @@ impl Inner {
 struct Breaker {
     failures: u32,
     retry_at: Option<Instant>,
-    probing: bool,
+    /// While a probe is out: when it is given up (a probe whose request went away
+    /// never reports).
+    probe_until: Option<Instant>,
 }
 
 enum Admit {
-    /// Go ahead; `true` when this request is the probe after a back-off.
-    Go(bool),
+    Go,
     /// Fail fast; the back-off has this long to run.
     Wait(Duration),
 }
 
 impl Breaker {
-    fn admit(&mut self) -> Admit {
+    fn admit(&mut self, deadline: Duration) -> Admit {
         let Some(retry_at) = self.retry_at else {
-            return Admit::Go(false);
+            return Admit::Go;
         };
         let now = Instant::now();
-        if now < retry_at || self.probing {
+        let probing = self.probe_until.is_some_and(|until| now < until);
+        if now < retry_at || probing {
             return Admit::Wait(retry_at.saturating_duration_since(now).max(MIN_BACKOFF));
         }
-        self.probing = true;
-        Admit::Go(true)
+        self.probe_until = Some(now + deadline);
+        Admit::Go
     }
 
-    fn failed(&mut self, probe: bool) {
-        if probe {
-            self.probing = false;
-        }
+    fn failed(&mut self) {
+        self.probe_until = None;
         self.failures = self.failures.saturating_add(1);
         let backoff = MIN_BACKOFF
             .saturating_mul(1 << self.failures.saturating_sub(1).min(6))
@@ -389,21 +544,25 @@ impl CounterStore for RedisCounters {
     fn charge(&self, charges: &[Charge]) -> Self::Future {
         let inner = self.inner.clone();
         let charges: SmallVec<[Charge; 4]> = charges.into();
-        Box::pin(async move { inner.run(&charges, Mode::Charge, None).await })
+        Box::pin(async move { inner.run(charges, Mode::Charge, None).await })
     }
 
+    /// Queued for the next script call; nobody waits for it. A refund that cannot be
+    /// applied (Redis down, the queue full) is a WARN event.
     fn refund(&self, charges: &[Charge]) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(target: "tower_mcp_policy", "a refund needs a tokio runtime; skipped");
-            return;
+        let job = Job {
+            charges: charges.into(),
+            mode: Mode::Refund,
+            now: None,
+            due: Instant::now() + self.inner.deadline,
+            reply: None,
         };
-        let inner = self.inner.clone();
-        let charges: SmallVec<[Charge; 4]> = charges.into();
-        runtime.spawn(async move {
-            if let Err(err) = inner.run(&charges, Mode::Refund, None).await {
-                tracing::warn!(target: "tower_mcp_policy", "refund not applied: {err}");
-            }
-        });
+        if self.inner.queue.try_send(job).is_err() {
+            tracing::warn!(
+                target: "tower_mcp_policy",
+                "refund not applied: more than {QUEUE} requests are waiting for Redis"
+            );
+        }
     }
 
     fn scope_hasher(&self) -> Option<ScopeHasher> {
@@ -424,4 +583,45 @@ fn unhex(text: &str) -> Option<[u8; 16]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::counter::{CounterId, Quota};
+    use crate::policy::Scope;
+    use crate::scope::ScopeValue;
+
+    #[test]
+    fn keys_are_the_prefix_the_counter_id_and_the_scope_hash_in_hex() {
+        let quota = Quota::new(NonZeroU32::new(30).unwrap(), Duration::from_secs(60));
+        let one = NonZeroU32::new(1).unwrap();
+        for name in ["rate", "transfers", ""] {
+            let counter = CounterId::new(name, quota, Scope::Grant);
+            for key in [
+                ScopeHasher::with_key([7; 16]).credential(b"Bearer abc"),
+                ScopeValue::GLOBAL,
+            ] {
+                let charge = Charge::new(counter, quota, key, one);
+                let expected = format!(
+                    "mcp-policy:{:016x}:{:032x}",
+                    counter.as_u64(),
+                    key.as_u128()
+                );
+                assert_eq!(key_of("mcp-policy:", &charge), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        assert_eq!(parse_answer("0:0").unwrap(), None);
+        assert_eq!(parse_answer("2:1500.5").unwrap(), Some((1, 1500.5)));
+        assert_eq!(parse_answer("1:-1").unwrap(), Some((0, -1.0)));
+        for bad in ["", "0", "x:1", "1:", ":1"] {
+            assert!(parse_answer(bad).is_err(), "{bad:?}");
+        }
+    }
 }
