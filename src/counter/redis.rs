@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use smallvec::SmallVec;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Charge, ChargeError, CounterStore, StoreError};
 use crate::scope::ScopeHasher;
@@ -23,6 +23,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 const QUEUE: usize = 16_384;
 /// At most this many requests go to Redis in one script call.
 const MAX_BATCH: usize = 256;
+/// At most this many script calls are out at once.
+const MAX_CALLS: usize = 2;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -310,10 +312,16 @@ impl Inner {
 /// Sends the queued requests to Redis, all that are waiting in one script call, one
 /// call at a time: under load, one round trip carries many requests.
 async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Duration) {
-    let script = Script::new(include_str!("gcra.lua"));
-    let mut connection = shared.connection.clone();
-    let mut batch: Vec<Job> = Vec::new();
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let script = Arc::new(Script::new(include_str!("gcra.lua")));
+    let calls = Arc::new(Semaphore::new(MAX_CALLS));
+    loop {
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch: Vec<Job> = Vec::new();
+        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
         if batch.len() < MAX_BATCH {
             // Let the requests that are running now queue their charges too: one
             // script call for all of them costs Redis and this process far less.
@@ -326,7 +334,7 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
             }
         }
         // A request that went away is not charged; one whose deadline passed while it
-        // waited behind a slow call is answered now, uncharged.
+        // waited behind slow calls is answered now, uncharged.
         let now = Instant::now();
         batch.retain_mut(|job| match &job.reply {
             None => true,
@@ -342,73 +350,83 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
         if batch.is_empty() {
             continue;
         }
-        let due = batch
-            .iter()
-            .filter(|job| job.reply.is_some())
-            .map(|job| job.due)
-            .min();
-        let mut invocation = script.prepare_invoke();
-        invocation.arg(batch.len());
-        for job in &batch {
-            for charge in &job.charges {
-                invocation.key(key_of(&shared.prefix, charge));
-            }
+        let (shared, script) = (shared.clone(), script.clone());
+        tokio::spawn(async move {
+            send(batch, &shared, &script, deadline).await;
+            drop(call);
+        });
+    }
+}
+
+/// One script call for `batch`, and every request's answer.
+async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Duration) {
+    let mut connection = shared.connection.clone();
+    let due = batch
+        .iter()
+        .filter(|job| job.reply.is_some())
+        .map(|job| job.due)
+        .min();
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(batch.len());
+    for job in &batch {
+        for charge in &job.charges {
+            invocation.key(key_of(&shared.prefix, charge));
+        }
+        invocation
+            .arg(
+                job.now
+                    .map_or_else(String::new, |now| now.as_micros().to_string()),
+            )
+            .arg(match job.mode {
+                Mode::Charge => "c",
+                Mode::Refund => "r",
+            })
+            .arg(job.charges.len());
+        for charge in &job.charges {
             invocation
-                .arg(
-                    job.now
-                        .map_or_else(String::new, |now| now.as_micros().to_string()),
-                )
-                .arg(match job.mode {
-                    Mode::Charge => "c",
-                    Mode::Refund => "r",
-                })
-                .arg(job.charges.len());
-            for charge in &job.charges {
-                invocation
-                    .arg(charge.quota.period().as_nanos() as u64)
-                    .arg(charge.quota.max().get())
-                    .arg(charge.cost.get());
+                .arg(charge.quota.period().as_nanos() as u64)
+                .arg(charge.quota.max().get())
+                .arg(charge.cost.get());
+        }
+    }
+    // Answered by the earliest deadline in the batch (refunds alone: by the
+    // connection's response timeout, which is the deadline too).
+    let call = invocation.invoke_async::<String>(&mut connection);
+    let answers = match due {
+        Some(due) => tokio::time::timeout_at(due.into(), call).await,
+        None => Ok(call.await),
+    };
+    let answers = match answers {
+        Ok(Ok(answers)) => Ok(answers),
+        Ok(Err(err)) => Err(StoreError::new(err)),
+        Err(_) => Err(late(deadline)),
+    };
+    match answers {
+        Ok(answers) => {
+            if shared.breaker().succeeded() {
+                shared.reseed();
+            }
+            let mut answers = answers.split(' ').map(parse_answer);
+            for job in batch {
+                let answer = answers.next().unwrap_or_else(|| {
+                    Err(StoreError::new("the Redis script answered too few groups"))
+                });
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(answer);
+                }
             }
         }
-        // Answered by the earliest deadline in the batch (refunds alone: by the
-        // connection's response timeout, which is the deadline too).
-        let call = invocation.invoke_async::<String>(&mut connection);
-        let answers = match due {
-            Some(due) => tokio::time::timeout_at(due.into(), call).await,
-            None => Ok(call.await),
-        };
-        let answers = match answers {
-            Ok(Ok(answers)) => Ok(answers),
-            Ok(Err(err)) => Err(StoreError::new(err)),
-            Err(_) => Err(late(deadline)),
-        };
-        match answers {
-            Ok(answers) => {
-                if shared.breaker().succeeded() {
-                    shared.reseed();
-                }
-                let mut answers = answers.split(' ').map(parse_answer);
-                for job in batch.drain(..) {
-                    let answer = answers.next().unwrap_or_else(|| {
-                        Err(StoreError::new("the Redis script answered too few groups"))
-                    });
-                    if let Some(reply) = job.reply {
-                        let _ = reply.send(answer);
+        Err(error) => {
+            shared.breaker().failed();
+            for job in batch {
+                match job.reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(error.clone()));
                     }
-                }
-            }
-            Err(error) => {
-                shared.breaker().failed();
-                for job in batch.drain(..) {
-                    match job.reply {
-                        Some(reply) => {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                        None => tracing::warn!(
-                            target: "tower_mcp_policy",
-                            "refund not applied: {error}"
-                        ),
-                    }
+                    None => tracing::warn!(
+                        target: "tower_mcp_policy",
+                        "refund not applied: {error}"
+                    ),
                 }
             }
         }
