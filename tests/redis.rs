@@ -165,6 +165,95 @@ async fn concurrent_requests_are_charged_all_or_nothing() {
     }
 }
 
+/// `EVALSHA` calls Redis has run so far.
+async fn script_calls(redis: &Redis) -> u64 {
+    let mut client = redis.client().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing() {
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+            {"counter":"per-grant","window":"day","max":5},
+            {"counter":"all","window":"day","max":1000,"scope":"global"}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counters = redis.builder().connect().await.unwrap();
+    let service = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), counters))
+        .layer(upstream(runs.clone()));
+
+    // One at a time: one script call each (once Redis has the script: the first call
+    // meets NOSCRIPT, loads it and calls again).
+    let response = service.clone().oneshot(call("t", "solo")).await.unwrap();
+    assert!(!denied(&answer(response).await));
+    let before = script_calls(&redis).await;
+    for _ in 0..3 {
+        let response = service.clone().oneshot(call("t", "solo")).await.unwrap();
+        assert!(!denied(&answer(response).await));
+    }
+    assert_eq!(script_calls(&redis).await - before, 3);
+
+    // 200 at once, 20 from each of 10 grants, 5 allowed per grant: the requests that
+    // wait while a call is out share the next one, and each is judged on its own.
+    let before = script_calls(&redis).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let grant = format!("grant-{}", i % 10);
+            (
+                i % 10,
+                !denied(&answer(service.oneshot(call("t", &grant)).await.unwrap()).await),
+            )
+        }));
+    }
+    let mut passed = [0; 10];
+    for task in tasks {
+        let (grant, ok) = task.await.unwrap();
+        passed[grant] += usize::from(ok);
+    }
+    let calls = script_calls(&redis).await - before;
+    assert_eq!(passed, [5; 10], "5 calls per grant pass");
+    assert_eq!(runs.load(Ordering::SeqCst), 4 + 50);
+    assert!(calls < 200, "200 requests took {calls} script calls");
+
+    // The global counter holds exactly the 54 calls that passed: a refused request
+    // charged nothing, even when it shared a script call with allowed ones.
+    let mut client = redis.client().await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut client).await.unwrap();
+    let now = seconds as f64 * 1e6 + micros as f64;
+    let all = policy
+        .counters()
+        .iter()
+        .find(|def| def.name() == "all")
+        .unwrap();
+    let keys = redis.keys(&format!("mcp-policy:{}:*", all.id())).await;
+    assert_eq!(keys.len(), 1);
+    let tat: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let units = (tat.parse::<f64>().unwrap() - now) / all.quota().period().as_micros() as f64;
+    assert_eq!(
+        units.round(),
+        54.0,
+        "the global counter holds {units} charges"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_neither_hangs_nor_needs_a_restart() {
     let mut redis = Redis::start();
