@@ -61,36 +61,15 @@ fn policy() -> Arc<Policy> {
     Arc::new(POLICY.parse().unwrap())
 }
 
-/// EVALSHA calls so far, and the Redis CPU time they took (microseconds).
-async fn evalsha_stats(redis: &redis_server::Redis) -> (u64, u64) {
-    let mut client = redis.client().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut client)
-        .await
-        .unwrap();
-    let line = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-        .unwrap_or("");
-    let field = |name: &str| -> u64 {
-        line.split(',')
-            .find_map(|f| f.strip_prefix(name))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls="), field("usec="))
-}
-
 /// Redis commands and Redis CPU (microseconds) per request while `requests` run.
 async fn per_request(
     redis: &redis_server::Redis,
     requests: usize,
     run: impl Future<Output = ()>,
 ) -> (f64, f64) {
-    let before = evalsha_stats(redis).await;
+    let before = redis.script_stats().await;
     run.await;
-    let after = evalsha_stats(redis).await;
+    let after = redis.script_stats().await;
     let n = requests as f64;
     (
         (after.0 - before.0) as f64 / n,

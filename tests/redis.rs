@@ -148,35 +148,12 @@ async fn concurrent_requests_are_charged_all_or_nothing() {
     assert_eq!(runs.load(Ordering::SeqCst), 10);
 
     // Both counters hold exactly ten charges: none was charged half.
-    let mut client = redis.client().await;
-    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut client).await.unwrap();
-    let now = seconds as f64 * 1e6 + micros as f64;
     for def in policy.counters() {
         let keys = redis.keys(&format!("mcp-policy:{}:*", def.id())).await;
         assert_eq!(keys.len(), 1, "{}", def.name());
-        let tat: String = redis::cmd("GET")
-            .arg(&keys[0])
-            .query_async(&mut client)
-            .await
-            .unwrap();
-        let period = def.quota().period().as_micros() as f64;
-        let units = (tat.parse::<f64>().unwrap() - now) / period;
+        let units = redis.charges_held(&keys[0], def.quota().period()).await;
         assert_eq!(units.round(), 10.0, "{} holds {units} charges", def.name());
     }
-}
-
-/// `EVALSHA` calls Redis has run so far.
-async fn script_calls(redis: &Redis) -> u64 {
-    let mut client = redis.client().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut client)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,16 +175,16 @@ async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing(
     // meets NOSCRIPT, loads it and calls again).
     let response = service.clone().oneshot(call("t", "solo")).await.unwrap();
     assert!(!denied(&answer(response).await));
-    let before = script_calls(&redis).await;
+    let before = redis.script_stats().await.0;
     for _ in 0..3 {
         let response = service.clone().oneshot(call("t", "solo")).await.unwrap();
         assert!(!denied(&answer(response).await));
     }
-    assert_eq!(script_calls(&redis).await - before, 3);
+    assert_eq!(redis.script_stats().await.0 - before, 3);
 
     // 200 at once, 20 from each of 10 grants, 5 allowed per grant: the requests that
     // wait while a call is out share the next one, and each is judged on its own.
-    let before = script_calls(&redis).await;
+    let before = redis.script_stats().await.0;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let service = service.clone();
@@ -224,16 +201,13 @@ async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing(
         let (grant, ok) = task.await.unwrap();
         passed[grant] += usize::from(ok);
     }
-    let calls = script_calls(&redis).await - before;
+    let calls = redis.script_stats().await.0 - before;
     assert_eq!(passed, [5; 10], "5 calls per grant pass");
     assert_eq!(runs.load(Ordering::SeqCst), 4 + 50);
     assert!(calls < 200, "200 requests took {calls} script calls");
 
     // The global counter holds exactly the 54 calls that passed: a refused request
     // charged nothing, even when it shared a script call with allowed ones.
-    let mut client = redis.client().await;
-    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut client).await.unwrap();
-    let now = seconds as f64 * 1e6 + micros as f64;
     let all = policy
         .counters()
         .iter()
@@ -241,12 +215,7 @@ async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing(
         .unwrap();
     let keys = redis.keys(&format!("mcp-policy:{}:*", all.id())).await;
     assert_eq!(keys.len(), 1);
-    let tat: String = redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut client)
-        .await
-        .unwrap();
-    let units = (tat.parse::<f64>().unwrap() - now) / all.quota().period().as_micros() as f64;
+    let units = redis.charges_held(&keys[0], all.quota().period()).await;
     assert_eq!(
         units.round(),
         54.0,

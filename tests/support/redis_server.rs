@@ -73,6 +73,43 @@ impl Redis {
             .unwrap()
     }
 
+    /// `EVALSHA` calls so far, and the Redis CPU time they took (microseconds), from
+    /// `INFO commandstats`.
+    pub async fn script_stats(&self) -> (u64, u64) {
+        let mut client = self.client().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        let line = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+            .unwrap_or("");
+        let field = |name: &str| -> u64 {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("calls="), field("usec="))
+    }
+
+    /// The charges a counter's bucket at `key` holds now (its theoretical arrival time
+    /// ahead of the server's clock, in periods).
+    pub async fn charges_held(&self, key: &str, period: Duration) -> f64 {
+        let mut client = self.client().await;
+        let (seconds, micros): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut client).await.unwrap();
+        let now = seconds as f64 * 1e6 + micros as f64;
+        let tat: String = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        (tat.parse::<f64>().unwrap() - now) / period.as_micros() as f64
+    }
+
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
