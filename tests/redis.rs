@@ -607,3 +607,56 @@ async fn a_call_answered_with_an_error_leaves_the_redis_budget_as_it_was() {
         );
     }
 }
+
+/// A store whose runtime has shut down cannot reach Redis any more: its calls are
+/// answered at once, closed (denied, readable) or open (allowed), never left hanging.
+#[test]
+fn a_store_outliving_its_runtime_fails_fast_in_its_fail_mode() {
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"t":{"limits":[
+            {"counter":"c","window":"minute","max":100}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (closed, open) = first.block_on(async {
+        let closed = redis.builder().connect().await.unwrap();
+        let open = redis
+            .builder()
+            .fail_mode(FailMode::Open)
+            .connect()
+            .await
+            .unwrap();
+        (closed, open)
+    });
+    drop(first);
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let closed = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), closed))
+            .layer(upstream(runs.clone()));
+        let started = Instant::now();
+        let denial = answer(closed.oneshot(call("t", "a")).await.unwrap()).await;
+        assert!(denied(&denial), "{denial}");
+        assert!(
+            denial
+                .to_string()
+                .contains("Rate-limit state is unavailable"),
+            "{denial}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "the call did not run");
+
+        let open = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), open))
+            .layer(upstream(runs.clone()));
+        let allowed = answer(open.oneshot(call("t", "a")).await.unwrap()).await;
+        assert!(!denied(&allowed), "{allowed}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "fail open: the call ran");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}

@@ -269,10 +269,9 @@ impl Inner {
             due: Instant::now() + self.deadline,
             reply: Some(reply),
         };
-        if self.queue.try_send(job).is_err() {
+        if let Err(error) = self.queue.try_send(job) {
             self.shared.breaker().failed();
-            let error = format!("more than {QUEUE} requests are waiting for Redis");
-            return self.unavailable(StoreError::new(error));
+            return self.unavailable(StoreError::new(queue_error(&error)));
         }
         // The worker answers every request by its deadline.
         let answer = match answer.await {
@@ -433,6 +432,18 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
     }
 }
 
+fn queue_error(error: &mpsc::error::TrySendError<Job>) -> String {
+    match error {
+        mpsc::error::TrySendError::Full(_) => {
+            format!("more than {QUEUE} requests are waiting for Redis")
+        }
+        mpsc::error::TrySendError::Closed(_) => {
+            "the Redis worker has stopped (the tokio runtime it was connected on shut down)"
+                .to_owned()
+        }
+    }
+}
+
 fn late(deadline: Duration) -> StoreError {
     StoreError::new(format!("Redis did not answer within {deadline:?}"))
 }
@@ -575,10 +586,11 @@ impl CounterStore for RedisCounters {
             due: Instant::now() + self.inner.deadline,
             reply: None,
         };
-        if self.inner.queue.try_send(job).is_err() {
+        if let Err(error) = self.inner.queue.try_send(job) {
             tracing::warn!(
                 target: "tower_mcp_policy",
-                "refund not applied: more than {QUEUE} requests are waiting for Redis"
+                "refund not applied: {}",
+                queue_error(&error)
             );
         }
     }
