@@ -48,9 +48,10 @@ pub enum FailMode {
 /// * One multiplexed connection, shared by every request and reconnecting by itself.
 /// * At most one round trip per request: all the charges of a request (or of a whole
 ///   batch) go to Redis in one script call (`EVALSHA`, reloaded on `NOSCRIPT`), applied
-///   atomically: every charge or none. Requests that wait while a call is out share the
-///   next one (up to 256 requests per call), each still applied all or nothing on its
-///   own, so under load Redis runs far fewer, larger calls.
+///   atomically: every charge or none. At most two calls are out at a time; requests
+///   that ask meanwhile share the next one (up to 256 requests per call), each still
+///   applied all or nothing on its own, so under load Redis runs far fewer, larger
+///   calls.
 /// * The same GCRA as [`MemoryCounters`](super::MemoryCounters) (a burst of `max`,
 ///   refilled at `max` per `window`, the same retry hint), on the Redis server's clock,
 ///   so replicas whose clocks differ agree. One small value per key; every key expires
@@ -308,8 +309,8 @@ impl Inner {
     }
 }
 
-/// Sends the queued requests to Redis, all that are waiting in one script call, one
-/// call at a time: under load, one round trip carries many requests.
+/// Sends the queued requests to Redis, all that are waiting in one script call, at most
+/// [`MAX_CALLS`] calls at a time: under load, one round trip carries many requests.
 async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Duration) {
     let script = Arc::new(Script::new(include_str!("gcra.lua")));
     let calls = Arc::new(Semaphore::new(MAX_CALLS));
