@@ -9,7 +9,7 @@ use super::glob::{Glob, GlobSet};
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
 use super::{
-    Clause, CounterDef, Limit, LimitMeta, Named, Policy, PolicyWarning, Rule, Scope, ToolRule,
+    Clause, CounterDef, Limit, LimitMeta, Names, Policy, PolicyWarning, Rule, Scope, ToolRule,
 };
 use crate::error::{PolicyError, pointer, push_token};
 use crate::value::Decimal;
@@ -49,7 +49,7 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     }
     let mut counters = Counters::default();
 
-    let mut names: HashMap<Box<str>, Named> = HashMap::new();
+    let mut names = Names::default();
     let mut hidden_patterns = Vec::new();
     let hide_list = doc.hide.clone();
     for (i, name) in doc.hide.iter().enumerate() {
@@ -197,7 +197,7 @@ fn impossible_limits(rule: &Rule, counters: &[CounterDef]) -> Vec<PolicyWarning>
 fn hidden_rules(
     tools: &[ToolRule],
     hide: &[String],
-    names: &HashMap<Box<str>, Named>,
+    names: &Names,
     hidden_patterns: &GlobSet,
 ) -> Vec<PolicyWarning> {
     let hidden_by = |key: &str| -> Option<String> {

@@ -13,6 +13,10 @@ pub(crate) mod path;
 pub(crate) mod window;
 
 use std::collections::HashMap;
+
+/// Exact names to what the policy says of them. A fixed map that requests only read, so
+/// a fast hash will do: a name an agent makes up costs one probe however it hashes.
+pub(crate) type Names = HashMap<Box<str>, Named, foldhash::fast::RandomState>;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::str::FromStr;
@@ -47,7 +51,7 @@ use window::Window;
 pub struct Policy {
     default_allow: bool,
     /// Exact names, hidden or governed by a rule: one hash per lookup.
-    names: HashMap<Box<str>, Named>,
+    names: Names,
     hidden_patterns: GlobSet,
     /// How many `hide` entries there are (names and patterns).
     hidden_count: usize,
@@ -108,7 +112,7 @@ impl std::fmt::Display for PolicyWarning {
 
 /// What the policy says about one exact tool name.
 #[derive(Debug, Clone, Copy, Default)]
-struct Named {
+pub(crate) struct Named {
     hidden: bool,
     rule: Option<usize>,
 }
