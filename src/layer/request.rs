@@ -28,46 +28,103 @@ use http::StatusCode;
 use super::response::HEADER_MISMATCH;
 use crate::jsonrpc::INVALID_REQUEST;
 
-/// The one value of a header that must not repeat; `Err` when it repeats.
-pub(crate) fn single<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'h HeaderValue>, Refused> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(Refused::new(
-            StatusCode::BAD_REQUEST,
-            INVALID_REQUEST,
-            format!("the {name} header appears more than once"),
-        ));
+/// The request headers the judgement reads, found in one pass over the headers (a
+/// lookup by name costs a hash and a probe each).
+#[derive(Default)]
+pub(crate) struct JudgedHeaders<'h> {
+    pub authorization: Slot<'h>,
+    pub session: Slot<'h>,
+    pub method: Slot<'h>,
+    pub name: Slot<'h>,
+}
+
+/// A header that must not repeat, as found.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Slot<'h> {
+    #[default]
+    Absent,
+    One(&'h HeaderValue),
+    Repeated,
+}
+
+pub(crate) static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+impl<'h> JudgedHeaders<'h> {
+    pub fn read(headers: &'h HeaderMap) -> Self {
+        let mut found = JudgedHeaders::default();
+        for (name, value) in headers {
+            let slot = if name == header::AUTHORIZATION {
+                &mut found.authorization
+            } else if *name == MCP_SESSION_ID {
+                &mut found.session
+            } else if *name == MCP_METHOD {
+                &mut found.method
+            } else if *name == MCP_NAME {
+                &mut found.name
+            } else {
+                continue;
+            };
+            slot.fill(value);
+        }
+        found
     }
-    Ok(first)
+
+    /// The grant's credential and the session id, each at most once.
+    pub fn scope(&self) -> Result<(Option<&'h HeaderValue>, Option<&'h HeaderValue>), Refused> {
+        Ok((
+            self.authorization.single(&header::AUTHORIZATION)?,
+            self.session.single(&MCP_SESSION_ID)?,
+        ))
+    }
+}
+
+impl<'h> Slot<'h> {
+    /// Records one more value of the header.
+    fn fill(&mut self, value: &'h HeaderValue) {
+        *self = match self {
+            Slot::Absent => Slot::One(value),
+            _ => Slot::Repeated,
+        };
+    }
+
+    /// The value, if the header was sent once; `Err` when it repeats.
+    fn single(self, name: &HeaderName) -> Result<Option<&'h HeaderValue>, Refused> {
+        match self {
+            Slot::Absent => Ok(None),
+            Slot::One(value) => Ok(Some(value)),
+            Slot::Repeated => Err(repeated(name)),
+        }
+    }
+}
+
+fn repeated(name: &HeaderName) -> Refused {
+    Refused::new(
+        StatusCode::BAD_REQUEST,
+        INVALID_REQUEST,
+        format!("the {name} header appears more than once"),
+    )
 }
 
 /// `Content-Type` must be JSON in UTF-8, and `Content-Encoding` absent or identity.
 pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<(), Refused> {
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        let identity = value
-            .to_str()
-            .map(|v| {
-                v.split(',')
-                    .all(|c| c.trim().eq_ignore_ascii_case("identity"))
-            })
-            .unwrap_or(false);
-        if !identity {
-            return Err(Refused::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                INVALID_REQUEST,
-                format!(
-                    "unsupported Content-Encoding {}: the policy must read the body, so send it uncompressed",
-                    show(value)
-                ),
-            ));
-        }
+    // One pass over the headers: a lookup by name costs a hash and a probe each.
+    let (mut content_type, mut content_length) = (Slot::Absent, Slot::Absent);
+    for (name, value) in headers {
+        let slot = if name == header::CONTENT_ENCODING {
+            check_identity(value)?;
+            continue;
+        } else if name == header::CONTENT_TYPE {
+            &mut content_type
+        } else if name == header::CONTENT_LENGTH {
+            &mut content_length
+        } else {
+            continue;
+        };
+        slot.fill(value);
     }
-    let content_type = single(headers, &header::CONTENT_TYPE)?;
-    let Some(content_type) = content_type else {
+    let Some(content_type) = content_type.single(&header::CONTENT_TYPE)? else {
         return Err(Refused::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_REQUEST,
@@ -84,7 +141,7 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
             ),
         ));
     }
-    if let Some(length) = single(headers, &header::CONTENT_LENGTH)? {
+    if let Some(length) = content_length.single(&header::CONTENT_LENGTH)? {
         let length: Option<u64> = length.to_str().ok().and_then(|l| l.parse().ok());
         match length {
             Some(n) if n > max as u64 => return Err(too_large(max)),
@@ -99,6 +156,28 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A `Content-Encoding` value must be `identity` (a list of them at most).
+fn check_identity(value: &HeaderValue) -> Result<(), Refused> {
+    let identity = value
+        .to_str()
+        .map(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("identity"))
+        })
+        .unwrap_or(false);
+    if identity {
+        return Ok(());
+    }
+    Err(Refused::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        INVALID_REQUEST,
+        format!(
+            "unsupported Content-Encoding {}: the policy must read the body, so send it uncompressed",
+            show(value)
+        ),
+    ))
 }
 
 pub(crate) fn too_large(max: usize) -> Refused {
@@ -134,15 +213,13 @@ fn show(value: &HeaderValue) -> String {
 
 /// SEP-2243 headers: when present they must say what the body says.
 pub(crate) fn check_routing_headers(
-    headers: &HeaderMap,
+    headers: &JudgedHeaders<'_>,
     decoded: &Decoded<'_>,
 ) -> Result<(), Refused> {
-    static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-    static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
     let mismatch =
         |message: String| Refused::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
-    let method_header = single(headers, &MCP_METHOD)?;
-    let name_header = single(headers, &MCP_NAME)?;
+    let method_header = headers.method.single(&MCP_METHOD)?;
+    let name_header = headers.name.single(&MCP_NAME)?;
     if method_header.is_none() && name_header.is_none() {
         return Ok(());
     }

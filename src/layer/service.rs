@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -18,7 +18,7 @@ use super::body::{PolicyBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, PolicyLayer};
 use super::refund::{Charged, Refunder, Watch};
-use super::request::{Refused, check_routing_headers, single};
+use super::request::{JudgedHeaders, Refused, check_routing_headers};
 use super::response::{
     self, DenialFormat, accepted, denial_message, http_error, json_response, not_executed,
 };
@@ -35,7 +35,7 @@ use crate::value::ArgValue;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub(crate) static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub(crate) use super::request::MCP_SESSION_ID;
 
 /// The grant a request belongs to, chosen by the application.
 ///
@@ -519,10 +519,11 @@ impl<S: CounterStore> Shared<S> {
             http_error(StatusCode::BAD_REQUEST, err.id(), err.code(), err.message())
         })?;
         let first_id = decoded.messages().first().and_then(|m| m.id());
-        check_routing_headers(&parts.headers, &decoded)
+        let headers = JudgedHeaders::read(&parts.headers);
+        check_routing_headers(&headers, &decoded)
             .map_err(|refused| self.refused_response(refused, first_id))?;
         let keys = self
-            .scope_keys(parts)
+            .scope_keys(parts, &headers)
             .map_err(|refused| self.refused_response(refused, first_id))?;
         let mut holds = Holds::default();
         for message in decoded.messages() {
@@ -586,16 +587,16 @@ impl<S: CounterStore> Shared<S> {
         }
     }
 
-    fn scope_keys(&self, parts: &Parts) -> Result<ScopeKeys, Refused> {
+    fn scope_keys(&self, parts: &Parts, headers: &JudgedHeaders<'_>) -> Result<ScopeKeys, Refused> {
         let hasher = &self.config.hasher;
-        let authorization = single(&parts.headers, &header::AUTHORIZATION)?;
+        let (authorization, session) = headers.scope()?;
         let grant = match (parts.extensions.get::<Grant>(), authorization) {
             (Some(grant), _) => hasher.application(grant.as_str()),
             (None, Some(credential)) => hasher.credential(credential.as_bytes()),
             (None, None) => hasher.anonymous(),
         };
         // Only a session the server issued is a session; any other id counts per grant.
-        let session = single(&parts.headers, &MCP_SESSION_ID)?
+        let session = session
             .map(|id| hasher.session(id.as_bytes()))
             .filter(|&session| self.sessions.is_issued(session))
             .unwrap_or_else(|| hasher.no_session(grant));
@@ -807,7 +808,7 @@ impl<S: CounterStore> Shared<S> {
         let Ok(decoded) = jsonrpc::decode(bytes, &*policy) else {
             return; // the enforced policy's decoder answers it
         };
-        let Ok(keys) = self.scope_keys(parts) else {
+        let Ok(keys) = self.scope_keys(parts, &JudgedHeaders::read(&parts.headers)) else {
             return;
         };
         let inspected = Inspected {
