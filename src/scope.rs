@@ -46,6 +46,8 @@ impl fmt::Display for ScopeValue {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScopeHasher {
     key: [u8; 16],
+    /// The keyed hash that turns a grant into its no-session bucket, computed once.
+    no_session: u128,
 }
 
 impl fmt::Debug for ScopeHasher {
@@ -72,7 +74,10 @@ impl ScopeHasher {
 
     /// A hasher with a fixed secret key: replicas that share counters must share it.
     pub fn with_key(key: [u8; 16]) -> ScopeHasher {
-        ScopeHasher { key }
+        let mut h = SipHasher13::new_with_key(&key);
+        h.write_u8(NO_SESSION);
+        let no_session = h.finish128().as_u128();
+        ScopeHasher { key, no_session }
     }
 
     fn hash(&self, tag: u8, bytes: &[u8]) -> ScopeValue {
@@ -145,7 +150,9 @@ impl ScopeHasher {
     /// The session bucket of a request that has no session: one per grant, so that
     /// session-scoped limits still separate callers (MCP 2026-07-28 has no sessions).
     pub fn no_session(&self, grant: ScopeValue) -> ScopeValue {
-        self.hash(NO_SESSION, &grant.0.to_le_bytes())
+        // The grant's own keyed hash, masked with a keyed constant: one per grant, none
+        // equal to a grant or a session's hash but by chance, and no hashing per request.
+        ScopeValue(grant.0 ^ self.no_session)
     }
 }
 
