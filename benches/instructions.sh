@@ -48,11 +48,17 @@ done
 
 # Whole requests: axum + rmcp (stateless JSON), client included, bare and behind the
 # layer; per request, between 200 and 1,200 requests on one keep-alive connection.
+# `layer` wraps the MCP service (the README's composition), `router-layer` the router.
 echo
-printf '%-5s %12s %12s %9s\n' body bare layer added
+printf '%-5s %12s %12s %9s %14s %9s\n' body bare layer added router-layer added
 for size in 200 1k; do
-  bare=$(( ($(count_requests bare "$size" 1200) - $(count_requests bare "$size" 200)) / 1000 ))
-  layer=$(( ($(count_requests layer "$size" 1200) - $(count_requests layer "$size" 200)) / 1000 ))
-  printf '%-5s %12d %12d %8s%%\n' "$size" "$bare" "$layer" \
-    "$(awk -v b="$bare" -v l="$layer" 'BEGIN { printf "%.1f", (l - b) * 100 / b }')"
+  per_request() {
+    echo $(( ($(count_requests "$1" "$size" 1200) - $(count_requests "$1" "$size" 200)) / 1000 ))
+  }
+  bare=$(per_request bare)
+  layer=$(per_request layer)
+  router=$(per_request router-layer)
+  share() { awk -v b="$bare" -v l="$1" 'BEGIN { printf "%.1f", (l - b) * 100 / b }'; }
+  printf '%-5s %12d %12d %8s%% %14d %8s%%\n' "$size" "$bare" "$layer" "$(share "$layer")" \
+    "$router" "$(share "$router")"
 done

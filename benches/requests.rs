@@ -6,8 +6,13 @@
 //! per request, so start-up cancels out.
 //!
 //! ```text
-//! requests (bare|layer) (200|1k) REQUESTS
+//! requests (bare|layer|router-layer) (200|1k) REQUESTS
 //! ```
+//!
+//! `layer` puts the policy around the MCP service, as the README recommends
+//! (`nest_service("/mcp", layer.layer(mcp))`); `router-layer` puts it on the router
+//! (`Router::layer`), where axum boxes the route once more, so the inner service the
+//! layer clones per request is a boxed one.
 //!
 //! `200` is a ~200-byte call of `echo`, `1k` a ~1 KiB one. The policy allows `echo` with
 //! a limit that never runs out, so every request is decoded, judged, charged and
@@ -44,7 +49,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let [mode, size, requests] = &args[..] else {
-        eprintln!("usage: requests (bare|layer) (200|1k) REQUESTS");
+        eprintln!("usage: requests (bare|layer|router-layer) (200|1k) REQUESTS");
         std::process::exit(2);
     };
     let size = if size == "1k" { 1024 } else { 200 };
@@ -53,10 +58,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(mode == "layer", body(size), requests));
+    let stack = match mode.as_str() {
+        "bare" => Stack::Bare,
+        "layer" => Stack::Layer,
+        "router-layer" => Stack::RouterLayer,
+        other => panic!("unknown mode {other}"),
+    };
+    runtime.block_on(run(stack, body(size), requests));
 }
 
-async fn run(layered: bool, body: String, requests: usize) {
+#[derive(Clone, Copy, PartialEq)]
+enum Stack {
+    Bare,
+    Layer,
+    RouterLayer,
+}
+
+async fn run(stack: Stack, body: String, requests: usize) {
     let config = demo_server::server_config(true);
     let mcp: rmcp::transport::StreamableHttpService<demo_server::Exchange, _> =
         rmcp::transport::StreamableHttpService::new(
@@ -66,13 +84,16 @@ async fn run(layered: bool, body: String, requests: usize) {
             ),
             config,
         );
-    let mut app = axum::Router::new().nest_service("/mcp", mcp);
-    if layered {
-        let policy: Policy = POLICY.parse().unwrap();
-        // A FakeClock: the monotonic clock's calibration runs for a wall-clock time, so
-        // its instruction count varies from run to run.
-        app = app.layer(PolicyLayer::with_clock(policy, FakeClock::new()));
-    }
+    // A FakeClock: the monotonic clock's calibration runs for a wall-clock time, so
+    // its instruction count varies from run to run.
+    let layer = || PolicyLayer::with_clock(POLICY.parse::<Policy>().unwrap(), FakeClock::new());
+    let app = match stack {
+        Stack::Bare => axum::Router::new().nest_service("/mcp", mcp),
+        Stack::Layer => {
+            axum::Router::new().nest_service("/mcp", tower::Layer::layer(&layer(), mcp))
+        }
+        Stack::RouterLayer => axum::Router::new().nest_service("/mcp", mcp).layer(layer()),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
