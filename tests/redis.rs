@@ -22,7 +22,7 @@ use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{
     Engine, Policy, PolicyLayer, ScopeHasher,
-    counter::{Charge, ChargeError, FailMode, MemoryCounters},
+    counter::{Charge, ChargeError, FailMode, MemoryCounters, RedisCounters},
 };
 
 fn seed_policy() -> Arc<Policy> {
@@ -223,13 +223,8 @@ async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_neither_hangs_nor_needs_a_restart() {
-    let mut redis = Redis::start();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let policy = r#"{"version":"1","default":"deny","tools":{"free":{},
-        "limited":{"limits":[{"counter":"l","window":"minute","max":1000}]}}}"#;
-    let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
+/// Two stores on `redis`: one failing closed (the default), one failing open.
+async fn closed_and_open(redis: &Redis) -> (RedisCounters, RedisCounters) {
     let closed = redis.builder().connect().await.unwrap();
     let open = redis
         .builder()
@@ -237,6 +232,17 @@ async fn an_outage_neither_hangs_nor_needs_a_restart() {
         .connect()
         .await
         .unwrap();
+    (closed, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_neither_hangs_nor_needs_a_restart() {
+    let mut redis = Redis::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let policy = r#"{"version":"1","default":"deny","tools":{"free":{},
+        "limited":{"limits":[{"counter":"l","window":"minute","max":1000}]}}}"#;
+    let policy: Arc<Policy> = Arc::new(policy.parse().unwrap());
+    let (closed, open) = closed_and_open(&redis).await;
     let closed = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), closed))
         .layer(upstream(runs.clone()));
     let open = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), open))
@@ -620,16 +626,7 @@ fn a_store_outliving_its_runtime_fails_fast_in_its_fail_mode() {
             .unwrap(),
     );
     let first = tokio::runtime::Runtime::new().unwrap();
-    let (closed, open) = first.block_on(async {
-        let closed = redis.builder().connect().await.unwrap();
-        let open = redis
-            .builder()
-            .fail_mode(FailMode::Open)
-            .connect()
-            .await
-            .unwrap();
-        (closed, open)
-    });
+    let (closed, open) = first.block_on(closed_and_open(&redis));
     drop(first);
 
     let runs = Arc::new(AtomicUsize::new(0));
