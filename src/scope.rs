@@ -63,8 +63,6 @@ const APPLICATION: u8 = 2;
 const ANONYMOUS: u8 = 3;
 const SESSION: u8 = 4;
 const NO_SESSION: u8 = 5;
-/// Schemes shorter than this (all the common ones) are hashed in one write.
-const SCHEME_BUFFER: usize = 32;
 
 impl ScopeHasher {
     /// A hasher with a fresh random key: right for a single process.
@@ -74,17 +72,12 @@ impl ScopeHasher {
 
     /// A hasher with a fixed secret key: replicas that share counters must share it.
     pub fn with_key(key: [u8; 16]) -> ScopeHasher {
-        let mut h = SipHasher13::new_with_key(&key);
-        h.write_u8(NO_SESSION);
-        let no_session = h.finish128().as_u128();
+        let no_session = keyed_hash(&key, NO_SESSION, &[]);
         ScopeHasher { key, no_session }
     }
 
     fn hash(&self, tag: u8, bytes: &[u8]) -> ScopeValue {
-        let mut h = SipHasher13::new_with_key(&self.key);
-        h.write_u8(tag);
-        h.write(bytes);
-        ScopeValue(h.finish128().as_u128())
+        ScopeValue(keyed_hash(&self.key, tag, bytes))
     }
 
     /// The grant of a caller presenting `credential` (the whole `Authorization` value).
@@ -102,33 +95,26 @@ impl ScopeHasher {
     /// assert_ne!(h.credential(b"Bearer T"), h.credential(b"Bearer t"));
     /// ```
     pub fn credential(&self, credential: &[u8]) -> ScopeValue {
+        let (scheme, value) = match split_credentials(credential) {
+            (scheme, Some(value)) => (scheme, value),
+            (token, None) => return self.hash(CREDENTIAL, token),
+        };
+        // The tag, the lowercased scheme and one space go through a small buffer: the
+        // hash is the same as byte by byte, and a write costs more than a byte.
         let mut h = SipHasher13::new_with_key(&self.key);
-        match split_credentials(credential) {
-            // The tag, the lowercased scheme and one space in one write (the hash is the
-            // same as byte by byte; a write costs more than a byte).
-            (scheme, Some(value)) if scheme.len() < SCHEME_BUFFER - 1 => {
-                let mut head = [0u8; SCHEME_BUFFER];
-                head[0] = CREDENTIAL;
-                for (to, from) in head[1..].iter_mut().zip(scheme) {
-                    *to = from.to_ascii_lowercase();
-                }
-                head[scheme.len() + 1] = b' ';
-                h.write(&head[..scheme.len() + 2]);
-                h.write(value);
+        let mut head = [0u8; 32];
+        head[0] = CREDENTIAL;
+        let mut len = 1;
+        for &b in scheme.iter().chain(b" ") {
+            if len == head.len() {
+                h.write(&head);
+                len = 0;
             }
-            (scheme, Some(value)) => {
-                h.write_u8(CREDENTIAL);
-                for &b in scheme {
-                    h.write_u8(b.to_ascii_lowercase());
-                }
-                h.write_u8(b' ');
-                h.write(value);
-            }
-            (token, None) => {
-                h.write_u8(CREDENTIAL);
-                h.write(token);
-            }
+            head[len] = b.to_ascii_lowercase();
+            len += 1;
         }
+        h.write(&head[..len]);
+        h.write(value);
         ScopeValue(h.finish128().as_u128())
     }
 
@@ -154,6 +140,14 @@ impl ScopeHasher {
         // equal to a grant or a session's hash but by chance, and no hashing per request.
         ScopeValue(grant.0 ^ self.no_session)
     }
+}
+
+/// The 128-bit SipHash-1-3 of `tag` then `bytes` under `key`.
+fn keyed_hash(key: &[u8; 16], tag: u8, bytes: &[u8]) -> u128 {
+    let mut h = SipHasher13::new_with_key(key);
+    h.write_u8(tag);
+    h.write(bytes);
+    h.finish128().as_u128()
 }
 
 /// 16 random bytes from the standard library's per-process random hasher seed.
