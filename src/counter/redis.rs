@@ -103,10 +103,14 @@ struct Job {
     charges: SmallVec<[Charge; 4]>,
     mode: Mode,
     now: Option<Duration>,
-    /// The end of the request's deadline.
+    /// The request waiting for the answer; `None` for a refund, which nobody waits for.
+    waiter: Option<Waiter>,
+}
+
+/// Where a request's answer goes, and by when it is due.
+struct Waiter {
+    reply: oneshot::Sender<Result<Answer, StoreError>>,
     due: Instant,
-    /// `None` for a refund, which nobody waits for.
-    reply: Option<oneshot::Sender<Result<Answer, StoreError>>>,
 }
 
 /// A group's answer from the script: `None` when applied, else the index of the charge
@@ -267,8 +271,10 @@ impl Inner {
             charges,
             mode,
             now,
-            due: Instant::now() + self.deadline,
-            reply: Some(reply),
+            waiter: Some(Waiter {
+                reply,
+                due: Instant::now() + self.deadline,
+            }),
         };
         if let Err(error) = self.queue.try_send(job) {
             self.shared.breaker().failed();
@@ -336,12 +342,12 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
         // A request that went away is not charged; one whose deadline passed while it
         // waited behind slow calls is answered now, uncharged.
         let now = Instant::now();
-        batch.retain_mut(|job| match &job.reply {
+        batch.retain_mut(|job| match &job.waiter {
             None => true,
-            Some(reply) if reply.is_closed() => false,
-            Some(_) if job.due <= now => {
-                if let Some(reply) = job.reply.take() {
-                    let _ = reply.send(Err(late(deadline)));
+            Some(waiter) if waiter.reply.is_closed() => false,
+            Some(waiter) if waiter.due <= now => {
+                if let Some(waiter) = job.waiter.take() {
+                    let _ = waiter.reply.send(Err(late(deadline)));
                 }
                 false
             }
@@ -363,8 +369,7 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
     let mut connection = shared.connection.clone();
     let due = batch
         .iter()
-        .filter(|job| job.reply.is_some())
-        .map(|job| job.due)
+        .filter_map(|job| job.waiter.as_ref().map(|waiter| waiter.due))
         .min();
     let mut invocation = script.prepare_invoke();
     invocation.arg(batch.len());
@@ -411,17 +416,17 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
                 let answer = answers.next().unwrap_or_else(|| {
                     Err(StoreError::new("the Redis script answered too few groups"))
                 });
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(answer);
+                if let Some(waiter) = job.waiter {
+                    let _ = waiter.reply.send(answer);
                 }
             }
         }
         Err(error) => {
             shared.breaker().failed();
             for job in batch {
-                match job.reply {
-                    Some(reply) => {
-                        let _ = reply.send(Err(error.clone()));
+                match job.waiter {
+                    Some(waiter) => {
+                        let _ = waiter.reply.send(Err(error.clone()));
                     }
                     None => tracing::warn!(
                         target: "tower_mcp_policy",
@@ -584,8 +589,7 @@ impl CounterStore for RedisCounters {
             charges: charges.into(),
             mode: Mode::Refund,
             now: None,
-            due: Instant::now() + self.inner.deadline,
-            reply: None,
+            waiter: None,
         };
         if let Err(error) = self.inner.queue.try_send(job) {
             tracing::warn!(
