@@ -481,31 +481,59 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                 .map_err(|e| de::Error::custom(format_args!("in params: {e}")))?;
             params = Some(read);
         }
-        let id = has_id.then(|| self.0.last_id.borrow_mut().take());
+        let message = Fields {
+            id: has_id.then(|| self.0.last_id.borrow_mut().take()),
+            method,
+            params,
+            has_result,
+            has_error,
+        };
+        message.into_message().map_err(de::Error::custom)
+    }
+}
+
+/// What one message object held, once read, for the checks that need all of it.
+struct Fields<'de> {
+    /// `None` without an `"id"`; `Some(None)` for `"id": null`.
+    id: Option<Option<Id>>,
+    method: Option<Cow<'de, str>>,
+    params: Option<Params<'de>>,
+    has_result: bool,
+    has_error: bool,
+}
+
+impl<'de> Fields<'de> {
+    /// The message, or why these fields are not one.
+    fn into_message(self) -> Result<Message<'de>, String> {
+        let Fields {
+            id,
+            method,
+            params,
+            has_result,
+            has_error,
+        } = self;
         match (method, has_result || has_error) {
-            (Some(_), true) => Err(de::Error::custom(
-                "a message cannot have both a \"method\" and a \"result\" or \"error\"",
-            )),
+            (Some(_), true) => Err(
+                "a message cannot have both a \"method\" and a \"result\" or \"error\"".into(),
+            ),
             (Some(method), false) => {
                 if method != "tools/call" && method.eq_ignore_ascii_case("tools/call") {
                     // A lenient server might run it; the policy would not have judged it.
-                    return Err(de::Error::custom(format_args!(
+                    return Err(format!(
                         "method \"{method}\" is not \"tools/call\": methods are case-sensitive"
-                    )));
+                    ));
                 }
                 let params = params.unwrap_or_default();
                 if method == "tools/call" && params.call.is_none() {
-                    return Err(de::Error::custom(
-                        "tools/call needs params with the tool's \"name\"",
-                    ));
+                    return Err("tools/call needs params with the tool's \"name\"".into());
                 }
                 let kind = match id {
                     None => MessageKind::Notification,
                     Some(Some(_)) => MessageKind::Request,
                     Some(None) => {
-                        return Err(de::Error::custom(
-                            "a request id must be a string or an integer, not null",
-                        ));
+                        return Err(
+                            "a request id must be a string or an integer, not null".into()
+                        );
                     }
                 };
                 Ok(Message {
@@ -518,12 +546,10 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
             }
             (None, true) => {
                 if has_result && has_error {
-                    return Err(de::Error::custom(
-                        "a response cannot have both \"result\" and \"error\"",
-                    ));
+                    return Err("a response cannot have both \"result\" and \"error\"".into());
                 }
                 if id.is_none() {
-                    return Err(de::Error::custom("a response needs an \"id\""));
+                    return Err("a response needs an \"id\"".into());
                 }
                 Ok(Message {
                     kind: MessageKind::Response,
@@ -533,9 +559,9 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for Envelope<'_, P> {
                     routing_name: None,
                 })
             }
-            (None, false) => Err(de::Error::custom(
-                "not a JSON-RPC request, notification or response: no \"method\", \"result\" or \"error\"",
-            )),
+            (None, false) => Err(
+                "not a JSON-RPC request, notification or response: no \"method\", \"result\" or \"error\"".into(),
+            ),
         }
     }
 }

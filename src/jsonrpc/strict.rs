@@ -156,13 +156,19 @@ impl<'de> DeserializeSeed<'de> for Guided<'_> {
     type Value = ArgValue;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ArgValue, D::Error> {
         let raw = <&'de RawValue>::deserialize(d)?;
-        let text = raw.get();
-        let inner = |e: serde_json::Error| de::Error::custom(bare(&e));
+        self.read(raw.get())
+            .map_err(|e| de::Error::custom(bare(&e)))
+    }
+}
+
+impl Guided<'_> {
+    /// Reads the value whose whole text (one JSON value, nothing around it) is `text`.
+    pub fn read(self, text: &str) -> Result<ArgValue, serde_json::Error> {
         if self.0.whole || !text.starts_with(['{', '[']) {
-            return ArgValue::parse_exact(text).map_err(inner);
+            return ArgValue::parse_exact(text);
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        de::Deserializer::deserialize_any(&mut de, self).map_err(inner)
+        de::Deserializer::deserialize_any(&mut de, self)
     }
 }
 
