@@ -15,7 +15,10 @@
 //! `transfer` and `"tools\/call"` is `tools/call`.
 //!
 //! It does not build a `serde_json::Value` of the body: it keeps the envelope fields
-//! and, of the arguments, only what the plan names.
+//! and, of the arguments, only what the plan names. The message agents usually send
+//! (one object, no escape in its keys or in the strings the policy keeps) is read in
+//! one pass over its bytes; anything else, and every error, goes through serde_json
+//! with strict seeds, which gives the same answer where both can read a body.
 //!
 //! ```
 //! use tower_mcp_policy::jsonrpc::{decode, ReadAll};
@@ -45,6 +48,7 @@
 //! # Ok::<(), tower_mcp_policy::jsonrpc::DecodeError>(())
 //! ```
 
+mod fast;
 mod strict;
 
 use std::borrow::Cow;
@@ -333,6 +337,17 @@ pub fn decode<'a, P: PlanSource + ?Sized>(
             e.valid_up_to()
         ))
     })?;
+    match fast::decode(text, plans) {
+        Some(decoded) => Ok(decoded),
+        None => thorough(text, plans),
+    }
+}
+
+/// Decodes a body with serde_json and strict seeds: any body, and every error message.
+fn thorough<'a, P: PlanSource + ?Sized>(
+    text: &'a str,
+    plans: &P,
+) -> Result<Decoded<'a>, DecodeError> {
     let last_id = RefCell::new(None);
     let context = Context {
         plans,
@@ -610,15 +625,15 @@ impl<'c, 'm, P: ?Sized> ParamsSeed<'c, 'm, P> {
     fn new(context: &'c Context<'c, P>, method: &'m str) -> Self {
         ParamsSeed { context, method }
     }
+}
 
-    /// Which field of `params` the `Mcp-Name` header carries for this method.
-    fn routing_field(&self) -> Option<&'static str> {
-        match self.method {
-            "tools/call" | "prompts/get" => Some("name"),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
-            "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
-            _ => None,
-        }
+/// Which field of `params` the `Mcp-Name` header carries for `method`.
+fn routing_field(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
+        _ => None,
     }
 }
 
@@ -648,7 +663,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de>, A::Error> {
         let is_call = self.method == "tools/call";
-        let routing_field = self.routing_field();
+        let routing_field = routing_field(self.method);
         let mut seen = KeySet::new();
         let mut name: Option<Cow<'de, str>> = None;
         let mut routing_name = None;

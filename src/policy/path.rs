@@ -96,6 +96,7 @@ pub(crate) struct PlanNode {
 }
 
 impl PlanNode {
+    #[inline]
     pub fn child_for_key(&self, key: &str) -> Option<&PlanNode> {
         self.children
             .iter()
