@@ -83,6 +83,31 @@ struct Node {
     children: Vec<(u8, u32)>,
     /// Patterns whose indexed text ends here.
     globs: Vec<u32>,
+    /// When this node has one child: the bytes of the chain of single children that
+    /// follows, up to the first node with patterns or another number of children
+    /// (`run_end`). A walk compares them in one go instead of visiting each node.
+    run: Box<[u8]>,
+    run_end: u32,
+}
+
+impl Node {
+    /// The child for `byte`: most nodes have one child or a few, which a scan finds
+    /// sooner than a binary search.
+    #[inline]
+    fn child(&self, byte: u8) -> Option<u32> {
+        if self.children.len() <= 16 {
+            return self
+                .children
+                .iter()
+                .find(|&&(b, _)| b == byte)
+                .map(|&(_, next)| next);
+        }
+        let i = self
+            .children
+            .binary_search_by_key(&byte, |&(b, _)| b)
+            .ok()?;
+        Some(self.children[i].1)
+    }
 }
 
 impl Trie {
@@ -106,18 +131,45 @@ impl Trie {
         self.nodes[at].globs.push(glob);
     }
 
-    /// Calls `visit` with every pattern indexed at a node along `text`'s path.
-    fn walk(&self, text: impl Iterator<Item = u8>, mut visit: impl FnMut(u32)) {
+    /// Records every node's run of single children (see [`Node::run`]), once all
+    /// patterns are in.
+    fn compress(&mut self) {
+        for i in 0..self.nodes.len() {
+            let mut run = Vec::new();
+            let mut at = i;
+            while let [(byte, next)] = self.nodes[at].children[..] {
+                run.push(byte);
+                at = next as usize;
+                if !self.nodes[at].globs.is_empty() {
+                    break;
+                }
+            }
+            self.nodes[i].run = run.into();
+            self.nodes[i].run_end = u32::try_from(at).expect("fewer than 2^32 nodes");
+        }
+    }
+
+    /// Calls `visit` with every pattern indexed at a node along `text`'s path. The
+    /// nodes inside a run have no patterns, so a run is matched whole or the walk ends.
+    fn walk(&self, mut text: impl Iterator<Item = u8>, mut visit: impl FnMut(u32)) {
         let Some(root) = self.nodes.first() else {
             return;
         };
         root.globs.iter().for_each(|&g| visit(g));
         let mut at = root;
-        for byte in text {
-            match at.children.binary_search_by_key(&byte, |&(b, _)| b) {
-                Ok(i) => at = &self.nodes[at.children[i].1 as usize],
-                Err(_) => return,
-            }
+        loop {
+            let next = if at.run.is_empty() {
+                let Some(next) = text.next().and_then(|byte| at.child(byte)) else {
+                    return;
+                };
+                next
+            } else {
+                if !at.run.iter().all(|&byte| text.next() == Some(byte)) {
+                    return;
+                }
+                at.run_end
+            };
+            at = &self.nodes[next as usize];
             at.globs.iter().for_each(|&g| visit(g));
         }
     }
@@ -143,6 +195,8 @@ impl GlobSet {
                 set.backward.insert(suffix.bytes().rev(), i);
             }
         }
+        set.forward.compress();
+        set.backward.compress();
         set.globs = globs;
         set
     }
