@@ -608,16 +608,12 @@ mod tests {
 
     #[test]
     fn anything_unusual_is_left_to_the_thorough_reader() {
-        let deep = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"u","arguments":{{"a":{}1{}}}}}}}"#,
-            "[".repeat(70),
-            "]".repeat(70)
-        );
         let call = |arguments: &str| {
             format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"u","arguments":{arguments}}}}}"#
             )
         };
+        let deep = call(&format!(r#"{{"a":{}1{}}}"#, "[".repeat(70), "]".repeat(70)));
         for body in [
             // What the thorough reader refuses.
             call(r#"{"x":"\ud800"}"#),
