@@ -443,7 +443,7 @@ impl Keys {
     /// Records the key of `len` bytes at `at` in `bytes`; `None` when its fingerprint
     /// was there already.
     fn insert(&mut self, bytes: &[u8], at: usize, len: usize) -> Sure<()> {
-        let print = fingerprint(bytes, at, len)?;
+        let print = fingerprint(bytes, at, len);
         if let Some(many) = &mut self.many {
             return many.insert(print).then_some(());
         }
@@ -464,20 +464,29 @@ impl Keys {
 
 /// The bytes of a key of `len` bytes at `at`: the key itself when it is shorter than
 /// eight bytes (with its length), otherwise its first and last eight bytes mixed with
-/// its length. `None` when the text ends within eight bytes of the key's start.
-fn fingerprint(bytes: &[u8], at: usize, len: usize) -> Sure<u64> {
-    let word = |from: usize| {
-        let eight = bytes.get(from..from + 8)?;
-        Some(u64::from_le_bytes(eight.try_into().expect("eight bytes")))
+/// its length.
+fn fingerprint(bytes: &[u8], at: usize, len: usize) -> u64 {
+    let word = |from: usize| match bytes.get(from..from + 8) {
+        Some(eight) => u64::from_le_bytes(eight.try_into().expect("eight bytes")),
+        // Near the end of the text: what there is (the key's own bytes are there).
+        None => tail_word(&bytes[from.min(bytes.len())..]),
     };
-    let first = word(at)?;
-    Some(if len < 8 {
+    let first = word(at);
+    if len < 8 {
         (first & ((1 << (8 * len)) - 1)) | (len as u64) << 56
     } else {
         first
-            ^ word(at + len - 8)?.rotate_left(29)
+            ^ word(at + len - 8).rotate_left(29)
             ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    })
+    }
+}
+
+/// Fewer than eight bytes, zero-padded into a word.
+#[cold]
+fn tail_word(tail: &[u8]) -> u64 {
+    let mut eight = [0; 8];
+    eight[..tail.len()].copy_from_slice(tail);
+    u64::from_le_bytes(eight)
 }
 
 /// The position of the first `"`, `\` or control character at or after `from` (the
@@ -596,6 +605,9 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":{"not":"a string"}}}"#,
             r#"{"jsonrpc":"2.0","id":3,"result":{"content":[],"isError":false}}"#,
             r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32000,"message":"no"}}"#,
+            // Keys that end within eight bytes of the end of the body.
+            r#"{"jsonrpc":"2.0","id":1,"result":{"a":1}}"#,
+            r#"{"id":1,"result":{},"jsonrpc":"2.0","x":1}"#,
             &format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{{}}}}}}}"#,
                 many_keys.join(",")
