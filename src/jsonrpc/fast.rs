@@ -116,7 +116,7 @@ impl<'a> Scan<'a> {
         let bytes = self.bytes();
         let mut i = self.at + 1;
         loop {
-            i = string_stop(self.bytes(), i);
+            i = string_stop(bytes, i);
             match *bytes.get(i)? {
                 b'"' => {
                     self.at = i + 1;
@@ -227,7 +227,7 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A key and its colon, in an object read by [`Scan::value`].
+    /// A key and its colon, in an object walked by [`Scan::skip`].
     fn member_key(&mut self) -> Sure<()> {
         if self.peek()? != b'"' {
             return None;
@@ -400,19 +400,14 @@ impl<'a> Scan<'a> {
         if self.peek()? == b'n' {
             return self.literal(b"null").map(|()| None);
         }
-        let root = plan.root();
-        if !plan.is_empty() && root.whole {
+        let root = (!plan.is_empty()).then(|| plan.root());
+        if root.is_some_and(|root| root.whole) {
             let value = ArgValue::parse_exact(self.value()?).ok()?;
             return matches!(value, ArgValue::Object(_)).then_some(Some(value));
         }
         let mut object = BTreeMap::new();
         self.object(|scan, key| {
-            let child = if plan.is_empty() {
-                None
-            } else {
-                root.child_for_key(key)
-            };
-            match child {
+            match root.and_then(|root| root.child_for_key(key)) {
                 Some(child) => {
                     let value = scan.planned(child)?;
                     object.insert(key.to_owned(), value);
