@@ -82,18 +82,18 @@ pub struct Text {
     text: String,
 }
 
-/// The exchange's MCP server.
+/// The exchange's MCP server. Cloned for every session (or, stateless, every request):
+/// the tool router is built once and shared.
 #[derive(Clone)]
 pub struct Exchange {
-    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
-    tool_router: ToolRouter<Self>,
+    tool_router: Arc<ToolRouter<Self>>,
     executions: Executions,
 }
 
 impl Exchange {
     pub fn new(executions: Executions) -> Self {
         Exchange {
-            tool_router: Self::tool_router(),
+            tool_router: Arc::new(Self::tool_router()),
             executions,
         }
     }
@@ -133,7 +133,7 @@ impl Exchange {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for Exchange {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
@@ -159,11 +159,9 @@ pub fn app<S: CounterStore>(
     executions: Executions,
     config: StreamableHttpServerConfig,
 ) -> axum::Router {
-    let mcp: StreamableHttpService<Exchange, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(Exchange::new(executions.clone())),
-        Default::default(),
-        config,
-    );
+    let exchange = Exchange::new(executions);
+    let mcp: StreamableHttpService<Exchange, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(exchange.clone()), Default::default(), config);
     axum::Router::new().nest_service("/mcp", mcp).layer(layer)
 }
 
