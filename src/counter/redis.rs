@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, ErrorKind, Script, ServerErrorKind};
 use smallvec::SmallVec;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -371,32 +371,47 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
         .iter()
         .filter_map(|job| job.waiter.as_ref().map(|waiter| waiter.due))
         .min();
-    let mut invocation = script.prepare_invoke();
-    invocation.arg(batch.len());
+    // The whole call is written into one command buffer (no string per argument).
+    let keys: usize = batch.iter().map(|job| job.charges.len()).sum();
+    let mut call = redis::Cmd::with_capacity(
+        4 + keys * 4 + batch.len() * 3,
+        64 + keys * (shared.prefix.len() + 49 + 40) + batch.len() * 24,
+    );
+    call.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    let mut key = String::with_capacity(shared.prefix.len() + 49);
+    for charge in batch.iter().flat_map(|job| &job.charges) {
+        write_key(&mut key, &shared.prefix, charge);
+        call.arg(key.as_str());
+    }
+    call.arg(batch.len());
     for job in &batch {
+        match job.now {
+            Some(now) => call.arg(now.as_micros()),
+            None => call.arg(""),
+        };
+        call.arg(match job.mode {
+            Mode::Charge => "c",
+            Mode::Refund => "r",
+        })
+        .arg(job.charges.len());
         for charge in &job.charges {
-            invocation.key(key_of(&shared.prefix, charge));
-        }
-        invocation
-            .arg(
-                job.now
-                    .map_or_else(String::new, |now| now.as_micros().to_string()),
-            )
-            .arg(match job.mode {
-                Mode::Charge => "c",
-                Mode::Refund => "r",
-            })
-            .arg(job.charges.len());
-        for charge in &job.charges {
-            invocation
-                .arg(charge.quota.period().as_nanos() as u64)
+            call.arg(charge.quota.period().as_nanos())
                 .arg(charge.quota.max().get())
                 .arg(charge.cost.get());
         }
     }
     // Answered by the earliest deadline in the batch (refunds alone: by the
     // connection's response timeout, which is the deadline too).
-    let call = invocation.invoke_async::<String>(&mut connection);
+    let call = async {
+        match call.query_async::<String>(&mut connection).await {
+            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): load it, call again.
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut connection).await?;
+                call.query_async::<String>(&mut connection).await
+            }
+            answer => answer,
+        }
+    };
     let answers = match due {
         Some(due) => tokio::time::timeout_at(due.into(), call).await,
         None => Ok(call.await),
@@ -472,14 +487,19 @@ fn parse_answer(answer: &str) -> Result<Answer, StoreError> {
 }
 
 fn key_of(prefix: &str, charge: &Charge) -> String {
-    // Written by hand: `format!` with two hex fields costs more than the rest of a
-    // request's share of a script call.
     let mut key = String::with_capacity(prefix.len() + 16 + 1 + 32);
-    key.push_str(prefix);
-    push_hex(&mut key, u128::from(charge.counter.as_u64()), 16);
-    key.push(':');
-    push_hex(&mut key, charge.key.as_u128(), 32);
+    write_key(&mut key, prefix, charge);
     key
+}
+
+/// `charge`'s key, in place of what `key` held. Written by hand: `format!` with two hex
+/// fields costs more than the rest of a request's share of a script call.
+fn write_key(key: &mut String, prefix: &str, charge: &Charge) {
+    key.clear();
+    key.push_str(prefix);
+    push_hex(key, u128::from(charge.counter.as_u64()), 16);
+    key.push(':');
+    push_hex(key, charge.key.as_u128(), 32);
 }
 
 /// The last `digits` hex digits of `value`, zero-padded.
