@@ -6,7 +6,7 @@
 //!    time, fewer when requests in flight share a script call; and Redis CPU per request;
 //! 3. the demo server's HTTP throughput (rmcp, stateless JSON) under 32 keep-alive
 //!    connections, with and without `--redis`, measured alternately; the median of the
-//!    rounds' ratios.
+//!    rounds' ratios, and the CPU time redis-server spent per request.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -173,25 +173,30 @@ fn bench(c: &mut Criterion) {
         // Warm both up, then measure them alternately.
         throughput(&memory.url()).await;
         throughput(&remote.url()).await;
-        const ROUNDS: usize = 8;
+        const ROUNDS: usize = 15;
         let mut rounds = Vec::new();
         let mut commands = 0.0;
+        let mut redis_cpu = std::time::Duration::ZERO;
         for _ in 0..ROUNDS {
             let in_memory = throughput(&memory.url()).await;
             let mut with_redis = 0.0;
+            let cpu = redis.cpu_time();
             let (calls, _) = per_request(&redis, REQUESTS, async {
                 with_redis = throughput(&remote.url()).await;
             })
             .await;
+            redis_cpu += redis.cpu_time() - cpu;
             commands += calls / ROUNDS as f64;
             rounds.push((in_memory, with_redis));
         }
+        let redis_cpu = redis_cpu.as_secs_f64() * 1e6 / (ROUNDS * REQUESTS) as f64;
         rounds.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
         let (in_memory, with_redis) = rounds[ROUNDS / 2];
         let ratios: Vec<String> = rounds.iter().map(|(m, r)| format!("{:.2}", r / m)).collect();
         println!(
             "demo server, 32 connections: in memory {in_memory:.0} req/s, with Redis {with_redis:.0} req/s \
-             ({:.2} of in-memory, the median round; rounds {}); {commands:.3} Redis commands per request",
+             ({:.2} of in-memory, the median round; rounds {}); {commands:.3} Redis commands and \
+             {redis_cpu:.1} us of redis-server CPU per request",
             with_redis / in_memory,
             ratios.join(" ")
         );
