@@ -25,6 +25,8 @@ const QUEUE: usize = 16_384;
 const MAX_BATCH: usize = 256;
 /// At most this many script calls are out at once.
 const MAX_CALLS: usize = 2;
+/// A key's length after the prefix: the counter id and the scope hash in hex, with a `:`.
+const KEY_HEX: usize = 16 + 1 + 32;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -375,10 +377,11 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
     let keys: usize = batch.iter().map(|job| job.charges.len()).sum();
     let mut call = redis::Cmd::with_capacity(
         4 + keys * 4 + batch.len() * 3,
-        64 + keys * (shared.prefix.len() + 49 + 40) + batch.len() * 24,
+        // Per key its name and three numbers; per request three short arguments.
+        64 + keys * (shared.prefix.len() + KEY_HEX + 40) + batch.len() * 24,
     );
     call.arg("EVALSHA").arg(script.get_hash()).arg(keys);
-    let mut key = String::with_capacity(shared.prefix.len() + 49);
+    let mut key = String::with_capacity(shared.prefix.len() + KEY_HEX);
     for charge in batch.iter().flat_map(|job| &job.charges) {
         write_key(&mut key, &shared.prefix, charge);
         call.arg(key.as_str());
@@ -487,7 +490,7 @@ fn parse_answer(answer: &str) -> Result<Answer, StoreError> {
 }
 
 fn key_of(prefix: &str, charge: &Charge) -> String {
-    let mut key = String::with_capacity(prefix.len() + 16 + 1 + 32);
+    let mut key = String::with_capacity(prefix.len() + KEY_HEX);
     write_key(&mut key, prefix, charge);
     key
 }
