@@ -474,6 +474,51 @@ async fn every_key_expires_and_none_holds_a_credential_or_session() {
     }
 }
 
+/// A key must outlive its bucket (else a caller's charges vanish early) and should not
+/// outlive it by much (Redis memory follows the active callers). Its expiry is written
+/// only when the bucket's arrival time enters another eighth of the window (7.5 s here):
+/// then at the end of the next eighth, plus a second.
+#[tokio::test]
+async fn a_key_outlives_its_bucket_by_at_most_a_quarter_window() {
+    use tower_mcp_policy::counter::{CounterId, CounterStore, Quota};
+
+    let redis = Redis::start();
+    let counters = redis.builder().connect().await.unwrap();
+    // 100 a minute: each charge moves the bucket 0.6 s, 12.5 charges an eighth.
+    let quota = Quota::new(NonZeroU32::new(100).unwrap(), Duration::from_secs(60));
+    let id = CounterId::new("k", quota, tower_mcp_policy::Scope::Grant);
+    let scope = ScopeHasher::with_key([1; 16]).credential(b"Bearer k");
+    let charge = Charge::new(id, quota, scope, NonZeroU32::MIN);
+    let key = counters.key_of(&charge);
+    let mut client = redis.client().await;
+    let mut ttls = Vec::new();
+    for n in 1..=40 {
+        counters.charge(&[charge]).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        let held = redis.charges_held(&key, quota.period()).await;
+        assert_eq!(held.round(), f64::from(n), "charge {n}");
+        // The bucket refills `held` periods (0.6 s each) from now. The key lasts a
+        // second longer at least, and at most two eighths (15 s) and a second more.
+        let refill_ms = held * 600.0;
+        assert!(
+            ttl as f64 >= refill_ms + 1000.0 - 100.0 && ttl as f64 <= refill_ms + 16_000.0,
+            "charge {n}: the key expires in {ttl} ms, its bucket refills in {refill_ms} ms"
+        );
+        ttls.push(ttl);
+    }
+    // 40 charges move the bucket 24 s: into 3 or 4 other eighths. The expiry moves on
+    // those charges only (an expiry of refill + 1 s would move on every charge).
+    let moves = ttls.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(
+        (3..=4).contains(&moves),
+        "{moves} moves: expiries {ttls:?} ms"
+    );
+}
+
 /// A tools/call of the demo's limited tool over HTTP; the answer's JSON-RPC message.
 async fn demo_call(url: &str, token: &str, id: u32) -> Value {
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",

@@ -1,67 +1,100 @@
 -- tower-mcp-policy: the GCRA step of governor over the buckets of one or more requests.
 -- Each request (a group) is applied all or nothing, in order; a group that does not fit
--- changes nothing. One value per key (its theoretical arrival time, in microseconds);
--- each key expires once its bucket has refilled.
+-- changes nothing.
 --
--- KEYS: the buckets of every group, group after group.
--- ARGV[1]: the number of groups.
--- Then, per group: now in microseconds or "" for the server's clock (replicas then
--- agree), "c" to charge or "r" to refund, the number of its keys; then per key: the
--- period (nanoseconds per unit), max, cost.
+-- KEYS: every bucket the groups name, each once.
+-- ARGV[1]: now in microseconds, or "" for the server's clock (replicas then agree).
+-- ARGV[2]: the number of kinds of charge; then per kind: the period (nanoseconds per
+-- unit), max, cost.
+-- Then per group: the number of its charges (negative to refund them); then per charge
+-- one number, (kind - 1) * #KEYS + the index of its key in KEYS.
 -- Returns one "index:wait" per group, separated by spaces (one string is the cheapest
--- reply to read): "0:0" when applied, "i:wait" when the group's key i does not fit
+-- reply to read): "0:0" when applied, "i:wait" when the group's charge i does not fit
 -- (wait in microseconds, "-1" when it never can).
 --
--- Redis runs this for every request, so it is written for cost: numbers are read with
--- `+ 0` (one conversion, where tonumber makes two), a group stages its keys in two
--- arrays reused by every group instead of a new table, and integers are written with
--- '%d'. Times need '%.17g', the only format that keeps every bit of a double.
-local server_now
-local function clock(arg)
-  if arg ~= '' then
-    return arg + 0
-  end
-  if server_now == nil then
-    local t = redis.call('TIME')
-    server_now = t[1] * 1000000 + t[2]
-  end
-  return server_now
+-- A key holds its bucket's theoretical arrival time in quarters of a microsecond: a
+-- whole number for any time after 2005, so exact with '%d'. A bucket that has refilled
+-- is deleted. Expiries follow a grid of eighths of the counter's window: a key's expiry
+-- is the end of the cell after the one its arrival time is in, plus a second. It is
+-- written only when the arrival time enters another cell, so a busy key is written with
+-- `KEEPTTL` most of the time; a key outlives its bucket by at least a second and expires
+-- at most 1.25 windows + 1 s after its last use.
+--
+-- Redis runs this for every request, so it is written for cost (measured with callgrind
+-- on redis-server): keys are read with one MGET and addressed by index, what a kind
+-- implies is worked out once per call, numbers are read with `+ 0` (one conversion,
+-- where tonumber makes two), and an unmoved expiry is kept instead of written again.
+local now = ARGV[1]
+if now == '' then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+else
+  now = now + 0
 end
 
--- Committed state of every key read so far: a number, or false when absent.
-local tats = {}
--- The keys changed, in order, and the clock of the last group that changed each.
-local changed = {}
-local touched = {}
-local function stored(key)
-  local tat = tats[key]
-  if tat == nil then
-    local value = redis.call('GET', key)
-    tat = value and value + 0
-    tats[key] = tat
-  end
-  return tat
+-- Per kind, in microseconds: a charge's increment, how far past now a bucket may already
+-- be for the charge to fit (negative: it never fits), and the expiry grid's step.
+local inc, reach, step = {}, {}, {}
+local a = 3
+for i = 1, ARGV[2] + 0 do
+  local t = ARGV[a] / 1000
+  local max = ARGV[a + 1] + 0
+  local cost = ARGV[a + 2] + 0
+  inc[i] = t * cost
+  reach[i] = t * (max - 1) - t * (cost - 1)
+  step[i] = t * max / 8
+  a = a + 3
 end
 
--- A group's new values, not yet committed: staged_key[j] gets staged_tat[j].
+-- Per key: its arrival time (false when absent), the time it was read with, and the
+-- kind that last changed it (false: unchanged).
+local nkeys = #KEYS
+local tat = {}
+if nkeys > 0 then
+  if nkeys <= 1000 then
+    tat = redis.call('MGET', unpack(KEYS))
+  else
+    for first = 1, nkeys, 1000 do
+      local values = redis.call('MGET', unpack(KEYS, first, math.min(first + 999, nkeys)))
+      for i = 1, #values do
+        tat[first + i - 1] = values[i]
+      end
+    end
+  end
+end
+local old = {}
+local dirty = {}
+for i = 1, nkeys do
+  local value = tat[i]
+  if value then
+    value = value / 4
+    tat[i] = value
+  end
+  old[i] = value
+  dirty[i] = false
+end
+
+-- A group's new values, not yet committed: key staged_key[j] gets staged_tat[j].
 local staged_key = {}
 local staged_tat = {}
+local staged_kind = {}
 local results = {}
-local k = 0
-local a = 2
-for g = 1, ARGV[1] + 0 do
-  local now = clock(ARGV[a])
-  local refund = ARGV[a + 1] == 'r'
-  local n = ARGV[a + 2] + 0
-  a = a + 3
+local g = 0
+local nargs = #ARGV
+while a <= nargs do
+  local n = ARGV[a] + 0
+  a = a + 1
+  local refund = n < 0
+  if refund then
+    n = -n
+  end
   local staged = 0
   local result = '0:0'
   for i = 1, n do
-    local key = KEYS[k + i]
-    local t = ARGV[a] / 1000
-    local tau = t * (ARGV[a + 1] - 1)
-    local cost = ARGV[a + 2] + 0
-    a = a + 3
+    local key = ARGV[a] - 1
+    local kind = (key - key % nkeys) / nkeys + 1
+    key = key % nkeys + 1
+    a = a + 1
     -- A key named twice in a group sees the value the group staged for it.
     local s = 0
     for j = 1, staged do
@@ -69,32 +102,31 @@ for g = 1, ARGV[1] + 0 do
         s = j
       end
     end
-    local tat
+    local t
     if s > 0 then
-      tat = staged_tat[s]
+      t = staged_tat[s]
     else
-      tat = stored(key)
+      t = tat[key]
     end
     local new
     if refund then
-      if tat then
-        new = tat - t * cost
+      if t then
+        new = t - inc[kind]
       end
     elseif result == '0:0' then
-      if not tat then
-        tat = now
+      if not t then
+        t = now
       end
-      local extra = t * (cost - 1)
-      local earliest = tat + extra - tau
-      if extra > tau then
+      local earliest = t - reach[kind]
+      if reach[kind] < 0 then
         result = i .. ':-1'
       elseif now < earliest then
         result = i .. ':' .. string.format('%.17g', earliest - now)
       else
-        if tat < now then
-          tat = now
+        if t < now then
+          t = now
         end
-        new = tat + t * cost
+        new = t + inc[kind]
       end
     end
     if new then
@@ -104,30 +136,44 @@ for g = 1, ARGV[1] + 0 do
         staged_key[s] = key
       end
       staged_tat[s] = new
+      staged_kind[s] = kind
     end
   end
-  k = k + n
   if result == '0:0' then
     for j = 1, staged do
       local key = staged_key[j]
-      if touched[key] == nil then
-        changed[#changed + 1] = key
-      end
-      tats[key] = staged_tat[j]
-      touched[key] = now
+      tat[key] = staged_tat[j]
+      dirty[key] = staged_kind[j]
     end
   end
+  g = g + 1
   results[g] = result
 end
 
-for i = 1, #changed do
-  local key = changed[i]
-  local tat, now = tats[key], touched[key]
-  if tat <= now then
-    redis.call('DEL', key)
-  else
-    local ttl = math.ceil((tat - now) / 1000) + 1000
-    redis.call('SET', key, string.format('%.17g', tat), 'PX', string.format('%d', ttl))
+for i = 1, nkeys do
+  local kind = dirty[i]
+  if kind then
+    local t = tat[i]
+    if t <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      local quarters = t * 4
+      local value
+      if quarters % 1 == 0 then
+        value = string.format('%d', quarters)
+      else
+        value = string.format('%.17g', quarters)
+      end
+      local s = step[kind]
+      local cell = t - t % s
+      local was = old[i]
+      if was and was - was % s == cell then
+        redis.call('SET', KEYS[i], value, 'KEEPTTL')
+      else
+        local ttl = math.ceil((cell + 2 * s - now) / 1000) + 1000
+        redis.call('SET', KEYS[i], value, 'PX', string.format('%d', ttl))
+      end
+    end
   end
 end
 return table.concat(results, ' ')

@@ -318,27 +318,37 @@ impl Inner {
 }
 
 /// Sends the queued requests to Redis, all that are waiting in one script call, at most
-/// [`MAX_CALLS`] calls at a time: under load, one round trip carries many requests.
+/// [`MAX_CALLS`] calls at a time: under load, one round trip carries many requests. The
+/// requests of one call share its clock: a request charged at a given time (tests only)
+/// goes with those at the same time.
 async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Duration) {
     let script = Arc::new(Script::new(include_str!("gcra.lua")));
     let calls = Arc::new(Semaphore::new(MAX_CALLS));
+    // A request taken from the queue that did not share the last call's clock.
+    let mut next: Option<Job> = None;
     loop {
         let Ok(call) = calls.clone().acquire_owned().await else {
             return;
         };
-        let mut batch: Vec<Job> = Vec::new();
-        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        if batch.len() < MAX_BATCH {
-            // Let the requests that are running now queue their charges too: one
-            // script call for all of them costs Redis and this process far less.
-            tokio::task::yield_now().await;
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut batch: Vec<Job> = vec![first];
+        // Let the requests that are running now queue their charges too: one script
+        // call for all of them costs Redis and this process far less.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) if job.now == batch[0].now => batch.push(job),
+                Ok(job) => {
+                    next = Some(job);
+                    break;
                 }
+                Err(_) => break,
             }
         }
         // A request that went away is not charged; one whose deadline passed while it
@@ -373,36 +383,7 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
         .iter()
         .filter_map(|job| job.waiter.as_ref().map(|waiter| waiter.due))
         .min();
-    // The whole call is written into one command buffer (no string per argument).
-    let keys: usize = batch.iter().map(|job| job.charges.len()).sum();
-    let mut call = redis::Cmd::with_capacity(
-        4 + keys * 4 + batch.len() * 3,
-        // Per key its name and three numbers; per request three short arguments.
-        64 + keys * (shared.prefix.len() + KEY_HEX + 40) + batch.len() * 24,
-    );
-    call.arg("EVALSHA").arg(script.get_hash()).arg(keys);
-    let mut key = String::with_capacity(shared.prefix.len() + KEY_HEX);
-    for charge in batch.iter().flat_map(|job| &job.charges) {
-        write_key(&mut key, &shared.prefix, charge);
-        call.arg(key.as_str());
-    }
-    call.arg(batch.len());
-    for job in &batch {
-        match job.now {
-            Some(now) => call.arg(now.as_micros()),
-            None => call.arg(""),
-        };
-        call.arg(match job.mode {
-            Mode::Charge => "c",
-            Mode::Refund => "r",
-        })
-        .arg(job.charges.len());
-        for charge in &job.charges {
-            call.arg(charge.quota.period().as_nanos())
-                .arg(charge.quota.max().get())
-                .arg(charge.cost.get());
-        }
-    }
+    let call = script_call(&batch, &shared.prefix, script);
     // Answered by the earliest deadline in the batch (refunds alone: by the
     // connection's response timeout, which is the deadline too).
     let call = async {
@@ -456,6 +437,79 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
     }
 }
 
+/// The script call for `batch` (whose requests share one clock), written straight into
+/// one command buffer: each bucket once in `KEYS`, each kind of charge (period, max,
+/// cost) once, and per charge one small number naming both. Redis turns every argument
+/// into a string and the script every number back, so fewer, shorter arguments are what
+/// make a call cheap.
+fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
+    let charges = || batch.iter().flat_map(|job| &job.charges);
+    let mut buckets: SmallVec<[(u64, u128); 16]> = SmallVec::new();
+    let mut kinds: SmallVec<[(u128, u32, u32); 4]> = SmallVec::new();
+    // Per charge, the 1-based indices of its bucket and of its kind.
+    let mut indices: SmallVec<[(usize, usize); 16]> = SmallVec::new();
+    for charge in charges() {
+        let bucket = (charge.counter.as_u64(), charge.key.as_u128());
+        let kind = (
+            charge.quota.period().as_nanos(),
+            charge.quota.max().get(),
+            charge.cost.get(),
+        );
+        indices.push((position(&mut buckets, bucket), position(&mut kinds, kind)));
+    }
+    let mut call = redis::Cmd::with_capacity(
+        5 + buckets.len() + kinds.len() * 3 + batch.len() + indices.len(),
+        // Per bucket its name; per kind three numbers; per request and charge a few
+        // digits.
+        64 + buckets.len() * (prefix.len() + KEY_HEX)
+            + kinds.len() * 48
+            + (batch.len() + indices.len()) * 8,
+    );
+    call.arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(buckets.len());
+    let mut key = String::with_capacity(prefix.len() + KEY_HEX);
+    for &(counter, scope) in &buckets {
+        write_key(&mut key, prefix, counter, scope);
+        call.arg(key.as_str());
+    }
+    match batch.first().and_then(|job| job.now) {
+        Some(now) => call.arg(now.as_micros()),
+        None => call.arg(""),
+    };
+    call.arg(kinds.len());
+    for &(period, max, cost) in &kinds {
+        call.arg(period).arg(max).arg(cost);
+    }
+    let mut indices = indices.iter();
+    for job in batch {
+        let n = job.charges.len() as i64;
+        call.arg(match job.mode {
+            Mode::Charge => n,
+            Mode::Refund => -n,
+        });
+        for &(bucket, kind) in indices.by_ref().take(job.charges.len()) {
+            call.arg((kind - 1) * buckets.len() + bucket);
+        }
+    }
+    call
+}
+
+/// The 1-based index of `item` in `items`, added at the end when new. A call names a
+/// few buckets and kinds: a scan beats hashing.
+fn position<A: smallvec::Array>(items: &mut SmallVec<A>, item: A::Item) -> usize
+where
+    A::Item: PartialEq,
+{
+    match items.iter().position(|known| *known == item) {
+        Some(index) => index + 1,
+        None => {
+            items.push(item);
+            items.len()
+        }
+    }
+}
+
 fn queue_error(error: &mpsc::error::TrySendError<Job>) -> String {
     match error {
         mpsc::error::TrySendError::Full(_) => {
@@ -491,18 +545,24 @@ fn parse_answer(answer: &str) -> Result<Answer, StoreError> {
 
 fn key_of(prefix: &str, charge: &Charge) -> String {
     let mut key = String::with_capacity(prefix.len() + KEY_HEX);
-    write_key(&mut key, prefix, charge);
+    write_key(
+        &mut key,
+        prefix,
+        charge.counter.as_u64(),
+        charge.key.as_u128(),
+    );
     key
 }
 
-/// `charge`'s key, in place of what `key` held. Written by hand: `format!` with two hex
-/// fields costs more than the rest of a request's share of a script call.
-fn write_key(key: &mut String, prefix: &str, charge: &Charge) {
+/// The key of a counter's bucket, in place of what `key` held. Written by hand:
+/// `format!` with two hex fields costs more than the rest of a request's share of a
+/// script call.
+fn write_key(key: &mut String, prefix: &str, counter: u64, scope: u128) {
     key.clear();
     key.push_str(prefix);
-    push_hex(key, u128::from(charge.counter.as_u64()), 16);
+    push_hex(key, u128::from(counter), 16);
     key.push(':');
-    push_hex(key, charge.key.as_u128(), 32);
+    push_hex(key, scope, 32);
 }
 
 /// The last `digits` hex digits of `value`, zero-padded.

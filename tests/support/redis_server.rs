@@ -112,7 +112,8 @@ impl Redis {
     }
 
     /// The charges a counter's bucket at `key` holds now (its theoretical arrival time
-    /// ahead of the server's clock, in periods).
+    /// ahead of the server's clock, in periods). The key holds the time in quarters of
+    /// a microsecond.
     pub async fn charges_held(&self, key: &str, period: Duration) -> f64 {
         let mut client = self.client().await;
         let (seconds, micros): (u64, u64) =
@@ -123,7 +124,7 @@ impl Redis {
             .query_async(&mut client)
             .await
             .unwrap();
-        (tat.parse::<f64>().unwrap() - now) / period.as_micros() as f64
+        (tat.parse::<f64>().unwrap() / 4.0 - now) / period.as_micros() as f64
     }
 
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
