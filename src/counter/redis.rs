@@ -1,7 +1,9 @@
 //! Counters in Redis or Valkey, shared by every replica (feature `redis`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -443,20 +445,20 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
 /// into a string and the script every number back, so fewer, shorter arguments are what
 /// make a call cheap.
 fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
-    let charges = || batch.iter().flat_map(|job| &job.charges);
-    let mut buckets: SmallVec<[(u64, u128); 16]> = SmallVec::new();
-    let mut kinds: SmallVec<[(u128, u32, u32); 4]> = SmallVec::new();
+    let mut buckets = Distinct::new();
+    let mut kinds = Distinct::new();
     // Per charge, the 1-based indices of its bucket and of its kind.
     let mut indices: SmallVec<[(usize, usize); 16]> = SmallVec::new();
-    for charge in charges() {
+    for charge in batch.iter().flat_map(|job| &job.charges) {
         let bucket = (charge.counter.as_u64(), charge.key.as_u128());
         let kind = (
             charge.quota.period().as_nanos(),
             charge.quota.max().get(),
             charge.cost.get(),
         );
-        indices.push((position(&mut buckets, bucket), position(&mut kinds, kind)));
+        indices.push((buckets.position(bucket), kinds.position(kind)));
     }
+    let (buckets, kinds) = (buckets.items, kinds.items);
     let mut call = redis::Cmd::with_capacity(
         5 + buckets.len() + kinds.len() * 3 + batch.len() + indices.len(),
         // Per bucket its name; per kind three numbers; per request and charge a few
@@ -495,18 +497,49 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     call
 }
 
-/// The 1-based index of `item` in `items`, added at the end when new. A call names a
-/// few buckets and kinds: a scan beats hashing.
-fn position<A: smallvec::Array>(items: &mut SmallVec<A>, item: A::Item) -> usize
-where
-    A::Item: PartialEq,
-{
-    match items.iter().position(|known| *known == item) {
-        Some(index) => index + 1,
-        None => {
-            items.push(item);
-            items.len()
+/// Distinct items in the order first seen, each with its 1-based index. A call usually
+/// names a few buckets and kinds, where a scan beats hashing; past [`Distinct::SCAN`] the
+/// items are hashed, so a call of 256 requests stays linear.
+struct Distinct<T> {
+    items: Vec<T>,
+    index: HashMap<T, usize>,
+}
+
+impl<T: Copy + Eq + Hash> Distinct<T> {
+    const SCAN: usize = 16;
+
+    fn new() -> Self {
+        Distinct {
+            items: Vec::new(),
+            index: HashMap::new(),
         }
+    }
+
+    /// The index of `item`, added at the end when new.
+    fn position(&mut self, item: T) -> usize {
+        let known = if self.items.len() <= Self::SCAN {
+            self.items
+                .iter()
+                .position(|known| *known == item)
+                .map(|i| i + 1)
+        } else {
+            if self.index.is_empty() {
+                let first = self
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &item)| (item, i + 1));
+                self.index.extend(first);
+            }
+            self.index.get(&item).copied()
+        };
+        known.unwrap_or_else(|| {
+            self.items.push(item);
+            if !self.index.is_empty() {
+                self.index.insert(item, self.items.len());
+            }
+            self.items.len()
+        })
     }
 }
 
@@ -731,6 +764,82 @@ mod tests {
                 assert_eq!(key_of("mcp-policy:", &charge), expected);
             }
         }
+    }
+
+    #[test]
+    fn distinct_items_keep_their_first_index_whether_scanned_or_hashed() {
+        let mut distinct = Distinct::new();
+        for round in 0..3 {
+            for item in 0..40_u32 {
+                assert_eq!(distinct.position(item), item as usize + 1, "round {round}");
+            }
+        }
+        assert_eq!(distinct.items, (0..40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_call_names_each_bucket_and_kind_once_and_each_charge_by_one_number() {
+        let minute = Quota::new(NonZeroU32::new(30).unwrap(), Duration::from_secs(60));
+        let day = Quota::new(NonZeroU32::new(5).unwrap(), Duration::from_secs(86_400));
+        let (a, b) = (
+            CounterId::new("a", minute, Scope::Grant),
+            CounterId::new("b", day, Scope::Global),
+        );
+        let hasher = ScopeHasher::with_key([7; 16]);
+        let (alice, bob) = (hasher.credential(b"alice"), hasher.credential(b"bob"));
+        let one = NonZeroU32::MIN;
+        let charge = |id, quota, key| Charge::new(id, quota, key, one);
+        let job = |charges: &[Charge], mode| Job {
+            charges: charges.into(),
+            mode,
+            now: None,
+            waiter: None,
+        };
+        let batch = [
+            job(
+                &[charge(a, minute, alice), charge(b, day, ScopeValue::GLOBAL)],
+                Mode::Charge,
+            ),
+            job(&[charge(a, minute, bob)], Mode::Charge),
+            job(&[charge(a, minute, alice)], Mode::Refund),
+        ];
+        let script = Script::new("return ''");
+        let call = script_call(&batch, "p:", &script);
+        let args: Vec<String> = call
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                _ => panic!("a cursor argument"),
+            })
+            .collect();
+        let key = |id, key| key_of("p:", &charge(id, minute, key));
+        let expected = [
+            "EVALSHA".to_owned(),
+            script.get_hash().to_owned(),
+            "3".into(),
+            key(a, alice),
+            key(b, ScopeValue::GLOBAL),
+            key(a, bob),
+            "".into(),
+            // Two kinds: 2 s and 17,280 s per unit, each costing 1.
+            "2".into(),
+            "2000000000".into(),
+            "30".into(),
+            "1".into(),
+            "17280000000000".into(),
+            "5".into(),
+            "1".into(),
+            // Per request its charges (negative: a refund), per charge
+            // (kind - 1) * 3 + bucket.
+            "2".into(),
+            "1".into(),
+            "5".into(),
+            "1".into(),
+            "3".into(),
+            "-1".into(),
+            "1".into(),
+        ];
+        assert_eq!(args, expected);
     }
 
     #[test]
