@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, Script, ServerErrorKind};
 use smallvec::SmallVec;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Charge, ChargeError, CounterStore, StoreError};
 use crate::scope::ScopeHasher;
@@ -25,8 +25,6 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 const QUEUE: usize = 16_384;
 /// At most this many requests go to Redis in one script call.
 const MAX_BATCH: usize = 256;
-/// At most this many script calls are out at once.
-const MAX_CALLS: usize = 2;
 /// A key's length after the prefix: the counter id and the scope hash in hex, with a `:`.
 const KEY_HEX: usize = 16 + 1 + 32;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,10 +50,9 @@ pub enum FailMode {
 /// * One multiplexed connection, shared by every request and reconnecting by itself.
 /// * At most one round trip per request: all the charges of a request (or of a whole
 ///   batch) go to Redis in one script call (`EVALSHA`, reloaded on `NOSCRIPT`), applied
-///   atomically: every charge or none. At most two calls are out at a time; requests
-///   that ask meanwhile share the next one (up to 256 requests per call), each still
-///   applied all or nothing on its own, so under load Redis runs far fewer, larger
-///   calls.
+///   atomically: every charge or none. One call is out at a time; requests that ask
+///   meanwhile share the next one (up to 256 requests per call), each still applied
+///   all or nothing on its own, so under load Redis runs far fewer, larger calls.
 /// * The same GCRA as [`MemoryCounters`](super::MemoryCounters) (a burst of `max`,
 ///   refilled at `max` per `window`, the same retry hint), on the Redis server's clock,
 ///   so replicas whose clocks differ agree. One small value per key; every key expires
@@ -319,19 +316,16 @@ impl Inner {
     }
 }
 
-/// Sends the queued requests to Redis, all that are waiting in one script call, at most
-/// [`MAX_CALLS`] calls at a time: under load, one round trip carries many requests. The
-/// requests of one call share its clock: a request charged at a given time (tests only)
-/// goes with those at the same time.
+/// Sends the queued requests to Redis, one script call at a time, each carrying all the
+/// requests that asked meanwhile: under load, one round trip serves many requests, and
+/// Redis runs fewer, larger calls (each call has a fixed cost there, about five
+/// requests' worth). The requests of one call share its clock: a request charged at a
+/// given time (tests only) goes with those at the same time.
 async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Duration) {
-    let script = Arc::new(Script::new(include_str!("gcra.lua")));
-    let calls = Arc::new(Semaphore::new(MAX_CALLS));
+    let script = Script::new(include_str!("gcra.lua"));
     // A request taken from the queue that did not share the last call's clock.
     let mut next: Option<Job> = None;
     loop {
-        let Ok(call) = calls.clone().acquire_owned().await else {
-            return;
-        };
         let first = match next.take() {
             Some(job) => job,
             None => match jobs.recv().await {
@@ -367,14 +361,9 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
             }
             Some(_) => true,
         });
-        if batch.is_empty() {
-            continue;
-        }
-        let (shared, script) = (shared.clone(), script.clone());
-        tokio::spawn(async move {
+        if !batch.is_empty() {
             send(batch, &shared, &script, deadline).await;
-            drop(call);
-        });
+        }
     }
 }
 
