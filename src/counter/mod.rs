@@ -20,7 +20,9 @@ use siphasher::sip::SipHasher13;
 
 pub use memory::{DEFAULT_MAX_KEYS, MemoryCounters};
 #[cfg(feature = "redis")]
-pub use redis::{DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCounters, RedisCountersBuilder};
+pub use redis::{
+    DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCharge, RedisCounters, RedisCountersBuilder,
+};
 
 use crate::policy::Scope;
 use crate::scope::ScopeValue;

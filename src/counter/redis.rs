@@ -6,6 +6,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -243,9 +244,56 @@ impl RedisCounters {
     /// only: in service, the store always uses the server's clock.
     #[doc(hidden)]
     pub async fn charge_at(&self, charges: &[Charge], now: Duration) -> Result<(), ChargeError> {
-        self.inner
-            .run(charges.into(), Mode::Charge, Some(now))
-            .await
+        self.inner.start(charges, Some(now)).await
+    }
+}
+
+/// The future of [`RedisCounters`]' charge: the request's charges are already queued for
+/// the next script call; it waits for their answer, which comes by the deadline.
+#[must_use = "futures do nothing unless polled"]
+pub struct RedisCharge {
+    state: State,
+}
+
+enum State {
+    /// Answered without Redis (backing off, or the queue full); taken when polled.
+    Done(Option<Result<(), ChargeError>>),
+    Waiting {
+        answer: oneshot::Receiver<Result<Answer, StoreError>>,
+        inner: Arc<Inner>,
+    },
+}
+
+impl fmt::Debug for RedisCharge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Done(Some(_)) => "answered",
+            State::Done(None) => "finished",
+            State::Waiting { .. } => "waiting for Redis",
+        };
+        f.debug_struct("RedisCharge")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for RedisCharge {
+    type Output = Result<(), ChargeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("RedisCharge polled after it completed"),
+            ),
+            State::Waiting { answer, inner } => {
+                let answer = ready!(Pin::new(answer).poll(cx));
+                let result = inner.settle(answer);
+                self.state = State::Done(None);
+                Poll::Ready(result)
+            }
+        }
     }
 }
 
@@ -256,21 +304,20 @@ enum Mode {
 }
 
 impl Inner {
-    async fn run(
-        &self,
-        charges: SmallVec<[Charge; 4]>,
-        mode: Mode,
-        now: Option<Duration>,
-    ) -> Result<(), ChargeError> {
+    /// Queues a request's charges for the worker; the future waits for the answer.
+    fn start(self: &Arc<Self>, charges: &[Charge], now: Option<Duration>) -> RedisCharge {
+        let done = |result| RedisCharge {
+            state: State::Done(Some(result)),
+        };
         if let Admit::Wait(wait) = self.shared.breaker().admit(self.deadline) {
             let error = StoreError::new("Redis is unreachable; backing off before the next try")
                 .with_retry_after(wait);
-            return self.unavailable(error);
+            return done(self.unavailable(error));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            charges,
-            mode,
+            charges: charges.into(),
+            mode: Mode::Charge,
             now,
             waiter: Some(Waiter {
                 reply,
@@ -279,24 +326,33 @@ impl Inner {
         };
         if let Err(error) = self.queue.try_send(job) {
             self.shared.breaker().failed();
-            return self.unavailable(StoreError::new(queue_error(&error)));
+            return done(self.unavailable(StoreError::new(queue_error(&error))));
         }
-        // The worker answers every request by its deadline.
-        let answer = match answer.await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return self.unavailable(error),
-            Err(_) => {
-                self.shared.breaker().failed();
-                return self.unavailable(StoreError::new("the Redis worker stopped"));
-            }
-        };
+        RedisCharge {
+            state: State::Waiting {
+                answer,
+                inner: self.clone(),
+            },
+        }
+    }
+
+    /// A request's outcome from the worker's answer.
+    fn settle(
+        &self,
+        answer: Result<Result<Answer, StoreError>, oneshot::error::RecvError>,
+    ) -> Result<(), ChargeError> {
         match answer {
-            None => Ok(()),
-            Some((index, wait)) => {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some((index, wait)))) => {
                 let retry_after = (wait >= 0.0)
                     .then(|| Duration::from_nanos((wait * 1000.0).ceil() as u64))
                     .map(|d| d.max(Duration::from_nanos(1)));
                 Err(ChargeError::Exceeded { index, retry_after })
+            }
+            Ok(Err(error)) => self.unavailable(error),
+            Err(_) => {
+                self.shared.breaker().failed();
+                self.unavailable(StoreError::new("the Redis worker stopped"))
             }
         }
     }
@@ -679,12 +735,10 @@ impl Breaker {
 }
 
 impl CounterStore for RedisCounters {
-    type Future = Pin<Box<dyn Future<Output = Result<(), ChargeError>> + Send>>;
+    type Future = RedisCharge;
 
     fn charge(&self, charges: &[Charge]) -> Self::Future {
-        let inner = self.inner.clone();
-        let charges: SmallVec<[Charge; 4]> = charges.into();
-        Box::pin(async move { inner.run(charges, Mode::Charge, None).await })
+        self.inner.start(charges, None)
     }
 
     /// Queued for the next script call; nobody waits for it. A refund that cannot be
