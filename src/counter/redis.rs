@@ -24,6 +24,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 
 /// At most this many requests wait for Redis; past that, calls fail fast.
 const QUEUE: usize = 16_384;
+/// At most this many scheduler rounds for more requests to join a script call.
+const YIELDS: usize = 8;
 /// At most this many requests go to Redis in one script call.
 const MAX_BATCH: usize = 256;
 /// A key's length after the prefix: the counter id and the scope hash in hex, with a `:`.
@@ -390,17 +392,21 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
             },
         };
         let mut batch: Vec<Job> = vec![first];
-        // Let the requests that are running now queue their charges too: one script
-        // call for all of them costs Redis and this process far less.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) if job.now == batch[0].now => batch.push(job),
-                Ok(job) => {
-                    next = Some(job);
-                    break;
+        // Let the requests that are running now queue their charges too, for as long as
+        // more keep coming (a few scheduler rounds at most): one script call for all of
+        // them costs Redis and this process far less. Alone, a request waits one round.
+        for _ in 0..YIELDS {
+            let before = batch.len();
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH && next.is_none() {
+                match jobs.try_recv() {
+                    Ok(job) if job.now == batch[0].now => batch.push(job),
+                    Ok(job) => next = Some(job),
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            if batch.len() == before || batch.len() == MAX_BATCH || next.is_some() {
+                break;
             }
         }
         // A request that went away is not charged; one whose deadline passed while it
