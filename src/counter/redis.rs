@@ -59,7 +59,8 @@ pub enum FailMode {
 /// * The same GCRA as [`MemoryCounters`](super::MemoryCounters) (a burst of `max`,
 ///   refilled at `max` per `window`, the same retry hint), on the Redis server's clock,
 ///   so replicas whose clocks differ agree. One small value per key; every key expires
-///   once its bucket has refilled (at most about one window after its last use).
+///   at least a second after its bucket has refilled and at most 1.25 windows + 1 s
+///   after its last use (needs Redis 6.0 or later, or Valkey: `SET .. KEEPTTL`).
 /// * Keys are `prefix` + the counter's [`CounterId`](super::CounterId) + the keyed hash
 ///   of the scope value: no credential or session id is ever written in clear.
 /// * Replicas hash credentials with one secret key, created in Redis on first use
