@@ -253,6 +253,8 @@ impl RedisCounters {
 
 /// The future of [`RedisCounters`]' charge: the request's charges are already queued for
 /// the next script call; it waits for their answer, which comes by the deadline.
+///
+/// See the example on [`RedisCounters`].
 #[must_use = "futures do nothing unless polled"]
 pub struct RedisCharge {
     state: State,
