@@ -551,17 +551,14 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     call
 }
 
-/// Distinct items in the order first seen, each with its 1-based index. A call usually
-/// names a few buckets and kinds, where a scan beats hashing; past [`Distinct::SCAN`] the
-/// items are hashed, so a call of 256 requests stays linear.
+/// Distinct items in the order first seen, each with its 1-based index (linear in the
+/// items however many a call of 256 requests names).
 struct Distinct<T> {
     items: Vec<T>,
     index: HashMap<T, usize>,
 }
 
 impl<T: Copy + Eq + Hash> Distinct<T> {
-    const SCAN: usize = 16;
-
     fn new() -> Self {
         Distinct {
             items: Vec::new(),
@@ -571,27 +568,8 @@ impl<T: Copy + Eq + Hash> Distinct<T> {
 
     /// The index of `item`, added at the end when new.
     fn position(&mut self, item: T) -> usize {
-        let known = if self.items.len() <= Self::SCAN {
-            self.items
-                .iter()
-                .position(|known| *known == item)
-                .map(|i| i + 1)
-        } else {
-            if self.index.is_empty() {
-                let first = self
-                    .items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &item)| (item, i + 1));
-                self.index.extend(first);
-            }
-            self.index.get(&item).copied()
-        };
-        known.unwrap_or_else(|| {
+        *self.index.entry(item).or_insert_with(|| {
             self.items.push(item);
-            if !self.index.is_empty() {
-                self.index.insert(item, self.items.len());
-            }
             self.items.len()
         })
     }
@@ -819,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn distinct_items_keep_their_first_index_whether_scanned_or_hashed() {
+    fn distinct_items_keep_their_first_index() {
         let mut distinct = Distinct::new();
         for round in 0..3 {
             for item in 0..40_u32 {
