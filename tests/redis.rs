@@ -519,6 +519,44 @@ async fn a_key_outlives_its_bucket_by_at_most_a_quarter_window() {
     );
 }
 
+/// The script reads a call's buckets 1,000 at a time (Lua's `unpack` has a limit): a
+/// request naming 2,500 buckets is charged in every one of them, all or nothing.
+#[tokio::test]
+async fn a_call_naming_thousands_of_buckets_charges_each_once() {
+    use tower_mcp_policy::counter::{CounterId, CounterStore, Quota};
+
+    let redis = Redis::start();
+    // A large call (this is not about the deadline): allow a debug build its time.
+    let counters = redis
+        .builder()
+        .deadline(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(3600));
+    let id = CounterId::new("many", quota, tower_mcp_policy::Scope::Grant);
+    let hasher = ScopeHasher::with_key([3; 16]);
+    let charges: Vec<Charge> = (0..2500)
+        .map(|i| {
+            let scope = hasher.credential(format!("Bearer {i}").as_bytes());
+            Charge::new(id, quota, scope, NonZeroU32::MIN)
+        })
+        .collect();
+    counters.charge(&charges).await.unwrap();
+    for charge in [charges[0], charges[999], charges[1000], charges[2499]] {
+        let held = redis
+            .charges_held(&counters.key_of(&charge), quota.period())
+            .await;
+        assert_eq!(held.round(), 1.0);
+    }
+    // Every bucket is full now: the same request again does not fit, at its first.
+    match counters.charge(&charges).await {
+        Err(ChargeError::Exceeded { index: 0, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(redis.keys("mcp-policy:*").await.len(), 2500 + 1);
+}
+
 /// A tools/call of the demo's limited tool over HTTP; the answer's JSON-RPC message.
 async fn demo_call(url: &str, token: &str, id: u32) -> Value {
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
