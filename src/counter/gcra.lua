@@ -6,11 +6,14 @@
 -- ARGV[1]: now in microseconds, or "" for the server's clock (replicas then agree).
 -- ARGV[2]: the number of kinds of charge; then per kind: the period (nanoseconds per
 -- unit), max, cost.
--- Then per group: the number of its charges (negative to refund them); then per charge
--- one number, (kind - 1) * #KEYS + the index of its key in KEYS.
--- Returns one "index:wait" per group, separated by spaces (one string is the cheapest
--- reply to read): "0:0" when applied, "i:wait" when the group's charge i does not fit
--- (wait in microseconds, "-1" when it never can).
+-- The last ARGV: the groups, as one string of numbers, each in 7-bit digits, least
+-- significant first, the high bit set on every byte but a number's last. Per group:
+-- the number of its charges times two, plus one to refund them; then per charge one
+-- number, (kind - 1) * #KEYS + the index of its key in KEYS.
+-- Returns, in one string (the cheapest reply to read), the number of groups, then one
+-- "group:index:wait" per group that did not fit, all separated by spaces: its charge
+-- `index` did not fit, and would after `wait` microseconds ("-1": never). A group not
+-- named was applied.
 --
 -- A key holds its bucket's theoretical arrival time in quarters of a microsecond: a
 -- whole number for any time after 2005, so exact with '%d'. A bucket that has refilled
@@ -23,7 +26,9 @@
 -- Redis runs this for every request, so it is written for cost (measured with callgrind
 -- on redis-server): keys are read with one MGET and addressed by index, what a kind
 -- implies is worked out once per call, numbers are read with `+ 0` (one conversion,
--- where tonumber makes two), and an unmoved expiry is kept instead of written again.
+-- where tonumber makes two), the groups come in one argument (Redis turns each argument
+-- into a string, and Lua each string back into a number), only the groups that did not
+-- fit are answered, and an unmoved expiry is kept instead of written again.
 local now = ARGV[1]
 if now == '' then
   local t = redis.call('TIME')
@@ -47,7 +52,7 @@ for i = 1, ARGV[2] + 0 do
 end
 
 -- Per key: its arrival time (false when absent), the time it was read with, and the
--- kind that last changed it (false: unchanged).
+-- kind that last changed it (nil: unchanged).
 local nkeys = #KEYS
 local tat = {}
 if nkeys > 0 then
@@ -62,39 +67,80 @@ if nkeys > 0 then
     end
   end
 end
-local old = {}
-local dirty = {}
 for i = 1, nkeys do
   local value = tat[i]
   if value then
-    value = value / 4
-    tat[i] = value
+    tat[i] = value / 4
   end
-  old[i] = value
-  dirty[i] = false
+end
+local old
+if nkeys <= 1000 then
+  old = {unpack(tat)}
+else
+  old = {}
+  for i = 1, nkeys do
+    old[i] = tat[i]
+  end
+end
+local dirty = {}
+
+-- The groups' numbers, as bytes.
+local numbers = ARGV[a]
+local len = #numbers
+if len <= 4000 then
+  numbers = {string.byte(numbers, 1, len)}
+else
+  local text = numbers
+  numbers = {}
+  for first = 1, len, 4000 do
+    local chunk = {string.byte(text, first, math.min(first + 3999, len))}
+    for i = 1, #chunk do
+      numbers[first + i - 1] = chunk[i]
+    end
+  end
+end
+-- A number of more than one byte, given its first byte and the position of the next:
+-- the number, and the position after it.
+local function long(n, at)
+  n = n - 128
+  local scale = 128
+  local b = numbers[at]
+  while b >= 128 do
+    n = n + (b - 128) * scale
+    scale = scale * 128
+    at = at + 1
+    b = numbers[at]
+  end
+  return n + b * scale, at + 1
 end
 
 -- A group's new values, not yet committed: key staged_key[j] gets staged_tat[j].
 local staged_key = {}
 local staged_tat = {}
 local staged_kind = {}
-local results = {}
+local failed = {}
 local g = 0
-local nargs = #ARGV
-while a <= nargs do
-  local n = ARGV[a] + 0
+a = 1
+while a <= len do
+  local n = numbers[a]
   a = a + 1
-  local refund = n < 0
-  if refund then
-    n = -n
+  if n >= 128 then
+    n, a = long(n, a)
   end
+  local refund = n % 2 == 1
+  n = (n - n % 2) / 2
+  g = g + 1
   local staged = 0
-  local result = '0:0'
+  local result
   for i = 1, n do
-    local key = ARGV[a] - 1
+    local key = numbers[a]
+    a = a + 1
+    if key >= 128 then
+      key, a = long(key, a)
+    end
+    key = key - 1
     local kind = (key - key % nkeys) / nkeys + 1
     key = key % nkeys + 1
-    a = a + 1
     -- A key named twice in a group sees the value the group staged for it.
     local s = 0
     for j = 1, staged do
@@ -113,15 +159,15 @@ while a <= nargs do
       if t then
         new = t - inc[kind]
       end
-    elseif result == '0:0' then
+    elseif not result then
       if not t then
         t = now
       end
       local earliest = t - reach[kind]
       if reach[kind] < 0 then
-        result = i .. ':-1'
+        result = g .. ':' .. i .. ':-1'
       elseif now < earliest then
-        result = i .. ':' .. string.format('%.17g', earliest - now)
+        result = g .. ':' .. i .. ':' .. string.format('%.17g', earliest - now)
       else
         if t < now then
           t = now
@@ -139,15 +185,15 @@ while a <= nargs do
       staged_kind[s] = kind
     end
   end
-  if result == '0:0' then
+  if result then
+    failed[#failed + 1] = result
+  else
     for j = 1, staged do
       local key = staged_key[j]
       tat[key] = staged_tat[j]
       dirty[key] = staged_kind[j]
     end
   end
-  g = g + 1
-  results[g] = result
 end
 
 for i = 1, nkeys do
@@ -176,4 +222,7 @@ for i = 1, nkeys do
     end
   end
 end
-return table.concat(results, ' ')
+if #failed == 0 then
+  return g .. ''
+end
+return g .. ' ' .. table.concat(failed, ' ')

@@ -462,17 +462,22 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
         Err(_) => Err(late(deadline)),
     };
     match answers {
-        Ok(answers) => {
+        Ok(reply) => {
             if shared.breaker().succeeded() {
                 shared.reseed();
             }
-            let mut answers = answers.split(' ').map(parse_answer);
-            for job in batch {
-                let answer = answers.next().unwrap_or_else(|| {
-                    Err(StoreError::new("the Redis script answered too few groups"))
-                });
-                if let Some(waiter) = job.waiter {
-                    let _ = waiter.reply.send(answer);
+            match parse_reply(&reply, batch.len()) {
+                Ok(answers) => {
+                    for (job, answer) in batch.into_iter().zip(answers) {
+                        if let Some(waiter) = job.waiter {
+                            let _ = waiter.reply.send(Ok(answer));
+                        }
+                    }
+                }
+                Err(error) => {
+                    for waiter in batch.into_iter().filter_map(|job| job.waiter) {
+                        let _ = waiter.reply.send(Err(error.clone()));
+                    }
                 }
             }
         }
@@ -495,9 +500,10 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
 
 /// The script call for `batch` (whose requests share one clock), written straight into
 /// one command buffer: each bucket once in `KEYS`, each kind of charge (period, max,
-/// cost) once, and per charge one small number naming both. Redis turns every argument
-/// into a string and the script every number back, so fewer, shorter arguments are what
-/// make a call cheap.
+/// cost) once, and then one binary argument holding, per request, its number of charges
+/// and per charge one small number naming its bucket and kind. Redis turns every
+/// argument into a string and the script every number back, so fewer, shorter arguments
+/// are what make a call cheap.
 fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     let mut buckets = Distinct::new();
     let mut kinds = Distinct::new();
@@ -514,12 +520,12 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     }
     let (buckets, kinds) = (buckets.items, kinds.items);
     let mut call = redis::Cmd::with_capacity(
-        5 + buckets.len() + kinds.len() * 3 + batch.len() + indices.len(),
-        // Per bucket its name; per kind three numbers; per request and charge a few
-        // digits.
+        6 + buckets.len() + kinds.len() * 3,
+        // Per bucket its name; per kind three numbers; per request and charge a byte
+        // or two.
         64 + buckets.len() * (prefix.len() + KEY_HEX)
             + kinds.len() * 48
-            + (batch.len() + indices.len()) * 8,
+            + (batch.len() + indices.len()) * 2,
     );
     call.arg("EVALSHA")
         .arg(script.get_hash())
@@ -537,17 +543,22 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     for &(period, max, cost) in &kinds {
         call.arg(period).arg(max).arg(cost);
     }
+    // Every group in one argument: Redis makes a string of each argument, and the
+    // script a number of each string, so one binary string of small numbers is far
+    // cheaper than an argument per number.
+    let mut numbers = Vec::with_capacity(2 * (batch.len() + indices.len()));
     let mut indices = indices.iter();
     for job in batch {
-        let n = job.charges.len() as i64;
-        call.arg(match job.mode {
-            Mode::Charge => n,
-            Mode::Refund => -n,
-        });
+        let refund = matches!(job.mode, Mode::Refund);
+        push_number(
+            &mut numbers,
+            2 * job.charges.len() as u64 + u64::from(refund),
+        );
         for &(bucket, kind) in indices.by_ref().take(job.charges.len()) {
-            call.arg((kind - 1) * buckets.len() + bucket);
+            push_number(&mut numbers, ((kind - 1) * buckets.len() + bucket) as u64);
         }
     }
+    call.arg(&numbers[..]);
     call
 }
 
@@ -591,21 +602,43 @@ fn late(deadline: Duration) -> StoreError {
     StoreError::new(format!("Redis did not answer within {deadline:?}"))
 }
 
-/// One group's answer, `index:wait`: 0 when it was applied, else the 1-based index of the
-/// charge that did not fit and the wait in microseconds (negative: never).
-fn parse_answer(answer: &str) -> Result<Answer, StoreError> {
-    let parsed = answer.split_once(':').and_then(|(index, wait)| {
-        let index: usize = index.parse().ok()?;
-        let wait: f64 = wait.parse().ok()?;
-        Some((index, wait))
-    });
-    match parsed {
-        Some((0, _)) => Ok(None),
-        Some((index, wait)) => Ok(Some((index - 1, wait))),
-        None => Err(StoreError::new(format!(
-            "the Redis script answered {answer:?}"
-        ))),
+/// The script's reply for a call of `groups` requests, each request's answer in order:
+/// the number of groups, then `group:index:wait` (1-based) for each group that did not
+/// fit, its charge `index` would after `wait` microseconds (negative: never).
+fn parse_reply(reply: &str, groups: usize) -> Result<Vec<Answer>, StoreError> {
+    let bad = || StoreError::new(format!("the Redis script answered {reply:?}"));
+    let mut parts = reply.split(' ');
+    let count: usize = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+    if count != groups {
+        return Err(StoreError::new(format!(
+            "the Redis script answered for {count} requests of {groups}"
+        )));
     }
+    let mut answers = vec![None; groups];
+    for failure in parts {
+        let mut fields = failure.splitn(3, ':');
+        let mut field = || fields.next().ok_or_else(bad);
+        let group: usize = field()?.parse().map_err(|_| bad())?;
+        let index: usize = field()?.parse().map_err(|_| bad())?;
+        let wait: f64 = field()?.parse().map_err(|_| bad())?;
+        let answer = group
+            .checked_sub(1)
+            .and_then(|group| answers.get_mut(group))
+            .filter(|answer| answer.is_none() && index > 0)
+            .ok_or_else(bad)?;
+        *answer = Some((index - 1, wait));
+    }
+    Ok(answers)
+}
+
+/// `n` in 7-bit digits, least significant first, the high bit set on every byte but
+/// the last (how the script reads the groups' numbers).
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 fn key_of(prefix: &str, charge: &Charge) -> String {
@@ -835,50 +868,75 @@ mod tests {
         ];
         let script = Script::new("return ''");
         let call = script_call(&batch, "p:", &script);
-        let args: Vec<String> = call
+        let args: Vec<Vec<u8>> = call
             .args_iter()
             .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
                 _ => panic!("a cursor argument"),
             })
             .collect();
-        let key = |id, key| key_of("p:", &charge(id, minute, key));
+        let key = |id, key| key_of("p:", &charge(id, minute, key)).into_bytes();
+        let text = |text: &str| text.as_bytes().to_vec();
         let expected = [
-            "EVALSHA".to_owned(),
-            script.get_hash().to_owned(),
-            "3".into(),
+            text("EVALSHA"),
+            text(script.get_hash()),
+            text("3"),
             key(a, alice),
             key(b, ScopeValue::GLOBAL),
             key(a, bob),
-            "".into(),
+            text(""),
             // Two kinds: 2 s and 17,280 s per unit, each costing 1.
-            "2".into(),
-            "2000000000".into(),
-            "30".into(),
-            "1".into(),
-            "17280000000000".into(),
-            "5".into(),
-            "1".into(),
-            // Per request its charges (negative: a refund), per charge
+            text("2"),
+            text("2000000000"),
+            text("30"),
+            text("1"),
+            text("17280000000000"),
+            text("5"),
+            text("1"),
+            // Per request its charges times two (plus one: a refund), per charge
             // (kind - 1) * 3 + bucket.
-            "2".into(),
-            "1".into(),
-            "5".into(),
-            "1".into(),
-            "3".into(),
-            "-1".into(),
-            "1".into(),
+            vec![4, 1, 5, 2, 3, 3, 1],
         ];
         assert_eq!(args, expected);
     }
 
     #[test]
-    fn answers_are_read_strictly() {
-        assert_eq!(parse_answer("0:0").unwrap(), None);
-        assert_eq!(parse_answer("2:1500.5").unwrap(), Some((1, 1500.5)));
-        assert_eq!(parse_answer("1:-1").unwrap(), Some((0, -1.0)));
-        for bad in ["", "0", "x:1", "1:", ":1"] {
-            assert!(parse_answer(bad).is_err(), "{bad:?}");
+    fn numbers_take_seven_bits_a_byte_least_significant_first() {
+        let cases: [(u64, &[u8]); 5] = [
+            (0, &[0]),
+            (127, &[127]),
+            (128, &[0x80, 1]),
+            (5001, &[0x89, 0x27]),
+            (u64::from(u32::MAX), &[0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ];
+        for (n, bytes) in cases {
+            let mut out = Vec::new();
+            push_number(&mut out, n);
+            assert_eq!(out, bytes, "{n}");
+        }
+    }
+
+    #[test]
+    fn replies_are_read_strictly() {
+        assert_eq!(parse_reply("2", 2).unwrap(), [None, None]);
+        assert_eq!(
+            parse_reply("3 2:1:1500.5 3:2:-1", 3).unwrap(),
+            [None, Some((0, 1500.5)), Some((1, -1.0))]
+        );
+        let bad = [
+            ("", 1),
+            ("2", 3),
+            ("1 0:1:5", 1),
+            ("1 2:1:5", 1),
+            ("1 1:0:5", 1),
+            ("2 1:1:5 1:1:5", 2),
+            ("1 1:1", 1),
+            ("1 1:1:x", 1),
+            ("1 x:1:5", 1),
+            ("1 1:1:5 ", 1),
+        ];
+        for (reply, groups) in bad {
+            assert!(parse_reply(reply, groups).is_err(), "{reply:?}");
         }
     }
 }
