@@ -386,6 +386,8 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
     let script = Script::new(include_str!("gcra.lua"));
     // A request taken from the queue that did not share the last call's clock.
     let mut next: Option<Job> = None;
+    // The requests of the next call (one vector for every call).
+    let mut batch: Vec<Job> = Vec::new();
     loop {
         let first = match next.take() {
             Some(job) => job,
@@ -394,7 +396,7 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
                 None => return,
             },
         };
-        let mut batch: Vec<Job> = vec![first];
+        batch.push(first);
         // Let the requests that are running now queue their charges too, for as long as
         // more keep coming (a few scheduler rounds at most): one script call for all of
         // them costs Redis and this process far less. Alone, a request waits one round.
@@ -427,19 +429,19 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, deadline: Dura
             Some(_) => true,
         });
         if !batch.is_empty() {
-            send(batch, &shared, &script, deadline).await;
+            send(&mut batch, &shared, &script, deadline).await;
         }
     }
 }
 
-/// One script call for `batch`, and every request's answer.
-async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Duration) {
+/// One script call for `batch`, and every request's answer; leaves `batch` empty.
+async fn send(batch: &mut Vec<Job>, shared: &Shared, script: &Script, deadline: Duration) {
     let mut connection = shared.connection.clone();
     let due = batch
         .iter()
         .filter_map(|job| job.waiter.as_ref().map(|waiter| waiter.due))
         .min();
-    let call = script_call(&batch, &shared.prefix, script);
+    let call = script_call(batch, &shared.prefix, script);
     // Answered by the earliest deadline in the batch (refunds alone: by the
     // connection's response timeout, which is the deadline too).
     let call = async {
@@ -468,14 +470,14 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
             }
             match parse_reply(&reply, batch.len()) {
                 Ok(answers) => {
-                    for (job, answer) in batch.into_iter().zip(answers) {
+                    for (job, answer) in batch.drain(..).zip(answers) {
                         if let Some(waiter) = job.waiter {
                             let _ = waiter.reply.send(Ok(answer));
                         }
                     }
                 }
                 Err(error) => {
-                    for waiter in batch.into_iter().filter_map(|job| job.waiter) {
+                    for waiter in batch.drain(..).filter_map(|job| job.waiter) {
                         let _ = waiter.reply.send(Err(error.clone()));
                     }
                 }
@@ -483,7 +485,7 @@ async fn send(batch: Vec<Job>, shared: &Shared, script: &Script, deadline: Durat
         }
         Err(error) => {
             shared.breaker().failed();
-            for job in batch {
+            for job in batch.drain(..) {
                 match job.waiter {
                     Some(waiter) => {
                         let _ = waiter.reply.send(Err(error.clone()));
@@ -530,10 +532,10 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
     call.arg("EVALSHA")
         .arg(script.get_hash())
         .arg(buckets.len());
-    let mut key = String::with_capacity(prefix.len() + KEY_HEX);
+    let mut key = Vec::with_capacity(prefix.len() + KEY_HEX);
     for &(counter, scope) in &buckets {
         write_key(&mut key, prefix, counter, scope);
-        call.arg(key.as_str());
+        call.arg(&key[..]);
     }
     match batch.first().and_then(|job| job.now) {
         Some(now) => call.arg(now.as_micros()),
@@ -563,17 +565,18 @@ fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
 }
 
 /// Distinct items in the order first seen, each with its 1-based index (linear in the
-/// items however many a call of 256 requests names).
+/// items however many a call of 256 requests names). Hashed with foldhash: the items
+/// are counter ids and keyed hashes of scope values, which no caller can choose.
 struct Distinct<T> {
     items: Vec<T>,
-    index: HashMap<T, usize>,
+    index: HashMap<T, usize, foldhash::fast::RandomState>,
 }
 
 impl<T: Copy + Eq + Hash> Distinct<T> {
     fn new() -> Self {
         Distinct {
             items: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 
@@ -642,33 +645,35 @@ fn push_number(out: &mut Vec<u8>, mut n: u64) {
 }
 
 fn key_of(prefix: &str, charge: &Charge) -> String {
-    let mut key = String::with_capacity(prefix.len() + KEY_HEX);
+    let mut key = Vec::with_capacity(prefix.len() + KEY_HEX);
     write_key(
         &mut key,
         prefix,
         charge.counter.as_u64(),
         charge.key.as_u128(),
     );
-    key
+    String::from_utf8(key).expect("a text prefix and hex digits")
 }
 
-/// The key of a counter's bucket, in place of what `key` held. Written by hand:
-/// `format!` with two hex fields costs more than the rest of a request's share of a
-/// script call.
-fn write_key(key: &mut String, prefix: &str, counter: u64, scope: u128) {
+/// The key of a counter's bucket, in place of what `key` held. Written by hand, as
+/// bytes: `format!` with two hex fields costs more than the rest of a request's share
+/// of a script call, and a `String` checks every character it is given.
+fn write_key(key: &mut Vec<u8>, prefix: &str, counter: u64, scope: u128) {
     key.clear();
-    key.push_str(prefix);
+    key.extend_from_slice(prefix.as_bytes());
     push_hex(key, u128::from(counter), 16);
-    key.push(':');
+    key.push(b':');
     push_hex(key, scope, 32);
 }
 
 /// The last `digits` hex digits of `value`, zero-padded.
-fn push_hex(out: &mut String, value: u128, digits: u32) {
+fn push_hex(out: &mut Vec<u8>, value: u128, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..digits).rev() {
-        out.push(char::from(HEX[((value >> (4 * shift)) & 0xf) as usize]));
-    }
+    out.extend(
+        (0..digits)
+            .rev()
+            .map(|shift| HEX[((value >> (4 * shift)) & 0xf) as usize]),
+    );
 }
 
 impl Shared {
