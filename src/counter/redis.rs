@@ -661,19 +661,20 @@ fn key_of(prefix: &str, charge: &Charge) -> String {
 fn write_key(key: &mut Vec<u8>, prefix: &str, counter: u64, scope: u128) {
     key.clear();
     key.extend_from_slice(prefix.as_bytes());
-    push_hex(key, u128::from(counter), 16);
+    push_hex(key, counter);
     key.push(b':');
-    push_hex(key, scope, 32);
+    push_hex(key, (scope >> 64) as u64);
+    push_hex(key, scope as u64);
 }
 
-/// The last `digits` hex digits of `value`, zero-padded.
-fn push_hex(out: &mut Vec<u8>, value: u128, digits: u32) {
+/// `value` in 16 hex digits, zero-padded.
+fn push_hex(out: &mut Vec<u8>, value: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        (0..digits)
-            .rev()
-            .map(|shift| HEX[((value >> (4 * shift)) & 0xf) as usize]),
-    );
+    let mut digits = [0; 16];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(value >> (60 - 4 * i) & 0xf) as usize];
+    }
+    out.extend_from_slice(&digits);
 }
 
 impl Shared {
