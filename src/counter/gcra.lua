@@ -27,11 +27,13 @@
 -- on redis-server): keys are read with one MGET and addressed by index, what a kind
 -- implies is worked out once per call, numbers are read with `+ 0` (one conversion,
 -- where tonumber makes two), the groups come in one argument (Redis turns each argument
--- into a string, and Lua each string back into a number), only the groups that did not
--- fit are answered, and an unmoved expiry is kept instead of written again.
+-- into a string, and Lua each string back into a number), a request of one charge
+-- skips the staging a request of several needs, only the groups that did not fit are
+-- answered, and an unmoved expiry is kept instead of written again.
+local call, format = redis.call, string.format
 local now = ARGV[1]
 if now == '' then
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = t[1] * 1000000 + t[2]
 else
   now = now + 0
@@ -57,10 +59,10 @@ local nkeys = #KEYS
 local tat = {}
 if nkeys > 0 then
   if nkeys <= 1000 then
-    tat = redis.call('MGET', unpack(KEYS))
+    tat = call('MGET', unpack(KEYS))
   else
     for first = 1, nkeys, 1000 do
-      local values = redis.call('MGET', unpack(KEYS, first, math.min(first + 999, nkeys)))
+      local values = call('MGET', unpack(KEYS, first, math.min(first + 999, nkeys)))
       for i = 1, #values do
         tat[first + i - 1] = values[i]
       end
@@ -130,9 +132,8 @@ while a <= len do
   local refund = n % 2 == 1
   n = (n - n % 2) / 2
   g = g + 1
-  local staged = 0
-  local result
-  for i = 1, n do
+  if n == 1 and not refund then
+    -- One charge (the usual request): applied or not, with nothing to stage.
     local key = numbers[a]
     a = a + 1
     if key >= 128 then
@@ -141,57 +142,83 @@ while a <= len do
     key = key - 1
     local kind = (key - key % nkeys) / nkeys + 1
     key = key % nkeys + 1
-    -- A key named twice in a group sees the value the group staged for it.
-    local s = 0
-    for j = 1, staged do
-      if staged_key[j] == key then
-        s = j
-      end
-    end
-    local t
-    if s > 0 then
-      t = staged_tat[s]
+    local t = tat[key] or now
+    local r = reach[kind]
+    if r < 0 then
+      failed[#failed + 1] = g .. ':1:-1'
+    elseif now < t - r then
+      failed[#failed + 1] = g .. ':1:' .. format('%.17g', t - r - now)
     else
-      t = tat[key]
-    end
-    local new
-    if refund then
-      if t then
-        new = t - inc[kind]
-      end
-    elseif not result then
-      if not t then
+      if t < now then
         t = now
       end
-      local earliest = t - reach[kind]
-      if reach[kind] < 0 then
-        result = g .. ':' .. i .. ':-1'
-      elseif now < earliest then
-        result = g .. ':' .. i .. ':' .. string.format('%.17g', earliest - now)
+      tat[key] = t + inc[kind]
+      dirty[key] = kind
+    end
+  else
+    local staged = 0
+    local result
+    for i = 1, n do
+      local key = numbers[a]
+      a = a + 1
+      if key >= 128 then
+        key, a = long(key, a)
+      end
+      key = key - 1
+      local kind = (key - key % nkeys) / nkeys + 1
+      key = key % nkeys + 1
+      -- A key named twice in a group sees the value the group staged for it.
+      local s = 0
+      for j = 1, staged do
+        if staged_key[j] == key then
+          s = j
+        end
+      end
+      local t
+      if s > 0 then
+        t = staged_tat[s]
       else
-        if t < now then
+        t = tat[key]
+      end
+      local new
+      if refund then
+        if t then
+          new = t - inc[kind]
+        end
+      elseif not result then
+        if not t then
           t = now
         end
-        new = t + inc[kind]
+        local earliest = t - reach[kind]
+        if reach[kind] < 0 then
+          result = g .. ':' .. i .. ':-1'
+        elseif now < earliest then
+          result = g .. ':' .. i .. ':' .. format('%.17g', earliest - now)
+        else
+          if t < now then
+            t = now
+          end
+          new = t + inc[kind]
+        end
+      end
+      if new then
+        if s == 0 then
+          staged = staged + 1
+          s = staged
+          staged_key[s] = key
+        end
+        staged_tat[s] = new
+        staged_kind[s] = kind
       end
     end
-    if new then
-      if s == 0 then
-        staged = staged + 1
-        s = staged
-        staged_key[s] = key
+    if result then
+      failed[#failed + 1] = result
+    else
+      for j = 1, staged do
+        local key = staged_key[j]
+        tat[key] = staged_tat[j]
+        dirty[key] = staged_kind[j]
       end
-      staged_tat[s] = new
-      staged_kind[s] = kind
-    end
-  end
-  if result then
-    failed[#failed + 1] = result
-  else
-    for j = 1, staged do
-      local key = staged_key[j]
-      tat[key] = staged_tat[j]
-      dirty[key] = staged_kind[j]
     end
   end
 end
@@ -201,23 +228,23 @@ for i = 1, nkeys do
   if kind then
     local t = tat[i]
     if t <= now then
-      redis.call('DEL', KEYS[i])
+      call('DEL', KEYS[i])
     else
       local quarters = t * 4
       local value
       if quarters % 1 == 0 then
-        value = string.format('%d', quarters)
+        value = format('%d', quarters)
       else
-        value = string.format('%.17g', quarters)
+        value = format('%.17g', quarters)
       end
       local s = step[kind]
       local cell = t - t % s
       local was = old[i]
       if was and was - was % s == cell then
-        redis.call('SET', KEYS[i], value, 'KEEPTTL')
+        call('SET', KEYS[i], value, 'KEEPTTL')
       else
         local ttl = math.ceil((cell + 2 * s - now) / 1000) + 1000
-        redis.call('SET', KEYS[i], value, 'PX', string.format('%d', ttl))
+        call('SET', KEYS[i], value, 'PX', format('%d', ttl))
       end
     end
   end
