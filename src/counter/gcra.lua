@@ -117,9 +117,7 @@ local function long(n, at)
 end
 
 -- A group's new values, not yet committed: key staged_key[j] gets staged_tat[j].
-local staged_key = {}
-local staged_tat = {}
-local staged_kind = {}
+local staged_key, staged_tat, staged_kind
 local failed = {}
 local g = 0
 a = 1
@@ -156,6 +154,9 @@ while a <= len do
       dirty[key] = kind
     end
   else
+    if not staged_key then
+      staged_key, staged_tat, staged_kind = {}, {}, {}
+    end
     local staged = 0
     local result
     for i = 1, n do
