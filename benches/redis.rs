@@ -201,10 +201,11 @@ fn bench(c: &mut Criterion) {
         let redis_cpu = redis_cpu.as_secs_f64() * 1e6 / (ROUNDS * REQUESTS) as f64;
         rounds.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
         let (in_memory, with_redis) = rounds[ROUNDS / 2];
-        let ratios: Vec<String> = rounds.iter().map(|(m, r)| format!("{:.2}", r / m)).collect();
+        let ratios: Vec<String> = rounds.iter().map(|(m, r)| format!("{:.3}", r / m)).collect();
+        let mean = rounds.iter().map(|(m, r)| r / m).sum::<f64>() / ROUNDS as f64;
         println!(
             "demo server, 32 connections: in memory {in_memory:.0} req/s, with Redis {with_redis:.0} req/s \
-             ({:.2} of in-memory, the median round; rounds {}); {commands:.3} Redis commands and \
+             ({:.3} of in-memory, the median round; mean {mean:.3}; rounds {}); {commands:.3} Redis commands and \
              {redis_cpu:.1} us of redis-server CPU per request",
             with_redis / in_memory,
             ratios.join(" ")
