@@ -116,6 +116,18 @@ local function long(n, at)
   return n + b * scale, at + 1
 end
 
+-- The key and kind of the charge whose number starts at `at`, and the position after it.
+local function charge_at(at)
+  local n = numbers[at]
+  if n >= 128 then
+    n, at = long(n, at + 1)
+  else
+    at = at + 1
+  end
+  n = n - 1
+  return n % nkeys + 1, (n - n % nkeys) / nkeys + 1, at
+end
+
 -- A group's new values, not yet committed: key staged_key[j] gets staged_tat[j].
 local staged_key, staged_tat, staged_kind
 local failed = {}
@@ -132,14 +144,8 @@ while a <= len do
   g = g + 1
   if n == 1 and not refund then
     -- One charge (the usual request): applied or not, with nothing to stage.
-    local key = numbers[a]
-    a = a + 1
-    if key >= 128 then
-      key, a = long(key, a)
-    end
-    key = key - 1
-    local kind = (key - key % nkeys) / nkeys + 1
-    key = key % nkeys + 1
+    local key, kind
+    key, kind, a = charge_at(a)
     local t = tat[key] or now
     local r = reach[kind]
     if r < 0 then
@@ -160,14 +166,8 @@ while a <= len do
     local staged = 0
     local result
     for i = 1, n do
-      local key = numbers[a]
-      a = a + 1
-      if key >= 128 then
-        key, a = long(key, a)
-      end
-      key = key - 1
-      local kind = (key - key % nkeys) / nkeys + 1
-      key = key % nkeys + 1
+      local key, kind
+      key, kind, a = charge_at(a)
       -- A key named twice in a group sees the value the group staged for it.
       local s = 0
       for j = 1, staged do
