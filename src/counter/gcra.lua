@@ -128,6 +128,23 @@ local function charge_at(at)
   return n % nkeys + 1, (n - n % nkeys) / nkeys + 1, at
 end
 
+-- A charge of `kind` on a bucket whose arrival time is `t` (false: empty): the bucket's
+-- new arrival time, or nil and the wait in microseconds until it would fit (-1: never).
+local function charge(t, kind)
+  local r = reach[kind]
+  if r < 0 then
+    return nil, -1
+  end
+  t = t or now
+  if now < t - r then
+    return nil, t - r - now
+  end
+  if t < now then
+    t = now
+  end
+  return t + inc[kind]
+end
+
 -- A group's new values, not yet committed: key staged_key[j] gets staged_tat[j].
 local staged_key, staged_tat, staged_kind
 local failed = {}
@@ -146,18 +163,12 @@ while a <= len do
     -- One charge (the usual request): applied or not, with nothing to stage.
     local key, kind
     key, kind, a = charge_at(a)
-    local t = tat[key] or now
-    local r = reach[kind]
-    if r < 0 then
-      failed[#failed + 1] = g .. ':1:-1'
-    elseif now < t - r then
-      failed[#failed + 1] = g .. ':1:' .. format('%.17g', t - r - now)
-    else
-      if t < now then
-        t = now
-      end
-      tat[key] = t + inc[kind]
+    local new, wait = charge(tat[key], kind)
+    if new then
+      tat[key] = new
       dirty[key] = kind
+    else
+      failed[#failed + 1] = g .. ':1:' .. format('%.17g', wait)
     end
   else
     if not staged_key then
@@ -187,19 +198,10 @@ while a <= len do
           new = t - inc[kind]
         end
       elseif not result then
-        if not t then
-          t = now
-        end
-        local earliest = t - reach[kind]
-        if reach[kind] < 0 then
-          result = g .. ':' .. i .. ':-1'
-        elseif now < earliest then
-          result = g .. ':' .. i .. ':' .. format('%.17g', earliest - now)
-        else
-          if t < now then
-            t = now
-          end
-          new = t + inc[kind]
+        local wait
+        new, wait = charge(t, kind)
+        if not new then
+          result = g .. ':' .. i .. ':' .. format('%.17g', wait)
         end
       end
       if new then
