@@ -188,7 +188,7 @@ impl RedisCountersBuilder {
             .set_max_delay(MAX_BACKOFF);
         let mut connection = ConnectionManager::new_with_config(client, config).await?;
         let secret_key = format!("{}scope-hasher-key", self.prefix);
-        let fresh = hex(&crate::scope::random_key());
+        let fresh = hex(crate::scope::random_key());
         let _: Option<String> = redis::cmd("SET")
             .arg(&secret_key)
             .arg(&fresh)
@@ -663,8 +663,13 @@ fn write_key(key: &mut Vec<u8>, prefix: &str, counter: u64, scope: u128) {
     key.extend_from_slice(prefix.as_bytes());
     push_hex(key, counter);
     key.push(b':');
-    push_hex(key, (scope >> 64) as u64);
-    push_hex(key, scope as u64);
+    push_hex_u128(key, scope);
+}
+
+/// `value` in 32 hex digits, zero-padded.
+fn push_hex_u128(out: &mut Vec<u8>, value: u128) {
+    push_hex(out, (value >> 64) as u64);
+    push_hex(out, value as u64);
 }
 
 /// `value` in 16 hex digits, zero-padded.
@@ -790,8 +795,10 @@ impl CounterStore for RedisCounters {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn hex(key: [u8; 16]) -> String {
+    let mut text = Vec::with_capacity(32);
+    push_hex_u128(&mut text, u128::from_be_bytes(key));
+    String::from_utf8(text).expect("hex digits")
 }
 
 fn unhex(text: &str) -> Option<[u8; 16]> {
@@ -832,6 +839,18 @@ mod tests {
                 );
                 assert_eq!(key_of("mcp-policy:", &charge), expected);
             }
+        }
+    }
+
+    #[test]
+    fn the_hasher_key_is_stored_as_32_hex_digits_and_read_back() {
+        let key: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(17).wrapping_add(9));
+        let text = hex(key);
+        let expected: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(text, expected);
+        assert_eq!(unhex(&text), Some(key));
+        for bad in ["", "0", &text[1..], "zz".repeat(16).as_str()] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
         }
     }
 
