@@ -122,7 +122,10 @@ impl Engine<MemoryCounters> {
 
 impl Engine<MemoryCounters> {
     /// An engine with in-memory counters on a [`FakeClock`](crate::FakeClock) (tests).
-    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: crate::FakeClock) -> Self {
+    pub fn with_clock(
+        policy: impl Into<Arc<Policy>>,
+        clock: crate::counter::clock::FakeClock,
+    ) -> Self {
         Engine::with_counters(policy, MemoryCounters::with_clock(clock))
     }
 

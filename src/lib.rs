@@ -78,8 +78,8 @@ pub use error::{PolicyError, PolicyErrorKind};
 pub use layer::layer::PolicyLayer;
 pub use layer::response::DenialFormat;
 pub use layer::service::{Grant, Mode, PolicyService};
-pub use policy::{CounterDef, Policy, PolicyWarning, Scope};
-pub use scope::{ScopeHasher, ScopeKeys, ScopeValue};
+pub use policy::{CounterDef, Policy, PolicyWarning};
+pub use scope::{Scope, ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};
 

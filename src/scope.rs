@@ -9,7 +9,39 @@ use std::hash::{BuildHasher, Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::policy::Scope;
+/// Whose calls a counter counts together.
+///
+/// ```
+/// use tower_mcp_policy::{Policy, Scope};
+///
+/// let policy: Policy = r#"{ "version": "1", "default": "allow", "tools": { "search": {
+///     "limits": [{ "counter": "searches", "window": "hour", "max": 100, "scope": "session" }] } } }"#
+///     .parse()?;
+/// assert_eq!(policy.counters()[0].scope(), Scope::Session);
+/// assert_eq!(Scope::Session.as_str(), "session");
+/// # Ok::<(), tower_mcp_policy::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scope {
+    /// Per caller credential (the `Authorization` header, or the application's key).
+    Grant,
+    /// Per MCP session (`Mcp-Session-Id`).
+    Session,
+    /// One bucket shared by every caller.
+    Global,
+}
+
+impl Scope {
+    /// The name used in policy documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
 
 /// A hashed scope value: the key of one bucket of a counter.
 ///

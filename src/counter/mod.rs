@@ -24,7 +24,7 @@ pub use redis::{
     DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCharge, RedisCounters, RedisCountersBuilder,
 };
 
-use crate::policy::Scope;
+use crate::scope::Scope;
 use crate::scope::ScopeValue;
 
 /// A counter's identity, derived from its name and its definition (window, max,

@@ -818,7 +818,7 @@ mod tests {
 
     use super::*;
     use crate::counter::{CounterId, Quota};
-    use crate::policy::Scope;
+    use crate::scope::Scope;
     use crate::scope::ScopeValue;
 
     #[test]

@@ -57,7 +57,10 @@ impl PolicyLayer<MemoryCounters> {
 impl PolicyLayer<MemoryCounters> {
     /// A layer whose counters run on `clock`: a [`FakeClock`](crate::FakeClock) makes
     /// rate-limit tests deterministic.
-    pub fn with_clock(policy: impl Into<Arc<Policy>>, clock: crate::FakeClock) -> Self {
+    pub fn with_clock(
+        policy: impl Into<Arc<Policy>>,
+        clock: crate::counter::clock::FakeClock,
+    ) -> Self {
         PolicyLayer::assemble(Engine::with_clock(policy, clock), None)
     }
 }

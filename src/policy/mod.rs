@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::counter::{CounterId, Quota};
 use crate::error::PolicyError;
+use crate::scope::Scope;
 use condition::Condition;
 use glob::GlobSet;
 use path::ArgPath;
@@ -159,40 +160,6 @@ pub(crate) struct LimitMeta {
     pub on_deny: Option<Box<str>>,
     /// `30 per minute`.
     pub describe: Box<str>,
-}
-
-/// Whose calls a counter counts together.
-///
-/// ```
-/// use tower_mcp_policy::{Policy, Scope};
-///
-/// let policy: Policy = r#"{ "version": "1", "default": "allow", "tools": { "search": {
-///     "limits": [{ "counter": "searches", "window": "hour", "max": 100, "scope": "session" }] } } }"#
-///     .parse()?;
-/// assert_eq!(policy.counters()[0].scope(), Scope::Session);
-/// assert_eq!(Scope::Session.as_str(), "session");
-/// # Ok::<(), tower_mcp_policy::PolicyError>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Scope {
-    /// Per caller credential (the `Authorization` header, or the application's key).
-    Grant,
-    /// Per MCP session (`Mcp-Session-Id`).
-    Session,
-    /// One bucket shared by every caller.
-    Global,
-}
-
-impl Scope {
-    /// The name used in policy documents.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Grant => "grant",
-            Scope::Session => "session",
-            Scope::Global => "global",
-        }
-    }
 }
 
 /// A named counter: `max` calls (or cost units) per `window`, per `scope`.
