@@ -75,11 +75,12 @@ pub use counter::clock::FakeClock;
 pub use decision::{Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN};
 pub use engine::{Decision, Engine};
 pub use error::{PolicyError, PolicyErrorKind};
+pub use layer::answer::DenialFormat;
+pub use layer::config::Mode;
 pub use layer::layer::PolicyLayer;
-pub use layer::response::DenialFormat;
-pub use layer::service::{Grant, Mode, PolicyService};
+pub use layer::service::PolicyService;
 pub use policy::{CounterDef, Policy, PolicyWarning};
-pub use scope::{Scope, ScopeHasher, ScopeKeys, ScopeValue};
+pub use scope::{Grant, Scope, ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 pub use value::{ArgValue, Decimal, NotANumber};
 

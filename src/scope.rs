@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -40,6 +41,32 @@ impl Scope {
             Scope::Session => "session",
             Scope::Global => "global",
         }
+    }
+}
+
+/// The grant a request belongs to, chosen by the application.
+///
+/// Insert it as a request extension (for example in your own auth middleware, with the
+/// tenant or user id it established) and it takes precedence over the `Authorization`
+/// header for `"scope": "grant"` counters.
+///
+/// ```
+/// # use tower_mcp_policy::Grant;
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(Grant::new("tenant-42"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Grant(Arc<str>);
+
+impl Grant {
+    /// A grant named `key`.
+    pub fn new(key: impl Into<Arc<str>>) -> Grant {
+        Grant(key.into())
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

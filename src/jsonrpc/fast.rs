@@ -14,8 +14,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
+use super::message::{Fields, Params, routing_field};
 use super::strict::Guided;
-use super::{Decoded, Fields, Id, Message, Params, PlanSource, ToolCall, routing_field};
+use super::{Decoded, Id, Message, PlanSource, ToolCall};
 use crate::policy::ArgPlan;
 use crate::policy::path::PlanNode;
 use crate::value::ArgValue;
@@ -554,7 +555,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{Map, Value, json};
 
-    use super::super::{PlanSource, ReadAll, thorough};
+    use super::super::{PlanSource, ReadAll};
     use crate::Policy;
 
     /// A policy whose rules read parts of the arguments: `t` reads `items.1.price` and
@@ -574,7 +575,11 @@ mod tests {
     fn fast<P: PlanSource + ?Sized>(body: &str, plans: &P) -> bool {
         match super::decode(body, plans) {
             Some(decoded) => {
-                assert_eq!(Ok(decoded), thorough(body, plans), "{body}");
+                assert_eq!(
+                    Ok(decoded),
+                    crate::jsonrpc::thorough::decode(body, plans),
+                    "{body}"
+                );
                 true
             }
             None => false,

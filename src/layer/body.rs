@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 
 use super::filter::{SseSplitter, event_data, filter_event, filter_message};
 use super::refund::Watch;
-use super::response::INTERNAL_ERROR;
+use crate::jsonrpc::INTERNAL_ERROR;
 use crate::policy::Policy;
 
 /// The request body the inner service receives: the bytes the policy read.

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, json};
 
-use super::response::INTERNAL_ERROR;
+use crate::jsonrpc::INTERNAL_ERROR;
 use crate::policy::Policy;
 
 /// A JSON-RPC message or batch that may list tools, with hidden tools removed. `None`:

@@ -1,5 +1,5 @@
-//! The response future of [`PolicyService`](super::PolicyService): a state machine that
-//! reads the body, asks the policy, then calls the inner service or answers itself.
+//! The response future of [`PolicyService`](super::PolicyService): it reads the body,
+//! then drives the gate's steps (judge, wait for the store, forward, answer).
 
 use std::fmt;
 use std::future::Future;
@@ -9,21 +9,15 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::ResponseBody;
-use super::body::{Buffer, PolicyBody};
+use super::body::{Buffer, PolicyBody, ResponseBody};
 use super::deadline::Deadline;
-use super::request::{Refused, check_entity_headers, too_large};
-use super::service::{
-    BoxError, Charging, Forwarded, Judged, Judgment, MCP_SESSION_ID, Outcome, PolicyDecision,
-    Shared,
-};
+use super::gate::{BoxError, Charging, Forwarded, Gate, Next, Read};
 use crate::counter::CounterStore;
-use crate::jsonrpc::INVALID_REQUEST;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
@@ -36,7 +30,7 @@ pin_project! {
     {
         #[pin]
         state: State<Inner, S, ReqBody, ResBody>,
-        shared: Arc<Shared<S>>,
+        gate: Arc<Gate<S>>,
     }
 }
 
@@ -47,20 +41,17 @@ pin_project! {
         Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
         S: CounterStore,
     {
-        // Reading the request body: up to the body limit for methods that are judged,
-        // nothing at all for GET, DELETE, HEAD and OPTIONS.
+        // Reading the request body, as far as the gate admitted it.
         Reading {
             #[pin]
             body: ReqBody,
             request: Option<(Parts, Inner)>,
             buffer: Buffer,
-            limit: usize,
-            judge: bool,
+            read: Read,
             deadline: Deadline,
         },
-        // Waiting for a counter store that cannot answer at once; the body was decoded
-        // and judged, and only the charges remain.
-        Charging {
+        // Waiting for a counter store that cannot answer at once.
+        Waiting {
             #[pin]
             future: S::Future,
             rest: Option<(Charging, Parts, Bytes, Inner)>,
@@ -84,96 +75,79 @@ where
     ReqBody: Body,
     S: CounterStore,
 {
-    pub(crate) fn new(shared: Arc<Shared<S>>, mut inner: Inner, request: Request<ReqBody>) -> Self {
+    pub(crate) fn new(gate: Arc<Gate<S>>, inner: Inner, request: Request<ReqBody>) -> Self {
         let (parts, body) = request.into_parts();
-        let bodiless = matches!(
-            parts.method,
-            Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
-        );
-        let state = if bodiless && body.is_end_stream() {
-            // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched.
-            let forwarded = Forwarded::unjudged(shared.engine.policy());
-            calling(&shared, &mut inner, parts, Bytes::new(), forwarded)
-        } else if bodiless {
-            // They never carry a body nobody read: read it, and refuse any byte.
-            State::Reading {
+        let state = match gate.admit(&parts) {
+            Ok(read) if !read.judge && body.is_end_stream() => {
+                // A GET (the SSE stream), DELETE, HEAD or OPTIONS without a body passes
+                // at once.
+                next(&gate, inner, parts, Bytes::new(), read)
+            }
+            Ok(read) => State::Reading {
                 body,
                 request: Some((parts, inner)),
                 buffer: Buffer::default(),
-                limit: 0,
-                judge: false,
-                deadline: Deadline::after(shared.config.body_read_timeout),
-            }
-        } else {
-            // POST, and every other method that can carry a body, is read and judged.
-            match check_entity_headers(&parts.headers, shared.config.max_body) {
-                Err(refused) => answered(&shared, refused),
-                Ok(()) => State::Reading {
-                    body,
-                    request: Some((parts, inner)),
-                    buffer: Buffer::default(),
-                    limit: shared.config.max_body,
-                    judge: true,
-                    deadline: Deadline::after(shared.config.body_read_timeout),
-                },
-            }
+                read,
+                deadline: Deadline::after(gate.config.body_read_timeout),
+            },
+            Err(response) => answered(response),
         };
-        ResponseFuture { state, shared }
+        ResponseFuture { state, gate }
     }
 }
 
 fn answered<Inner, S, ReqBody, ResBody>(
-    shared: &Shared<S>,
-    refused: Refused,
+    response: Response<ResponseBody<ResBody>>,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
     State::Answered {
-        response: Some(shared.refused_response(refused, None)),
+        response: Some(response),
     }
 }
 
-fn calling<Inner, S, ReqBody, ResBody>(
-    shared: &Shared<S>,
-    inner: &mut Inner,
+/// The body has been read whole: the gate judges it.
+fn next<Inner, S, ReqBody, ResBody>(
+    gate: &Gate<S>,
+    inner: Inner,
     parts: Parts,
     bytes: Bytes,
-    mut forwarded: Forwarded,
+    read: Read,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
-    forwarded.deletes = parts.method == Method::DELETE;
-    forwarded.streams = parts.method == Method::GET;
-    if !forwarded.allowed.is_empty() {
-        forwarded.sent = Some(std::time::Instant::now());
-    }
-    let parts = shared.prepare_forward(&forwarded, parts);
-    State::Calling {
-        future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
-        forwarded: Some(forwarded),
-    }
+    let next = gate.judge(&parts, &bytes, read);
+    step(gate, inner, parts, bytes, next)
 }
 
-fn after_judging<Inner, S, ReqBody, ResBody>(
-    shared: &Shared<S>,
+/// The state for what the gate said happens next.
+fn step<Inner, S, ReqBody, ResBody>(
+    gate: &Gate<S>,
     mut inner: Inner,
-    judged: Judged<ResBody>,
     parts: Parts,
     bytes: Bytes,
+    next: Next<ResBody, S>,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    match judged {
-        Judged::Forward(forwarded) => calling(shared, &mut inner, parts, bytes, forwarded),
-        Judged::Answer(response) => State::Answered {
-            response: Some(response),
+    match next {
+        Next::Forward(mut forwarded) => {
+            let parts = gate.forward(&mut forwarded, parts);
+            State::Calling {
+                future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
+                forwarded: Some(forwarded),
+            }
+        }
+        Next::Answer(response) => answered(response),
+        Next::Wait(future, charging) => State::Waiting {
+            future,
+            rest: Some((charging, parts, bytes, inner)),
         },
     }
 }
@@ -196,92 +170,56 @@ where
                     mut body,
                     request,
                     buffer,
-                    limit,
-                    judge,
+                    read,
                     deadline,
                 } => match body.as_mut().poll_frame(cx) {
-                    Poll::Pending if deadline.expired(cx) => answered(
-                        this.shared,
-                        Refused {
-                            status: StatusCode::REQUEST_TIMEOUT,
-                            code: INVALID_REQUEST,
-                            message: format!(
-                                "the request body did not arrive within {:?} (received {} bytes)",
-                                this.shared.config.body_read_timeout.unwrap_or_default(),
-                                buffer.len()
-                            ),
-                        },
-                    ),
+                    Poll::Pending if deadline.expired(cx) => answered(this.gate.late(buffer.len())),
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(frame) => match frame {
-                        Some(Ok(frame)) => {
-                            let Ok(data) = frame.into_data() else {
-                                continue; // trailers carry nothing the policy reads
-                            };
-                            if buffer.len() + data.remaining() <= *limit {
-                                buffer.push(data);
-                                if !body.is_end_stream() {
-                                    continue;
-                                }
-                                // The body says it is complete (its length is reached):
-                                // no further poll is needed to learn it.
-                                read_whole(this.shared, request, buffer, *judge)
-                            } else {
-                                let (parts, _) = request.as_ref().expect("read until answered");
-                                answered(
-                                    this.shared,
-                                    if *judge {
-                                        too_large(*limit)
-                                    } else {
-                                        Refused {
-                                            status: StatusCode::BAD_REQUEST,
-                                            code: INVALID_REQUEST,
-                                            message: format!(
-                                                "a {} request must not carry a body",
-                                                parts.method
-                                            ),
-                                        }
-                                    },
-                                )
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue; // trailers carry nothing the policy reads
+                        };
+                        if buffer.len() + data.remaining() > read.limit {
+                            let (parts, _) = request.as_ref().expect("read until answered");
+                            answered(this.gate.oversized(parts, *read))
+                        } else {
+                            buffer.push(data);
+                            if !body.is_end_stream() {
+                                continue;
                             }
+                            // The body says it is complete (its length is reached): no
+                            // further poll is needed to learn it.
+                            let (parts, inner) = request.take().expect("read until answered");
+                            next(this.gate, inner, parts, buffer.take(), *read)
                         }
-                        Some(Err(err)) => answered(
-                            this.shared,
-                            Refused {
-                                status: StatusCode::BAD_REQUEST,
-                                code: INVALID_REQUEST,
-                                message: format!("could not read the request body: {}", err.into()),
-                            },
-                        ),
-                        None => read_whole(this.shared, request, buffer, *judge),
-                    },
+                    }
+                    Poll::Ready(Some(Err(err))) => answered(this.gate.unreadable(err.into())),
+                    Poll::Ready(None) => {
+                        let (parts, inner) = request.take().expect("read until answered");
+                        next(this.gate, inner, parts, buffer.take(), *read)
+                    }
                 },
-                StateProj::Charging { future, rest } => {
+                StateProj::Waiting { future, rest } => {
                     let result = ready!(future.poll(cx));
                     let (charging, parts, bytes, inner) = rest.take().expect("charged once");
-                    let judged = this.shared.charged(charging, result);
-                    after_judging(this.shared, inner, judged, parts, bytes)
+                    let next = this.gate.charged(charging, result);
+                    step(this.gate, inner, parts, bytes, next)
                 }
                 StateProj::Calling { future, forwarded } => {
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
                         Err(err) => {
                             if let Some(forwarded) = forwarded {
-                                this.shared.failed(forwarded);
+                                this.gate.failed(forwarded);
                             }
                             return Poll::Ready(Err(err));
                         }
                     };
                     let forwarded = forwarded.take().expect("answered once");
-                    return Poll::Ready(Ok(this.shared.wrap(response, forwarded)));
+                    return Poll::Ready(Ok(this.gate.answered(response, forwarded)));
                 }
                 StateProj::Answered { response } => {
-                    let mut response = response.take().expect("polled after completion");
-                    if response.extensions().get::<PolicyDecision>().is_none() {
-                        // Every answer of the layer's own that is not a denial.
-                        let rejected = PolicyDecision::new(Outcome::Rejected);
-                        response.extensions_mut().insert(rejected);
-                    }
+                    let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response));
                 }
             };
@@ -298,39 +236,12 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Reading { .. } => "reading",
-            State::Charging { .. } => "charging",
+            State::Waiting { .. } => "waiting",
             State::Calling { .. } => "calling",
             State::Answered { .. } => "answered",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
-    }
-}
-
-/// The body has been read whole: judge it (or forward it unjudged), and the next state.
-fn read_whole<Inner, S, ReqBody, ResBody>(
-    shared: &Arc<Shared<S>>,
-    request: &mut Option<(Parts, Inner)>,
-    buffer: &mut Buffer,
-    judge: bool,
-) -> State<Inner, S, ReqBody, ResBody>
-where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
-    ReqBody: Body,
-    S: CounterStore,
-{
-    let (parts, mut inner) = request.take().expect("read until answered");
-    let bytes = buffer.take();
-    if !judge {
-        let forwarded = Forwarded::unjudged(shared.engine.policy());
-        return calling(shared, &mut inner, parts, bytes, forwarded);
-    }
-    match shared.judge(&parts, &bytes) {
-        Judgment::Judged(judged) => after_judging(shared, inner, judged, parts, bytes),
-        Judgment::Awaiting(future, charging) => State::Charging {
-            future,
-            rest: Some((charging, parts, bytes, inner)),
-        },
     }
 }

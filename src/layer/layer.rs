@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::response::DenialFormat;
-use super::service::{Config, Mode, PolicyService, Refunds, Shared, SharedObserver};
+use super::answer::DenialFormat;
+use super::config::{Config, Mode, SharedObserver};
+use super::gate::Gate;
+use super::service::PolicyService;
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
@@ -15,11 +17,6 @@ use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::scope::ScopeHasher;
 use crate::source::PolicyHandle;
-
-/// The default request body limit: 4 MiB.
-pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
-/// The default limit on a tools/list JSON response the layer buffers to filter: 16 MiB.
-pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// A tower [`Layer`] that enforces a policy on MCP tool calls; see the
 /// [module docs](crate::layer) for an example.
@@ -129,14 +126,15 @@ impl<S> PolicyLayer<S> {
         self
     }
 
-    /// The largest request body read (default [`DEFAULT_MAX_BODY`]); larger ones get 413.
+    /// The largest request body read (default [`DEFAULT_MAX_BODY`](super::DEFAULT_MAX_BODY)); larger ones get 413.
     #[must_use]
     pub fn max_body_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_body = bytes)
     }
 
     /// The largest `application/json` tools/list response buffered to remove hidden
-    /// tools (default [`DEFAULT_MAX_FILTERED_RESPONSE`]); a larger one is replaced by a
+    /// tools (default
+    /// [`DEFAULT_MAX_FILTERED_RESPONSE`](super::DEFAULT_MAX_FILTERED_RESPONSE)); a larger one is replaced by a
     /// JSON-RPC error rather than shown unfiltered.
     #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
@@ -208,17 +206,23 @@ impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
     type Service = PolicyService<Inner, S>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
-        PolicyService::from_shared(
-            inner,
-            Arc::new(Shared {
-                engine: self.engine.clone(),
-                config: self.config.clone(),
-                sessions: self.sessions.clone(),
-                refunder: Arc::new(Refunds {
-                    engine: self.engine.clone(),
-                    observer: self.config.observer.clone(),
-                }),
-            }),
-        )
+        let gate = Gate::new(
+            self.engine.clone(),
+            self.config.clone(),
+            self.sessions.clone(),
+        );
+        PolicyService::from_gate(inner, Arc::new(gate))
+    }
+}
+
+impl<Inner> PolicyService<Inner> {
+    /// Wraps `inner` with `policy` and in-memory counters.
+    pub fn new(inner: Inner, policy: impl Into<Arc<Policy>>) -> Self {
+        PolicyLayer::new(policy).layer(inner)
+    }
+
+    /// A [`PolicyLayer`] for `policy`.
+    pub fn layer(policy: impl Into<Arc<Policy>>) -> PolicyLayer {
+        PolicyLayer::new(policy)
     }
 }

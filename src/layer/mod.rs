@@ -60,24 +60,26 @@
 //! # }
 //! ```
 
+pub(crate) mod answer;
 mod body;
+pub(crate) mod config;
 mod deadline;
 mod filter;
 mod future;
+mod gate;
 #[allow(clippy::module_inception)]
 pub(crate) mod layer;
 mod refund;
+mod report;
 mod request;
-pub(crate) mod response;
 pub(crate) mod service;
 mod sessions;
 
-pub use body::{PolicyBody, ResponseBody};
-pub use future::ResponseFuture;
-pub use layer::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE};
-pub use response::{
-    DENIED_PREFIX, HEADER_MISMATCH, INTERNAL_ERROR, META_KEY, NOT_EXECUTED, POLICY_DENIED,
-    UNKNOWN_TOOL,
+pub use crate::jsonrpc::{
+    HEADER_MISMATCH, INTERNAL_ERROR, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
 };
-pub use service::{Outcome, PolicyDecision};
+pub use answer::{DENIED_PREFIX, META_KEY, Outcome, PolicyDecision};
+pub use body::{PolicyBody, ResponseBody};
+pub use config::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE};
+pub use future::ResponseFuture;
 pub use sessions::DEFAULT_MAX_SESSIONS;

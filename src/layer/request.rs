@@ -21,11 +21,40 @@ impl Refused {
             message: message.into(),
         }
     }
+
+    /// The body did not arrive within `timeout`.
+    pub fn late(timeout: std::time::Duration, received: usize) -> Refused {
+        Refused::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            format!(
+                "the request body did not arrive within {timeout:?} (received {received} bytes)"
+            ),
+        )
+    }
+
+    /// A GET, DELETE, HEAD or OPTIONS request came with a body.
+    pub fn body_not_allowed(method: &http::Method) -> Refused {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            format!("a {method} request must not carry a body"),
+        )
+    }
+
+    /// The body could not be read.
+    pub fn unreadable(error: &dyn std::fmt::Display) -> Refused {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            format!("could not read the request body: {error}"),
+        )
+    }
 }
 
 use http::StatusCode;
 
-use super::response::HEADER_MISMATCH;
+use crate::jsonrpc::HEADER_MISMATCH;
 use crate::jsonrpc::INVALID_REQUEST;
 
 /// The request headers the judgement reads, found in one pass over the headers (a

@@ -14,7 +14,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use crate::scope::ScopeValue;
+use http::{HeaderValue, Response, StatusCode};
+
+use super::request::MCP_SESSION_ID;
+use crate::scope::{ScopeHasher, ScopeValue};
 
 /// The default number of sessions remembered: about 7 MB.
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
@@ -77,6 +80,31 @@ impl Sessions {
         }
     }
 
+    /// Records what the server's answer shows: an `initialize` answered with an id
+    /// issues that id; the id the request carried (`session`) ends with a 404, or
+    /// with a successful answer to a DELETE.
+    pub fn track<B>(
+        &self,
+        hasher: &ScopeHasher,
+        initializes: bool,
+        session: Option<&HeaderValue>,
+        deletes: bool,
+        response: &Response<B>,
+    ) {
+        let status = response.status();
+        if initializes
+            && status.is_success()
+            && let Some(id) = response.headers().get(&MCP_SESSION_ID)
+        {
+            self.issue(hasher.session(id.as_bytes()));
+        }
+        if let Some(id) = session
+            && (status == StatusCode::NOT_FOUND || (deletes && status.is_success()))
+        {
+            self.end(hasher.session(id.as_bytes()));
+        }
+    }
+
     /// The server ended `session`.
     pub fn end(&self, session: ScopeValue) {
         self.lock().live.remove(&session);
@@ -91,7 +119,6 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scope::ScopeHasher;
 
     #[test]
     fn issued_until_ended_and_bounded_oldest_first() {

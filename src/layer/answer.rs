@@ -1,0 +1,281 @@
+//! What the layer writes back: its own answers (denials, refusals, errors), the
+//! decision each response carries, and how the server's answers are read back
+//! (filtered, watched for refunds, or passed untouched).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::body::ResponseBody;
+use super::refund::Watch;
+use crate::decision::{Denial, DenialKind};
+use crate::engine::Refusal;
+use crate::jsonrpc::{
+    Decoded, INTERNAL_ERROR, Id, MessageKind, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
+};
+use crate::policy::Policy;
+
+/// The `_meta` key under which a denial's details travel in a tool result.
+pub const META_KEY: &str = "tower-mcp-policy/denial";
+
+/// The prefix of every denial text, as the hosted PolicyLayer gateway writes it.
+pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
+
+/// How a denied `tools/call` is answered.
+///
+/// ```
+/// use http_body_util::BodyExt;
+/// use tower::{Layer, ServiceExt};
+/// use tower_mcp_policy::layer::POLICY_DENIED;
+/// use tower_mcp_policy::{DenialFormat, Policy, PolicyLayer, testing};
+///
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+/// # });
+/// let policy: Policy = r#"{ "version": "1", "default": "deny" }"#.parse()?;
+/// let service = PolicyLayer::new(policy)
+///     .denial_format(DenialFormat::JsonRpcError)
+///     .layer(my_mcp_service);
+/// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
+/// let body = response.into_body().collect().await?.to_bytes();
+/// let answer: serde_json::Value = serde_json::from_slice(&body)?;
+/// assert_eq!(answer["error"]["code"], POLICY_DENIED);
+/// assert_eq!(answer["error"]["data"]["kind"], "not_allowed");
+/// assert_eq!(answer["error"]["data"]["rule"], "(default deny)");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DenialFormat {
+    /// A successful JSON-RPC response holding a `CallToolResult` with `isError: true`
+    /// and the text `[POLICY DENIED] <message>`: the agent's model reads it like any
+    /// tool error. Details are in the result's `_meta` under [`META_KEY`].
+    #[default]
+    ToolResult,
+    /// A JSON-RPC error with code [`POLICY_DENIED`], the message, and `data` holding
+    /// `rule`, `tool`, `kind` and `retryAfterSeconds`.
+    JsonRpcError,
+}
+
+/// What the policy decided about a request, carried by its response as an extension so
+/// that outer layers (an access log, a custom metric) can read it.
+///
+/// ```
+/// # use tower_mcp_policy::layer::{Outcome, PolicyDecision};
+/// # let response = http::Response::new(());
+/// match response.extensions().get::<PolicyDecision>() {
+///     Some(decision) if decision.outcome == Outcome::Denied => { /* decision.denials */ }
+///     _ => {}
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyDecision {
+    /// What became of the request.
+    pub outcome: Outcome,
+    /// The denials, one per denied call (for `Denied` and `WouldDeny`).
+    pub denials: Vec<Denial>,
+}
+
+/// What became of a request; see [`PolicyDecision`] and its example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Judged and forwarded (every call allowed, or no tool call in it).
+    Forwarded,
+    /// A call was denied: answered by the layer, nothing forwarded.
+    Denied,
+    /// Monitor mode: enforcement would have denied a call; forwarded anyway.
+    WouldDeny,
+    /// Refused before any decision (unreadable body, bad headers, too large, too slow).
+    Rejected,
+    /// Not judged: a request without a body (GET, DELETE, ...) passed through.
+    NotJudged,
+}
+
+impl PolicyDecision {
+    pub(crate) fn new(outcome: Outcome) -> PolicyDecision {
+        PolicyDecision {
+            outcome,
+            denials: Vec::new(),
+        }
+    }
+
+    pub(crate) fn from_refusals(outcome: Outcome, refusals: &[Refusal]) -> PolicyDecision {
+        PolicyDecision {
+            outcome,
+            denials: refusals
+                .iter()
+                .filter_map(|r| match r {
+                    Refusal::Denied(denial) => Some(denial.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn details(denial: &Denial) -> Value {
+    let mut details = json!({
+        "rule": denial.rule(),
+        "tool": denial.tool(),
+        "kind": denial.kind().as_str(),
+    });
+    if let Some(seconds) = denial.retry_after() {
+        details["retryAfterSeconds"] = json!(seconds);
+    }
+    details
+}
+
+fn error_object(id: Option<&Id>, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    json!({ "jsonrpc": "2.0", "id": id, "error": error })
+}
+
+/// The JSON-RPC response for one denied call.
+pub(crate) fn denial_message(id: Option<&Id>, denial: &Denial, format: DenialFormat) -> Value {
+    if denial.kind() == DenialKind::Hidden {
+        // Indistinguishable from a tool the server does not have.
+        return error_object(id, UNKNOWN_TOOL, denial.message(), None);
+    }
+    let text = format!("{DENIED_PREFIX}{}", denial.message());
+    match format {
+        DenialFormat::ToolResult => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "content": [{ "type": "text", "text": text }],
+                "isError": true,
+                "_meta": { META_KEY: details(denial) },
+            }
+        }),
+        DenialFormat::JsonRpcError => error_object(id, POLICY_DENIED, &text, Some(details(denial))),
+    }
+}
+
+/// The response for a request of a refused batch that was allowed but not executed.
+pub(crate) fn not_executed(id: Option<&Id>) -> Value {
+    error_object(
+        id,
+        NOT_EXECUTED,
+        "Not executed: another call in the same batch was denied by policy.",
+        None,
+    )
+}
+
+/// An HTTP error answer with a JSON-RPC error body.
+pub(crate) fn http_error<B>(
+    status: StatusCode,
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+) -> Response<ResponseBody<B>> {
+    json_response(status, &error_object(id, code, message, None))
+}
+
+/// A `200 OK` (or other) JSON response.
+pub(crate) fn json_response<B>(status: StatusCode, body: &Value) -> Response<ResponseBody<B>> {
+    let bytes = Bytes::from(serde_json::to_vec(body).expect("a Value always serializes"));
+    let mut response = Response::new(ResponseBody::full(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `202 Accepted` with no body: the answer to notifications.
+pub(crate) fn accepted<B>() -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+}
+
+/// One entry per request of a refused body (a denial, or "not executed");
+/// notifications get none.
+pub(crate) fn refusals<B>(
+    decoded: &Decoded<'_>,
+    refusals: Vec<Refusal>,
+    format: DenialFormat,
+) -> Response<ResponseBody<B>> {
+    let mut refusals = refusals.into_iter();
+    let mut entries = Vec::new();
+    for message in decoded.messages() {
+        let refusal = match message.tool_call() {
+            Some(_) => refusals.next().unwrap_or(Refusal::NotExecuted),
+            None => Refusal::NotExecuted,
+        };
+        if message.kind() != MessageKind::Request {
+            continue;
+        }
+        entries.push(match refusal {
+            Refusal::Denied(denial) => denial_message(message.id(), &denial, format),
+            Refusal::NotExecuted => not_executed(message.id()),
+        });
+    }
+    match entries.len() {
+        0 => accepted(),
+        _ if !decoded.is_batch() => json_response(StatusCode::OK, &entries[0]),
+        _ => json_response(StatusCode::OK, &Value::Array(entries)),
+    }
+}
+
+/// The server's answer as the client gets it: filtered under `filter` (the answer may
+/// carry a tool list and the policy hides tools), watched for error answers when
+/// `watch` holds charges to refund, and otherwise untouched. An answer that must be
+/// filtered but arrives compressed is refused, never passed on unread.
+pub(crate) fn read_back<B>(
+    mut response: Response<B>,
+    filter: Option<Arc<Policy>>,
+    watch: Option<Watch>,
+    limit: usize,
+) -> Response<ResponseBody<B>> {
+    let headers = response.headers();
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"));
+    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+            })
+            .unwrap_or(true)
+    });
+    if encoded && filter.is_some() {
+        tracing::warn!(
+            target: "tower_mcp_policy",
+            "the server compressed a response the policy must filter; refused"
+        );
+        http_error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            INTERNAL_ERROR,
+            "the server compressed a response that the policy layer must read to remove hidden tools",
+        )
+    } else if filter.is_none() && (watch.is_none() || encoded) {
+        // Nothing to filter, and nothing to watch (or nothing readable): untouched.
+        response.map(ResponseBody::inner)
+    } else {
+        if filter.is_some() {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        if is_sse {
+            response.map(|body| ResponseBody::sse(body, filter, watch))
+        } else {
+            response.map(|body| ResponseBody::json(body, filter, limit, watch))
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The layer's configuration: what [`PolicyLayer`](crate::PolicyLayer)'s builder
+//! methods set, shared by every service it makes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::answer::DenialFormat;
+use crate::counter::MemoryCounters;
+use crate::engine::Engine;
+use crate::observe::{Observer, TracingObserver};
+use crate::scope::ScopeHasher;
+
+/// The default request body limit: 4 MiB.
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+/// The default limit on a tools/list JSON response the layer buffers to filter: 16 MiB.
+pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Whether the layer enforces its policy or only reports what it would do.
+///
+/// Trying a policy on live traffic first: the call it would deny runs, and a
+/// `would_deny` event says so.
+///
+/// ```
+/// use tower::{Layer, ServiceExt};
+/// use tower_mcp_policy::testing::{self, Answer};
+/// use tower_mcp_policy::{Mode, Policy, PolicyLayer};
+///
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+/// # });
+/// let policy: Policy = r#"{ "version": "1", "default": "deny" }"#.parse()?;
+/// let service = PolicyLayer::new(policy).mode(Mode::Monitor).layer(my_mcp_service);
+/// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
+/// assert!(matches!(testing::answer(response).await?, Answer::Result(_)));
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Deny, hide and refuse as the policy says (the default).
+    #[default]
+    Enforce,
+    /// A dry run: nothing is denied or hidden. Every call enforcement would deny is
+    /// forwarded and reported as a `would_deny` event with the fields a denial has;
+    /// counters are charged exactly as under enforcement (a would-be-denied request
+    /// charges nothing), so the report is what enforcement would do. Bodies the layer
+    /// cannot read are still refused: that is the protocol, not the policy.
+    Monitor,
+}
+
+/// What the builder methods of [`PolicyLayer`](crate::PolicyLayer) set.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub observer: SharedObserver,
+    /// A policy judged beside the enforced one, reported only.
+    pub candidate: Option<Arc<Engine<MemoryCounters>>>,
+    pub max_body: usize,
+    pub max_filtered_response: usize,
+    pub denial_format: DenialFormat,
+    pub hasher: ScopeHasher,
+    pub body_read_timeout: Option<Duration>,
+    pub mode: Mode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            observer: SharedObserver(Arc::new(TracingObserver)),
+            candidate: None,
+            max_body: DEFAULT_MAX_BODY,
+            max_filtered_response: DEFAULT_MAX_FILTERED_RESPONSE,
+            denial_format: DenialFormat::default(),
+            hasher: ScopeHasher::random(),
+            body_read_timeout: None,
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+/// The layer's observer.
+#[derive(Clone)]
+pub(crate) struct SharedObserver(pub Arc<dyn Observer>);
+
+impl fmt::Debug for SharedObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer")
+    }
+}

@@ -1,0 +1,537 @@
+//! The gate: everything the layer does with one request, in the order it does it.
+//!
+//! ```text
+//! admit (method, entity headers) ─▶ read (future.rs) ─▶ judge: snapshot ─▶ decode ─▶
+//!   headers ─▶ scope keys ─▶ rules ─▶ charge ─▶ Next::{Forward, Answer, Wait}
+//! Wait ─▶ charged ─▶ Next::{Forward, Answer}
+//! Forward ─▶ forward (headers for the inner service) ─▶ answered / failed
+//! ```
+//!
+//! Each step returns what happens next; the response future only drives the steps and
+//! the bodies. What the layer writes back lives in `answer.rs`, the facts it reports
+//! in `report.rs`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use smallvec::SmallVec;
+
+use super::answer::{self, Outcome, PolicyDecision};
+use super::body::ResponseBody;
+use super::config::{Config, Mode, SharedObserver};
+use super::refund::{Charged, Refunder, Watch};
+use super::report::{self, AllowedCall};
+use super::request::{
+    JudgedHeaders, MCP_SESSION_ID, Refused, check_entity_headers, check_routing_headers, too_large,
+};
+use super::sessions::Sessions;
+use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
+use crate::engine::{Call, Engine, PendingCharges, Prepared, Verdict};
+use crate::jsonrpc::{self, Decoded, MessageKind};
+use crate::observe::Event;
+use crate::policy::Policy;
+use crate::scope::{Grant, ScopeKeys};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the layer shares between every request: the engine, the configuration, the
+/// sessions the server issued, and the refunds.
+#[derive(Debug)]
+pub(crate) struct Gate<S> {
+    pub engine: Arc<Engine<S>>,
+    pub config: Config,
+    pub sessions: Arc<Sessions>,
+    /// Gives charges back and reports it.
+    refunder: Arc<dyn Refunder>,
+}
+
+/// Refunds through the engine's store, each reported as an event.
+struct Refunds<S> {
+    engine: Arc<Engine<S>>,
+    observer: SharedObserver,
+}
+
+impl<S: CounterStore> Refunder for Refunds<S> {
+    fn refund(&self, charges: &[Charge]) {
+        self.engine.counters().refund(charges);
+        self.observer.0.observe(&Event::Refund {
+            charges: charges.len(),
+        });
+    }
+}
+
+impl std::fmt::Debug for dyn Refunder + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refunder")
+    }
+}
+
+/// What happens to a request next.
+// A short-lived value: boxing the large variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Next<B, S: CounterStore> {
+    /// Hand it to the inner service.
+    Forward(Forwarded),
+    /// Answer it without forwarding.
+    Answer(Response<ResponseBody<B>>),
+    /// Wait for the counter store to apply the charges, then ask [`Gate::charged`].
+    Wait(S::Future, Charging),
+}
+
+/// How much of a request's body to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Read {
+    /// The most bytes accepted (0 for methods that never carry a body).
+    pub limit: usize,
+    /// Whether the body is judged (a method that can carry one), or must be empty.
+    pub judge: bool,
+}
+
+/// What a forwarded body holds that matters for its answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Holds {
+    /// A tools/list request: a JSON answer is filtered.
+    pub lists_tools: bool,
+    /// An initialize request: a session id in the answer is issued by the server.
+    pub initializes: bool,
+}
+
+/// What the layer keeps of a forwarded request to handle its answer.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    /// The policy the request was judged by: its answer is filtered by the same one.
+    policy: Arc<Policy>,
+    /// What the policy decided, for the response's extensions.
+    decision: PolicyDecision,
+    holds: Holds,
+    /// The charges the request paid, for refunds.
+    charged: Option<Charged>,
+    /// The request's `Mcp-Session-Id`, if any.
+    session: Option<HeaderValue>,
+    /// A DELETE: a successful answer ends the session.
+    deletes: bool,
+    /// A GET: the server's event stream, which may replay tool lists.
+    streams: bool,
+    /// The allowed calls, reported once the server answers (when the observer wants
+    /// them).
+    allowed: Vec<AllowedCall>,
+    /// When the request was handed to the inner service (when `allowed` is not empty).
+    sent: Option<Instant>,
+}
+
+impl Forwarded {
+    /// A request judged under `policy`.
+    fn judged(
+        policy: &Arc<Policy>,
+        holds: Holds,
+        charged: Option<Charged>,
+        decision: PolicyDecision,
+    ) -> Forwarded {
+        Forwarded {
+            policy: policy.clone(),
+            decision,
+            holds,
+            charged,
+            session: None,
+            deletes: false,
+            streams: false,
+            allowed: Vec::new(),
+            sent: None,
+        }
+    }
+
+    /// A request without a body, passed through unjudged under `policy`.
+    fn unjudged(policy: Arc<Policy>) -> Forwarded {
+        Forwarded::judged(
+            &policy,
+            Holds::default(),
+            None,
+            PolicyDecision::new(Outcome::NotJudged),
+        )
+    }
+}
+
+/// A body that decoded and passed the header checks, ready for the engine.
+struct Inspected<'a> {
+    decoded: Decoded<'a>,
+    keys: ScopeKeys,
+    holds: Holds,
+}
+
+impl Inspected<'_> {
+    fn into_owned(self) -> Inspected<'static> {
+        Inspected {
+            decoded: self.decoded.into_owned(),
+            keys: self.keys,
+            holds: self.holds,
+        }
+    }
+
+    fn calls(&self) -> SmallVec<[Call<'_>; 2]> {
+        Call::all_in(&self.decoded)
+    }
+}
+
+/// What a request waiting for its charges keeps: owned, so the body is decoded and
+/// judged only once.
+pub(crate) struct Charging {
+    started: Instant,
+    policy: Arc<Policy>,
+    inspected: Inspected<'static>,
+    pending: PendingCharges<'static>,
+}
+
+impl<S: CounterStore> Gate<S> {
+    pub(crate) fn new(engine: Arc<Engine<S>>, config: Config, sessions: Arc<Sessions>) -> Self {
+        let refunder = Arc::new(Refunds {
+            engine: engine.clone(),
+            observer: config.observer.clone(),
+        });
+        Gate {
+            engine,
+            config,
+            sessions,
+            refunder,
+        }
+    }
+
+    /// How much of the body to read, or the answer to a request refused on its
+    /// headers alone.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit<B>(&self, parts: &Parts) -> Result<Read, Response<ResponseBody<B>>> {
+        let bodiless = matches!(
+            parts.method,
+            Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
+        );
+        if bodiless {
+            // GET (the SSE stream), DELETE, HEAD, OPTIONS pass untouched, but never
+            // with a body nobody read: any byte of one is refused.
+            return Ok(Read {
+                limit: 0,
+                judge: false,
+            });
+        }
+        // POST, and every other method that can carry a body, is read and judged.
+        let limit = self.config.max_body;
+        match check_entity_headers(&parts.headers, limit) {
+            Ok(()) => Ok(Read { limit, judge: true }),
+            Err(refused) => Err(self.refused(refused, None)),
+        }
+    }
+
+    /// The body has been read whole: judge it (or pass a bodiless request unjudged).
+    /// Nothing is charged until a [`Next::Wait`] future is polled.
+    pub(crate) fn judge<B>(&self, parts: &Parts, bytes: &Bytes, read: Read) -> Next<B, S> {
+        if !read.judge {
+            return Next::Forward(Forwarded::unjudged(self.engine.policy()));
+        }
+        let started = Instant::now();
+        if let Some(candidate) = &self.config.candidate {
+            self.judge_candidate(candidate, parts, bytes);
+        }
+        // One snapshot of the policy for the whole request: the decode plan, the rules,
+        // and the filtering of its answer.
+        let policy = self.engine.policy();
+        let inspected = match self.inspect(&policy, parts, bytes) {
+            Ok(inspected) => inspected,
+            Err(answer) => return Next::Answer(answer),
+        };
+        let calls = inspected.calls();
+        let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
+            Prepared::Done(verdict) => {
+                return self.conclude(&policy, &inspected, verdict, None, started);
+            }
+            Prepared::Charge(pending) => pending,
+        };
+        let counters = self.engine.counters();
+        if let Some(result) = counters.charge_now(pending.charges()) {
+            let charged = result
+                .is_ok()
+                .then(|| Charged::new(&pending, &inspected.decoded));
+            let verdict = pending.finish(self.reported(result));
+            return self.conclude(&policy, &inspected, verdict, charged, started);
+        }
+        // Only stores that must be awaited get here.
+        let future = counters.charge(pending.charges());
+        let pending = pending.into_owned();
+        drop(calls);
+        let charging = Charging {
+            started,
+            inspected: inspected.into_owned(),
+            pending,
+            policy,
+        };
+        Next::Wait(future, charging)
+    }
+
+    /// The decision once the store has answered for the charges of `charging`.
+    pub(crate) fn charged<B>(
+        &self,
+        charging: Charging,
+        result: Result<(), ChargeError>,
+    ) -> Next<B, S> {
+        let charged = result
+            .is_ok()
+            .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
+        let verdict = charging.pending.finish(self.reported(result));
+        let (policy, inspected) = (&charging.policy, &charging.inspected);
+        self.conclude(policy, inspected, verdict, charged, charging.started)
+    }
+
+    /// Decodes the body and checks it against the headers; the error is the answer.
+    #[allow(clippy::result_large_err)]
+    fn inspect<'a, B>(
+        &self,
+        policy: &Policy,
+        parts: &Parts,
+        bytes: &'a Bytes,
+    ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
+        let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
+            let refused = Refused {
+                status: StatusCode::BAD_REQUEST,
+                code: err.code(),
+                message: err.message().to_owned(),
+            };
+            self.refused(refused, err.id())
+        })?;
+        let first_id = decoded.messages().first().and_then(|m| m.id());
+        let headers = JudgedHeaders::read(&parts.headers);
+        check_routing_headers(&headers, &decoded)
+            .map_err(|refused| self.refused(refused, first_id))?;
+        let keys = self
+            .scope_keys(parts, &headers)
+            .map_err(|refused| self.refused(refused, first_id))?;
+        let mut holds = Holds::default();
+        for message in decoded.messages() {
+            if message.kind() == MessageKind::Request {
+                holds.lists_tools |= message.method() == Some("tools/list");
+                holds.initializes |= message.method() == Some("initialize");
+            }
+        }
+        Ok(Inspected {
+            decoded,
+            keys,
+            holds,
+        })
+    }
+
+    /// Forward, or answer the refusal; one event per refused call now, and one per
+    /// allowed call once the server answers.
+    fn conclude<B>(
+        &self,
+        policy: &Arc<Policy>,
+        inspected: &Inspected<'_>,
+        verdict: Verdict,
+        charged: Option<Charged>,
+        started: Instant,
+    ) -> Next<B, S> {
+        let monitor = self.config.mode == Mode::Monitor;
+        let observer = &*self.config.observer.0;
+        let (decoded, keys) = (&inspected.decoded, inspected.keys);
+        report::refusals(observer, policy, decoded, keys, &verdict, monitor, false);
+        observer.observe(&Event::Judged {
+            policy: policy.fingerprint(),
+            latency: started.elapsed(),
+            tracked_keys: self.engine.counters().tracked_keys(),
+        });
+        match verdict {
+            Verdict::Forward => {
+                let mut forwarded = Forwarded::judged(
+                    policy,
+                    inspected.holds,
+                    charged,
+                    PolicyDecision::new(Outcome::Forwarded),
+                );
+                if observer.wants_allowed() {
+                    forwarded.allowed = report::allowed_calls(decoded, keys);
+                }
+                Next::Forward(forwarded)
+            }
+            // A dry run: what enforcement would refuse is reported, and runs, uncharged
+            // (enforcement would have charged nothing either).
+            Verdict::Refuse(refusals) if monitor => Next::Forward(Forwarded::judged(
+                policy,
+                inspected.holds,
+                None,
+                PolicyDecision::from_refusals(Outcome::WouldDeny, &refusals),
+            )),
+            Verdict::Refuse(refusals) => {
+                let decision = PolicyDecision::from_refusals(Outcome::Denied, &refusals);
+                let format = self.config.denial_format;
+                let mut response = answer::refusals(&inspected.decoded, refusals, format);
+                response.extensions_mut().insert(decision);
+                Next::Answer(response)
+            }
+        }
+    }
+
+    fn scope_keys(&self, parts: &Parts, headers: &JudgedHeaders<'_>) -> Result<ScopeKeys, Refused> {
+        let hasher = &self.config.hasher;
+        let (authorization, session) = headers.scope()?;
+        let grant = match (parts.extensions.get::<Grant>(), authorization) {
+            (Some(grant), _) => hasher.application(grant.as_str()),
+            (None, Some(credential)) => hasher.credential(credential.as_bytes()),
+            (None, None) => hasher.anonymous(),
+        };
+        // Only a session the server issued is a session; any other id counts per grant.
+        let session = session
+            .map(|id| hasher.session(id.as_bytes()))
+            .filter(|&session| self.sessions.is_issued(session))
+            .unwrap_or_else(|| hasher.no_session(grant));
+        Ok(ScopeKeys::new(grant, session))
+    }
+
+    /// The request as the inner service gets it. When answers may need filtering, it
+    /// asks the server not to compress them: a compressed tool list could not be read,
+    /// so it could not be filtered.
+    pub(crate) fn forward(&self, forwarded: &mut Forwarded, mut parts: Parts) -> Parts {
+        forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
+        forwarded.deletes = parts.method == Method::DELETE;
+        forwarded.streams = parts.method == Method::GET;
+        if !forwarded.allowed.is_empty() {
+            forwarded.sent = Some(Instant::now());
+        }
+        if self.must_filter(forwarded) {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        parts
+    }
+
+    /// The inner service answered: records issued and ended sessions, reports the
+    /// allowed calls, refunds the charges of calls the server did not run, and makes
+    /// sure hidden tools never show in a tool list.
+    pub(crate) fn answered<B>(
+        &self,
+        mut response: Response<B>,
+        forwarded: Forwarded,
+    ) -> Response<ResponseBody<B>> {
+        self.sessions.track(
+            &self.config.hasher,
+            forwarded.holds.initializes,
+            forwarded.session.as_ref(),
+            forwarded.deletes,
+            &response,
+        );
+        self.report_allowed(&forwarded, Some(response.status().as_u16()));
+        response.extensions_mut().insert(forwarded.decision.clone());
+        let filter = self.must_filter(&forwarded).then_some(forwarded.policy);
+        let mut charged = forwarded.charged;
+        if let Some(charged) = &mut charged
+            && matches!(response.status().as_u16(), 502..=504)
+        {
+            // The server was not reached: nothing ran.
+            charged.refund_all(&*self.refunder);
+        }
+        let watch = charged.filter(|c| !c.is_empty()).map(|charged| Watch {
+            charged,
+            refunder: self.refunder.clone(),
+        });
+        let limit = self.config.max_filtered_response;
+        answer::read_back(response, filter, watch, limit)
+    }
+
+    /// True when the answer to `forwarded` may carry a tool list with hidden tools
+    /// (the answer to a POST holding a tools/list, or the GET stream, which may replay
+    /// one), and the layer enforces a policy that hides some (a dry run hides nothing).
+    fn must_filter(&self, forwarded: &Forwarded) -> bool {
+        self.config.mode == Mode::Enforce
+            && forwarded.policy.hides_anything()
+            && (forwarded.holds.lists_tools || forwarded.streams)
+    }
+
+    /// The inner service failed: nothing ran, so every charge is given back.
+    pub(crate) fn failed(&self, forwarded: &mut Forwarded) {
+        self.report_allowed(forwarded, None);
+        if let Some(charged) = &mut forwarded.charged {
+            charged.refund_all(&*self.refunder);
+        }
+    }
+
+    fn report_allowed(&self, forwarded: &Forwarded, status: Option<u16>) {
+        if let Some(sent) = forwarded.sent {
+            let observer = &*self.config.observer.0;
+            report::allowed(
+                observer,
+                &forwarded.policy,
+                &forwarded.allowed,
+                sent,
+                status,
+            );
+        }
+    }
+
+    /// The store's answer; its error (which the agent never reads) is reported.
+    fn reported(&self, result: Result<(), ChargeError>) -> Result<(), ChargeError> {
+        if let Err(ChargeError::Unavailable(error)) = &result {
+            self.config.observer.0.observe(&Event::StoreError { error });
+        }
+        result
+    }
+
+    /// The answer to a request refused before any decision, reported.
+    pub(crate) fn refused<B>(
+        &self,
+        refused: Refused,
+        id: Option<&jsonrpc::Id>,
+    ) -> Response<ResponseBody<B>> {
+        self.config.observer.0.observe(&Event::Rejected {
+            status: refused.status.as_u16(),
+            code: refused.code,
+            message: &refused.message,
+        });
+        let mut response = answer::http_error(refused.status, id, refused.code, &refused.message);
+        response
+            .extensions_mut()
+            .insert(PolicyDecision::new(Outcome::Rejected));
+        response
+    }
+
+    /// The body did not arrive within the read timeout.
+    pub(crate) fn late<B>(&self, received: usize) -> Response<ResponseBody<B>> {
+        let timeout = self.config.body_read_timeout.unwrap_or_default();
+        self.refused(Refused::late(timeout, received), None)
+    }
+
+    /// The body is larger than `read` allows.
+    pub(crate) fn oversized<B>(&self, parts: &Parts, read: Read) -> Response<ResponseBody<B>> {
+        let refused = match read.judge {
+            true => too_large(read.limit),
+            false => Refused::body_not_allowed(&parts.method),
+        };
+        self.refused(refused, None)
+    }
+
+    /// The body could not be read.
+    pub(crate) fn unreadable<B>(&self, error: BoxError) -> Response<ResponseBody<B>> {
+        self.refused(Refused::unreadable(&*error), None)
+    }
+
+    /// Judges the body under the candidate policy, with its own counters, and reports
+    /// what it would refuse. Nothing else comes of it.
+    fn judge_candidate(&self, candidate: &Engine<MemoryCounters>, parts: &Parts, bytes: &Bytes) {
+        let policy = candidate.policy();
+        let Ok(decoded) = jsonrpc::decode(bytes, &*policy) else {
+            return; // the enforced policy's decoder answers it
+        };
+        let Ok(keys) = self.scope_keys(parts, &JudgedHeaders::read(&parts.headers)) else {
+            return;
+        };
+        let calls = Call::all_in(&decoded);
+        let verdict = match candidate.prepare(&policy, &calls, &keys) {
+            Prepared::Done(verdict) => verdict,
+            Prepared::Charge(pending) => {
+                let result = candidate.counters().try_charge(pending.charges());
+                pending.finish(result)
+            }
+        };
+        drop(calls);
+        let observer = &*self.config.observer.0;
+        report::refusals(observer, &policy, &decoded, keys, &verdict, true, true);
+    }
+}
