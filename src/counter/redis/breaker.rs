@@ -1,0 +1,53 @@
+//! Backing off after Redis fails, then letting one request probe.
+
+use std::time::{Duration, Instant};
+
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Backs off after failures, then lets one request probe.
+#[derive(Default)]
+pub(super) struct Breaker {
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// While a probe is out: when it is given up (a probe whose request went away
+    /// never reports).
+    probe_until: Option<Instant>,
+}
+
+pub(super) enum Admit {
+    Go,
+    /// Fail fast; the back-off has this long to run.
+    Wait(Duration),
+}
+
+impl Breaker {
+    pub fn admit(&mut self, deadline: Duration) -> Admit {
+        let Some(retry_at) = self.retry_at else {
+            return Admit::Go;
+        };
+        let now = Instant::now();
+        let probing = self.probe_until.is_some_and(|until| now < until);
+        if now < retry_at || probing {
+            return Admit::Wait(retry_at.saturating_duration_since(now).max(MIN_BACKOFF));
+        }
+        self.probe_until = Some(now + deadline);
+        Admit::Go
+    }
+
+    pub fn failed(&mut self) {
+        self.probe_until = None;
+        self.failures = self.failures.saturating_add(1);
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1 << self.failures.saturating_sub(1).min(6))
+            .min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + backoff);
+    }
+
+    /// Records a success; true when it ends an outage.
+    pub fn succeeded(&mut self) -> bool {
+        let recovered = self.failures > 0;
+        *self = Breaker::default();
+        recovered
+    }
+}

@@ -1,0 +1,344 @@
+//! Counters in Redis or Valkey, shared by every replica (feature `redis`).
+//!
+//! `mod.rs` holds the public types and the requests' side; `conn.rs` the connection and
+//! the shared hashing secret, `worker.rs` the task that batches requests into script
+//! calls, `wire.rs` what a call and its reply look like on the wire, `breaker.rs` the
+//! back-off after failures, and `gcra.lua` the script.
+
+mod breaker;
+mod conn;
+mod wire;
+mod worker;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Charge, ChargeError, CounterStore, StoreError};
+use crate::scope::ScopeHasher;
+use breaker::Admit;
+use conn::Shared;
+use worker::{Answer, Job, Mode, QUEUE, Waiter, queue_error};
+
+/// The default prefix of every key the store writes.
+pub const DEFAULT_PREFIX: &str = "mcp-policy:";
+/// The default deadline of one charge.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+
+/// What to do with a call that needs a counter while Redis cannot be reached.
+///
+/// See the example on [`RedisCountersBuilder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Deny it, with "rate-limit state is unavailable, the call was not run; try again
+    /// in Ns" (the default). Calls with no limit still pass.
+    #[default]
+    Closed,
+    /// Allow it uncounted, with a WARN event.
+    Open,
+}
+
+/// Counters kept in Redis (or Valkey), so replicas behind a load balancer share one
+/// budget per grant and a restart forgets nothing.
+///
+/// * One multiplexed connection, shared by every request and reconnecting by itself.
+/// * At most one round trip per request: all the charges of a request (or of a whole
+///   batch) go to Redis in one script call (`EVALSHA`, reloaded on `NOSCRIPT`), applied
+///   atomically: every charge or none. One call is out at a time; requests that ask
+///   meanwhile share the next one (up to 256 requests per call), each still applied
+///   all or nothing on its own, so under load Redis runs far fewer, larger calls.
+/// * The same GCRA as [`MemoryCounters`](super::MemoryCounters) (a burst of `max`,
+///   refilled at `max` per `window`, the same retry hint), on the Redis server's clock,
+///   so replicas whose clocks differ agree. One small value per key; every key expires
+///   at least a second after its bucket has refilled and at most 1.25 windows + 1 s
+///   after its last use (needs Redis 6.0 or later, or Valkey: `SET .. KEEPTTL`).
+/// * Keys are `prefix` + the counter's [`CounterId`](super::CounterId) + the keyed hash
+///   of the scope value: no credential or session id is ever written in clear.
+/// * Replicas hash credentials with one secret key, created in Redis on first use
+///   (`SET NX`) and read by every replica; the layer takes it from the store.
+/// * Every charge has a deadline (default 100 ms), counted from the moment the request
+///   asks. While Redis is down no request waits longer; a request whose deadline passed
+///   while it waited is answered without being charged. After a failure the store backs off (100 ms doubling to 5 s, failing fast
+///   meanwhile), then lets one request probe. Counting resumes by itself.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_mcp_policy::{Engine, Policy, PolicyLayer, counter::RedisCounters};
+///
+/// let counters = RedisCounters::builder("redis://127.0.0.1:6379/").connect().await?;
+/// let policy = Policy::from_file("policy.json")?;
+/// let layer = PolicyLayer::from_engine(Engine::with_counters(policy, counters));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisCounters {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Requests' charges, on their way to the worker that sends them to Redis.
+    queue: mpsc::Sender<Job>,
+    prefix: Arc<str>,
+    deadline: Duration,
+    fail: FailMode,
+    hasher: ScopeHasher,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCounters")
+            .field("prefix", &self.inner.prefix)
+            .field("deadline", &self.inner.deadline)
+            .field("fail", &self.inner.fail)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`RedisCounters`]; see [`RedisCounters::builder`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), redis::RedisError> {
+/// use std::time::Duration;
+/// use tower_mcp_policy::counter::{FailMode, RedisCounters};
+///
+/// let counters = RedisCounters::builder("redis://redis.internal:6379/")
+///     .prefix("payments-mcp:")
+///     .deadline(Duration::from_millis(50))
+///     .fail_mode(FailMode::Open) // keep serving, uncounted, while Redis is down
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisCountersBuilder {
+    url: String,
+    prefix: String,
+    deadline: Duration,
+    fail: FailMode,
+}
+
+impl RedisCountersBuilder {
+    /// The prefix of every key (default [`DEFAULT_PREFIX`]).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one charge may take (default [`DEFAULT_DEADLINE`]).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// What happens to limited calls while Redis is unreachable (default closed).
+    #[must_use]
+    pub fn fail_mode(mut self, fail: FailMode) -> Self {
+        self.fail = fail;
+        self
+    }
+
+    /// Connects (Redis must be reachable now), and reads or creates the secret key
+    /// that every replica hashes credentials with.
+    pub async fn connect(self) -> Result<RedisCounters, redis::RedisError> {
+        let prefix: Arc<str> = self.prefix.into();
+        let (shared, key) = Shared::connect(&self.url, prefix.clone(), self.deadline).await?;
+        let shared = Arc::new(shared);
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(worker::work(jobs, shared.clone(), self.deadline));
+        Ok(RedisCounters {
+            inner: Arc::new(Inner {
+                queue,
+                prefix,
+                deadline: self.deadline,
+                fail: self.fail,
+                hasher: ScopeHasher::with_key(key),
+                shared,
+            }),
+        })
+    }
+}
+
+impl RedisCounters {
+    /// Options for a store at `url` (`redis://host:port/db`, `rediss://` for TLS,
+    /// `redis+unix:///path`).
+    pub fn builder(url: impl Into<String>) -> RedisCountersBuilder {
+        RedisCountersBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            deadline: DEFAULT_DEADLINE,
+            fail: FailMode::Closed,
+        }
+    }
+
+    /// The Redis key of a charge's bucket.
+    pub fn key_of(&self, charge: &Charge) -> String {
+        wire::key_of(&self.inner.prefix, charge)
+    }
+
+    /// Applies `charges` as if the server's clock read `now` (microseconds since the
+    /// epoch). For differential tests against [`MemoryCounters`](super::MemoryCounters)
+    /// only: in service, the store always uses the server's clock.
+    #[doc(hidden)]
+    pub async fn charge_at(&self, charges: &[Charge], now: Duration) -> Result<(), ChargeError> {
+        self.inner.start(charges, Some(now)).await
+    }
+}
+
+/// The future of [`RedisCounters`]' charge: the request's charges are already queued for
+/// the next script call; it waits for their answer, which comes by the deadline.
+///
+/// See the example on [`RedisCounters`].
+#[must_use = "futures do nothing unless polled"]
+pub struct RedisCharge {
+    state: State,
+}
+
+enum State {
+    /// Answered without Redis (backing off, or the queue full); taken when polled.
+    Done(Option<Result<(), ChargeError>>),
+    Waiting {
+        answer: oneshot::Receiver<Result<Answer, StoreError>>,
+        inner: Arc<Inner>,
+    },
+}
+
+impl fmt::Debug for RedisCharge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Done(Some(_)) => "answered",
+            State::Done(None) => "finished",
+            State::Waiting { .. } => "waiting for Redis",
+        };
+        f.debug_struct("RedisCharge")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for RedisCharge {
+    type Output = Result<(), ChargeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("RedisCharge polled after it completed"),
+            ),
+            State::Waiting { answer, inner } => {
+                let answer = ready!(Pin::new(answer).poll(cx));
+                let result = inner.settle(answer);
+                self.state = State::Done(None);
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Queues a request's charges for the worker; the future waits for the answer.
+    fn start(self: &Arc<Self>, charges: &[Charge], now: Option<Duration>) -> RedisCharge {
+        let done = |result| RedisCharge {
+            state: State::Done(Some(result)),
+        };
+        if let Admit::Wait(wait) = self.shared.breaker().admit(self.deadline) {
+            let error = StoreError::new("Redis is unreachable; backing off before the next try")
+                .with_retry_after(wait);
+            return done(self.unavailable(error));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            charges: charges.into(),
+            mode: Mode::Charge,
+            now,
+            waiter: Some(Waiter {
+                reply,
+                due: Instant::now() + self.deadline,
+            }),
+        };
+        if let Err(error) = self.queue.try_send(job) {
+            self.shared.breaker().failed();
+            return done(self.unavailable(StoreError::new(queue_error(&error))));
+        }
+        RedisCharge {
+            state: State::Waiting {
+                answer,
+                inner: self.clone(),
+            },
+        }
+    }
+
+    /// A request's outcome from the worker's answer.
+    fn settle(
+        &self,
+        answer: Result<Result<Answer, StoreError>, oneshot::error::RecvError>,
+    ) -> Result<(), ChargeError> {
+        match answer {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some((index, wait)))) => {
+                let retry_after = (wait >= 0.0)
+                    .then(|| Duration::from_nanos((wait * 1000.0).ceil() as u64))
+                    .map(|d| d.max(Duration::from_nanos(1)));
+                Err(ChargeError::Exceeded { index, retry_after })
+            }
+            Ok(Err(error)) => self.unavailable(error),
+            Err(_) => {
+                self.shared.breaker().failed();
+                self.unavailable(StoreError::new("the Redis worker stopped"))
+            }
+        }
+    }
+
+    fn unavailable(&self, error: StoreError) -> Result<(), ChargeError> {
+        match self.fail {
+            FailMode::Closed => Err(ChargeError::Unavailable(error)),
+            FailMode::Open => {
+                tracing::warn!(
+                    target: "tower_mcp_policy",
+                    decision = "store_error",
+                    "counter store unavailable, call allowed uncounted (fail open): {error}"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+impl CounterStore for RedisCounters {
+    type Future = RedisCharge;
+
+    fn charge(&self, charges: &[Charge]) -> Self::Future {
+        self.inner.start(charges, None)
+    }
+
+    /// Queued for the next script call; nobody waits for it. A refund that cannot be
+    /// applied (Redis down, the queue full) is a WARN event.
+    fn refund(&self, charges: &[Charge]) {
+        let job = Job {
+            charges: charges.into(),
+            mode: Mode::Refund,
+            now: None,
+            waiter: None,
+        };
+        if let Err(error) = self.inner.queue.try_send(job) {
+            tracing::warn!(
+                target: "tower_mcp_policy",
+                "refund not applied: {}",
+                queue_error(&error)
+            );
+        }
+    }
+
+    fn scope_hasher(&self) -> Option<ScopeHasher> {
+        Some(self.inner.hasher.clone())
+    }
+}
