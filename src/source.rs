@@ -114,7 +114,16 @@ impl PolicyHandle {
     /// error (file, JSON Pointer, line) is returned, and reported as a failed reload.
     pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
         let path = path.as_ref();
-        match Policy::from_file(path) {
+        self.put_loaded(path, Policy::from_file(path))
+    }
+
+    /// Puts a policy loaded from `path` in force, or reports why it did not load.
+    pub(crate) fn put_loaded(
+        &self,
+        path: &Path,
+        loaded: Result<Policy, PolicyError>,
+    ) -> Result<(), PolicyError> {
+        match loaded {
             Ok(policy) => {
                 self.put(Arc::new(policy), Some(path));
                 Ok(())

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
+use crate::policy::Policy;
 use crate::source::PolicyHandle;
 
 /// How long a burst of file events is collected before the file is read again.
@@ -78,13 +79,7 @@ impl PolicyHandle {
                     let Ok(bytes) = std::fs::read(&file) else {
                         continue; // between a removal and a rename: the next event comes
                     };
-                    if last.as_deref() == Some(&bytes[..]) {
-                        continue;
-                    }
-                    // Reported as a reload event either way; a file that does not
-                    // load leaves the last good policy in force.
-                    let _ = handle.reload_file(&file);
-                    last = Some(bytes);
+                    changed(&handle, &file, bytes, &mut last);
                 }
             })
             .map_err(notify::Error::io)?;
@@ -92,5 +87,60 @@ impl PolicyHandle {
             _watcher: watcher,
             path,
         })
+    }
+}
+
+/// The file now holds `bytes`: when they differ from the `last` ones, they are what is
+/// loaded (the file is not read a second time, which could load another version than
+/// the one compared). Reported as a reload event either way; a version that does not
+/// load leaves the last good policy in force.
+fn changed(handle: &PolicyHandle, file: &Path, bytes: Vec<u8>, last: &mut Option<Vec<u8>>) {
+    if last.as_deref() == Some(&bytes[..]) {
+        return;
+    }
+    *last = Some(bytes.clone());
+    let _ = handle.put_loaded(file, Policy::from_file_bytes(file, bytes));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::layer::PolicyLayer;
+
+    #[test]
+    fn the_version_compared_is_the_version_loaded() {
+        let dir = std::env::temp_dir().join(format!("mcp-policy-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policy.json");
+        let on_disk = r#"{"version":"1","default":"deny","tools":{"on_disk":{}}}"#;
+        std::fs::write(&file, on_disk).unwrap();
+        let handle = PolicyLayer::from_file(&file).unwrap().handle();
+        let mut last = Some(on_disk.as_bytes().to_vec());
+
+        // The file changed twice in a row: the bytes read are loaded, not a later read.
+        let compared = br#"{"version":"1","default":"deny","tools":{"compared":{}}}"#;
+        std::fs::write(
+            &file,
+            r#"{"version":"1","default":"deny","tools":{"later":{}}}"#,
+        )
+        .unwrap();
+        changed(&handle, &file, compared.to_vec(), &mut last);
+        let policy = handle.current();
+        assert_eq!(policy.tool_policy("compared").verdict(), "allowed");
+        assert_eq!(policy.tool_policy("later").verdict(), "denied by default");
+
+        // The same bytes again load nothing; a broken version keeps the last good one,
+        // and its errors name the file.
+        let before = handle.current().fingerprint().to_owned();
+        changed(&handle, &file, compared.to_vec(), &mut last);
+        assert_eq!(handle.current().fingerprint(), before);
+        changed(&handle, &file, b"{\"version\":".to_vec(), &mut last);
+        assert_eq!(handle.current().fingerprint(), before);
+        let error = Policy::from_file_bytes(&file, vec![0xff]).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&file.display().to_string()),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -262,7 +262,16 @@ impl Policy {
     /// Loads and compiles a policy file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, &e))?;
+        let bytes = std::fs::read(path).map_err(|e| PolicyError::io(path, &e))?;
+        Policy::from_file_bytes(path, bytes)
+    }
+
+    /// The policy in `bytes`, read from `path` (which errors name).
+    pub(crate) fn from_file_bytes(path: &Path, bytes: Vec<u8>) -> Result<Policy, PolicyError> {
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let error = std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error());
+            PolicyError::io(path, &error)
+        })?;
         text.parse::<Policy>().map_err(|e| e.in_file(path))
     }
 
