@@ -14,7 +14,6 @@ use tower_mcp_policy::{
     decide::{Call, Verdict},
 };
 
-#[path = "engine_inputs.rs"]
 mod inputs;
 use inputs::{BODY_A, BODY_B, POLICY_A, POLICY_B};
 

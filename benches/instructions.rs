@@ -15,7 +15,7 @@
 //! from run to run). `scale` decodes and
 //! decides one call (`exact`, `pattern`, `unknown`) under one of the pattern-scaling
 //! policies (`one-rule`, `100-rules`, `1000-patterns`, `100-rules+1000-hide`,
-//! `1000-patterns+1000-hide`; see `engine_inputs.rs`).
+//! `1000-patterns+1000-hide`; see `inputs/mod.rs`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -26,7 +26,6 @@ use tower_mcp_policy::{
     decide::{Call, Verdict},
 };
 
-#[path = "engine_inputs.rs"]
 mod inputs;
 
 fn main() {

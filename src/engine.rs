@@ -270,20 +270,6 @@ impl<S> Engine<S> {
 }
 
 impl<S: CounterStore> Engine<S> {
-    /// Decides a request of several calls now, when the store can answer without
-    /// waiting (see [`CounterStore::charge_now`]); `None`, having charged nothing,
-    /// when it cannot.
-    pub fn decide_now(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Option<Verdict> {
-        let policy = self.policy();
-        match self.prepare(&policy, calls, scope) {
-            Prepared::Done(verdict) => Some(verdict),
-            Prepared::Charge(pending) => {
-                let result = self.counters.charge_now(&pending.charges)?;
-                Some(pending.finish(result))
-            }
-        }
-    }
-
     /// Decides a request of several calls, charging through the store's future.
     pub async fn decide_async(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
         let policy = self.policy();

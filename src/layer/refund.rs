@@ -11,19 +11,13 @@ use std::sync::Arc;
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::counter::{Charge, CounterStore};
-use crate::engine::{Engine, PendingCharges};
+use crate::counter::Charge;
+use crate::engine::PendingCharges;
 use crate::jsonrpc::{Decoded, Id};
 
 /// Something that can give charges back: the layer's engine, whatever its store.
 pub(crate) trait Refunder: Send + Sync {
     fn refund(&self, charges: &[Charge]);
-}
-
-impl<S: CounterStore> Refunder for Engine<S> {
-    fn refund(&self, charges: &[Charge]) {
-        self.counters().refund(charges);
-    }
 }
 
 /// The charges a forwarded request paid, by the id of the call each paid for.
