@@ -8,11 +8,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
-use tower_mcp_policy::jsonrpc::decode;
-use tower_mcp_policy::{
-    Engine, Policy, ScopeHasher, ScopeKeys,
-    decide::{Call, Verdict},
-};
+use tower_mcp_policy::unstable::decode;
+use tower_mcp_policy::{Engine, Policy, ScopeHasher, ScopeKeys, unstable::Call};
 
 mod inputs;
 use inputs::{BODY_A, BODY_B, POLICY_A, POLICY_B};
@@ -21,7 +18,7 @@ use inputs::{BODY_A, BODY_B, POLICY_A, POLICY_B};
 fn decide(engine: &Engine, body: &[u8], keys: &ScopeKeys) -> bool {
     let decoded = decode(body, &*engine.policy()).expect("the body decodes");
     let calls = Call::all_in(&decoded);
-    engine.decide_all(&calls, keys) == Verdict::Forward
+    engine.decide_all(&calls, keys) == Ok(())
 }
 
 fn bench(c: &mut Criterion) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tower_mcp_policy::counter::CounterStore as _;
 use tower_mcp_policy::{
     Scope, ScopeHasher, ScopeValue,
     counter::{Charge, CounterId, MemoryCounters, Quota},
@@ -79,10 +80,13 @@ fn main() {
     // Bytes per tracked key: the live heap before and after 1,000,000 keys.
     {
         let store = MemoryCounters::new().with_max_keys(FLOOD);
-        store.try_charge(&[charge(day, flood_keys[0])]).unwrap();
+        store
+            .charge(&[charge(day, flood_keys[0])])
+            .into_inner()
+            .unwrap();
         let before = LIVE.load(Ordering::Relaxed);
         for &key in &flood_keys[1..1_000_001] {
-            store.try_charge(&[charge(day, key)]).unwrap();
+            store.charge(&[charge(day, key)]).into_inner().unwrap();
         }
         let after = LIVE.load(Ordering::Relaxed);
         println!(
@@ -92,12 +96,12 @@ fn main() {
         // Refused keys cost nothing.
         let full = MemoryCounters::new().with_max_keys(1000);
         for &key in &flood_keys[..1000] {
-            full.try_charge(&[charge(day, key)]).unwrap();
+            full.charge(&[charge(day, key)]).into_inner().unwrap();
         }
         let before = LIVE.load(Ordering::Relaxed);
         let refused = flood_keys[1000..201_000]
             .iter()
-            .filter(|&&key| full.try_charge(&[charge(day, key)]).is_err())
+            .filter(|&&key| full.charge(&[charge(day, key)]).into_inner().is_err())
             .count();
         let after = LIVE.load(Ordering::Relaxed);
         println!(
@@ -113,7 +117,7 @@ fn main() {
     let regular = keys(64, "regular");
     let minute = Quota::new(NonZeroU32::new(u32::MAX).unwrap(), Duration::from_secs(60));
     for &key in &regular {
-        store.try_charge(&[charge(minute, key)]).unwrap();
+        store.charge(&[charge(minute, key)]).into_inner().unwrap();
     }
     let done = Arc::new(AtomicBool::new(false));
     let sweeper = {
@@ -122,7 +126,7 @@ fn main() {
             let mut passes = 0;
             while !done.load(Ordering::Relaxed) {
                 if std::env::var_os("FLOOD_SWEEP_NONSTOP").is_some() {
-                    store.retain_recent();
+                    store.sweep();
                     passes += 1;
                 } else {
                     std::thread::sleep(Duration::from_millis(1));
@@ -140,7 +144,7 @@ fn main() {
             while !done.load(Ordering::Relaxed) && ns.len() < FLOOD {
                 let c = charge(minute, regular[i % regular.len()]);
                 let t = Instant::now();
-                let _ = std::hint::black_box(store.try_charge(&[c]));
+                let _ = std::hint::black_box(store.charge(&[c]).into_inner());
                 ns.push(t.elapsed().as_nanos() as u64);
                 // The noise floor: the same timing around nothing (preemption on a
                 // busy machine shows here too).
@@ -157,7 +161,7 @@ fn main() {
     for &key in &flood_keys {
         let c = charge(day, key);
         let t = Instant::now();
-        let _ = std::hint::black_box(store.try_charge(&[c]));
+        let _ = std::hint::black_box(store.charge(&[c]).into_inner());
         flood_ns.push(t.elapsed().as_nanos() as u64);
     }
     let took = started.elapsed();
@@ -179,7 +183,7 @@ fn main() {
     let store = MemoryCounters::new().with_max_keys(FLOOD);
     let before = LIVE.load(Ordering::Relaxed);
     for &key in &flood_keys[..1_000_000] {
-        store.try_charge(&[charge(second, key)]).unwrap();
+        store.charge(&[charge(second, key)]).into_inner().unwrap();
     }
     let peak = LIVE.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(3500));

@@ -20,11 +20,8 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use tower_mcp_policy::jsonrpc::decode;
-use tower_mcp_policy::{
-    Engine, FakeClock, Policy, ScopeHasher, ScopeKeys,
-    decide::{Call, Verdict},
-};
+use tower_mcp_policy::unstable::decode;
+use tower_mcp_policy::{Engine, FakeClock, Policy, ScopeHasher, ScopeKeys, unstable::Call};
 
 mod inputs;
 
@@ -63,7 +60,7 @@ fn main() {
             _ => {
                 let decoded = decode(black_box(body.as_bytes()), &*policy).unwrap();
                 let calls = Call::all_in(&decoded);
-                assert_eq!(engine.decide_all(&calls, &keys), Verdict::Forward);
+                assert_eq!(engine.decide_all(&calls, &keys), Ok(()));
             }
         }
     }
@@ -91,6 +88,6 @@ fn scale(policy: &str, call: &str, iterations: usize) {
     for _ in 0..iterations {
         let decoded = decode(black_box(body.as_bytes()), &*policy).unwrap();
         let calls = Call::all_in(&decoded);
-        black_box(engine.decide_all(&calls, &keys));
+        let _ = black_box(engine.decide_all(&calls, &keys));
     }
 }

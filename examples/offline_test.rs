@@ -100,10 +100,10 @@ async fn run_checks() {
         panic!("the 31st call in a minute passed");
     };
     assert_eq!(
-        (denied.kind.as_str(), denied.rule.as_str()),
+        (denied.kind().as_str(), denied.rule()),
         ("limit", "/tools/close_listen_key/limits/0")
     );
-    assert_eq!(denied.retry_after, Some(2));
+    assert_eq!(denied.retry_after(), Some(2));
     assert!(matches!(
         call("close_listen_key", "Bearer bob").await,
         Answer::Result(_)
@@ -124,7 +124,7 @@ async fn run_checks() {
         panic!("transfer ran");
     };
     assert_eq!(
-        denied.message,
+        denied.message(),
         "Tool \"transfer\" is not allowed by this policy."
     );
 }

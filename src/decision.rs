@@ -46,6 +46,22 @@ pub enum DenialKind {
 }
 
 impl DenialKind {
+    const ALL: [DenialKind; 6] = [
+        DenialKind::Hidden,
+        DenialKind::NotAllowed,
+        DenialKind::DenyIf,
+        DenialKind::Require,
+        DenialKind::Limit,
+        DenialKind::CounterUnavailable,
+    ];
+
+    /// The kind named `name` ([`DenialKind::as_str`]'s names), if any.
+    pub(crate) fn from_name(name: &str) -> Option<DenialKind> {
+        DenialKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
     /// The name used in answers, logs and metrics: `hidden`, `not_allowed`, `deny_if`,
     /// `require`, `limit`, `counter_unavailable`.
     pub fn as_str(self) -> &'static str {
@@ -56,6 +72,31 @@ impl DenialKind {
             DenialKind::Require => "require",
             DenialKind::Limit => "limit",
             DenialKind::CounterUnavailable => "counter_unavailable",
+        }
+    }
+}
+
+/// The policy's decision on one call.
+///
+/// See the examples on [`Engine`](crate::Engine) and [`Denial`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// The call may run; its charges were applied.
+    Allow,
+    /// The call must not run; nothing was charged.
+    Deny(Denial),
+    /// The call passed the policy, but another call of the same request (a JSON-RPC
+    /// batch) was denied, so none of them runs; nothing was charged.
+    NotExecuted,
+}
+
+impl Decision {
+    /// The denial, when the call was denied.
+    pub fn denial(&self) -> Option<&Denial> {
+        match self {
+            Decision::Deny(denial) => Some(denial),
+            _ => None,
         }
     }
 }
@@ -92,14 +133,14 @@ pub struct Denial {
     retry_after: Option<u64>,
 }
 
-/// The `rule` of a denial by the default action.
-pub const RULE_DEFAULT_DENY: &str = "(default deny)";
-/// The `rule` of a denial of a hidden tool.
-pub const RULE_HIDDEN: &str = "(hidden)";
-/// The `rule` of a denial because the counter store failed.
-pub const RULE_COUNTER_STORE: &str = "(counter store)";
-
 impl Denial {
+    /// The `rule` of a denial by the default action.
+    pub const RULE_DEFAULT_DENY: &'static str = "(default deny)";
+    /// The `rule` of a denial of a hidden tool.
+    pub const RULE_HIDDEN: &'static str = "(hidden)";
+    /// The `rule` of a denial because the counter store failed.
+    pub const RULE_COUNTER_STORE: &'static str = "(counter store)";
+
     fn new(kind: DenialKind, tool: &str, rule: &str, message: String) -> Denial {
         Denial {
             kind,
@@ -108,6 +149,19 @@ impl Denial {
             message,
             retry_after: None,
         }
+    }
+
+    /// A denial as an agent reads it in an answer (the testing kit's reading).
+    pub(crate) fn read(
+        kind: DenialKind,
+        tool: &str,
+        rule: &str,
+        message: &str,
+        retry_after: Option<u64>,
+    ) -> Denial {
+        let mut denial = Denial::new(kind, tool, rule, message.to_owned());
+        denial.retry_after = retry_after;
+        denial
     }
 
     /// Why the call was denied.
@@ -121,7 +175,8 @@ impl Denial {
     }
 
     /// The rule that fired: a JSON Pointer into the policy (`/tools/transfer/deny_if/0`,
-    /// `/all_tools/limits/0`), or [`RULE_DEFAULT_DENY`], [`RULE_HIDDEN`], [`RULE_COUNTER_STORE`].
+    /// `/all_tools/limits/0`), or [`Denial::RULE_DEFAULT_DENY`], [`Denial::RULE_HIDDEN`],
+    /// [`Denial::RULE_COUNTER_STORE`].
     pub fn rule(&self) -> &str {
         &self.rule
     }
@@ -143,7 +198,7 @@ impl Denial {
         let mut denial = Denial::new(
             DenialKind::CounterUnavailable,
             tool,
-            RULE_COUNTER_STORE,
+            Denial::RULE_COUNTER_STORE,
             format!(
                 "Rate-limit state is unavailable, the call was not run; try again in {seconds}s."
             ),
@@ -162,10 +217,9 @@ impl fmt::Display for Denial {
 /// A call that passed the rules, with the charges its limits ask for.
 ///
 /// It borrows the tool's name from the request; [`Allowed::into_owned`] makes it
-/// independent of it (for a store that must be awaited). See the example on
-/// [`Engine::prepare`](crate::Engine::prepare).
+/// independent of it (for a store that must be awaited).
 #[derive(Debug)]
-pub struct Allowed<'p> {
+pub(crate) struct Allowed<'p> {
     tool: Cow<'p, str>,
     pending: SmallVec<[Pending; 2]>,
 }
@@ -267,7 +321,7 @@ impl Policy {
                 return Err(Denial::new(
                     DenialKind::Hidden,
                     tool,
-                    RULE_HIDDEN,
+                    Denial::RULE_HIDDEN,
                     format!("Unknown tool: {tool}"),
                 ));
             }
@@ -275,7 +329,7 @@ impl Policy {
                 return Err(Denial::new(
                     DenialKind::NotAllowed,
                     tool,
-                    RULE_DEFAULT_DENY,
+                    Denial::RULE_DEFAULT_DENY,
                     format!("Tool \"{tool}\" is not allowed by this policy."),
                 ));
             }

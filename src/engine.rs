@@ -6,17 +6,16 @@ use serde_json::Value;
 use smallvec::SmallVec;
 
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
-use crate::decision::{Allowed, Denial};
+use crate::decision::{Allowed, Decision, Denial};
 use crate::jsonrpc::Decoded;
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
 use crate::source::Source;
 use crate::value::ArgValue;
 
-/// One tool call to judge: its name and its (possibly pruned) arguments.
-///
-/// See the example on [`Engine::prepare`].
+/// One tool call to judge: its name and its (possibly pruned) arguments. Unstable.
 #[derive(Debug, Clone, Copy)]
+#[doc(hidden)]
 pub struct Call<'a> {
     /// The tool's name, with JSON escapes decoded.
     pub tool: &'a str,
@@ -39,39 +38,7 @@ impl<'a> Call<'a> {
     }
 }
 
-/// The decision for a single call. See the examples on [`Engine`] and [`Denial`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// The call may run; its charges were applied.
-    Allow,
-    /// The call must not run; nothing was charged.
-    Deny(Denial),
-}
-
-/// What became of one call of a refused request. See the example on [`Engine::prepare`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// This call was denied.
-    Denied(Denial),
-    /// This call was allowed, but another call of the same request was denied, so
-    /// nothing was executed.
-    NotExecuted,
-}
-
-/// The decision for a request of one or more calls (a JSON-RPC batch). See the example
-/// on [`Engine::prepare`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Verdict {
-    /// Every call is allowed and every charge was applied: forward the request.
-    Forward,
-    /// At least one call is denied: forward nothing. One entry per call, in order.
-    /// Nothing was charged.
-    Refuse(Vec<Refusal>),
-}
-
-/// A policy and its counters: the whole decision, from calls to [`Verdict`].
+/// A policy and its counters: the [`Decision`] on every call of a request.
 ///
 /// The rules run first for every call; only if all pass are the charges of all calls
 /// applied, together, so a refused request consumes no quota.
@@ -134,19 +101,18 @@ impl Engine<MemoryCounters> {
         let args = args.map(ArgValue::from);
         let args = args.as_ref();
         match self.decide_all(&[Call { tool, args }], scope) {
-            Verdict::Forward => Decision::Allow,
-            Verdict::Refuse(mut refusals) => match refusals.pop() {
-                Some(Refusal::Denied(denial)) => Decision::Deny(denial),
-                _ => unreachable!("a lone call is refused only by its own denial"),
-            },
+            Ok(()) => Decision::Allow,
+            Err(mut decisions) => decisions.pop().unwrap_or(Decision::NotExecuted),
         }
     }
 
-    /// Decides a request of several calls now.
-    pub fn decide_all(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
+    /// Decides a request of several calls now: `Ok` when every call may run (every
+    /// charge applied), else one decision per call and nothing charged. Unstable.
+    #[doc(hidden)]
+    pub fn decide_all(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Result<(), Vec<Decision>> {
         let policy = self.policy();
         match self.prepare(&policy, calls, scope) {
-            Prepared::Done(verdict) => verdict,
+            Prepared::Done(decided) => decided,
             Prepared::Charge(pending) => {
                 let result = self.counters.try_charge(&pending.charges);
                 pending.finish(result)
@@ -180,50 +146,8 @@ impl<S> Engine<S> {
     }
 
     /// Phase 1 for every call under `policy` (one snapshot for the whole request): the
-    /// rules, and the charges to apply if all pass.
-    ///
-    /// A batch of two calls, judged by the rules, then charged by the store:
-    ///
-    /// ```
-    /// use serde_json::json;
-    /// use tower_mcp_policy::counter::CounterStore;
-    /// use tower_mcp_policy::decide::{Call, Prepared, Refusal, Verdict};
-    /// use tower_mcp_policy::{ArgValue, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys};
-    ///
-    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": {
-    ///     "get_price": {},
-    ///     "buy": { "limits": [{ "counter": "orders", "window": "minute", "max": 1 }] } } }"#
-    ///     .parse()?;
-    /// let engine = Engine::new(policy);
-    /// let hasher = ScopeHasher::random();
-    /// let grant = hasher.credential(b"Bearer alice");
-    /// let scope = ScopeKeys::new(grant, hasher.no_session(grant));
-    /// let args = ArgValue::from(&json!({ "symbol": "BTC" }));
-    /// let calls = [
-    ///     Call { tool: "get_price", args: Some(&args) },
-    ///     Call { tool: "buy", args: Some(&args) },
-    /// ];
-    ///
-    /// for attempt in 0..2 {
-    ///     let policy = engine.policy(); // one snapshot for the whole request
-    ///     let Prepared::Charge(pending) = engine.prepare(&policy, &calls, &scope) else {
-    ///         panic!("both calls pass the rules; `buy` has a limit to charge")
-    ///     };
-    ///     assert_eq!(pending.charges_by_call().map(|(call, _)| call).collect::<Vec<_>>(), [1]);
-    ///     let answer = engine.counters().charge_now(pending.charges()).expect("in memory");
-    ///     match (attempt, pending.finish(answer)) {
-    ///         (0, Verdict::Forward) => {}
-    ///         (1, Verdict::Refuse(refusals)) => {
-    ///             // All or nothing: `get_price` is not run either.
-    ///             assert_eq!(refusals[0], Refusal::NotExecuted);
-    ///             let Refusal::Denied(denial) = &refusals[1] else { panic!() };
-    ///             assert_eq!(denial.kind(), DenialKind::Limit);
-    ///         }
-    ///         other => panic!("unexpected {other:?}"),
-    ///     }
-    /// }
-    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
-    /// ```
+    /// rules, and the charges to apply if all pass. Unstable.
+    #[doc(hidden)]
     pub fn prepare<'p>(
         &self,
         policy: &'p Policy,
@@ -243,12 +167,10 @@ impl<S> Engine<S> {
         }
         if !denials.is_empty() {
             denials.resize(calls.len(), None);
-            return Prepared::Done(Verdict::Refuse(
-                denials
-                    .into_iter()
-                    .map(|d| d.map_or(Refusal::NotExecuted, Refusal::Denied))
-                    .collect(),
-            ));
+            return Prepared::Done(Err(denials
+                .into_iter()
+                .map(|d| d.map_or(Decision::NotExecuted, Decision::Deny))
+                .collect()));
         }
         let mut charges = SmallVec::new();
         let mut owners = SmallVec::new();
@@ -259,7 +181,7 @@ impl<S> Engine<S> {
             }
         }
         if charges.is_empty() {
-            return Prepared::Done(Verdict::Forward);
+            return Prepared::Done(Ok(()));
         }
         Prepared::Charge(PendingCharges {
             allowed,
@@ -271,11 +193,17 @@ impl<S> Engine<S> {
 
 impl<S: CounterStore> Engine<S> {
     /// Decides a request of several calls, charging through the store's future.
-    pub async fn decide_async(&self, calls: &[Call<'_>], scope: &ScopeKeys) -> Verdict {
+    /// Unstable.
+    #[doc(hidden)]
+    pub async fn decide_async(
+        &self,
+        calls: &[Call<'_>],
+        scope: &ScopeKeys,
+    ) -> Result<(), Vec<Decision>> {
         let policy = self.policy();
         let prepared = self.prepare(&policy, calls, scope);
         match prepared {
-            Prepared::Done(verdict) => verdict,
+            Prepared::Done(decided) => decided,
             Prepared::Charge(pending) => {
                 let result = self.counters.charge(&pending.charges).await;
                 pending.finish(result)
@@ -284,19 +212,22 @@ impl<S: CounterStore> Engine<S> {
     }
 }
 
-/// The state between the rules and the counters; see the example on [`Engine::prepare`].
+/// The state between the rules and the counters. Unstable.
 // A short-lived stack value: boxing the large variant would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
+#[doc(hidden)]
 pub enum Prepared<'p> {
-    /// Decided by the rules alone (a denial, or no charges to apply).
-    Done(Verdict),
+    /// Decided by the rules alone: every call may run (no charges to apply), or the
+    /// decision on each call.
+    Done(Result<(), Vec<Decision>>),
     /// Every call passed the rules; these charges decide.
     Charge(PendingCharges<'p>),
 }
 
-/// Charges waiting for a counter store. See the example on [`Engine::prepare`].
+/// Charges waiting for a counter store. Unstable.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct PendingCharges<'p> {
     allowed: SmallVec<[Allowed<'p>; 1]>,
     charges: SmallVec<[Charge; 4]>,
@@ -326,26 +257,28 @@ impl PendingCharges<'_> {
         }
     }
 
-    /// The verdict, given the store's answer for [`PendingCharges::charges`].
-    pub fn finish(self, result: Result<(), ChargeError>) -> Verdict {
-        let Err(error) = result else {
-            return Verdict::Forward;
+    /// The decisions, given the store's answer for [`PendingCharges::charges`].
+    pub fn finish(self, result: Result<(), ChargeError>) -> Result<(), Vec<Decision>> {
+        let error = match result {
+            // Applied, or the store fails open: the calls run (uncounted, for the latter).
+            Ok(()) | Err(ChargeError::Uncounted(_)) => return Ok(()),
+            Err(error) => error,
         };
-        let mut refusals = vec![Refusal::NotExecuted; self.allowed.len()];
+        let mut decisions = vec![Decision::NotExecuted; self.allowed.len()];
         match error {
             ChargeError::Exceeded { index, retry_after } => {
                 let (call, charge) = self.owners[index];
-                refusals[call] = Refusal::Denied(self.allowed[call].exceeded(charge, retry_after));
+                decisions[call] = Decision::Deny(self.allowed[call].exceeded(charge, retry_after));
             }
             // Nothing could be checked: every call that needed the store is denied.
-            ChargeError::Unavailable(error) => {
+            ChargeError::Unavailable(error) | ChargeError::Uncounted(error) => {
                 for &(call, _) in &self.owners {
                     let tool = self.allowed[call].tool();
                     let denial = Denial::counter_unavailable(tool, error.retry_after());
-                    refusals[call] = Refusal::Denied(denial);
+                    decisions[call] = Decision::Deny(denial);
                 }
             }
         }
-        Verdict::Refuse(refusals)
+        Err(decisions)
     }
 }

@@ -12,8 +12,7 @@ use std::num::NonZeroU64;
 
 use crate::counter::clock::FakeClock;
 use crate::counter::{Charge, ChargeError, MemoryCounters};
-use crate::decision::{Denial, DenialKind, RULE_DEFAULT_DENY, RULE_HIDDEN, Tracer};
-use crate::engine::Decision;
+use crate::decision::{Decision, Denial, DenialKind, Tracer};
 use crate::error::pointer;
 use crate::policy::condition::Truth;
 use crate::policy::glob::Glob;
@@ -30,6 +29,9 @@ use crate::value::ArgValue;
 pub struct Explanation {
     /// The tool that was called.
     pub tool: String,
+    /// The arguments as the policy read them: JSON with sorted keys and numbers exactly
+    /// as written (`{}` when there were none).
+    pub args: String,
     /// The steps, in the order the layer takes them; evaluation stops at a denial.
     pub steps: Vec<Step>,
     /// The decision, with fresh counters.
@@ -42,8 +44,7 @@ pub struct Explanation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Step {
-    /// What kind of step.
-    pub kind: StepKind,
+    kind: StepKind,
     /// Where in the policy: a JSON Pointer (`/tools/transfer/deny_if/0`), or
     /// `(default deny)`, `(hidden)`, `(default allow)`.
     pub rule: String,
@@ -54,11 +55,8 @@ pub struct Step {
 }
 
 /// What a [`Step`] is.
-///
-/// See the example on [`Policy::explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StepKind {
+enum StepKind {
     /// How the tool's name resolved: hidden, no rule (default), or the rule that governs it.
     Resolve,
     /// A `deny_if` item: the call is denied when all its conditions hold.
@@ -84,33 +82,48 @@ pub struct ConditionCheck {
 }
 
 impl Policy {
-    /// The decision for a call of `tool` with `args` as the layer would make it with
-    /// fresh counters, and every step that led to it.
+    /// The decision for a call of `tool` with `args` (the arguments object as JSON
+    /// text, its numbers read exactly as written, as the layer reads them) as the layer
+    /// would make it with fresh counters, and every step that led to it. The error says
+    /// why `args` is not a JSON object.
     ///
     /// ```
-    /// use tower_mcp_policy::explain::StepKind;
-    /// use tower_mcp_policy::{ArgValue, Decision, Policy};
+    /// use tower_mcp_policy::{Decision, Policy};
     ///
     /// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
     ///     "deny_if": [{ "conditions": [{ "path": "args.amount", "op": "gt", "value": 5000 }] }],
     ///     "limits": [{ "counter": "transfers", "window": "minute", "max": 5 }] } } }"#.parse()?;
     ///
-    /// let args = ArgValue::parse_exact(r#"{ "amount": 9000 }"#).unwrap();
-    /// let explanation = policy.explain("transfer", Some(&args));
+    /// let explanation = policy.explain("transfer", Some(r#"{ "amount": 9000 }"#)).unwrap();
     /// assert!(matches!(explanation.decision, Decision::Deny(_)));
     /// let deny_if = &explanation.steps[1];
-    /// assert_eq!((deny_if.kind, deny_if.rule.as_str()), (StepKind::DenyIf, "/tools/transfer/deny_if/0"));
+    /// assert_eq!((deny_if.kind(), deny_if.rule.as_str()), ("deny_if", "/tools/transfer/deny_if/0"));
     /// assert_eq!(deny_if.conditions[0].value.as_deref(), Some("9000"));
     /// assert_eq!(deny_if.conditions[0].truth, Ok(true));
     ///
-    /// let args = ArgValue::parse_exact(r#"{ "amount": 10 }"#).unwrap();
-    /// let explanation = policy.explain("transfer", Some(&args));
+    /// let explanation = policy.explain("transfer", Some(r#"{ "amount": 10 }"#)).unwrap();
     /// assert_eq!(explanation.decision, Decision::Allow);
-    /// assert_eq!(explanation.steps.last().unwrap().kind, StepKind::Limit);
+    /// assert_eq!(explanation.steps.last().unwrap().kind(), "limit");
+    /// assert_eq!(explanation.args, r#"{"amount":10}"#);
+    /// assert!(policy.explain("transfer", Some("{ amount: 10 }")).is_err());
+    /// assert!(policy.explain("transfer", Some("[10]")).is_err());
     /// println!("{explanation}");
     /// # Ok::<(), tower_mcp_policy::PolicyError>(())
     /// ```
-    pub fn explain(&self, tool: &str, args: Option<&ArgValue>) -> Explanation {
+    pub fn explain(
+        &self,
+        tool: &str,
+        args: Option<&str>,
+    ) -> Result<Explanation, serde_json::Error> {
+        let args = args.map(ArgValue::parse_exact).transpose()?;
+        if args.as_ref().is_some_and(|args| args.as_object().is_none()) {
+            let message = "the arguments must be a JSON object, like {\"amount\": 5}";
+            return Err(serde::de::Error::custom(message));
+        }
+        let shown = args
+            .as_ref()
+            .map_or_else(|| "{}".to_owned(), ToString::to_string);
+        let args = args.as_ref();
         let hasher = ScopeHasher::with_key([0; 16]);
         let grant = hasher.anonymous();
         let scope = ScopeKeys::new(grant, hasher.no_session(grant));
@@ -131,17 +144,19 @@ impl Policy {
                     Err(ChargeError::Exceeded { index, retry_after }) => {
                         Decision::Deny(allowed.exceeded(index, retry_after))
                     }
-                    Err(ChargeError::Unavailable(error)) => {
+                    // Memory counters are always available.
+                    Err(ChargeError::Unavailable(error) | ChargeError::Uncounted(error)) => {
                         Decision::Deny(Denial::counter_unavailable(tool, error.retry_after()))
                     }
                 }
             }
         };
-        Explanation {
+        Ok(Explanation {
             tool: tool.to_owned(),
+            args: shown,
             steps: steps.steps,
             decision,
-        }
+        })
     }
 }
 
@@ -168,11 +183,11 @@ impl Tracer for Steps<'_> {
         let tool = self.tool;
         let (rule, summary) = match resolved {
             Resolved::Hidden => (
-                RULE_HIDDEN.to_owned(),
+                Denial::RULE_HIDDEN.to_owned(),
                 format!("\"{tool}\" is hidden: the agent is told the tool does not exist"),
             ),
             Resolved::NotAllowed => (
-                RULE_DEFAULT_DENY.to_owned(),
+                Denial::RULE_DEFAULT_DENY.to_owned(),
                 format!("no rule under `tools` matches \"{tool}\", and the default is deny"),
             ),
             Resolved::Rules(None) => (
@@ -269,14 +284,17 @@ impl Tracer for Steps<'_> {
     }
 }
 
-impl fmt::Display for StepKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Step {
+    /// What the step is: `tool` (how the tool's name resolved: hidden, no rule, or the
+    /// rule that governs it), `deny_if` or `require` (an item, with its conditions), or
+    /// `limit` (what the call would be charged).
+    pub fn kind(&self) -> &'static str {
+        match self.kind {
             StepKind::Resolve => "tool",
             StepKind::DenyIf => "deny_if",
             StepKind::Require => "require",
             StepKind::Limit => "limit",
-        })
+        }
     }
 }
 
@@ -289,13 +307,7 @@ impl fmt::Display for StepKind {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
-            writeln!(
-                f,
-                "{:<8} {}: {}",
-                step.kind.to_string(),
-                step.rule,
-                step.summary
-            )?;
+            writeln!(f, "{:<8} {}: {}", step.kind(), step.rule, step.summary)?;
             for check in &step.conditions {
                 let value = check.value.as_deref().unwrap_or("(absent)");
                 match &check.truth {
@@ -311,7 +323,6 @@ impl fmt::Display for Explanation {
             }
         }
         match &self.decision {
-            Decision::Allow => write!(f, "decision ALLOW: the call is forwarded to the server"),
             Decision::Deny(denial) => {
                 write!(
                     f,
@@ -325,6 +336,7 @@ impl fmt::Display for Explanation {
                     None => Ok(()),
                 }
             }
+            _ => write!(f, "decision ALLOW: the call is forwarded to the server"),
         }
     }
 }
@@ -336,8 +348,9 @@ impl fmt::Display for Explanation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ToolPolicy<'p> {
-    /// Whether calls can run at all.
-    pub access: Access,
+    /// Why no call can run (the tool is hidden, or denied by default); `None` when
+    /// calls may run, subject to the conditions and counters.
+    pub denied: Option<DenialKind>,
     /// The key under `tools` that governs the tool (its name or a pattern), if any.
     pub rule: Option<&'p str>,
     /// How many `deny_if` and `require` items apply (`all_tools` included).
@@ -359,31 +372,17 @@ pub struct Unmatched<'p> {
     pub warning: PolicyWarning,
 }
 
-/// Whether a tool's calls can run; see [`ToolPolicy`].
-///
-/// See the example on [`Policy::tool_policy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Access {
-    /// Hidden: not listed, and calls are answered as an unknown tool.
-    Hidden,
-    /// No rule, and the default is deny.
-    DeniedByDefault,
-    /// Calls may run, subject to the conditions and counters.
-    Allowed,
-}
-
 impl ToolPolicy<'_> {
     /// `hidden`, `denied by default`, `allowed`, `allowed with conditions`, or
     /// `limited` (with or without conditions).
     pub fn verdict(&self) -> &'static str {
-        match (self.access, self.conditions > 0, !self.counters.is_empty()) {
-            (Access::Hidden, ..) => "hidden",
-            (Access::DeniedByDefault, ..) => "denied by default",
-            (Access::Allowed, false, false) => "allowed",
-            (Access::Allowed, true, false) => "allowed with conditions",
-            (Access::Allowed, false, true) => "limited",
-            (Access::Allowed, true, true) => "limited, with conditions",
+        match (self.denied, self.conditions > 0, !self.counters.is_empty()) {
+            (Some(DenialKind::Hidden), ..) => "hidden",
+            (Some(_), ..) => "denied by default",
+            (None, false, false) => "allowed",
+            (None, true, false) => "allowed with conditions",
+            (None, false, true) => "limited",
+            (None, true, true) => "limited, with conditions",
         }
     }
 }
@@ -393,14 +392,14 @@ impl Policy {
     /// which rule, how many conditions and which counters.
     ///
     /// ```
-    /// use tower_mcp_policy::Policy;
-    /// use tower_mcp_policy::explain::Access;
+    /// use tower_mcp_policy::{DenialKind, Policy};
     ///
     /// let policy: Policy = r#"{ "version": "1", "default": "deny", "hide": ["admin_*"],
     ///     "tools": { "binance_*": { "limits": [{ "counter": "binance", "window": "minute", "max": 30 }] },
     ///                "get_price": {} } }"#.parse()?;
     /// let close = policy.tool_policy("binance_close_listen_key");
-    /// assert_eq!((close.access, close.rule, close.verdict()), (Access::Allowed, Some("binance_*"), "limited"));
+    /// assert_eq!((close.denied, close.rule, close.verdict()), (None, Some("binance_*"), "limited"));
+    /// assert_eq!(policy.tool_policy("admin_reset").denied, Some(DenialKind::Hidden));
     /// assert_eq!(close.counters[0].name(), "binance");
     /// assert_eq!(policy.tool_policy("get_price").verdict(), "allowed");
     /// assert_eq!(policy.tool_policy("admin_reset").verdict(), "hidden");
@@ -408,18 +407,18 @@ impl Policy {
     /// # Ok::<(), tower_mcp_policy::PolicyError>(())
     /// ```
     pub fn tool_policy(&self, tool: &str) -> ToolPolicy<'_> {
-        let (access, own) = match self.resolve(tool) {
-            Resolved::Hidden => (Access::Hidden, None),
-            Resolved::NotAllowed => (Access::DeniedByDefault, None),
-            Resolved::Rules(own) => (Access::Allowed, own),
+        let (denied, own) = match self.resolve(tool) {
+            Resolved::Hidden => (Some(DenialKind::Hidden), None),
+            Resolved::NotAllowed => (Some(DenialKind::NotAllowed), None),
+            Resolved::Rules(own) => (None, own),
         };
         let mut policy = ToolPolicy {
-            access,
+            denied,
             rule: own.map(|rule| &*rule.key),
             conditions: 0,
             counters: Vec::new(),
         };
-        if access != Access::Allowed {
+        if denied.is_some() {
             return policy;
         }
         for rule in self.all_tools().into_iter().chain(own.map(|r| &r.rule)) {

@@ -42,8 +42,11 @@
 //! ```
 //!
 //! * [`Policy`]: the document, validated and compiled once.
-//! * [`jsonrpc`]: a strict decoder from body bytes to the calls the policy must judge.
-//! * [`Engine`]: the decision, a pure function of policy, calls, scope keys and counters.
+//! * [`layer`]: [`PolicyLayer`] and [`PolicyService`], which read and decode every
+//!   request (a strict decoder: duplicate keys, bad escapes, batches and header/body
+//!   disagreements are refused) and forward it or answer it.
+//! * [`Engine`]: the [`Decision`] on each call, a pure function of policy, calls, scope
+//!   keys and counters; a denied call's [`Denial`] names its rule.
 //! * [`counter`]: where rate-limit state lives ([`MemoryCounters`](counter::MemoryCounters) on governor).
 //! * [`observe`]: one [`Event`](observe::Event) per decision, to an
 //!   [`Observer`](observe::Observer) (tracing by default; metrics with feature `metrics`).
@@ -58,7 +61,7 @@ mod decision;
 mod engine;
 mod error;
 pub mod explain;
-pub mod jsonrpc;
+mod jsonrpc;
 pub mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -72,8 +75,8 @@ mod value;
 mod watch;
 
 pub use counter::clock::FakeClock;
-pub use decision::{Denial, DenialKind, RULE_COUNTER_STORE, RULE_DEFAULT_DENY, RULE_HIDDEN};
-pub use engine::{Decision, Engine};
+pub use decision::{Decision, Denial, DenialKind};
+pub use engine::Engine;
 pub use error::{PolicyError, PolicyErrorKind};
 pub use layer::answer::DenialFormat;
 pub use layer::config::Mode;
@@ -82,17 +85,17 @@ pub use layer::service::PolicyService;
 pub use policy::{CounterDef, Policy, PolicyWarning};
 pub use scope::{Grant, Scope, ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
-pub use value::{ArgValue, Decimal, NotANumber};
-
-/// The decision in two phases, for callers that drive the [`Engine`] themselves (the
-/// layer does this for you): [`Engine::prepare`] judges the calls without touching a
-/// counter and lists the charges, which a store applies all or nothing, and
-/// [`PendingCharges::finish`](decide::PendingCharges::finish) turns its answer into a
-/// [`Verdict`](decide::Verdict). Low-level: most users never need it.
-pub mod decide {
-    pub use crate::decision::Allowed;
-    pub use crate::engine::{Call, PendingCharges, Prepared, Refusal, Verdict};
-}
-
 #[cfg(feature = "watch")]
 pub use watch::PolicyWatcher;
+
+/// Unstable: the decoder and the two-phase decision, for this crate's own tests,
+/// benchmarks and command. Not part of the public API: it may change in any release.
+#[doc(hidden)]
+pub mod unstable {
+    pub use crate::engine::{Call, PendingCharges, Prepared};
+    pub use crate::jsonrpc::{
+        ArgPlan, DecodeError, DecodeErrorKind, Decoded, Id, Message, MessageKind, PlanSource,
+        ReadAll, ToolCall, decode,
+    };
+    pub use crate::value::{ArgValue, Decimal, NotANumber};
+}

@@ -41,7 +41,7 @@ impl Observer for MetricsObserver {
     fn observe(&self, event: &Event<'_>) {
         match event {
             Event::Call(call) => {
-                let kind = call.denial.map_or("none", |d| d.kind().as_str());
+                let kind = call.decision.denial().map_or("none", |d| d.kind().as_str());
                 let policy = if call.candidate {
                     "candidate"
                 } else {
@@ -49,7 +49,7 @@ impl Observer for MetricsObserver {
                 };
                 counter!(
                     "mcp_policy_decisions_total",
-                    "decision" => call.decision.as_str(),
+                    "decision" => call.decision_label(),
                     "kind" => kind,
                     "tool" => call.tool_label.to_owned(),
                     "policy" => policy,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::counter::StoreError;
-use crate::decision::Denial;
+use crate::decision::Decision;
 use crate::error::PolicyError;
 use crate::jsonrpc::Id;
 use crate::scope::ScopeValue;
@@ -35,9 +35,9 @@ use crate::value::ArgValue;
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use tower::{Layer, ServiceExt};
-/// use tower_mcp_policy::observe::{CallDecision, Event, Observer, TracingObserver};
+/// use tower_mcp_policy::observe::{Event, Observer, TracingObserver};
 /// use tower_mcp_policy::testing::{self, Answer};
-/// use tower_mcp_policy::{Policy, PolicyLayer};
+/// use tower_mcp_policy::{Decision, Policy, PolicyLayer};
 ///
 /// #[derive(Clone, Default)]
 /// struct Audit(Arc<Mutex<Vec<String>>>);
@@ -45,9 +45,9 @@ use crate::value::ArgValue;
 /// impl Observer for Audit {
 ///     fn observe(&self, event: &Event<'_>) {
 ///         if let Event::Call(call) = event {
-///             if call.decision == CallDecision::Deny {
-///                 let rule = call.denial.map_or("", |d| d.rule());
-///                 let line = format!("{} {} grant={} rule={rule}", call.decision.as_str(), call.tool, call.grant);
+///             if let (Decision::Deny(denial), true) = (call.decision, call.enforced) {
+///                 let rule = denial.rule();
+///                 let line = format!("{} {} grant={} rule={rule}", call.decision_label(), call.tool, call.grant);
 ///                 self.0.lock().unwrap().push(line);
 ///             }
 ///         }
@@ -143,10 +143,13 @@ pub enum Event<'a> {
         /// How many charges.
         charges: usize,
     },
-    /// The counter store could not decide; the calls that needed it were denied.
+    /// The counter store could not decide: the calls that needed it were denied, or
+    /// (a store that fails open) allowed uncounted.
     StoreError {
         /// The store's error (never shown to the agent).
         error: &'a StoreError,
+        /// True when the calls ran uncounted (fail open); false when they were denied.
+        uncounted: bool,
     },
     /// A policy was put in force, or a reload failed and the last good one stays.
     Reload {
@@ -159,55 +162,17 @@ pub enum Event<'a> {
     },
 }
 
-/// What became of one tool call. See the example on [`Observer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CallDecision {
-    /// Forwarded to the server.
-    Allow,
-    /// Denied: answered by the layer.
-    Deny,
-    /// Monitor mode or a candidate policy: enforcement would deny it.
-    WouldDeny,
-    /// Not run because another call of its batch was denied.
-    NotExecuted,
-    /// Monitor mode or a candidate policy: enforcement would not run it.
-    WouldNotExecute,
-}
-
-impl CallDecision {
-    /// The name used in logs and metrics: `allow`, `deny`, `would_deny`,
-    /// `not_executed`, `would_not_execute`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallDecision::Allow => "allow",
-            CallDecision::Deny => "deny",
-            CallDecision::WouldDeny => "would_deny",
-            CallDecision::NotExecuted => "not_executed",
-            CallDecision::WouldNotExecute => "would_not_execute",
-        }
-    }
-}
-
-/// The server's answer to a forwarded request.
-///
-/// See the example on [`Observer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Upstream {
-    /// Its HTTP status; `None` when the inner service failed without answering.
-    pub status: Option<u16>,
-    /// From forwarding the request to the answer's head.
-    pub latency: Duration,
-}
-
 /// One judged tool call; see [`Event::Call`].
 ///
 /// See the example on [`Observer`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CallEvent<'a> {
-    /// What became of it.
-    pub decision: CallDecision,
+    /// The decision on the call.
+    pub decision: &'a Decision,
+    /// False for a dry run (monitor mode, or a candidate policy): the decision was
+    /// reported, not enforced.
+    pub enforced: bool,
     /// The tool, as the agent sent it (unbounded: do not use it as a metric label).
     pub tool: &'a str,
     /// A bounded name for the tool: the name or pattern the policy knows it by, or
@@ -215,8 +180,6 @@ pub struct CallEvent<'a> {
     pub tool_label: &'a str,
     /// The JSON-RPC method (`tools/call`).
     pub method: &'a str,
-    /// The call's JSON-RPC id; `None` for a notification.
-    pub jsonrpc_id: Option<&'a Id>,
     /// The caller's grant, hashed.
     pub grant: ScopeValue,
     /// The caller's session, hashed (the grant's own value when there is none).
@@ -225,14 +188,34 @@ pub struct CallEvent<'a> {
     pub policy: &'a str,
     /// True when a candidate policy (monitored beside the enforced one) judged it.
     pub candidate: bool,
-    /// Why it was (or would be) denied.
-    pub denial: Option<&'a Denial>,
-    /// For allowed calls: the server's answer.
-    pub upstream: Option<Upstream>,
+    /// For allowed calls: the server's HTTP status; `None` when the inner service
+    /// failed without answering.
+    pub upstream_status: Option<u16>,
+    /// For allowed calls: from forwarding the request to the answer's head.
+    pub upstream_latency: Option<Duration>,
+    pub(crate) jsonrpc_id: Option<&'a Id>,
     pub(crate) arg_keys: ArgKeys<'a>,
 }
 
-impl CallEvent<'_> {
+impl<'a> CallEvent<'a> {
+    /// The name of the decision in logs and metrics: `allow`, `deny`, `not_executed`,
+    /// or for a dry run `would_deny` and `would_not_execute`.
+    pub fn decision_label(&self) -> &'static str {
+        match (self.decision, self.enforced) {
+            (Decision::Allow, _) => "allow",
+            (Decision::Deny(_), true) => "deny",
+            (Decision::Deny(_), false) => "would_deny",
+            (_, true) => "not_executed",
+            (_, false) => "would_not_execute",
+        }
+    }
+
+    /// The call's JSON-RPC id as sent (a number, or a string in quotes); `None` for a
+    /// notification.
+    pub fn jsonrpc_id(&self) -> Option<impl fmt::Display + 'a> {
+        self.jsonrpc_id
+    }
+
     /// The top-level argument keys the policy read, sorted (never the values). The
     /// decoder keeps only what the policy reads, so keys no rule mentions are absent.
     pub fn arg_keys(&self) -> Vec<&str> {
@@ -331,10 +314,22 @@ fn trace(event: &Event<'_>) {
             charges,
             "charges given back: the calls did not run"
         ),
-        Event::StoreError { error } => tracing::warn!(
+        Event::StoreError {
+            error,
+            uncounted: false,
+        } => tracing::warn!(
             target: "tower_mcp_policy",
             decision = "store_error",
             "counter store unavailable, calls that need it are denied: {}",
+            Escaped(&error.to_string())
+        ),
+        Event::StoreError {
+            error,
+            uncounted: true,
+        } => tracing::warn!(
+            target: "tower_mcp_policy",
+            decision = "store_error",
+            "counter store unavailable, call allowed uncounted (fail open): {}",
             Escaped(&error.to_string())
         ),
         Event::Reload {
@@ -364,12 +359,9 @@ fn trace(event: &Event<'_>) {
 
 fn trace_call(call: &CallEvent<'_>) {
     let id = IdField(call.jsonrpc_id);
-    let (status, latency_ms) = match call.upstream {
-        Some(up) => (up.status, Some(up.latency.as_secs_f64() * 1e3)),
-        None => (None, None),
-    };
-    match (call.decision, call.denial) {
-        (CallDecision::Allow, _) => tracing::debug!(
+    let latency_ms = call.upstream_latency.map(|l| l.as_secs_f64() * 1e3);
+    match call.decision {
+        Decision::Allow => tracing::debug!(
             target: "tower_mcp_policy",
             decision = "allow",
             tool = call.tool,
@@ -378,14 +370,14 @@ fn trace_call(call: &CallEvent<'_>) {
             session = %call.session,
             jsonrpc_id = %id,
             policy = call.policy,
-            upstream_status = status,
+            upstream_status = call.upstream_status,
             upstream_latency_ms = latency_ms,
             arg_keys = ?KeysField(call),
             "tool call allowed"
         ),
-        (decision, Some(denial)) => tracing::info!(
+        Decision::Deny(denial) => tracing::info!(
             target: "tower_mcp_policy",
-            decision = decision.as_str(),
+            decision = call.decision_label(),
             kind = denial.kind().as_str(),
             tool = call.tool,
             method = call.method,
@@ -400,9 +392,9 @@ fn trace_call(call: &CallEvent<'_>) {
             "{}",
             Escaped(denial.message())
         ),
-        (decision, None) => tracing::info!(
+        _ => tracing::info!(
             target: "tower_mcp_policy",
-            decision = decision.as_str(),
+            decision = call.decision_label(),
             tool = call.tool,
             method = call.method,
             grant = %call.grant,

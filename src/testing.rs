@@ -24,7 +24,7 @@
 //! assert!(matches!(testing::answer(first).await?, Answer::Result(_)));
 //! let second = service.clone().oneshot(testing::tool_call("close", serde_json::json!({}))).await?;
 //! let Answer::Denied(denial) = testing::answer(second).await? else { panic!() };
-//! assert_eq!((denial.kind.as_str(), denial.retry_after), ("limit", Some(60)));
+//! assert_eq!((denial.kind().as_str(), denial.retry_after()), ("limit", Some(60)));
 //! clock.advance(Duration::from_secs(60));
 //! # Ok(())
 //! # }
@@ -40,13 +40,16 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use crate::layer::{DENIED_PREFIX, META_KEY, POLICY_DENIED};
+use crate::decision::{Denial, DenialKind};
+use crate::layer::answer::DenialFormat;
 
 /// The address requests are sent to: rmcp's server checks the `Host` of an absolute URI.
-pub const ENDPOINT: &str = "http://localhost/mcp";
+const ENDPOINT: &str = "http://localhost/mcp";
 
-/// A JSON-RPC request `method` with `params` (id 1), as an MCP client posts it: an
-/// absolute URI, `Content-Type: application/json` and the `Accept` of Streamable HTTP.
+/// A JSON-RPC request `method` with `params` (id 1), as an MCP client posts it to
+/// `http://localhost/mcp`: an absolute URI (rmcp's server checks the `Host`),
+/// `Content-Type: application/json` and the `Accept` of Streamable HTTP. A server that
+/// keeps sessions needs an `initialize` first: `request("initialize", params)`.
 ///
 /// See the example in the [`testing`](crate::testing) module.
 pub fn request(method: &str, params: Value) -> Request<Full<Bytes>> {
@@ -63,17 +66,6 @@ pub fn request(method: &str, params: Value) -> Request<Full<Bytes>> {
 /// See the example in the [`testing`](crate::testing) module.
 pub fn tool_call(tool: &str, arguments: Value) -> Request<Full<Bytes>> {
     request("tools/call", json!({"name": tool, "arguments": arguments}))
-}
-
-/// An `initialize` request, for servers that keep sessions.
-///
-/// See the example in the [`testing`](crate::testing) module.
-pub fn initialize() -> Request<Full<Bytes>> {
-    request(
-        "initialize",
-        json!({"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "tower-mcp-policy-test", "version": "0"}}),
-    )
 }
 
 /// `request` sent with `Authorization: credential` (a caller of its own for `grant`
@@ -94,8 +86,9 @@ pub fn as_caller<B>(mut request: Request<B>, credential: &str) -> Request<B> {
 pub enum Answer {
     /// The server's result (the `result` member).
     Result(Value),
-    /// The policy denied the call (either denial format).
-    Denied(Denied),
+    /// The policy denied the call (either denial format): the [`Denial`] as the agent
+    /// reads it, its message without the `[POLICY DENIED] ` prefix.
+    Denied(Denial),
     /// A JSON-RPC error: the server's, or the layer's for a request it refused.
     Error {
         /// The error code.
@@ -103,24 +96,6 @@ pub enum Answer {
         /// The error message.
         message: String,
     },
-}
-
-/// A policy denial, as the agent receives it.
-///
-/// See the example in the [`testing`](crate::testing) module.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Denied {
-    /// `not_allowed`, `deny_if`, `require`, `limit` or `counter_unavailable`.
-    pub kind: String,
-    /// The rule that fired: a JSON Pointer into the policy.
-    pub rule: String,
-    /// The tool that was called.
-    pub tool: String,
-    /// For rate limits: whole seconds until a retry can pass.
-    pub retry_after: Option<u64>,
-    /// The message, without the `[POLICY DENIED] ` prefix.
-    pub message: String,
 }
 
 /// Reads `response` (JSON, or the first message of an event stream) as an [`Answer`].
@@ -159,7 +134,7 @@ fn read(message: &Value) -> Option<Answer> {
     if let Some(error) = message.get("error") {
         let code = error.get("code")?.as_i64()?;
         let text = error.get("message")?.as_str()?;
-        if code == POLICY_DENIED {
+        if code == DenialFormat::POLICY_DENIED {
             return Some(Answer::Denied(denied(error.get("data")?, text)?));
         }
         return Some(Answer::Error {
@@ -168,7 +143,10 @@ fn read(message: &Value) -> Option<Answer> {
         });
     }
     let result = message.get("result")?;
-    match result.get("_meta").and_then(|m| m.get(META_KEY)) {
+    match result
+        .get("_meta")
+        .and_then(|m| m.get(DenialFormat::META_KEY))
+    {
         Some(details) => {
             let text = result.pointer("/content/0/text")?.as_str()?;
             Some(Answer::Denied(denied(details, text)?))
@@ -177,13 +155,13 @@ fn read(message: &Value) -> Option<Answer> {
     }
 }
 
-fn denied(details: &Value, text: &str) -> Option<Denied> {
-    let field = |name: &str| Some(details.get(name)?.as_str()?.to_owned());
-    Some(Denied {
-        kind: field("kind")?,
-        rule: field("rule")?,
-        tool: field("tool")?,
-        retry_after: details.get("retryAfterSeconds").and_then(Value::as_u64),
-        message: text.strip_prefix(DENIED_PREFIX).unwrap_or(text).to_owned(),
-    })
+fn denied(details: &Value, text: &str) -> Option<Denial> {
+    let field = |name: &str| details.get(name)?.as_str();
+    Some(Denial::read(
+        DenialKind::from_name(field("kind")?)?,
+        field("tool")?,
+        field("rule")?,
+        text.strip_prefix(DenialFormat::PREFIX).unwrap_or(text),
+        details.get("retryAfterSeconds").and_then(Value::as_u64),
+    ))
 }

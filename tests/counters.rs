@@ -82,19 +82,25 @@ fn a_refund_gives_back_exactly_what_was_charged() {
             NonZeroU32::new(cost).unwrap(),
         )
     };
-    assert!(store.try_charge(&[charge(2)]).is_ok());
+    assert!(store.charge(&[charge(2)]).into_inner().is_ok());
     assert!(matches!(
-        store.try_charge(&[charge(1)]),
+        store.charge(&[charge(1)]).into_inner(),
         Err(ChargeError::Exceeded { index: 0, .. })
     ));
     store.refund(&[charge(1)]);
-    assert!(store.try_charge(&[charge(1)]).is_ok(), "one unit came back");
-    assert!(store.try_charge(&[charge(1)]).is_err(), "and only one");
+    assert!(
+        store.charge(&[charge(1)]).into_inner().is_ok(),
+        "one unit came back"
+    );
+    assert!(
+        store.charge(&[charge(1)]).into_inner().is_err(),
+        "and only one"
+    );
     // Refunding more than was charged cannot make the bucket larger than max.
     store.refund(&[charge(2)]);
     store.refund(&[charge(2)]);
-    assert!(store.try_charge(&[charge(2)]).is_ok());
-    assert!(store.try_charge(&[charge(1)]).is_err());
+    assert!(store.charge(&[charge(2)]).into_inner().is_ok());
+    assert!(store.charge(&[charge(1)]).into_inner().is_err());
     // A bucket the store does not hold is left alone.
     let other = Charge::new(def.id(), def.quota(), keys().session, NonZeroU32::MIN);
     let before = store.len();
@@ -118,20 +124,20 @@ impl CounterStore for BackingOff {
 async fn a_store_error_is_a_fixed_message_with_the_stores_retry_hint() {
     let engine = Engine::with_counters(policy(V1), BackingOff);
     let args = serde_json::Value::Object(Default::default());
-    let args = tower_mcp_policy::ArgValue::from(&args);
+    let args = tower_mcp_policy::unstable::ArgValue::from(&args);
     let verdict = engine
         .decide_async(
-            &[tower_mcp_policy::decide::Call {
+            &[tower_mcp_policy::unstable::Call {
                 tool: "a",
                 args: Some(&args),
             }],
             &keys(),
         )
         .await;
-    let tower_mcp_policy::decide::Verdict::Refuse(refusals) = verdict else {
+    let Err(refusals) = verdict else {
         panic!("denied when the store is down")
     };
-    let tower_mcp_policy::decide::Refusal::Denied(denial) = &refusals[0] else {
+    let tower_mcp_policy::Decision::Deny(denial) = &refusals[0] else {
         panic!("{refusals:?}")
     };
     assert_eq!(
@@ -183,7 +189,7 @@ fn a_key_flood_stops_at_the_bound_and_tracked_callers_keep_working() {
         caller(5000).grant,
         NonZeroU32::MIN,
     );
-    let Err(ChargeError::Unavailable(error)) = store.try_charge(&[charge]) else {
+    let Err(ChargeError::Unavailable(error)) = store.charge(&[charge]).into_inner() else {
         panic!("a new key was admitted to a full table");
     };
     assert!(
@@ -203,7 +209,7 @@ fn a_key_flood_stops_at_the_bound_and_tracked_callers_keep_working() {
 
     // Once the buckets have refilled, a sweep gives the room back.
     clock.advance(Duration::from_secs(121));
-    store.retain_recent();
+    store.sweep();
     assert!(store.is_empty(), "{} buckets left", store.len());
     assert_eq!(
         engine.decide("a", Some(&args), &caller(5000)),

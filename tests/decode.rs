@@ -2,9 +2,9 @@
 
 use serde_json::json;
 use tower_mcp_policy::Policy;
-use tower_mcp_policy::jsonrpc::{DecodeError, DecodeErrorKind, Id, MessageKind, ReadAll, decode};
+use tower_mcp_policy::unstable::{DecodeError, DecodeErrorKind, Id, MessageKind, ReadAll, decode};
 
-fn ok(body: &str) -> tower_mcp_policy::jsonrpc::Decoded<'_> {
+fn ok(body: &str) -> tower_mcp_policy::unstable::Decoded<'_> {
     decode(body.as_bytes(), &ReadAll).unwrap_or_else(|e| panic!("{body}\n=> {e}"))
 }
 

@@ -159,15 +159,20 @@ fn every_public_item_has_an_example_or_links_to_one() {
     let api = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("public-api.txt"))
         .unwrap();
     let mut checked = 0;
+    let mut listed = 0;
     let mut missing = Vec::new();
     for item in api.lines().filter(|l| !l.contains("  ")) {
+        listed += 1;
         let page = item.rsplit('/').next().unwrap();
         let Some((kind, name)) = page.split_once('.') else {
             continue;
         };
         let keyword = match kind {
             "struct" | "enum" | "trait" | "fn" => kind,
-            _ => continue, // constants are documented by their text
+            _ => {
+                listed -= 1;
+                continue; // constants are documented by their text
+            }
         };
         let docs = item_docs(&sources, keyword, name, false)
             .or_else(|| (keyword == "fn").then(|| item_docs(&sources, "async fn", name, false))?)
@@ -184,7 +189,8 @@ fn every_public_item_has_an_example_or_links_to_one() {
             missing.push(format!("{item} (links: {links:?})"));
         }
     }
-    assert!(checked > 60, "only {checked} public items were found");
+    assert!(checked > 30, "only {checked} public items were found");
+    assert_eq!(checked, listed, "every listed item was found and checked");
     assert!(
         missing.is_empty(),
         "no example, and no link to one, on the pages of:\n{}",
@@ -202,10 +208,10 @@ fn the_checker_sees_a_missing_example() {
     assert!(has_example("A thing.\n\n```\nlet x = 1;\n```"));
     assert_eq!(
         example_links(
-            "See the example on [`Engine::prepare`]. Also [`Policy`]. An [example](crate::layer)."
+            "See the example on [`Policy::explain`]. Also [`Policy`]. An [example](crate::layer)."
         ),
-        ["Engine::prepare", "crate::layer"]
+        ["Policy::explain", "crate::layer"]
     );
-    assert!(target_docs(&sources, "Engine::prepare").is_some_and(|d| has_example(&d)));
+    assert!(target_docs(&sources, "Policy::explain").is_some_and(|d| has_example(&d)));
     assert!(target_docs(&sources, "crate::layer").is_some_and(|d| has_example(&d)));
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{
-    ArgValue, Decision, Denial, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys,
+    Decision, Denial, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys,
     counter::MemoryCounters,
-    decide::{Call, Refusal, Verdict},
+    unstable::{ArgValue, Call},
 };
 
 fn fixture(name: &str) -> Policy {
@@ -65,7 +65,7 @@ impl Harness {
 fn denied(decision: Decision) -> Denial {
     match decision {
         Decision::Deny(denial) => denial,
-        Decision::Allow => panic!("expected a denial, got Allow"),
+        other => panic!("expected a denial, got {other:?}"),
     }
 }
 
@@ -220,29 +220,29 @@ fn a_refused_batch_charges_nothing() {
 
     // A denied call in the batch: nothing runs, nothing is charged.
     let verdict = h.engine.decide_all(&[call("a"), call("nope")], &keys);
-    let Verdict::Refuse(refusals) = verdict else {
+    let Err(refusals) = verdict else {
         panic!("expected a refusal")
     };
-    assert_eq!(refusals[0], Refusal::NotExecuted);
-    assert!(matches!(&refusals[1], Refusal::Denied(d) if d.kind() == DenialKind::NotAllowed));
+    assert_eq!(refusals[0], Decision::NotExecuted);
+    assert!(matches!(&refusals[1], Decision::Deny(d) if d.kind() == DenialKind::NotAllowed));
 
     // Exhaust b, then batch a+b: b's limit refuses, and a must not be charged.
-    assert_eq!(h.engine.decide_all(&[call("b")], &keys), Verdict::Forward);
-    let Verdict::Refuse(refusals) = h.engine.decide_all(&[call("a"), call("b")], &keys) else {
+    assert_eq!(h.engine.decide_all(&[call("b")], &keys), Ok(()));
+    let Err(refusals) = h.engine.decide_all(&[call("a"), call("b")], &keys) else {
         panic!("expected a refusal")
     };
-    assert_eq!(refusals[0], Refusal::NotExecuted);
-    assert!(matches!(&refusals[1], Refusal::Denied(d) if d.rule() == "/tools/b/limits/0"));
-    assert_eq!(h.engine.decide_all(&[call("a")], &keys), Verdict::Forward);
+    assert_eq!(refusals[0], Decision::NotExecuted);
+    assert!(matches!(&refusals[1], Decision::Deny(d) if d.rule() == "/tools/b/limits/0"));
+    assert_eq!(h.engine.decide_all(&[call("a")], &keys), Ok(()));
 
     // Two calls of one tool in a batch draw on one budget.
     let fresh = h.keys("Bearer carol", None);
-    let Verdict::Refuse(refusals) = h.engine.decide_all(&[call("a"), call("a")], &fresh) else {
+    let Err(refusals) = h.engine.decide_all(&[call("a"), call("a")], &fresh) else {
         panic!("expected a refusal")
     };
-    assert_eq!(refusals[0], Refusal::NotExecuted);
-    assert!(matches!(&refusals[1], Refusal::Denied(_)));
-    assert_eq!(h.engine.decide_all(&[call("a")], &fresh), Verdict::Forward);
+    assert_eq!(refusals[0], Decision::NotExecuted);
+    assert!(matches!(&refusals[1], Decision::Deny(_)));
+    assert_eq!(h.engine.decide_all(&[call("a")], &fresh), Ok(()));
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn fail_closed_when_a_condition_cannot_be_evaluated() {
     let keys = h.keys("Bearer alice", None);
     let d = match h.engine.decide("create_charge", None, &keys) {
         Decision::Deny(d) => d,
-        Decision::Allow => panic!("no arguments must not pass"),
+        other => panic!("no arguments must not pass: {other:?}"),
     };
     assert_eq!(
         (d.kind(), d.rule()),
@@ -602,7 +602,7 @@ fn idle_buckets_are_dropped() {
     assert_eq!(h.engine.counters().len(), 100);
     // One call leaves each bucket one cell (2 s) short of full.
     h.advance(1.0);
-    h.engine.counters().retain_recent();
+    h.engine.counters().sweep();
     assert_eq!(
         h.engine.counters().len(),
         100,
@@ -610,7 +610,7 @@ fn idle_buckets_are_dropped() {
     );
     // governor keeps a bucket one more period after it is full again.
     h.advance(3.0);
-    h.engine.counters().retain_recent();
+    h.engine.counters().sweep();
     assert!(h.engine.counters().is_empty());
 }
 

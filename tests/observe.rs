@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 use tower_mcp_policy::layer::PolicyBody;
-use tower_mcp_policy::observe::{CallDecision, Event, Observer};
+use tower_mcp_policy::observe::{Event, Observer};
 use tower_mcp_policy::{Policy, PolicyLayer, testing};
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
@@ -50,13 +50,13 @@ impl Observer for Collect {
     fn observe(&self, event: &Event<'_>) {
         match event {
             Event::Call(call) => self.calls.lock().unwrap().push(Seen {
-                decision: call.decision.as_str().to_owned(),
+                decision: call.decision_label().to_owned(),
                 tool: call.tool.to_owned(),
                 label: call.tool_label.to_owned(),
                 policy: call.policy.to_owned(),
                 candidate: call.candidate,
-                rule: call.denial.map(|d| d.rule().to_owned()),
-                status: call.upstream.and_then(|u| u.status),
+                rule: call.decision.denial().map(|d| d.rule().to_owned()),
+                status: call.upstream_status,
                 arg_keys: call.arg_keys().iter().map(|k| k.to_string()).collect(),
                 grant: call.grant.to_string(),
             }),
@@ -242,7 +242,7 @@ async fn a_candidate_policy_reports_what_it_would_deny_while_the_enforced_one_de
     let would: Vec<_> = calls.iter().filter(|c| c.candidate).collect();
     assert_eq!(would.len(), 2, "{calls:?}");
     for seen in &would {
-        assert_eq!(seen.decision, CallDecision::WouldDeny.as_str());
+        assert_eq!(seen.decision, "would_deny");
         assert_eq!(seen.policy, candidate_fingerprint);
     }
     assert_eq!(would[0].rule.as_deref(), Some("/tools/transfer/deny_if/0"));

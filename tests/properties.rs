@@ -4,10 +4,10 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tower_mcp_policy::FakeClock;
-use tower_mcp_policy::jsonrpc::{DecodeErrorKind, ReadAll, decode};
+use tower_mcp_policy::unstable::{DecodeErrorKind, ReadAll, decode};
 use tower_mcp_policy::{
-    ArgValue, Engine, Policy, ScopeHasher, ScopeKeys,
-    decide::{Call, Refusal, Verdict},
+    Decision, Engine, Policy, ScopeHasher, ScopeKeys,
+    unstable::{ArgValue, Call},
 };
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -191,9 +191,9 @@ proptest! {
             let a = whole.decide_all(&[Call { tool, args: full_args }], &keys);
             let b = pruned.decide_all(&[Call { tool, args: lean_args }], &keys);
             prop_assert_eq!(&a, &b, "{} {}", tool, args);
-            if let Verdict::Refuse(refusals) = a {
+            if let Err(refusals) = a {
                 for refusal in refusals {
-                    if let Refusal::Denied(d) = refusal {
+                    if let Decision::Deny(d) = refusal {
                         prop_assert!(!d.message().is_empty());
                     }
                 }
@@ -272,7 +272,7 @@ proptest! {
         let h = ScopeHasher::with_key([3; 16]);
         let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
         let args = decoded.messages()[0].tool_call().unwrap().arguments();
-        let denied = engine.decide_all(&[Call { tool: "t", args }], &keys) != Verdict::Forward;
+        let denied = engine.decide_all(&[Call { tool: "t", args }], &keys) != Ok(());
 
         let (a, b) = (rational(&value_text), rational(&threshold_text));
         let holds = match op {
@@ -306,10 +306,10 @@ proptest! {
         let expected = rational(&text).ceil().to_integer();
         let first = engine.decide_all(&[Call { tool: "t", args }], &keys);
         if expected > num_bigint::BigInt::from(u32::MAX) {
-            prop_assert!(first != Verdict::Forward, "{} is over max", text);
+            prop_assert!(first != Ok(()), "{} is over max", text);
             return Ok(());
         }
-        prop_assert_eq!(&first, &Verdict::Forward, "{}", text);
+        prop_assert_eq!(&first, &Ok(()), "{}", text);
         // The budget left is exactly max − cost: one more unit than that is refused.
         let left = u32::MAX as u64 - u64::try_from(expected).unwrap();
         let probe = format!(
@@ -319,7 +319,7 @@ proptest! {
         if left < u32::MAX as u64 {
             let probe = decode(probe.as_bytes(), &*engine.policy().clone()).unwrap();
             let args = probe.messages()[0].tool_call().unwrap().arguments();
-            prop_assert!(engine.decide_all(&[Call { tool: "t", args }], &keys) != Verdict::Forward, "{}", text);
+            prop_assert!(engine.decide_all(&[Call { tool: "t", args }], &keys) != Ok(()), "{}", text);
         }
     }
 }

@@ -22,7 +22,7 @@ use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{
     Engine, Policy, PolicyLayer, ScopeHasher,
-    counter::{Charge, ChargeError, FailMode, MemoryCounters, RedisCounters},
+    counter::{Charge, ChargeError, CounterStore as _, MemoryCounters, RedisCounters},
 };
 
 fn seed_policy() -> Arc<Policy> {
@@ -226,12 +226,7 @@ async fn requests_in_flight_share_script_calls_and_each_is_still_all_or_nothing(
 /// Two stores on `redis`: one failing closed (the default), one failing open.
 async fn closed_and_open(redis: &Redis) -> (RedisCounters, RedisCounters) {
     let closed = redis.builder().connect().await.unwrap();
-    let open = redis
-        .builder()
-        .fail_mode(FailMode::Open)
-        .connect()
-        .await
-        .unwrap();
+    let open = redis.builder().fail_open().connect().await.unwrap();
     (closed, open)
 }
 
@@ -390,7 +385,7 @@ async fn the_redis_store_decides_exactly_as_the_memory_store() {
         for charge in &mut request {
             charge.cost = NonZeroU32::new(1 + next(2) as u32).unwrap();
         }
-        let mine = local.try_charge(&request);
+        let mine = local.charge(&request).into_inner();
         let theirs = remote.charge_at(&request, base + elapsed).await;
         match (&mine, &theirs) {
             (Ok(()), Ok(())) => allowed += 1,

@@ -72,7 +72,7 @@ async fn held_per_upload(declared: usize, sent: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_hold_what_they_sent_and_time_out() {
     const KIB: usize = 1024;
-    let limit = tower_mcp_policy::layer::DEFAULT_MAX_BODY;
+    let limit = tower_mcp_policy::PolicyLayer::DEFAULT_MAX_BODY;
     let mut report = Vec::new();
     // Warm up the runtime, the allocator's arenas and the listener path first.
     held_per_upload(2 * KIB, KIB).await;

@@ -22,7 +22,7 @@ use super::{Charge, ChargeError, CounterId, CounterStore, StoreError};
 use crate::scope::ScopeValue;
 
 /// The default bound on tracked keys (over all counters): about 55 MB of buckets.
-pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// How often the background sweeper drops idle buckets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,7 +45,7 @@ const SHARDS: usize = 256;
 /// with other charges), so a request is charged all or nothing.
 ///
 /// **Memory.** At most [`max_keys`](MemoryCounters::with_max_keys) buckets are tracked over
-/// all counters (default [`DEFAULT_MAX_KEYS`], about 55 MB). When the table is full, a
+/// all counters (default [`MemoryCounters::DEFAULT_MAX_KEYS`], about 55 MB). When the table is full, a
 /// call that needs a *new* bucket is denied (the agent reads that rate-limit state is
 /// unavailable and when to retry; the logs say the table is full); callers already
 /// tracked keep working. A background thread (one per process, started with the first
@@ -387,7 +387,7 @@ fn sweep_in_background(store: Weak<dyn Sweep>) {
         if let Err(error) = spawned {
             tracing::error!(
                 target: "tower_mcp_policy",
-                "cannot start the counter sweeper, idle buckets stay until `retain_recent`: {error}"
+                "cannot start the counter sweeper, idle buckets stay until `sweep`: {error}"
             );
         }
         Mutex::default()
@@ -399,6 +399,9 @@ fn sweep_in_background(store: Weak<dyn Sweep>) {
 }
 
 impl MemoryCounters {
+    /// The default bound on tracked buckets; see [`MemoryCounters::with_max_keys`].
+    pub const DEFAULT_MAX_KEYS: usize = DEFAULT_MAX_KEYS;
+
     /// Counters on the process's monotonic clock.
     pub fn new() -> Self {
         Self::on(Time::monotonic())
@@ -442,7 +445,7 @@ impl MemoryCounters {
     }
 
     /// Applies every charge or none, synchronously.
-    pub fn try_charge(&self, charges: &[Charge]) -> Result<(), ChargeError> {
+    pub(crate) fn try_charge(&self, charges: &[Charge]) -> Result<(), ChargeError> {
         let inner = &*self.inner;
         let limiters = inner.limiters_for(charges);
         let mut applied: SmallVec<[usize; 4]> = SmallVec::new();
@@ -499,7 +502,7 @@ impl MemoryCounters {
     /// Gives back `charges` (see [`CounterStore::refund`]): each bucket's theoretical
     /// arrival time moves back by `cost × window / max`. A bucket that was dropped
     /// meanwhile is already full.
-    pub fn give_back(&self, charges: &[Charge]) {
+    fn give_back(&self, charges: &[Charge]) {
         let limiters = self.inner.limiters.load();
         for charge in charges {
             if let Some(limiter) = limiters.get(&charge.counter) {
@@ -527,7 +530,7 @@ impl MemoryCounters {
 
     /// Drops every bucket that has fully refilled (it is the same as a fresh one) now,
     /// instead of waiting for the background sweeper.
-    pub fn retain_recent(&self) {
+    pub fn sweep(&self) {
         self.inner.sweep();
     }
 }

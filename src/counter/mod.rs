@@ -18,11 +18,9 @@ use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
-pub use memory::{DEFAULT_MAX_KEYS, MemoryCounters};
+pub use memory::MemoryCounters;
 #[cfg(feature = "redis")]
-pub use redis::{
-    DEFAULT_DEADLINE, DEFAULT_PREFIX, FailMode, RedisCharge, RedisCounters, RedisCountersBuilder,
-};
+pub use redis::{RedisCharge, RedisCounters, RedisCountersBuilder};
 
 use crate::scope::Scope;
 use crate::scope::ScopeValue;
@@ -225,8 +223,12 @@ pub enum ChargeError {
         /// The wait until it would fit.
         retry_after: Option<Duration>,
     },
-    /// The store could not decide (a remote store is down). Callers deny: fail closed.
+    /// The store could not decide (a remote store is down): the calls that needed it
+    /// are denied (fail closed). Nothing was charged.
     Unavailable(StoreError),
+    /// The store could not decide, and lets the calls run uncounted (a store set to
+    /// fail open): the error is reported and the calls are allowed. Nothing was charged.
+    Uncounted(StoreError),
 }
 
 impl fmt::Display for ChargeError {
@@ -238,6 +240,9 @@ impl fmt::Display for ChargeError {
             } => write!(f, "charge {index} exceeds its limit for {wait:?}"),
             ChargeError::Exceeded { index, .. } => write!(f, "charge {index} can never fit"),
             ChargeError::Unavailable(reason) => write!(f, "counter store unavailable: {reason}"),
+            ChargeError::Uncounted(reason) => {
+                write!(f, "counter store unavailable, uncounted: {reason}")
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ pub const INTERNAL_ERROR: i64 = -32603;
 
 /// Which of the two JSON-RPC errors a [`DecodeError`] is.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeErrorKind {
@@ -35,7 +35,7 @@ pub enum DecodeErrorKind {
 
 /// Why a body was refused.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
     kind: DecodeErrorKind,

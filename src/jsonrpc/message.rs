@@ -11,7 +11,7 @@ use crate::value::ArgValue;
 
 /// A JSON-RPC id: a string or an integer.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum Id {
@@ -32,7 +32,7 @@ impl fmt::Display for Id {
 
 /// What a message is.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// A request: it has a `method` and an `id`, and expects a response.
@@ -45,7 +45,7 @@ pub enum MessageKind {
 
 /// A `tools/call`: the tool's name and the arguments the policy reads.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall<'a> {
     pub(super) name: Cow<'a, str>,
@@ -75,7 +75,7 @@ impl ToolCall<'_> {
 
 /// One decoded JSON-RPC message.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message<'a> {
     pub(super) kind: MessageKind,
@@ -127,7 +127,7 @@ impl<'a> Message<'a> {
 
 /// A decoded body: one message, or a batch.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded<'a> {
     /// One message inline: a single message (the usual body) costs no allocation.

@@ -21,7 +21,7 @@
 //! with strict seeds, which gives the same answer where both can read a body.
 //!
 //! ```
-//! use tower_mcp_policy::jsonrpc::{decode, ReadAll};
+//! use tower_mcp_policy::unstable::{decode, ReadAll};
 //!
 //! let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call",
 //!                 "params":{"name":"\u0074ransfer","arguments":{"amount":5}}}"#;
@@ -45,7 +45,7 @@
 //! #     br#"{"jsonrpc":"2.0","id":8,"method":"tools/call",
 //! #          "params":{"name":"transfer","arguments":{"amount":5,"memo":"rent"}}}"#
 //! # }
-//! # Ok::<(), tower_mcp_policy::jsonrpc::DecodeError>(())
+//! # Ok::<(), tower_mcp_policy::unstable::DecodeError>(())
 //! ```
 
 mod error;
@@ -58,13 +58,13 @@ pub use crate::policy::ArgPlan;
 use crate::policy::Policy;
 pub use error::{
     DecodeError, DecodeErrorKind, HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, NOT_EXECUTED,
-    PARSE_ERROR, POLICY_DENIED, UNKNOWN_TOOL,
+    POLICY_DENIED, UNKNOWN_TOOL,
 };
 pub use message::{Decoded, Id, Message, MessageKind, ToolCall};
 
 /// Which arguments to read for a tool: implemented by [`Policy`] and [`ReadAll`].
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 pub trait PlanSource {
     /// The plan for `tool`'s arguments.
     fn plan_for(&self, tool: &str) -> &ArgPlan;
@@ -78,7 +78,7 @@ impl PlanSource for Policy {
 
 /// A [`PlanSource`] that reads every argument of every tool.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadAll;
 
@@ -91,7 +91,7 @@ impl PlanSource for ReadAll {
 
 /// Decodes a body, reading of each tool call's arguments what `plans` names.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 pub fn decode<'a, P: PlanSource + ?Sized>(
     body: &'a [u8],
     plans: &P,

@@ -10,25 +10,17 @@ use serde_json::{Value, json};
 
 use super::body::ResponseBody;
 use super::refund::Watch;
-use crate::decision::{Denial, DenialKind};
-use crate::engine::Refusal;
+use crate::decision::{Decision, Denial, DenialKind};
 use crate::jsonrpc::{
     Decoded, INTERNAL_ERROR, Id, MessageKind, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
 };
 use crate::policy::Policy;
-
-/// The `_meta` key under which a denial's details travel in a tool result.
-pub const META_KEY: &str = "tower-mcp-policy/denial";
-
-/// The prefix of every denial text, as the hosted PolicyLayer gateway writes it.
-pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
 
 /// How a denied `tools/call` is answered.
 ///
 /// ```
 /// use http_body_util::BodyExt;
 /// use tower::{Layer, ServiceExt};
-/// use tower_mcp_policy::layer::POLICY_DENIED;
 /// use tower_mcp_policy::{DenialFormat, Policy, PolicyLayer, testing};
 ///
 /// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,7 +35,7 @@ pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
 /// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
 /// let body = response.into_body().collect().await?.to_bytes();
 /// let answer: serde_json::Value = serde_json::from_slice(&body)?;
-/// assert_eq!(answer["error"]["code"], POLICY_DENIED);
+/// assert_eq!(answer["error"]["code"], DenialFormat::POLICY_DENIED);
 /// assert_eq!(answer["error"]["data"]["kind"], "not_allowed");
 /// assert_eq!(answer["error"]["data"]["rule"], "(default deny)");
 /// # Ok(())
@@ -55,69 +47,70 @@ pub const DENIED_PREFIX: &str = "[POLICY DENIED] ";
 pub enum DenialFormat {
     /// A successful JSON-RPC response holding a `CallToolResult` with `isError: true`
     /// and the text `[POLICY DENIED] <message>`: the agent's model reads it like any
-    /// tool error. Details are in the result's `_meta` under [`META_KEY`].
+    /// tool error. Details are in the result's `_meta` under
+    /// [`DenialFormat::META_KEY`].
     #[default]
     ToolResult,
-    /// A JSON-RPC error with code [`POLICY_DENIED`], the message, and `data` holding
-    /// `rule`, `tool`, `kind` and `retryAfterSeconds`.
+    /// A JSON-RPC error with code [`DenialFormat::POLICY_DENIED`], the message, and
+    /// `data` holding `rule`, `tool`, `kind` and `retryAfterSeconds`.
     JsonRpcError,
 }
 
-/// What the policy decided about a request, carried by its response as an extension so
-/// that outer layers (an access log, a custom metric) can read it.
+impl DenialFormat {
+    /// The JSON-RPC error code of a denial in [`DenialFormat::JsonRpcError`] form.
+    pub const POLICY_DENIED: i64 = POLICY_DENIED;
+    /// The JSON-RPC error code of a call that was not executed because another call of
+    /// its batch was denied (in either format).
+    pub const NOT_EXECUTED: i64 = NOT_EXECUTED;
+    /// The `_meta` key under which a denial's details travel in a tool result.
+    pub const META_KEY: &'static str = "tower-mcp-policy/denial";
+    /// The prefix of every denial text, as the hosted PolicyLayer gateway writes it.
+    pub const PREFIX: &'static str = "[POLICY DENIED] ";
+}
+
+/// What became of a request. Every response of the layer carries it as an extension,
+/// so outer layers (an access log, a custom metric) can read it.
 ///
 /// ```
-/// # use tower_mcp_policy::layer::{Outcome, PolicyDecision};
+/// # use tower_mcp_policy::layer::Outcome;
 /// # let response = http::Response::new(());
-/// match response.extensions().get::<PolicyDecision>() {
-///     Some(decision) if decision.outcome == Outcome::Denied => { /* decision.denials */ }
+/// match response.extensions().get::<Outcome>() {
+///     Some(Outcome::Denied(denials)) => { /* one per denied call */ }
 ///     _ => {}
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct PolicyDecision {
-    /// What became of the request.
-    pub outcome: Outcome,
-    /// The denials, one per denied call (for `Denied` and `WouldDeny`).
-    pub denials: Vec<Denial>,
-}
-
-/// What became of a request; see [`PolicyDecision`] and its example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Outcome {
     /// Judged and forwarded (every call allowed, or no tool call in it).
     Forwarded,
-    /// A call was denied: answered by the layer, nothing forwarded.
-    Denied,
-    /// Monitor mode: enforcement would have denied a call; forwarded anyway.
-    WouldDeny,
-    /// Refused before any decision (unreadable body, bad headers, too large, too slow).
+    /// Calls were denied (one denial each): answered by the layer, nothing forwarded.
+    Denied(Vec<Denial>),
+    /// Monitor mode: enforcement would have denied these calls; forwarded anyway.
+    WouldDeny(Vec<Denial>),
+    /// Refused before any decision (unreadable body, bad headers, too large, too slow,
+    /// an answer the layer must filter but cannot read).
     Rejected,
     /// Not judged: a request without a body (GET, DELETE, ...) passed through.
     NotJudged,
 }
 
-impl PolicyDecision {
-    pub(crate) fn new(outcome: Outcome) -> PolicyDecision {
-        PolicyDecision {
-            outcome,
-            denials: Vec::new(),
+impl Outcome {
+    /// The denials of `Denied` and `WouldDeny`; nothing otherwise.
+    pub fn denials(&self) -> &[Denial] {
+        match self {
+            Outcome::Denied(denials) | Outcome::WouldDeny(denials) => denials,
+            _ => &[],
         }
     }
 
-    pub(crate) fn from_refusals(outcome: Outcome, refusals: &[Refusal]) -> PolicyDecision {
-        PolicyDecision {
-            outcome,
-            denials: refusals
-                .iter()
-                .filter_map(|r| match r {
-                    Refusal::Denied(denial) => Some(denial.clone()),
-                    _ => None,
-                })
-                .collect(),
-        }
+    /// The denials among `decisions`.
+    pub(crate) fn denials_of(decisions: &[Decision]) -> Vec<Denial> {
+        decisions
+            .iter()
+            .filter_map(Decision::denial)
+            .cloned()
+            .collect()
     }
 }
 
@@ -147,7 +140,7 @@ pub(crate) fn denial_message(id: Option<&Id>, denial: &Denial, format: DenialFor
         // Indistinguishable from a tool the server does not have.
         return error_object(id, UNKNOWN_TOOL, denial.message(), None);
     }
-    let text = format!("{DENIED_PREFIX}{}", denial.message());
+    let text = format!("{}{}", DenialFormat::PREFIX, denial.message());
     match format {
         DenialFormat::ToolResult => json!({
             "jsonrpc": "2.0",
@@ -155,7 +148,7 @@ pub(crate) fn denial_message(id: Option<&Id>, denial: &Denial, format: DenialFor
             "result": {
                 "content": [{ "type": "text", "text": text }],
                 "isError": true,
-                "_meta": { META_KEY: details(denial) },
+                "_meta": { DenialFormat::META_KEY: details(denial) },
             }
         }),
         DenialFormat::JsonRpcError => error_object(id, POLICY_DENIED, &text, Some(details(denial))),
@@ -203,24 +196,24 @@ pub(crate) fn accepted<B>() -> Response<ResponseBody<B>> {
 
 /// One entry per request of a refused body (a denial, or "not executed");
 /// notifications get none.
-pub(crate) fn refusals<B>(
+pub(crate) fn denied<B>(
     decoded: &Decoded<'_>,
-    refusals: Vec<Refusal>,
+    decisions: Vec<Decision>,
     format: DenialFormat,
 ) -> Response<ResponseBody<B>> {
-    let mut refusals = refusals.into_iter();
+    let mut decisions = decisions.into_iter();
     let mut entries = Vec::new();
     for message in decoded.messages() {
-        let refusal = match message.tool_call() {
-            Some(_) => refusals.next().unwrap_or(Refusal::NotExecuted),
-            None => Refusal::NotExecuted,
+        let decision = match message.tool_call() {
+            Some(_) => decisions.next().unwrap_or(Decision::NotExecuted),
+            None => Decision::NotExecuted,
         };
         if message.kind() != MessageKind::Request {
             continue;
         }
-        entries.push(match refusal {
-            Refusal::Denied(denial) => denial_message(message.id(), &denial, format),
-            Refusal::NotExecuted => not_executed(message.id()),
+        entries.push(match decision {
+            Decision::Deny(denial) => denial_message(message.id(), &denial, format),
+            _ => not_executed(message.id()),
         });
     }
     match entries.len() {

@@ -12,9 +12,9 @@ use crate::observe::{Observer, TracingObserver};
 use crate::scope::ScopeHasher;
 
 /// The default request body limit: 4 MiB.
-pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 /// The default limit on a tools/list JSON response the layer buffers to filter: 16 MiB.
-pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Whether the layer enforces its policy or only reports what it would do.
 ///

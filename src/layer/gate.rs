@@ -19,7 +19,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use smallvec::SmallVec;
 
-use super::answer::{self, Outcome, PolicyDecision};
+use super::answer::{self, Outcome};
 use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
 use super::refund::{Charged, Refunder, Watch};
@@ -29,7 +29,8 @@ use super::request::{
 };
 use super::sessions::Sessions;
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
-use crate::engine::{Call, Engine, PendingCharges, Prepared, Verdict};
+use crate::decision::Decision;
+use crate::engine::{Call, Engine, PendingCharges, Prepared};
 use crate::jsonrpc::{self, Decoded, MessageKind};
 use crate::observe::Event;
 use crate::policy::Policy;
@@ -104,8 +105,8 @@ pub(crate) struct Holds {
 pub(crate) struct Forwarded {
     /// The policy the request was judged by: its answer is filtered by the same one.
     policy: Arc<Policy>,
-    /// What the policy decided, for the response's extensions.
-    decision: PolicyDecision,
+    /// What became of the request, for the response's extensions.
+    outcome: Outcome,
     holds: Holds,
     /// The charges the request paid, for refunds.
     charged: Option<Charged>,
@@ -128,11 +129,11 @@ impl Forwarded {
         policy: &Arc<Policy>,
         holds: Holds,
         charged: Option<Charged>,
-        decision: PolicyDecision,
+        outcome: Outcome,
     ) -> Forwarded {
         Forwarded {
             policy: policy.clone(),
-            decision,
+            outcome,
             holds,
             charged,
             session: None,
@@ -145,12 +146,7 @@ impl Forwarded {
 
     /// A request without a body, passed through unjudged under `policy`.
     fn unjudged(policy: Arc<Policy>) -> Forwarded {
-        Forwarded::judged(
-            &policy,
-            Holds::default(),
-            None,
-            PolicyDecision::new(Outcome::NotJudged),
-        )
+        Forwarded::judged(&policy, Holds::default(), None, Outcome::NotJudged)
     }
 }
 
@@ -241,8 +237,8 @@ impl<S: CounterStore> Gate<S> {
         };
         let calls = inspected.calls();
         let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
-            Prepared::Done(verdict) => {
-                return self.conclude(&policy, &inspected, verdict, None, started);
+            Prepared::Done(decided) => {
+                return self.conclude(&policy, &inspected, decided, None, started);
             }
             Prepared::Charge(pending) => pending,
         };
@@ -251,8 +247,8 @@ impl<S: CounterStore> Gate<S> {
             let charged = result
                 .is_ok()
                 .then(|| Charged::new(&pending, &inspected.decoded));
-            let verdict = pending.finish(self.reported(result));
-            return self.conclude(&policy, &inspected, verdict, charged, started);
+            let decided = pending.finish(self.reported(result));
+            return self.conclude(&policy, &inspected, decided, charged, started);
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
@@ -276,9 +272,9 @@ impl<S: CounterStore> Gate<S> {
         let charged = result
             .is_ok()
             .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
-        let verdict = charging.pending.finish(self.reported(result));
+        let decided = charging.pending.finish(self.reported(result));
         let (policy, inspected) = (&charging.policy, &charging.inspected);
-        self.conclude(policy, inspected, verdict, charged, charging.started)
+        self.conclude(policy, inspected, decided, charged, charging.started)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
@@ -318,33 +314,31 @@ impl<S: CounterStore> Gate<S> {
         })
     }
 
-    /// Forward, or answer the refusal; one event per refused call now, and one per
-    /// allowed call once the server answers.
+    /// Forward, or answer the denials; one event per call of a refused request now,
+    /// and one per allowed call once the server answers.
     fn conclude<B>(
         &self,
         policy: &Arc<Policy>,
         inspected: &Inspected<'_>,
-        verdict: Verdict,
+        decided: Result<(), Vec<Decision>>,
         charged: Option<Charged>,
         started: Instant,
     ) -> Next<B, S> {
         let monitor = self.config.mode == Mode::Monitor;
         let observer = &*self.config.observer.0;
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
-        report::refusals(observer, policy, decoded, keys, &verdict, monitor, false);
+        if let Err(decisions) = &decided {
+            report::refused(observer, policy, decoded, keys, decisions, !monitor, false);
+        }
         observer.observe(&Event::Judged {
             policy: policy.fingerprint(),
             latency: started.elapsed(),
             tracked_keys: self.engine.counters().tracked_keys(),
         });
-        match verdict {
-            Verdict::Forward => {
-                let mut forwarded = Forwarded::judged(
-                    policy,
-                    inspected.holds,
-                    charged,
-                    PolicyDecision::new(Outcome::Forwarded),
-                );
+        match decided {
+            Ok(()) => {
+                let mut forwarded =
+                    Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
                 if observer.wants_allowed() {
                     forwarded.allowed = report::allowed_calls(decoded, keys);
                 }
@@ -352,17 +346,15 @@ impl<S: CounterStore> Gate<S> {
             }
             // A dry run: what enforcement would refuse is reported, and runs, uncharged
             // (enforcement would have charged nothing either).
-            Verdict::Refuse(refusals) if monitor => Next::Forward(Forwarded::judged(
-                policy,
-                inspected.holds,
-                None,
-                PolicyDecision::from_refusals(Outcome::WouldDeny, &refusals),
-            )),
-            Verdict::Refuse(refusals) => {
-                let decision = PolicyDecision::from_refusals(Outcome::Denied, &refusals);
+            Err(decisions) if monitor => {
+                let outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
+                Next::Forward(Forwarded::judged(policy, inspected.holds, None, outcome))
+            }
+            Err(decisions) => {
+                let outcome = Outcome::Denied(Outcome::denials_of(&decisions));
                 let format = self.config.denial_format;
-                let mut response = answer::refusals(&inspected.decoded, refusals, format);
-                response.extensions_mut().insert(decision);
+                let mut response = answer::denied(decoded, decisions, format);
+                response.extensions_mut().insert(outcome);
                 Next::Answer(response)
             }
         }
@@ -419,7 +411,7 @@ impl<S: CounterStore> Gate<S> {
             &response,
         );
         self.report_allowed(&forwarded, Some(response.status().as_u16()));
-        response.extensions_mut().insert(forwarded.decision.clone());
+        response.extensions_mut().insert(forwarded.outcome.clone());
         let filter = self.must_filter(&forwarded).then_some(forwarded.policy);
         let mut charged = forwarded.charged;
         if let Some(charged) = &mut charged
@@ -466,11 +458,16 @@ impl<S: CounterStore> Gate<S> {
         }
     }
 
-    /// The store's answer; its error (which the agent never reads) is reported.
+    /// The store's answer; its error (which the agent never reads) is reported, whether
+    /// the calls are denied (fail closed) or run uncounted (fail open).
     fn reported(&self, result: Result<(), ChargeError>) -> Result<(), ChargeError> {
-        if let Err(ChargeError::Unavailable(error)) = &result {
-            self.config.observer.0.observe(&Event::StoreError { error });
-        }
+        let (error, uncounted) = match &result {
+            Err(ChargeError::Unavailable(error)) => (error, false),
+            Err(ChargeError::Uncounted(error)) => (error, true),
+            _ => return result,
+        };
+        let event = Event::StoreError { error, uncounted };
+        self.config.observer.0.observe(&event);
         result
     }
 
@@ -486,9 +483,7 @@ impl<S: CounterStore> Gate<S> {
             message: &refused.message,
         });
         let mut response = answer::http_error(refused.status, id, refused.code, &refused.message);
-        response
-            .extensions_mut()
-            .insert(PolicyDecision::new(Outcome::Rejected));
+        response.extensions_mut().insert(Outcome::Rejected);
         response
     }
 
@@ -523,15 +518,17 @@ impl<S: CounterStore> Gate<S> {
             return;
         };
         let calls = Call::all_in(&decoded);
-        let verdict = match candidate.prepare(&policy, &calls, &keys) {
-            Prepared::Done(verdict) => verdict,
+        let decided = match candidate.prepare(&policy, &calls, &keys) {
+            Prepared::Done(decided) => decided,
             Prepared::Charge(pending) => {
                 let result = candidate.counters().try_charge(pending.charges());
                 pending.finish(result)
             }
         };
         drop(calls);
-        let observer = &*self.config.observer.0;
-        report::refusals(observer, &policy, &decoded, keys, &verdict, true, true);
+        if let Err(decisions) = decided {
+            let observer = &*self.config.observer.0;
+            report::refused(observer, &policy, &decoded, keys, &decisions, false, true);
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::answer::DenialFormat;
-use super::config::{Config, Mode, SharedObserver};
+use super::config::{
+    Config, DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, Mode, SharedObserver,
+};
 use super::gate::Gate;
 use super::service::PolicyService;
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
@@ -40,6 +42,14 @@ impl<S> Clone for PolicyLayer<S> {
 }
 
 impl PolicyLayer<MemoryCounters> {
+    /// The default request body limit: 4 MiB.
+    pub const DEFAULT_MAX_BODY: usize = DEFAULT_MAX_BODY;
+    /// The default limit on a tools/list JSON response the layer buffers to filter:
+    /// 16 MiB.
+    pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = DEFAULT_MAX_FILTERED_RESPONSE;
+    /// The default number of server-issued sessions remembered: about 7 MB.
+    pub const DEFAULT_MAX_SESSIONS: usize = DEFAULT_MAX_SESSIONS;
+
     /// A layer for `policy`, with in-memory counters.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
         PolicyLayer::from_engine(Engine::new(policy))
@@ -126,7 +136,7 @@ impl<S> PolicyLayer<S> {
         self
     }
 
-    /// The largest request body read (default [`DEFAULT_MAX_BODY`](super::DEFAULT_MAX_BODY)); larger ones get 413.
+    /// The largest request body read (default [`PolicyLayer::DEFAULT_MAX_BODY`]); larger ones get 413.
     #[must_use]
     pub fn max_body_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_body = bytes)
@@ -134,7 +144,7 @@ impl<S> PolicyLayer<S> {
 
     /// The largest `application/json` tools/list response buffered to remove hidden
     /// tools (default
-    /// [`DEFAULT_MAX_FILTERED_RESPONSE`](super::DEFAULT_MAX_FILTERED_RESPONSE)); a larger one is replaced by a
+    /// [`PolicyLayer::DEFAULT_MAX_FILTERED_RESPONSE`]); a larger one is replaced by a
     /// JSON-RPC error rather than shown unfiltered.
     #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
@@ -187,7 +197,7 @@ impl<S> PolicyLayer<S> {
 
 impl<S> PolicyLayer<S> {
     /// How many server-issued sessions to remember (default
-    /// [`DEFAULT_MAX_SESSIONS`](super::DEFAULT_MAX_SESSIONS), about 7 MB).
+    /// [`PolicyLayer::DEFAULT_MAX_SESSIONS`], about 7 MB).
     ///
     /// A `Mcp-Session-Id` counts as a session for `"scope": "session"` limits only if
     /// this layer saw the server issue it in answer to `initialize`, until the server

@@ -75,11 +75,6 @@ mod request;
 pub(crate) mod service;
 mod sessions;
 
-pub use crate::jsonrpc::{
-    HEADER_MISMATCH, INTERNAL_ERROR, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
-};
-pub use answer::{DENIED_PREFIX, META_KEY, Outcome, PolicyDecision};
+pub use answer::Outcome;
 pub use body::{PolicyBody, ResponseBody};
-pub use config::{DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE};
 pub use future::ResponseFuture;
-pub use sessions::DEFAULT_MAX_SESSIONS;

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use crate::engine::{Refusal, Verdict};
+use crate::decision::Decision;
 use crate::jsonrpc::{self, Decoded};
-use crate::observe::{ArgKeys, CallDecision, CallEvent, Event, Observer, Upstream};
+use crate::observe::{ArgKeys, CallEvent, Event, Observer};
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
 use crate::value::ArgValue;
@@ -51,13 +51,12 @@ pub(crate) fn allowed(
     sent: Instant,
     status: Option<u16>,
 ) {
-    let upstream = Upstream {
-        status,
-        latency: sent.elapsed(),
-    };
+    static ALLOW: Decision = Decision::Allow;
+    let latency = sent.elapsed();
     for call in calls {
         observer.observe(&Event::Call(CallEvent {
-            decision: CallDecision::Allow,
+            decision: &ALLOW,
+            enforced: true,
             tool: &call.tool,
             tool_label: policy.tool_label(&call.tool),
             method: TOOLS_CALL,
@@ -66,39 +65,32 @@ pub(crate) fn allowed(
             session: call.keys.session,
             policy: policy.fingerprint(),
             candidate: false,
-            denial: None,
-            upstream: Some(upstream),
+            upstream_status: status,
+            upstream_latency: Some(latency),
             arg_keys: ArgKeys::Owned(&call.arg_keys),
         }));
     }
 }
 
-/// One event per refused call of `verdict` (nothing for `Forward`).
-pub(crate) fn refusals(
+/// One event per call of a refused request: `decisions` has one per call, in order.
+/// `enforced` is false for a dry run (monitor mode, a candidate policy).
+pub(crate) fn refused(
     observer: &dyn Observer,
     policy: &Policy,
     decoded: &Decoded<'_>,
     keys: ScopeKeys,
-    verdict: &Verdict,
-    monitor: bool,
+    decisions: &[Decision],
+    enforced: bool,
     candidate: bool,
 ) {
-    let Verdict::Refuse(refusals) = verdict else {
-        return;
-    };
     let calls = decoded
         .messages()
         .iter()
         .filter_map(|m| Some((m, m.tool_call()?)));
-    for ((message, call), refusal) in calls.zip(refusals) {
-        let (decision, denial) = match (refusal, monitor) {
-            (Refusal::Denied(denial), false) => (CallDecision::Deny, Some(denial)),
-            (Refusal::Denied(denial), true) => (CallDecision::WouldDeny, Some(denial)),
-            (Refusal::NotExecuted, false) => (CallDecision::NotExecuted, None),
-            (Refusal::NotExecuted, true) => (CallDecision::WouldNotExecute, None),
-        };
+    for ((message, call), decision) in calls.zip(decisions) {
         observer.observe(&Event::Call(CallEvent {
             decision,
+            enforced,
             tool: call.name(),
             tool_label: policy.tool_label(call.name()),
             method: TOOLS_CALL,
@@ -107,8 +99,8 @@ pub(crate) fn refusals(
             session: keys.session,
             policy: policy.fingerprint(),
             candidate,
-            denial,
-            upstream: None,
+            upstream_status: None,
+            upstream_latency: None,
             arg_keys: ArgKeys::Args(call.arguments()),
         }));
     }

@@ -20,7 +20,7 @@ use super::request::MCP_SESSION_ID;
 use crate::scope::{ScopeHasher, ScopeValue};
 
 /// The default number of sessions remembered: about 7 MB.
-pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+pub(crate) const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 #[derive(Debug)]
 pub(crate) struct Sessions {

@@ -81,7 +81,7 @@ impl ArgPath {
 /// The decoder walks a tool call's `arguments` with this plan: it keeps what the plan
 /// names (checking those objects for duplicate keys) and only validates the rest.
 ///
-/// See the example in the [`jsonrpc`](crate::jsonrpc) module.
+/// See the example in the decoder's module docs (`src/jsonrpc/mod.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArgPlan {
     root: PlanNode,

@@ -14,7 +14,7 @@ const EXPONENT_LIMIT: i64 = 1 << 60;
 /// them. Never rounded, any size; comparing costs O(digits), whatever the exponent.
 ///
 /// ```
-/// # use tower_mcp_policy::Decimal;
+/// # use tower_mcp_policy::unstable::Decimal;
 /// let d = |s: &str| s.parse::<Decimal>().unwrap();
 /// assert!(d("100.00000000000001") > d("100"));
 /// assert!(d("1000.0000000000000001") > d("1000"));
@@ -33,7 +33,7 @@ pub struct Decimal {
 /// Why a text is not a JSON number.
 ///
 /// ```
-/// use tower_mcp_policy::{Decimal, NotANumber};
+/// use tower_mcp_policy::unstable::{Decimal, NotANumber};
 ///
 /// assert_eq!("1e".parse::<Decimal>(), Err(NotANumber));
 /// assert_eq!("NaN".parse::<Decimal>(), Err(NotANumber)); // not JSON

@@ -30,7 +30,7 @@ pub use decimal::{Decimal, NotANumber};
 /// Equality is JSON equality with numbers by value (`1 == 1.0 == 1e0`) at every depth.
 ///
 /// ```
-/// # use tower_mcp_policy::ArgValue;
+/// # use tower_mcp_policy::unstable::ArgValue;
 /// let ArgValue::Number(amount) = ArgValue::parse_exact("100.00000000000001").unwrap() else { panic!() };
 /// assert!(amount > "100".parse().unwrap());
 /// assert_eq!(ArgValue::parse_exact(r#"{"a":[1.0]}"#).unwrap(), serde_json::json!({"a": [1]}));

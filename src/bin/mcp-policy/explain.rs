@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use tower_layer::Layer;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::testing::{self, Answer};
-use tower_mcp_policy::{ArgValue, Decision, Policy, PolicyLayer};
+use tower_mcp_policy::{Decision, Policy, PolicyLayer};
 use tower_service::Service;
 
 use crate::{Outcome, shown};
@@ -66,7 +66,7 @@ async fn through_the_layer(policy: Policy, tool: &str, args: &str) -> (u16, Stri
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":{tool},"arguments":{args}}}}}"#
     );
-    let request = Request::post(testing::ENDPOINT)
+    let request = Request::post("http://localhost/mcp")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json, text/event-stream")
         .body(Full::new(Bytes::from(body)))
@@ -103,14 +103,10 @@ pub async fn run(options: Options) -> Outcome {
         }
     };
     let text = options.args.as_deref().unwrap_or("{}");
-    let args = match ArgValue::parse_exact(text) {
-        Ok(args @ ArgValue::Object(_)) => args,
-        Ok(_) => {
-            eprintln!("mcp-policy: ARGS_JSON must be a JSON object, like '{{\"amount\": 5}}'");
-            return Outcome::Error;
-        }
+    let explanation = match policy.explain(&options.tool, Some(text)) {
+        Ok(explanation) => explanation,
         Err(err) => {
-            eprintln!("mcp-policy: ARGS_JSON is not valid JSON: {err}");
+            eprintln!("mcp-policy: ARGS_JSON must be a JSON object: {err}");
             return Outcome::Error;
         }
     };
@@ -124,8 +120,7 @@ pub async fn run(options: Options) -> Outcome {
     for warning in policy.warnings() {
         say!(out, "{}: warning: {warning}", shown(&options.policy));
     }
-    say!(out, "call {} {args}\n", options.tool);
-    let explanation = policy.explain(&options.tool, Some(&args));
+    say!(out, "call {} {}\n", options.tool, explanation.args);
     say!(out, "{explanation}\n");
 
     let expected = explanation.decision.clone();
@@ -133,7 +128,7 @@ pub async fn run(options: Options) -> Outcome {
     let agrees = match (&expected, &answer) {
         (Decision::Allow, Answer::Result(result)) => result.to_string().contains(RAN),
         (Decision::Deny(denial), Answer::Denied(denied)) => {
-            denied.rule == denial.rule() && denied.kind == denial.kind().as_str()
+            denied.rule() == denial.rule() && denied.kind() == denial.kind()
         }
         // A hidden tool is answered as the server answers an unknown one.
         (Decision::Deny(denial), Answer::Error { .. }) => {
@@ -149,14 +144,14 @@ pub async fn run(options: Options) -> Outcome {
         return Outcome::Error;
     }
     match expected {
-        Decision::Allow => {
+        Decision::Deny(_) => {
+            say!(out, "the agent reads (HTTP {status}):\n{body}");
+        }
+        _ => {
             say!(
                 out,
                 "the call is forwarded to the MCP server, which answers the agent."
             );
-        }
-        Decision::Deny(_) => {
-            say!(out, "the agent reads (HTTP {status}):\n{body}");
         }
     }
     crate::print(&out);

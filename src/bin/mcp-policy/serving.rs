@@ -10,10 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_mcp_policy::metrics::MetricsObserver;
 use tower_mcp_policy::observe::TracingObserver;
-use tower_mcp_policy::{
-    Engine, Mode, Policy, PolicyLayer,
-    counter::{FailMode, RedisCounters},
-};
+use tower_mcp_policy::{Engine, Mode, Policy, PolicyLayer, counter::RedisCounters};
 
 /// Logs to stderr; `RUST_LOG` overrides the default (decisions at debug). Colours only
 /// when stderr is a terminal, so a log file or collector gets no escape sequences.
@@ -84,19 +81,14 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
     let Some(url) = &store.redis else {
         return AnyLayer::Memory(configure(PolicyLayer::new(policy), mode, candidate));
     };
-    let fail = if store.fail_open {
-        FailMode::Open
-    } else {
-        FailMode::Closed
-    };
-    let counters = RedisCounters::builder(url.as_str())
-        .fail_mode(fail)
-        .connect()
-        .await
-        .unwrap_or_else(|err| {
-            eprintln!("{program}: cannot use Redis at {url}: {err}");
-            std::process::exit(1);
-        });
+    let mut counters = RedisCounters::builder(url.as_str());
+    if store.fail_open {
+        counters = counters.fail_open();
+    }
+    let counters = counters.connect().await.unwrap_or_else(|err| {
+        eprintln!("{program}: cannot use Redis at {url}: {err}");
+        std::process::exit(1);
+    });
     let engine = Engine::with_counters(policy, counters);
     AnyLayer::Redis(configure(PolicyLayer::from_engine(engine), mode, candidate))
 }

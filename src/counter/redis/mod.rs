@@ -25,25 +25,6 @@ use breaker::Admit;
 use conn::Shared;
 use worker::{Answer, Job, Mode, QUEUE, Waiter, queue_error};
 
-/// The default prefix of every key the store writes.
-pub const DEFAULT_PREFIX: &str = "mcp-policy:";
-/// The default deadline of one charge.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
-
-/// What to do with a call that needs a counter while Redis cannot be reached.
-///
-/// See the example on [`RedisCountersBuilder`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailMode {
-    /// Deny it, with "rate-limit state is unavailable, the call was not run; try again
-    /// in Ns" (the default). Calls with no limit still pass.
-    #[default]
-    Closed,
-    /// Allow it uncounted, with a WARN event.
-    Open,
-}
-
 /// Counters kept in Redis (or Valkey), so replicas behind a load balancer share one
 /// budget per grant and a restart forgets nothing.
 ///
@@ -86,7 +67,7 @@ struct Inner {
     queue: mpsc::Sender<Job>,
     prefix: Arc<str>,
     deadline: Duration,
-    fail: FailMode,
+    fail_open: bool,
     hasher: ScopeHasher,
     shared: Arc<Shared>,
 }
@@ -96,7 +77,7 @@ impl fmt::Debug for RedisCounters {
         f.debug_struct("RedisCounters")
             .field("prefix", &self.inner.prefix)
             .field("deadline", &self.inner.deadline)
-            .field("fail", &self.inner.fail)
+            .field("fail_open", &self.inner.fail_open)
             .finish_non_exhaustive()
     }
 }
@@ -106,12 +87,12 @@ impl fmt::Debug for RedisCounters {
 /// ```no_run
 /// # async fn run() -> Result<(), redis::RedisError> {
 /// use std::time::Duration;
-/// use tower_mcp_policy::counter::{FailMode, RedisCounters};
+/// use tower_mcp_policy::counter::RedisCounters;
 ///
 /// let counters = RedisCounters::builder("redis://redis.internal:6379/")
 ///     .prefix("payments-mcp:")
 ///     .deadline(Duration::from_millis(50))
-///     .fail_mode(FailMode::Open) // keep serving, uncounted, while Redis is down
+///     .fail_open() // keep serving, uncounted, while Redis is down
 ///     .connect()
 ///     .await?;
 /// # Ok(()) }
@@ -121,28 +102,32 @@ pub struct RedisCountersBuilder {
     url: String,
     prefix: String,
     deadline: Duration,
-    fail: FailMode,
+    fail_open: bool,
 }
 
 impl RedisCountersBuilder {
-    /// The prefix of every key (default [`DEFAULT_PREFIX`]).
+    /// The prefix of every key (default [`RedisCounters::DEFAULT_PREFIX`]).
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// How long one charge may take (default [`DEFAULT_DEADLINE`]).
+    /// How long one charge may take (default [`RedisCounters::DEFAULT_DEADLINE`]).
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// What happens to limited calls while Redis is unreachable (default closed).
+    /// While Redis is unreachable, lets calls that need a counter run uncounted
+    /// ([`ChargeError::Uncounted`]: the layer reports a store error and allows them)
+    /// instead of denying them, which is the default ("fail closed": denied with
+    /// "Rate-limit state is unavailable, the call was not run; try again in Ns").
+    /// Calls with no limit pass either way.
     #[must_use]
-    pub fn fail_mode(mut self, fail: FailMode) -> Self {
-        self.fail = fail;
+    pub fn fail_open(mut self) -> Self {
+        self.fail_open = true;
         self
     }
 
@@ -159,7 +144,7 @@ impl RedisCountersBuilder {
                 queue,
                 prefix,
                 deadline: self.deadline,
-                fail: self.fail,
+                fail_open: self.fail_open,
                 hasher: ScopeHasher::with_key(key),
                 shared,
             }),
@@ -168,18 +153,24 @@ impl RedisCountersBuilder {
 }
 
 impl RedisCounters {
+    /// The default prefix of every key the store writes.
+    pub const DEFAULT_PREFIX: &'static str = "mcp-policy:";
+    /// The default deadline of one charge.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+
     /// Options for a store at `url` (`redis://host:port/db`, `rediss://` for TLS,
     /// `redis+unix:///path`).
     pub fn builder(url: impl Into<String>) -> RedisCountersBuilder {
         RedisCountersBuilder {
             url: url.into(),
-            prefix: DEFAULT_PREFIX.to_owned(),
-            deadline: DEFAULT_DEADLINE,
-            fail: FailMode::Closed,
+            prefix: RedisCounters::DEFAULT_PREFIX.to_owned(),
+            deadline: RedisCounters::DEFAULT_DEADLINE,
+            fail_open: false,
         }
     }
 
-    /// The Redis key of a charge's bucket.
+    /// The Redis key of a charge's bucket (for tests that inspect Redis). Unstable.
+    #[doc(hidden)]
     pub fn key_of(&self, charge: &Charge) -> String {
         wire::key_of(&self.inner.prefix, charge)
     }
@@ -299,16 +290,9 @@ impl Inner {
     }
 
     fn unavailable(&self, error: StoreError) -> Result<(), ChargeError> {
-        match self.fail {
-            FailMode::Closed => Err(ChargeError::Unavailable(error)),
-            FailMode::Open => {
-                tracing::warn!(
-                    target: "tower_mcp_policy",
-                    decision = "store_error",
-                    "counter store unavailable, call allowed uncounted (fail open): {error}"
-                );
-                Ok(())
-            }
+        match self.fail_open {
+            false => Err(ChargeError::Unavailable(error)),
+            true => Err(ChargeError::Uncounted(error)),
         }
     }
 }
