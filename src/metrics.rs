@@ -7,6 +7,7 @@
 //! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced` or `candidate`) |
 //! | `mcp_policy_decision_seconds` | histogram | |
 //! | `mcp_policy_store_errors_total` | counter | |
+//! | `mcp_policy_lists_withheld_total` | counter | |
 //! | `mcp_policy_refunds_total` | counter | |
 //! | `mcp_policy_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `mcp_policy_counter_keys` | gauge | |
@@ -78,6 +79,9 @@ impl Observer for MetricsObserver {
                 counter!("mcp_policy_refunds_total").increment(*charges as u64);
             }
             Event::StoreError { .. } => counter!("mcp_policy_store_errors_total").increment(1),
+            Event::ListWithheld { .. } => {
+                counter!("mcp_policy_lists_withheld_total").increment(1);
+            }
             Event::Reload { result, .. } => {
                 let result = if result.is_ok() { "ok" } else { "error" };
                 counter!("mcp_policy_reloads_total", "result" => result).increment(1);

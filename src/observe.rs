@@ -138,18 +138,30 @@ pub enum Event<'a> {
         /// The error message (request text in it is not escaped here).
         message: &'a str,
     },
+    /// An answer that may carry a tool list was withheld (replaced by a JSON-RPC
+    /// error) instead of being passed on unread: the layer could not read it, it was
+    /// larger than it reads to filter, or it arrived compressed.
+    ListWithheld {
+        /// Why, in words.
+        reason: &'a str,
+    },
     /// Charges given back because the calls they paid for did not run.
     Refund {
         /// How many charges.
         charges: usize,
     },
-    /// The counter store could not decide: the calls that needed it were denied, or
-    /// (a store that fails open) allowed uncounted.
+    /// The counter store failed. For a charge, the calls that needed it were denied,
+    /// or (a store that fails open) allowed uncounted. In the background (no call
+    /// waited on it): a refund not applied, or the hashing secret the replicas share
+    /// could not be written back or differs from this one's.
     StoreError {
         /// The store's error (never shown to the agent).
         error: &'a StoreError,
         /// True when the calls ran uncounted (fail open); false when they were denied.
         uncounted: bool,
+        /// True for an error outside a charge (see
+        /// [`CounterStore::report_errors_to`](crate::counter::CounterStore::report_errors_to)).
+        background: bool,
     },
     /// A policy was put in force, or a reload failed and the last good one stays.
     Reload {
@@ -308,6 +320,12 @@ fn trace(event: &Event<'_>) {
             "{}",
             Escaped(message)
         ),
+        Event::ListWithheld { reason } => tracing::warn!(
+            target: "tower_mcp_policy",
+            decision = "withheld",
+            "a tool list was withheld, not passed on unread: {}",
+            Escaped(reason)
+        ),
         Event::Refund { charges } => tracing::debug!(
             target: "tower_mcp_policy",
             decision = "refund",
@@ -316,7 +334,18 @@ fn trace(event: &Event<'_>) {
         ),
         Event::StoreError {
             error,
+            background: true,
+            ..
+        } => tracing::error!(
+            target: "tower_mcp_policy",
+            decision = "store_error",
+            "counter store: {}",
+            Escaped(&error.to_string())
+        ),
+        Event::StoreError {
+            error,
             uncounted: false,
+            ..
         } => tracing::warn!(
             target: "tower_mcp_policy",
             decision = "store_error",
@@ -326,6 +355,7 @@ fn trace(event: &Event<'_>) {
         Event::StoreError {
             error,
             uncounted: true,
+            ..
         } => tracing::warn!(
             target: "tower_mcp_policy",
             decision = "store_error",

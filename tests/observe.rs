@@ -279,3 +279,67 @@ fn reloads_are_events_naming_the_policy_in_force() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Tool lists the layer cannot filter are withheld, and every one is an event: one
+/// larger than the layer reads, one the server compressed, one it cannot read.
+#[tokio::test]
+async fn withheld_tool_lists_are_reported() {
+    let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret_*"]}"#
+        .parse()
+        .unwrap();
+    let collect = Collect::default();
+    let answer = |body: &'static str, encoding: Option<&'static str>| {
+        move |_: Request<PolicyBody>| {
+            let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Some(encoding) = encoding {
+                let value = http::HeaderValue::from_static(encoding);
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_ENCODING, value);
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        }
+    };
+    let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"secret_b"}]}}"#;
+    let layer = PolicyLayer::new(policy).observer(collect.clone());
+    let list_tools = || testing::request("tools/list", json!({}));
+
+    let small = layer.clone().max_filtered_response_size(16);
+    let service = small.layer(tower::service_fn(answer(list, None)));
+    let response = service.oneshot(list_tools()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("secret_b"));
+    let compressed = layer
+        .clone()
+        .layer(tower::service_fn(answer(list, Some("gzip"))));
+    let response = compressed.oneshot(list_tools()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let outcome = response
+        .extensions()
+        .get::<tower_mcp_policy::layer::Outcome>();
+    assert_eq!(outcome, Some(&tower_mcp_policy::layer::Outcome::Rejected));
+    let unreadable =
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_b"}],"n":1e400}}"#;
+    let service = layer.layer(tower::service_fn(answer(unreadable, None)));
+    let response = service.oneshot(list_tools()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("secret_b"));
+
+    let withheld: Vec<String> = collect
+        .other()
+        .into_iter()
+        .filter(|e| e.starts_with("ListWithheld"))
+        .collect();
+    assert_eq!(withheld.len(), 3, "{withheld:?}");
+    assert!(
+        withheld[0].contains("larger than the 16 bytes"),
+        "{}",
+        withheld[0]
+    );
+    assert!(withheld[1].contains("compressed"), "{}", withheld[1]);
+    assert!(withheld[2].contains("could not be read"), "{}", withheld[2]);
+}

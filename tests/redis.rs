@@ -735,3 +735,94 @@ fn a_store_outliving_its_runtime_fails_fast_in_its_fail_mode() {
         );
     });
 }
+
+/// Fail open is not silent: every call let through uncounted is a `StoreError` event,
+/// which `MetricsObserver` counts in `mcp_policy_store_errors_total`; so are errors no
+/// call waits for, such as a scope hasher that differs from the one the replicas share.
+#[test]
+fn failing_open_and_background_errors_are_counted() {
+    use std::sync::Mutex;
+    use tower_mcp_policy::metrics::MetricsObserver;
+    use tower_mcp_policy::observe::{Event, Observer};
+
+    #[derive(Clone, Default)]
+    struct StoreErrors(Arc<Mutex<Vec<(String, bool, bool)>>>);
+    impl Observer for StoreErrors {
+        fn observe(&self, event: &Event<'_>) {
+            if let Event::StoreError {
+                error,
+                uncounted,
+                background,
+                ..
+            } = event
+            {
+                let seen = (error.to_string(), *uncounted, *background);
+                self.0.lock().unwrap().push(seen);
+            }
+        }
+    }
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let errors_total = || {
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp_policy_store_errors_total "))
+            .map(|n| n.trim().to_owned())
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut redis = Redis::start();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let policy: Arc<Policy> = Arc::new(
+                r#"{"version":"1","default":"deny","tools":{
+                    "limited":{"limits":[{"counter":"l","window":"minute","max":1000}]}}}"#
+                    .parse()
+                    .unwrap(),
+            );
+            let seen = StoreErrors::default();
+            let store = redis.builder().fail_open().connect().await.unwrap();
+            let service = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), store))
+                .observer((MetricsObserver, seen.clone()))
+                .layer(upstream(runs.clone()));
+            assert!(!denied(
+                &answer(service.clone().oneshot(call("limited", "a")).await.unwrap()).await
+            ));
+            assert_eq!(errors_total(), None, "no error while Redis answers");
+
+            redis.stop();
+            for _ in 0..3 {
+                let limited = answer(service.clone().oneshot(call("limited", "a")).await.unwrap());
+                assert!(!denied(&limited.await), "fail open: the call runs");
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), 4, "every call ran");
+            assert_eq!(errors_total().as_deref(), Some("3"));
+            let seen = std::mem::take(&mut *seen.0.lock().unwrap());
+            assert_eq!(seen.len(), 3);
+            assert!(
+                seen.iter()
+                    .all(|(_, uncounted, background)| *uncounted && !background)
+            );
+
+            // A layer whose hasher differs from the one the store shares is reported
+            // when it makes its service, in the background.
+            let other = StoreErrors::default();
+            redis.restart();
+            let store = redis.builder().connect().await.unwrap();
+            let _service = PolicyLayer::from_engine(Engine::with_counters(policy, store))
+                .scope_hasher(ScopeHasher::with_key([1; 16]))
+                .observer((MetricsObserver, other.clone()))
+                .layer(upstream(runs.clone()));
+            let other = other.0.lock().unwrap();
+            assert_eq!(other.len(), 1, "{other:?}");
+            assert!(other[0].0.contains("scope hasher"), "{other:?}");
+            assert!(other[0].2, "a background error");
+            assert_eq!(errors_total().as_deref(), Some("4"));
+        });
+    });
+}

@@ -345,6 +345,15 @@ pub trait CounterStore: Send + Sync + 'static {
         None
     }
 
+    /// Where the store reports the errors that happen outside a charge, which no
+    /// request's answer can carry: a refund it could not apply, or trouble with the
+    /// state it shares with other replicas. The layer hands over its observer here when
+    /// it is built (each error becomes a `StoreError` event with `background: true`).
+    /// The default has nothing to report.
+    fn report_errors_to(&self, report: Arc<dyn Fn(&StoreError) + Send + Sync>) {
+        let _ = report;
+    }
+
     /// How many buckets the store tracks, if it knows cheaply (for metrics). The
     /// default is `None`.
     fn tracked_keys(&self) -> Option<usize> {

@@ -2,19 +2,17 @@
 //! decision each response carries, and how the server's answers are read back
 //! (filtered, watched for refunds, or passed untouched).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::body::ResponseBody;
+use super::filter::Filter;
 use super::refund::Watch;
 use crate::decision::{Decision, Denial, DenialKind};
 use crate::jsonrpc::{
     Decoded, INTERNAL_ERROR, Id, MessageKind, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
 };
-use crate::policy::Policy;
 
 /// How a denied `tools/call` is answered.
 ///
@@ -226,10 +224,10 @@ pub(crate) fn denied<B>(
 /// The server's answer as the client gets it: filtered under `filter` (the answer may
 /// carry a tool list and the policy hides tools), watched for error answers when
 /// `watch` holds charges to refund, and otherwise untouched. An answer that must be
-/// filtered but arrives compressed is refused, never passed on unread.
+/// filtered but arrives compressed is refused (a 502, reported), never passed on unread.
 pub(crate) fn read_back<B>(
     mut response: Response<B>,
-    filter: Option<Arc<Policy>>,
+    filter: Option<Filter>,
     watch: Option<Watch>,
     limit: usize,
 ) -> Response<ResponseBody<B>> {
@@ -247,17 +245,13 @@ pub(crate) fn read_back<B>(
             })
             .unwrap_or(true)
     });
-    if encoded && filter.is_some() {
-        tracing::warn!(
-            target: "tower_mcp_policy",
-            "the server compressed a response the policy must filter; refused"
-        );
-        http_error(
-            StatusCode::BAD_GATEWAY,
-            None,
-            INTERNAL_ERROR,
-            "the server compressed a response that the policy layer must read to remove hidden tools",
-        )
+    if encoded && let Some(filter) = &filter {
+        let message = "the server compressed a response that the policy layer must read to \
+                       remove hidden tools";
+        filter.withheld(message);
+        let mut refused = http_error(StatusCode::BAD_GATEWAY, None, INTERNAL_ERROR, message);
+        refused.extensions_mut().insert(Outcome::Rejected);
+        refused
     } else if filter.is_none() && (watch.is_none() || encoded) {
         // Nothing to filter, and nothing to watch (or nothing readable): untouched.
         response.map(ResponseBody::inner)

@@ -1,7 +1,6 @@
 //! The request body handed to the inner service, and the response body handed back.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -9,10 +8,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use super::filter::{SseSplitter, event_data, filter_event, filter_message};
+use super::filter::{Filter, SseSplitter, event_data, filter_event, filter_message};
 use super::refund::Watch;
 use crate::jsonrpc::INTERNAL_ERROR;
-use crate::policy::Policy;
 
 /// The request body the inner service receives: the bytes the policy read.
 ///
@@ -66,22 +64,22 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { bytes: Option<Bytes> },
-        // An event stream, event by event: filtered when `policy` is set, watched for
+        // An event stream, event by event: filtered when `filter` is set, watched for
         // error answers (refunds) when `watch` is.
         Sse {
             #[pin] body: B,
             splitter: SseSplitter,
-            policy: Option<Arc<Policy>>,
+            filter: Option<Filter>,
             watch: Option<Watch>,
             done: bool,
         },
-        // A whole JSON answer: buffered and filtered when `policy` is set; otherwise
+        // A whole JSON answer: buffered and filtered when `filter` is set; otherwise
         // passed on frame by frame, a copy kept (up to `limit`) to watch for errors.
         Json {
             #[pin] body: B,
             buffer: Buffer,
             limit: usize,
-            policy: Option<Arc<Policy>>,
+            filter: Option<Filter>,
             watch: Option<Watch>,
             done: bool,
         },
@@ -107,12 +105,12 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn sse(body: B, policy: Option<Arc<Policy>>, watch: Option<Watch>) -> Self {
+    pub(crate) fn sse(body: B, filter: Option<Filter>, watch: Option<Watch>) -> Self {
         ResponseBody {
             kind: Kind::Sse {
                 body,
                 splitter: SseSplitter::default(),
-                policy,
+                filter,
                 watch,
                 done: false,
             },
@@ -121,7 +119,7 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn json(
         body: B,
-        policy: Option<Arc<Policy>>,
+        filter: Option<Filter>,
         limit: usize,
         watch: Option<Watch>,
     ) -> Self {
@@ -130,7 +128,7 @@ impl<B> ResponseBody<B> {
                 body,
                 buffer: Buffer::default(),
                 limit,
-                policy,
+                filter,
                 watch,
                 done: false,
             },
@@ -175,7 +173,7 @@ where
             KindProj::Sse {
                 mut body,
                 splitter,
-                policy,
+                filter,
                 watch,
                 done,
             } => loop {
@@ -203,8 +201,8 @@ where
                 {
                     watch.message(data.as_bytes());
                 }
-                let out = match policy {
-                    Some(policy) => filter_event(&event, policy).unwrap_or(event),
+                let out = match filter {
+                    Some(filter) => filter_event(&event, filter).unwrap_or(event),
                     None => event,
                 };
                 if !out.is_empty() {
@@ -215,7 +213,7 @@ where
                 mut body,
                 buffer,
                 limit,
-                policy,
+                filter,
                 watch,
                 done,
             } => loop {
@@ -228,18 +226,17 @@ where
                             // Too large to read: nothing is refunded.
                             *watch = None;
                             *buffer = Buffer::default();
-                            if policy.is_none() {
+                            let Some(filter) = filter else {
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
-                            }
+                            };
                             *done = true;
-                            tracing::warn!(
-                                target: "tower_mcp_policy",
-                                limit = *limit,
-                                "tools/list response too large to filter; replaced by an error"
-                            );
+                            filter.withheld(&format!(
+                                "a tools/list answer is larger than the {limit} bytes the \
+                                 layer reads to filter it (max_filtered_response_size)"
+                            ));
                             return Poll::Ready(Some(Ok(Frame::data(unfilterable()))));
                         }
-                        Ok(data) if policy.is_none() => {
+                        Ok(data) if filter.is_none() => {
                             // Watching only: the frame goes on at once, and a shared
                             // handle to it (not a copy) stays.
                             if watch.is_some() {
@@ -257,10 +254,10 @@ where
                         if let Some(watch) = watch {
                             watch.message(&bytes);
                         }
-                        let Some(policy) = policy else {
+                        let Some(filter) = filter else {
                             return Poll::Ready(None);
                         };
-                        return Poll::Ready(Some(Ok(Frame::data(filter_json(bytes, policy)))));
+                        return Poll::Ready(Some(Ok(Frame::data(filter_json(bytes, filter)))));
                     }
                 }
             },
@@ -284,7 +281,7 @@ where
             // Watched only: the bytes pass unchanged, so the server's length holds (and
             // the client gets a Content-Length, not chunks).
             Kind::Json {
-                body, policy: None, ..
+                body, filter: None, ..
             } => body.size_hint(),
             Kind::Sse { .. } | Kind::Json { .. } => SizeHint::default(),
         }
@@ -293,8 +290,8 @@ where
 
 /// A whole JSON response with hidden tools removed (or withheld when it cannot be
 /// read); unchanged bytes when nothing was hidden in it.
-fn filter_json(bytes: Bytes, policy: &Policy) -> Bytes {
-    match filter_message(&bytes, policy) {
+fn filter_json(bytes: Bytes, filter: &Filter) -> Bytes {
+    match filter_message(&bytes, filter) {
         Some(text) => Bytes::from(text),
         None => bytes,
     }

@@ -13,27 +13,47 @@ use bytes::{Bytes, BytesMut};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use super::config::SharedObserver;
 use crate::jsonrpc::INTERNAL_ERROR;
+use crate::observe::Event;
 use crate::policy::Policy;
+
+/// What filtering an answer needs: the policy whose hidden tools are removed, and the
+/// observer told about every answer withheld instead of passed on unread.
+#[derive(Clone)]
+pub(crate) struct Filter {
+    pub policy: Arc<Policy>,
+    pub observer: SharedObserver,
+}
+
+impl Filter {
+    /// Reports an answer that may list tools, withheld (replaced by an error) because
+    /// of `reason`.
+    pub fn withheld(&self, reason: &str) {
+        self.observer.0.observe(&Event::ListWithheld { reason });
+    }
+}
 
 /// A JSON-RPC message or batch that may list tools, with hidden tools removed. `None`:
 /// nothing is hidden in it, pass the original bytes. `Some(text)`: the rewritten
 /// message, or a JSON-RPC error in its place when it could not be read.
-pub(crate) fn filter_message(data: &[u8], policy: &Policy) -> Option<String> {
+pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
     if !might_list_tools(data) {
         return None;
     }
     let text = client_text(data);
     match serde_json::from_str::<Value>(&text) {
-        Ok(mut message) => (strip_hidden(&mut message, policy) > 0).then(|| message.to_string()),
+        Ok(mut message) => {
+            (strip_hidden(&mut message, &filter.policy) > 0).then(|| message.to_string())
+        }
         Err(err) => {
             // A client may still read a tool list out of it (JavaScript reads `1e400`
             // as Infinity and nests deeper than serde_json): withhold it.
-            tracing::warn!(
-                target: "tower_mcp_policy",
-                decision = "reject",
-                "withheld a message that may list tools but could not be read: {err}"
-            );
+            filter.withheld(&format!(
+                "a message that may list tools could not be read: {err}"
+            ));
             Some(withheld(recover_id(&text), &err).to_string())
         }
     }
@@ -252,7 +272,7 @@ impl SseSplitter {
 
 /// Filters one SSE event. `None`: pass the event through untouched. `Some(bytes)`: the
 /// rewritten event (possibly empty, when it had to be dropped).
-pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
+pub(crate) fn filter_event(event: &[u8], filter: &Filter) -> Option<Bytes> {
     if !might_list_tools(event) {
         return None;
     }
@@ -260,7 +280,7 @@ pub(crate) fn filter_event(event: &[u8], policy: &Policy) -> Option<Bytes> {
     let text = String::from_utf8_lossy(event);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let (data, other_lines) = event_fields(text);
-    let message = filter_message(data?.as_bytes(), policy)?;
+    let message = filter_message(data?.as_bytes(), filter)?;
     let mut out = String::with_capacity(event.len());
     for line in other_lines {
         out.push_str(line);
@@ -310,7 +330,29 @@ fn event_fields(text: &str) -> (Option<String>, Vec<&str>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::observe::Observer;
+
+    /// A filter for `policy` whose withheld answers are recorded.
+    fn filter(policy: &str) -> (Filter, Arc<Mutex<Vec<String>>>) {
+        #[derive(Default, Clone)]
+        struct Withheld(Arc<Mutex<Vec<String>>>);
+        impl Observer for Withheld {
+            fn observe(&self, event: &Event<'_>) {
+                if let Event::ListWithheld { reason } = event {
+                    self.0.lock().unwrap().push(reason.to_string());
+                }
+            }
+        }
+        let withheld = Withheld::default();
+        let filter = Filter {
+            policy: Arc::new(policy.parse().unwrap()),
+            observer: SharedObserver(Arc::new(withheld.clone())),
+        };
+        (filter, withheld.0)
+    }
 
     fn events(chunks: &[&str]) -> Vec<String> {
         let mut s = SseSplitter::default();
@@ -428,9 +470,7 @@ mod tests {
 
     #[test]
     fn unusual_tool_lists_are_filtered_or_withheld_never_passed_unread() {
-        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#
-            .parse()
-            .unwrap();
+        let (policy, withheld) = filter(r#"{"version":"1","default":"allow","hide":["secret*"]}"#);
         for form in ["bom", "surrogate", "low-surrogate", "invalid-utf8"] {
             let out = filter_message(&unusual(form), &policy).expect(form);
             let message: Value = serde_json::from_str(&out).expect(form);
@@ -448,7 +488,13 @@ mod tests {
             assert_eq!(message["id"], 7, "{form}: the id is kept");
             assert_eq!(message["error"]["code"], INTERNAL_ERROR, "{form}");
             assert!(!out.contains("secret"), "{form}");
+            let reported = withheld.lock().unwrap().pop().expect("reported");
+            assert!(reported.contains("could not be read"), "{form}: {reported}");
         }
+        assert!(
+            withheld.lock().unwrap().is_empty(),
+            "filtered lists are not withheld"
+        );
         // The same as SSE events, with the stream's fields kept.
         for form in ["bom", "surrogate", "invalid-utf8", "deep", "1e400"] {
             let mut event = b"id: 3\nevent: message\ndata: ".to_vec();
@@ -498,9 +544,7 @@ mod tests {
 
     #[test]
     fn filters_only_events_with_hidden_tools() {
-        let policy: Policy = r#"{"version":"1","default":"allow","hide":["secret*"]}"#
-            .parse()
-            .unwrap();
+        let (policy, _withheld) = filter(r#"{"version":"1","default":"allow","hide":["secret*"]}"#);
         let listing = "id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"secret_b\"}]}}\n\n";
         let out = filter_event(listing.as_bytes(), &policy).unwrap();
         assert_eq!(

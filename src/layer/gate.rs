@@ -22,13 +22,14 @@ use smallvec::SmallVec;
 use super::answer::{self, Outcome};
 use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
+use super::filter::Filter;
 use super::refund::{Charged, Refunder, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
     JudgedHeaders, MCP_SESSION_ID, Refused, check_entity_headers, check_routing_headers, too_large,
 };
 use super::sessions::Sessions;
-use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
+use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::Decision;
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
 use crate::jsonrpc::{self, Decoded, MessageKind};
@@ -181,7 +182,28 @@ pub(crate) struct Charging {
 }
 
 impl<S: CounterStore> Gate<S> {
+    /// The gate of a service the layer makes. The store's background errors go to the
+    /// layer's observer from now on; a scope hasher set on the layer that differs from
+    /// the one the store shares with other replicas is reported now.
     pub(crate) fn new(engine: Arc<Engine<S>>, config: Config, sessions: Arc<Sessions>) -> Self {
+        let observer = config.observer.clone();
+        let report = move |error: &StoreError| {
+            observer.0.observe(&Event::StoreError {
+                error,
+                uncounted: false,
+                background: true,
+            });
+        };
+        if let Some(shared) = engine.counters().scope_hasher()
+            && shared != config.hasher
+        {
+            report(&StoreError::new(
+                "the scope hasher set on the layer differs from the one its counter store \
+                 shares with other replicas: they will count the same caller in different \
+                 buckets",
+            ));
+        }
+        engine.counters().report_errors_to(Arc::new(report));
         let refunder = Arc::new(Refunds {
             engine: engine.clone(),
             observer: config.observer.clone(),
@@ -412,7 +434,10 @@ impl<S: CounterStore> Gate<S> {
         );
         self.report_allowed(&forwarded, Some(response.status().as_u16()));
         response.extensions_mut().insert(forwarded.outcome.clone());
-        let filter = self.must_filter(&forwarded).then_some(forwarded.policy);
+        let filter = self.must_filter(&forwarded).then(|| Filter {
+            policy: forwarded.policy,
+            observer: self.config.observer.clone(),
+        });
         let mut charged = forwarded.charged;
         if let Some(charged) = &mut charged
             && matches!(response.status().as_u16(), 502..=504)
@@ -466,7 +491,11 @@ impl<S: CounterStore> Gate<S> {
             Err(ChargeError::Uncounted(error)) => (error, true),
             _ => return result,
         };
-        let event = Event::StoreError { error, uncounted };
+        let event = Event::StoreError {
+            error,
+            uncounted,
+            background: false,
+        };
         self.config.observer.0.observe(&event);
         result
     }

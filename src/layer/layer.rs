@@ -96,19 +96,11 @@ impl<S: CounterStore> PolicyLayer<S> {
 
     /// The hasher that turns credentials and session ids into counter keys. Replicas
     /// that share counters must share its key: a store shared by replicas provides it
-    /// (see [`PolicyLayer::from_engine`]), and setting another one here is reported as
-    /// an ERROR event, since it would count the same caller in two buckets.
+    /// (see [`PolicyLayer::from_engine`]), and setting another one here is reported
+    /// (a `StoreError` event, when the layer makes its service), since it would count
+    /// the same caller in two buckets.
     #[must_use]
     pub fn scope_hasher(self, hasher: ScopeHasher) -> Self {
-        if let Some(shared) = self.engine.counters().scope_hasher()
-            && shared != hasher
-        {
-            tracing::error!(
-                target: "tower_mcp_policy",
-                "the scope hasher set on the layer differs from the one its counter store shares \
-                 with other replicas: they will count the same caller in different buckets"
-            );
-        }
         self.configure(|c| c.hasher = hasher)
     }
 }

@@ -9,6 +9,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::breaker::{Breaker, MAX_BACKOFF, MIN_BACKOFF};
+use crate::counter::StoreError;
+
+/// Where the store reports errors outside a charge.
+pub(super) type Report = Arc<dyn Fn(&StoreError) + Send + Sync>;
 use super::wire::{hex, unhex};
 
 /// What the requests and the worker both use.
@@ -18,6 +22,8 @@ pub(super) struct Shared {
     /// The hasher's key as stored in Redis (32 hex digits).
     pub secret: String,
     pub breaker: Mutex<Breaker>,
+    /// Where errors outside a charge go (see `CounterStore::report_errors_to`).
+    pub report: Mutex<Option<Report>>,
 }
 
 impl Shared {
@@ -56,17 +62,34 @@ impl Shared {
             prefix,
             secret,
             breaker: Mutex::new(Breaker::default()),
+            report: Mutex::new(None),
         };
         Ok((shared, key))
     }
 
+    /// Reports an error outside a charge: to the layer's observer once it is known,
+    /// else as a tracing line.
+    pub fn report(&self, error: StoreError) {
+        let report = self
+            .report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match report {
+            Some(report) => report(&error),
+            None => tracing::error!(target: "tower_mcp_policy", "counter store: {error}"),
+        }
+    }
+
     /// After an outage: Redis may have restarted empty, so the shared hashing secret
     /// is written back (`SET NX`) for replicas that start later; a different secret
-    /// already there means replicas now count one caller in two buckets: an ERROR.
-    pub fn reseed(&self) {
+    /// already there means replicas now count one caller in two buckets. Either
+    /// trouble is reported.
+    pub fn reseed(self: &Arc<Self>) {
         let mut connection = self.connection.clone();
         let key = format!("{}scope-hasher-key", self.prefix);
         let ours = self.secret.clone();
+        let shared = self.clone();
         tokio::spawn(async move {
             let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(&key)
@@ -77,15 +100,13 @@ impl Shared {
             let stored: redis::RedisResult<String> = connection.get(&key).await;
             match (set, stored) {
                 (Ok(_), Ok(stored)) if stored == ours => {}
-                (Ok(_), Ok(_)) => tracing::error!(
-                    target: "tower_mcp_policy",
+                (Ok(_), Ok(_)) => shared.report(StoreError::new(
                     "Redis holds another scope hasher key than this replica: replicas will count \
-                     the same caller in different buckets until they restart"
-                ),
-                (Err(err), _) | (_, Err(err)) => tracing::warn!(
-                    target: "tower_mcp_policy",
+                     the same caller in different buckets until they restart",
+                )),
+                (Err(err), _) | (_, Err(err)) => shared.report(StoreError::new(format!(
                     "could not write the scope hasher key back to Redis: {err}"
-                ),
+                ))),
             }
         });
     }

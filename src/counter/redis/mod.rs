@@ -305,7 +305,8 @@ impl CounterStore for RedisCounters {
     }
 
     /// Queued for the next script call; nobody waits for it. A refund that cannot be
-    /// applied (Redis down, the queue full) is a WARN event.
+    /// applied (Redis down, the queue full) is reported (see
+    /// [`CounterStore::report_errors_to`]).
     fn refund(&self, charges: &[Charge]) {
         let job = Job {
             charges: charges.into(),
@@ -314,12 +315,18 @@ impl CounterStore for RedisCounters {
             waiter: None,
         };
         if let Err(error) = self.inner.queue.try_send(job) {
-            tracing::warn!(
-                target: "tower_mcp_policy",
-                "refund not applied: {}",
-                queue_error(&error)
-            );
+            let message = format!("refund not applied: {}", queue_error(&error));
+            self.inner.shared.report(StoreError::new(message));
         }
+    }
+
+    fn report_errors_to(&self, report: Arc<dyn Fn(&StoreError) + Send + Sync>) {
+        *self
+            .inner
+            .shared
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
     }
 
     fn scope_hasher(&self) -> Option<ScopeHasher> {

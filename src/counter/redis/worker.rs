@@ -101,7 +101,7 @@ pub(super) async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, dea
 }
 
 /// One script call for `batch`, and every request's answer; leaves `batch` empty.
-async fn send(batch: &mut Vec<Job>, shared: &Shared, script: &Script, deadline: Duration) {
+async fn send(batch: &mut Vec<Job>, shared: &Arc<Shared>, script: &Script, deadline: Duration) {
     let mut connection = shared.connection.clone();
     let due = batch
         .iter()
@@ -156,10 +156,7 @@ async fn send(batch: &mut Vec<Job>, shared: &Shared, script: &Script, deadline: 
                     Some(waiter) => {
                         let _ = waiter.reply.send(Err(error.clone()));
                     }
-                    None => tracing::warn!(
-                        target: "tower_mcp_policy",
-                        "refund not applied: {error}"
-                    ),
+                    None => shared.report(StoreError::new(format!("refund not applied: {error}"))),
                 }
             }
         }
