@@ -41,7 +41,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use crate::decision::{Denial, DenialKind};
-use crate::layer::answer::DenialFormat;
+use crate::layer::config::DenialFormat;
 
 /// The address requests are sent to: rmcp's server checks the `Host` of an absolute URI.
 const ENDPOINT: &str = "http://localhost/mcp";

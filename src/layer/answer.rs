@@ -7,64 +7,13 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::body::ResponseBody;
+use super::config::DenialFormat;
 use super::filter::Filter;
 use super::refund::Watch;
 use crate::decision::{Decision, Denial, DenialKind};
 use crate::jsonrpc::{
     Decoded, INTERNAL_ERROR, Id, MessageKind, NOT_EXECUTED, POLICY_DENIED, UNKNOWN_TOOL,
 };
-
-/// How a denied `tools/call` is answered.
-///
-/// ```
-/// use http_body_util::BodyExt;
-/// use tower::{Layer, ServiceExt};
-/// use tower_mcp_policy::{DenialFormat, Policy, PolicyLayer, testing};
-///
-/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
-/// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
-/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-/// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
-/// # });
-/// let policy: Policy = r#"{ "version": "1", "default": "deny" }"#.parse()?;
-/// let service = PolicyLayer::new(policy)
-///     .denial_format(DenialFormat::JsonRpcError)
-///     .layer(my_mcp_service);
-/// let response = service.oneshot(testing::tool_call("transfer", serde_json::json!({}))).await?;
-/// let body = response.into_body().collect().await?.to_bytes();
-/// let answer: serde_json::Value = serde_json::from_slice(&body)?;
-/// assert_eq!(answer["error"]["code"], DenialFormat::POLICY_DENIED);
-/// assert_eq!(answer["error"]["data"]["kind"], "not_allowed");
-/// assert_eq!(answer["error"]["data"]["rule"], "(default deny)");
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum DenialFormat {
-    /// A successful JSON-RPC response holding a `CallToolResult` with `isError: true`
-    /// and the text `[POLICY DENIED] <message>`: the agent's model reads it like any
-    /// tool error. Details are in the result's `_meta` under
-    /// [`DenialFormat::META_KEY`].
-    #[default]
-    ToolResult,
-    /// A JSON-RPC error with code [`DenialFormat::POLICY_DENIED`], the message, and
-    /// `data` holding `rule`, `tool`, `kind` and `retryAfterSeconds`.
-    JsonRpcError,
-}
-
-impl DenialFormat {
-    /// The JSON-RPC error code of a denial in [`DenialFormat::JsonRpcError`] form.
-    pub const POLICY_DENIED: i64 = POLICY_DENIED;
-    /// The JSON-RPC error code of a call that was not executed because another call of
-    /// its batch was denied (in either format).
-    pub const NOT_EXECUTED: i64 = NOT_EXECUTED;
-    /// The `_meta` key under which a denial's details travel in a tool result.
-    pub const META_KEY: &'static str = "tower-mcp-policy/denial";
-    /// The prefix of every denial text, as the hosted PolicyLayer gateway writes it.
-    pub const PREFIX: &'static str = "[POLICY DENIED] ";
-}
 
 /// What became of a request. Every response of the layer carries it as an extension,
 /// so outer layers (an access log, a custom metric) can read it.

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::answer::DenialFormat;
 use super::config::{
-    Config, DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, Mode, SharedObserver,
+    Config, DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, DenialFormat, Mode, SharedObserver,
 };
 use super::gate::Gate;
 use super::service::PolicyService;

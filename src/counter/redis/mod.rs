@@ -23,7 +23,8 @@ use super::{Charge, ChargeError, CounterStore, StoreError};
 use crate::scope::ScopeHasher;
 use breaker::Admit;
 use conn::Shared;
-use worker::{Answer, Job, Mode, QUEUE, Waiter, queue_error};
+use wire::{Answer, Mode};
+use worker::{Job, QUEUE, Waiter, queue_error};
 
 /// Counters kept in Redis (or Valkey), so replicas behind a load balancer share one
 /// budget per grant and a restart forgets nothing.

@@ -3,28 +3,51 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::Duration;
 
 use redis::Script;
 use smallvec::SmallVec;
 
-use super::worker::{Answer, Job, Mode};
 use crate::counter::{Charge, StoreError};
+
+/// What a group of charges asks for: to be charged, or given back.
+#[derive(Clone, Copy)]
+pub(super) enum Mode {
+    Charge,
+    Refund,
+}
+
+/// A group's answer from the script: `None` when applied, else the index of the charge
+/// that did not fit and the wait in microseconds (negative: never).
+pub(super) type Answer = Option<(usize, f64)>;
 
 /// A key's length after the prefix: the counter id and the scope hash in hex, with a `:`.
 const KEY_HEX: usize = 16 + 1 + 32;
 
-/// The script call for `batch` (whose requests share one clock), written straight into
-/// one command buffer: each bucket once in `KEYS`, each kind of charge (period, max,
-/// cost) once, and then one binary argument holding, per request, its number of charges
-/// and per charge one small number naming its bucket and kind. Redis turns every
-/// argument into a string and the script every number back, so fewer, shorter arguments
-/// are what make a call cheap.
-pub(super) fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis::Cmd {
+/// The script call for `groups` (one per request, sharing the clock `now`: the
+/// server's when `None`), written straight into one command buffer: each bucket once in
+/// `KEYS`, each kind of charge (period, max, cost) once, and then one binary argument
+/// holding, per group, its number of charges and per charge one small number naming its
+/// bucket and kind. Redis turns every argument into a string and the script every
+/// number back, so fewer, shorter arguments are what make a call cheap.
+pub(super) fn script_call<'a, G>(
+    groups: G,
+    now: Option<Duration>,
+    prefix: &str,
+    script: &Script,
+) -> redis::Cmd
+where
+    G: Iterator<Item = (&'a [Charge], Mode)> + Clone,
+{
     let mut buckets = Distinct::new();
     let mut kinds = Distinct::new();
     // Per charge, the 1-based indices of its bucket and of its kind.
     let mut indices: SmallVec<[(usize, usize); 16]> = SmallVec::new();
-    for charge in batch.iter().flat_map(|job| &job.charges) {
+    let mut count = 0;
+    for charge in groups.clone().flat_map(|(charges, _)| {
+        count += 1;
+        charges
+    }) {
         let bucket = (charge.counter.as_u64(), charge.key.as_u128());
         let kind = (
             charge.quota.period().as_nanos(),
@@ -40,7 +63,7 @@ pub(super) fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis
         // or two.
         64 + buckets.len() * (prefix.len() + KEY_HEX)
             + kinds.len() * 48
-            + (batch.len() + indices.len()) * 2,
+            + (count + indices.len()) * 2,
     );
     call.arg("EVALSHA")
         .arg(script.get_hash())
@@ -50,7 +73,7 @@ pub(super) fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis
         write_key(&mut key, prefix, counter, scope);
         call.arg(&key[..]);
     }
-    match batch.first().and_then(|job| job.now) {
+    match now {
         Some(now) => call.arg(now.as_micros()),
         None => call.arg(""),
     };
@@ -61,15 +84,12 @@ pub(super) fn script_call(batch: &[Job], prefix: &str, script: &Script) -> redis
     // Every group in one argument: Redis makes a string of each argument, and the
     // script a number of each string, so one binary string of small numbers is far
     // cheaper than an argument per number.
-    let mut numbers = Vec::with_capacity(2 * (batch.len() + indices.len()));
+    let mut numbers = Vec::with_capacity(2 * (count + indices.len()));
     let mut indices = indices.iter();
-    for job in batch {
-        let refund = matches!(job.mode, Mode::Refund);
-        push_number(
-            &mut numbers,
-            2 * job.charges.len() as u64 + u64::from(refund),
-        );
-        for &(bucket, kind) in indices.by_ref().take(job.charges.len()) {
+    for (charges, mode) in groups {
+        let refund = matches!(mode, Mode::Refund);
+        push_number(&mut numbers, 2 * charges.len() as u64 + u64::from(refund));
+        for &(bucket, kind) in indices.by_ref().take(charges.len()) {
             push_number(&mut numbers, ((kind - 1) * buckets.len() + bucket) as u64);
         }
     }
@@ -261,12 +281,7 @@ mod tests {
         let (alice, bob) = (hasher.credential(b"alice"), hasher.credential(b"bob"));
         let one = NonZeroU32::MIN;
         let charge = |id, quota, key| Charge::new(id, quota, key, one);
-        let job = |charges: &[Charge], mode| Job {
-            charges: charges.into(),
-            mode,
-            now: None,
-            waiter: None,
-        };
+        let job = |charges: &[Charge], mode| (charges.to_vec(), mode);
         let batch = [
             job(
                 &[charge(a, minute, alice), charge(b, day, ScopeValue::GLOBAL)],
@@ -276,7 +291,8 @@ mod tests {
             job(&[charge(a, minute, alice)], Mode::Refund),
         ];
         let script = Script::new("return ''");
-        let call = script_call(&batch, "p:", &script);
+        let groups = batch.iter().map(|(charges, mode)| (&charges[..], *mode));
+        let call = script_call(groups, None, "p:", &script);
         let args: Vec<Vec<u8>> = call
             .args_iter()
             .map(|arg| match arg {

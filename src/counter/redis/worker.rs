@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::Shared;
-use super::wire::{parse_reply, script_call};
+use super::wire::{Answer, Mode, parse_reply, script_call};
 use crate::counter::{Charge, StoreError};
 
 /// At most this many requests wait for Redis; past that, calls fail fast.
@@ -31,16 +31,6 @@ pub(super) struct Job {
 pub(super) struct Waiter {
     pub reply: oneshot::Sender<Result<Answer, StoreError>>,
     pub due: Instant,
-}
-
-/// A group's answer from the script: `None` when applied, else the index of the charge
-/// that did not fit and the wait in microseconds (negative: never).
-pub(super) type Answer = Option<(usize, f64)>;
-
-#[derive(Clone, Copy)]
-pub(super) enum Mode {
-    Charge,
-    Refund,
 }
 
 /// Sends the queued requests to Redis, one script call at a time, each carrying all the
@@ -107,7 +97,9 @@ async fn send(batch: &mut Vec<Job>, shared: &Arc<Shared>, script: &Script, deadl
         .iter()
         .filter_map(|job| job.waiter.as_ref().map(|waiter| waiter.due))
         .min();
-    let call = script_call(batch, &shared.prefix, script);
+    let groups = batch.iter().map(|job| (&job.charges[..], job.mode));
+    let now = batch.first().and_then(|job| job.now);
+    let call = script_call(groups, now, &shared.prefix, script);
     // Answered by the earliest deadline in the batch (refunds alone: by the
     // connection's response timeout, which is the deadline too).
     let call = async {
