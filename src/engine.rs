@@ -6,9 +6,10 @@ use serde_json::Value;
 use smallvec::SmallVec;
 
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters};
-use crate::decision::{Allowed, Decision, Denial};
+use crate::decision::{Decision, Denial};
 use crate::jsonrpc::Decoded;
 use crate::policy::Policy;
+use crate::rules::Allowed;
 use crate::scope::ScopeKeys;
 use crate::source::Source;
 use crate::value::ArgValue;

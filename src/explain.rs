@@ -12,11 +12,12 @@ use std::num::NonZeroU64;
 
 use crate::counter::clock::FakeClock;
 use crate::counter::{Charge, ChargeError, MemoryCounters};
-use crate::decision::{Decision, Denial, DenialKind, Tracer};
+use crate::decision::{Decision, Denial, DenialKind};
 use crate::error::pointer;
 use crate::policy::condition::Truth;
 use crate::policy::glob::Glob;
 use crate::policy::{Clause, CounterDef, Limit, Policy, PolicyWarning, Resolved};
+use crate::rules::Tracer;
 use crate::scope::{ScopeHasher, ScopeKeys};
 use crate::value::ArgValue;
 

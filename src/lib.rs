@@ -67,6 +67,7 @@ pub mod layer;
 pub mod metrics;
 pub mod observe;
 mod policy;
+mod rules;
 mod scope;
 mod source;
 pub mod testing;

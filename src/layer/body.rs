@@ -8,8 +8,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use super::filter::{Filter, SseSplitter, event_data, filter_event, filter_message};
+use super::filter::{Filter, filter_event, filter_message};
 use super::refund::Watch;
+use super::sse::{SseSplitter, event_data};
 use crate::jsonrpc::INTERNAL_ERROR;
 
 /// The request body the inner service receives: the bytes the policy read.

@@ -74,6 +74,7 @@ mod report;
 mod request;
 pub(crate) mod service;
 mod sessions;
+mod sse;
 
 pub use answer::Outcome;
 pub use body::{PolicyBody, ResponseBody};
