@@ -9,10 +9,10 @@
 //!    turns to go first); the median of the rounds' ratios, and the CPU time
 //!    redis-server spent per request.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+#[path = "../tests/servers/mod.rs"]
+mod servers;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -64,7 +64,7 @@ fn policy() -> Arc<Policy> {
 
 /// Redis commands and Redis CPU (microseconds) per request while `requests` run.
 async fn per_request(
-    redis: &redis_server::Redis,
+    redis: &support::redis_server::Redis,
     requests: usize,
     run: impl Future<Output = ()>,
 ) -> (f64, f64) {
@@ -119,7 +119,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = redis_server::Redis::start();
+    let redis = support::redis_server::Redis::start();
     let memory = PolicyLayer::new(policy());
     let remote = runtime.block_on(async {
         let counters = redis.builder().connect().await.unwrap();
@@ -164,9 +164,9 @@ fn bench(c: &mut Criterion) {
     });
 
     runtime.block_on(async {
-        let memory = common::Demo::start(PolicyLayer::new(demo_policy()), true).await;
+        let memory = servers::demo::Demo::start(PolicyLayer::new(demo_policy()), true).await;
         let counters = redis.builder().prefix("demo:").connect().await.unwrap();
-        let remote = common::Demo::start(
+        let remote = servers::demo::Demo::start(
             PolicyLayer::from_engine(Engine::with_counters(demo_policy(), counters)),
             true,
         )

@@ -26,8 +26,7 @@ use serde::{Deserialize, Serialize};
 use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 // The start-up code `mcp-policy gateway` uses: policy, counters, watch, metrics.
-#[path = "../src/bin/mcp-policy/serving.rs"]
-mod serving;
+use mcp_policy::serving;
 
 /// How many times each tool actually ran.
 #[derive(Debug, Clone, Default)]

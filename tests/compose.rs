@@ -31,9 +31,10 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
-mod common;
+mod servers;
+mod support;
 
-use common::demo_server;
+use servers::demo::demo_server;
 
 fn policy() -> PolicyLayer {
     let policy: Policy =
@@ -244,7 +245,7 @@ async fn router_layer_around_a_real_rmcp_service_in_both_orders() {
                 StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(5),
             ));
-        let policy = PolicyLayer::new(Policy::from_file(common::example_policy()).unwrap());
+        let policy = PolicyLayer::new(Policy::from_file(servers::demo::example_policy()).unwrap());
         let router = if policy_outside {
             mcp.layer(others).layer(policy)
         } else {

@@ -1,8 +1,13 @@
-//! The JSON-RPC decoder: every accepted shape and every refusal.
+//! The JSON-RPC decoder: every accepted shape and every refusal; and, as properties,
+//! that it never panics, agrees with serde_json, and that the decision reads the
+//! arguments it prunes exactly as it reads whole ones.
 
-use serde_json::json;
-use tower_mcp_policy::Policy;
-use tower_mcp_policy::unstable::{DecodeError, DecodeErrorKind, Id, MessageKind, ReadAll, decode};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+use tower_mcp_policy::unstable::{
+    ArgValue, Call, DecodeError, DecodeErrorKind, Id, MessageKind, ReadAll, decode,
+};
+use tower_mcp_policy::{Decision, Engine, FakeClock, Policy, ScopeHasher, ScopeKeys};
 
 fn ok(body: &str) -> tower_mcp_policy::unstable::Decoded<'_> {
     decode(body.as_bytes(), &ReadAll).unwrap_or_else(|e| panic!("{body}\n=> {e}"))
@@ -428,4 +433,196 @@ fn routing_names_for_the_mcp_name_header() {
         name(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":3}}"#),
         None
     );
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (-1e12f64..1e12).prop_map(|f| json!(f)),
+        ".*".prop_map(Value::String),
+        "[a-z\"\\\\/\u{0}-\u{1f}\u{7f}-\u{ffff}😀]{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_]{0,6}|.{0,4}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+/// Serializes like serde_json, but with every string character as a `\u` escape.
+fn escaped(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => escaped_str(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                escaped(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                escaped_str(k, out);
+                out.push(':');
+                escaped(item, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn escaped_str(s: &str, out: &mut String) {
+    out.push('"');
+    for unit in s.encode_utf16() {
+        out.push_str(&format!("\\u{unit:04x}"));
+    }
+    out.push('"');
+}
+
+fn encode(v: &Value, escape: bool) -> String {
+    if escape {
+        let mut out = String::new();
+        escaped(v, &mut out);
+        out
+    } else {
+        v.to_string()
+    }
+}
+
+/// A tools/call body with its fields in a chosen order.
+fn call_body(id: &Value, name: &str, args: &Value, order: u8, escape: bool) -> String {
+    let name = encode(&Value::String(name.to_owned()), escape);
+    let args = encode(args, escape);
+    let params = if order & 1 == 0 {
+        format!(r#"{{"name":{name},"arguments":{args}}}"#)
+    } else {
+        format!(r#"{{"arguments":{args},"_meta":{{}},"name":{name}}}"#)
+    };
+    let method = encode(&json!("tools/call"), escape);
+    if order & 2 == 0 {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{params}}}"#)
+    } else {
+        format!(r#"{{"params":{params},"id":{id},"jsonrpc":"2.0","method":{method}}}"#)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn decode_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes, &ReadAll);
+    }
+
+    #[test]
+    fn decode_never_panics_on_mangled_bodies(
+        args in json_value(), cut in 0usize..400, insert in any::<u8>(),
+    ) {
+        let body = call_body(&json!(1), "t", &json!({"a": args}), 0, false).into_bytes();
+        let mut mangled = body.clone();
+        let at = cut.min(mangled.len());
+        mangled.insert(at, insert);
+        let _ = decode(&mangled, &ReadAll);
+        let _ = decode(&body[..at], &ReadAll);
+    }
+
+    #[test]
+    fn decode_agrees_with_serde_json(
+        args in prop::collection::btree_map("[a-z]{1,5}|.{0,3}", json_value(), 0..6),
+        name in ".{0,12}",
+        id in prop_oneof![any::<i64>().prop_map(|n| json!(n)), "[a-z0-9]{0,6}".prop_map(Value::String)],
+        order in 0u8..4,
+        escape in any::<bool>(),
+    ) {
+        let args = Value::Object(args.into_iter().collect());
+        let body = call_body(&id, &name, &args, order, escape);
+        // serde_json accepts the body, and it has no duplicate keys by construction.
+        let reference: Value = serde_json::from_str(&body).unwrap();
+        prop_assert_eq!(&reference["params"]["name"], &json!(name));
+        let decoded = decode(body.as_bytes(), &ReadAll);
+        prop_assert!(decoded.is_ok(), "{} => {:?}", body, decoded);
+        let decoded = decoded.unwrap();
+        let message = &decoded.messages()[0];
+        let call = message.tool_call().unwrap();
+        prop_assert_eq!(message.method(), Some("tools/call"));
+        prop_assert_eq!(call.name(), name.as_str());
+        // Numbers exactly as the body writes them: serde_json's own reading of the body
+        // (`reference`) rounds some of them to another f64.
+        prop_assert_eq!(call.arguments(), Some(&ArgValue::from(&args)));
+        prop_assert_eq!(serde_json::to_value(message.id()).unwrap(), reference["id"].clone());
+    }
+
+    #[test]
+    fn anything_serde_json_rejects_is_refused(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        if serde_json::from_slice::<Value>(&bytes).is_err() {
+            let err = decode(&bytes, &ReadAll).unwrap_err();
+            prop_assert_eq!(err.kind(), DecodeErrorKind::Parse);
+        }
+    }
+}
+
+fn payments() -> Policy {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policies/payments.json");
+    Policy::from_file(path).unwrap()
+}
+
+fn argument_value() -> impl Strategy<Value = Value> {
+    let keys = prop::sample::select(vec![
+        "amount", "currency", "reason", "branch", "force", "to", "cc", "pages", "format", "year",
+        "x",
+    ]);
+    prop::collection::btree_map(keys, json_value(), 0..6)
+        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn decision_never_panics_and_pruning_changes_nothing(
+        calls in prop::collection::vec(
+            (prop::sample::select(vec![
+                "create_charge", "refund_charge", "push_branch", "send_email", "get_report",
+                "list_customers", "delete_account", "unknown",
+            ]), argument_value()),
+            1..12,
+        ),
+    ) {
+        let policy = std::sync::Arc::new(payments());
+        let whole = Engine::with_clock(policy.clone(), FakeClock::new());
+        let pruned = Engine::with_clock(policy.clone(), FakeClock::new());
+        let h = ScopeHasher::with_key([3; 16]);
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
+        for (tool, args) in calls {
+            let body = call_body(&json!(1), tool, &args, 0, false);
+            let full = decode(body.as_bytes(), &ReadAll).unwrap();
+            let lean = decode(body.as_bytes(), &*policy).unwrap();
+            let full_args = full.messages()[0].tool_call().unwrap().arguments();
+            let lean_args = lean.messages()[0].tool_call().unwrap().arguments();
+            let a = whole.decide_all(&[Call { tool, args: full_args }], &keys);
+            let b = pruned.decide_all(&[Call { tool, args: lean_args }], &keys);
+            prop_assert_eq!(&a, &b, "{} {}", tool, args);
+            if let Err(refusals) = a {
+                for refusal in refusals {
+                    if let Decision::Deny(d) = refusal {
+                        prop_assert!(!d.message().is_empty());
+                    }
+                }
+            }
+        }
+    }
 }

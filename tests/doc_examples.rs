@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Every `.rs` file of the library (under `src`, but not `src/bin`), with its text.
+/// Every `.rs` file of the library (under `src`), with its text.
 fn sources() -> BTreeMap<PathBuf, String> {
     fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
         for entry in std::fs::read_dir(dir).unwrap() {

@@ -2,13 +2,15 @@
 //! enforcement would do, and charges what enforcement would charge. Alone in its binary:
 //! it records tracing events.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use serde_json::{Value, json};
+use serde_json::json;
 use tower::{Layer, ServiceExt};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
@@ -18,19 +20,9 @@ const POLICY: &str = r#"{"version":"1","default":"deny","hide":["secret"],"tools
     "write":{"limits":[{"counter":"w","window":"minute","max":2}]},
     "transfer":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Too much."}]}}}"#;
 
-#[path = "support/recorder.rs"]
-mod recorder;
+use support::recorder::Recorder;
 
-use recorder::Recorder;
-
-fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": args}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
+use support::call;
 
 /// A policy layer around the test server, boxed.
 type Service = tower::util::BoxCloneService<

@@ -1,6 +1,8 @@
 //! The observer seam (oneshot): one event per decision with the audit fields, a
 //! candidate policy reported beside the enforced one, reloads, refunds and rejections.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +92,7 @@ impl Collect {
 
 /// A tools/call from one caller.
 fn call(tool: &str, args: Value) -> Request<Full<Bytes>> {
-    testing::as_caller(testing::tool_call(tool, args), "Bearer sk-live-secret")
+    support::call_as(tool, args, "Bearer sk-live-secret")
 }
 
 type Service = tower::util::BoxCloneService<

@@ -2,9 +2,8 @@
 //! free loopback port (no persistence) and stops it. A test that cannot start Redis
 //! fails: `apt-get install redis-server`.
 
-mod common;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod servers;
+mod support;
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use redis_server::Redis;
 use serde_json::{Value, json};
+use support::redis_server::Redis;
 use tower::{Layer, Service, ServiceExt};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::layer::PolicyBody;
@@ -53,14 +52,9 @@ fn upstream(
     })
 }
 
+/// A call of `tool` from the caller `token`.
 fn call(tool: &str, token: &str) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": {"listenKey": "k"}}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    support::call_as(tool, json!({"listenKey": "k"}), &format!("Bearer {token}"))
 }
 
 async fn answer<B: http_body::Body<Data = Bytes>>(response: Response<B>) -> Value
@@ -562,7 +556,7 @@ async fn demo_call(url: &str, token: &str, id: u32) -> Value {
         ("authorization", auth.as_str()),
         ("mcp-protocol-version", "2025-06-18"),
     ];
-    let response = common::raw(reqwest::Method::POST, url, &headers, body.to_string()).await;
+    let response = servers::demo::raw(reqwest::Method::POST, url, &headers, body.to_string()).await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -570,12 +564,12 @@ async fn demo_call(url: &str, token: &str, id: u32) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_demo_servers_on_one_redis_give_one_budget_and_survive_a_restart() {
     let mut redis = Redis::start();
-    let policy = Arc::new(Policy::from_file(common::example_policy()).unwrap());
+    let policy = Arc::new(Policy::from_file(servers::demo::example_policy()).unwrap());
     let mut demos = Vec::new();
     for _ in 0..2 {
         let counters = redis.builder().connect().await.unwrap();
         let layer = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), counters));
-        demos.push(common::Demo::start(layer, true).await);
+        demos.push(servers::demo::Demo::start(layer, true).await);
     }
     let mut passed = 0;
     for i in 0..60 {

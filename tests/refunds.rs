@@ -1,6 +1,8 @@
 //! Refunds (oneshot, in-memory counters): a charged call the server did not run gives
 //! its charges back; a call that ran, even with `isError: true`, does not.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -100,12 +102,9 @@ fn service() -> (Service, Server) {
     (service, Server { answer, runs })
 }
 
+/// A call of `tool` without arguments.
 fn call(tool: &str) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    support::call(tool, json!({}))
 }
 
 /// Sends a call, reads the whole answer; true when the policy denied it.

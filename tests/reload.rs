@@ -1,6 +1,8 @@
 //! Hot reload (oneshot): one policy snapshot per request, and counters that survive a
 //! reload keeping their definition.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,13 +26,9 @@ const V1: &str = r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[
 const V2: &str = r#"{"version":"1","default":"deny","tools":{"t":{"deny_if":[
     {"conditions":[{"path":"args.y","op":"gt","value":10}],"on_deny":"v2"}]}}}"#;
 
+/// A call of the test tool `t`.
 fn call(args: serde_json::Value) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "t", "arguments": args}});
-    Request::post("/mcp")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    support::call("t", args)
 }
 
 /// What the test upstream answers, at once.

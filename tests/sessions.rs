@@ -2,11 +2,12 @@
 //! server issued it. Invented ids, against a stateless server and on the 2026-07-28 path
 //! (which has no sessions), count per grant; issued sessions get their own budget.
 
-mod common;
+mod servers;
+mod support;
 
-use common::{Demo, open_session, raw};
 use reqwest::Method;
 use serde_json::{Value, json};
+use servers::demo::{Demo, open_session, raw};
 use tower_mcp_policy::PolicyLayer;
 
 /// Two echo calls per session a minute.

@@ -3,6 +3,8 @@
 //! Alone in its own test binary: tracing caches each call site's interest globally, and
 //! tests on other threads with no subscriber would race this test's thread-local one.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -31,10 +33,7 @@ fn layer() -> PolicyLayer<tower_mcp_policy::counter::MemoryCounters> {
     PolicyLayer::with_clock(Arc::new(policy), FakeClock::new())
 }
 
-#[path = "support/recorder.rs"]
-mod recorder;
-
-use recorder::Recorder;
+use support::recorder::Recorder;
 
 #[tokio::test]
 async fn every_decision_is_a_tracing_event_without_secrets() {

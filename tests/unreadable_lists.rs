@@ -4,7 +4,8 @@
 //! error. The upstream is a stub MCP server that writes these bytes as a buggy or
 //! hostile server would. Needs Node.js.
 
-mod common;
+mod servers;
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -193,7 +194,7 @@ async fn the_typescript_client_never_sees_a_hidden_tool_in_an_unusual_list() {
         .iter()
         .map(|(path, form)| format!("http://{address}/{path}/{form}"))
         .collect();
-    let seen = common::node_script("list_tools.mjs", urls).await;
+    let seen = servers::demo::node_script("list_tools.mjs", urls).await;
     server.abort();
 
     assert_eq!(seen.len(), cases.len(), "{seen:?}");

@@ -2,22 +2,21 @@
 //! change files. Alone in its binary: it installs a global tracing recorder (the
 //! watcher reports from a thread of its own).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tower_mcp_policy::{Policy, PolicyHandle, PolicyLayer};
 
-#[path = "support/recorder.rs"]
-mod recorder;
-
 /// Every event's message and fields, as text, from every thread.
 fn events() -> &'static Mutex<Vec<String>> {
-    static RECORDER: OnceLock<recorder::Recorder> = OnceLock::new();
+    static RECORDER: OnceLock<support::recorder::Recorder> = OnceLock::new();
     &RECORDER
         .get_or_init(|| {
             use tracing_subscriber::layer::SubscriberExt;
-            let recorder = recorder::Recorder::default();
+            let recorder = support::recorder::Recorder::default();
             let subscriber = tracing_subscriber::registry().with(recorder.clone());
             tracing::subscriber::set_global_default(subscriber).unwrap();
             recorder

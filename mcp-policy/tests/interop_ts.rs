@@ -4,28 +4,14 @@
 //!
 //! Needs Node.js. The npm packages are installed on first use (`npm ci --prefix tests/ts`).
 
-// The demo server example and the gateway are included here, and each includes
-// src/bin/mcp-policy/serving.rs.
-#![allow(clippy::duplicate_mod)]
+#[path = "../../tests/servers/mod.rs"]
+mod servers;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
-mod common;
+use servers::everything::Everything;
 
-#[path = "support/everything.rs"]
-mod everything;
-
-use everything::Everything;
-
-use common::{call, connect, open_session, params, raw, text};
-
-#[path = "../src/bin/mcp-policy/serving.rs"]
-#[allow(dead_code)]
-mod serving;
-
-#[path = "../src/bin/mcp-policy/gateway.rs"]
-#[allow(dead_code)]
-mod gateway;
-
-use std::path::PathBuf;
+use servers::demo::{call, connect, open_session, params, raw, text};
 
 use std::time::{Duration, Instant};
 
@@ -33,13 +19,12 @@ use serde_json::json;
 use tower_mcp_policy::PolicyLayer;
 
 async fn start_gateway(upstream: &str) -> String {
-    let policy =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/everything-policy.json");
+    let policy = support::repository().join("tests/fixtures/everything-policy.json");
     let layer = PolicyLayer::from_file(policy).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let upstream = gateway::Upstream::parse(upstream).unwrap();
-    tokio::spawn(gateway::serve(
+    let upstream = mcp_policy::gateway::Upstream::parse(upstream).unwrap();
+    tokio::spawn(mcp_policy::gateway::serve(
         listener,
         layer,
         upstream,

@@ -1,12 +1,11 @@
 //! The official TypeScript reference MCP server "everything"
 //! (`@modelcontextprotocol/server-everything`, pinned in tests/ts/package-lock.json) on
-//! a free loopback port. Needs Node.js; fails loudly without it. Include it next to
-//! `mod common`.
+//! a free loopback port. Needs Node.js; fails loudly without it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::ensure_npm_packages;
+use super::demo::ensure_npm_packages;
 
 /// The reference server on a free loopback port; killed when dropped.
 pub struct Everything {

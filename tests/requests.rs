@@ -395,13 +395,14 @@ async fn inner_errors_pass_through_unchanged() {
     assert_eq!(err, "upstream broke");
 }
 
-mod common;
+mod servers;
+mod support;
 
 #[tokio::test]
 async fn around_rmcp_streamable_http_service_without_axum() {
-    use common::demo_server::{Exchange, Executions, server_config};
     use rmcp::transport::streamable_http_server::StreamableHttpService;
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use servers::demo::demo_server::{Exchange, Executions, server_config};
 
     let executions = Executions::default();
     let exchange = executions.clone();

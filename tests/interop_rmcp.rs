@@ -1,12 +1,13 @@
 //! The demo server driven by rmcp's Streamable HTTP client: a real MCP client over
 //! loopback, in both SSE and JSON response modes.
 
-mod common;
+mod servers;
+mod support;
 
 use std::sync::Arc;
 
-use common::{Demo, call, connect, params, text};
 use serde_json::json;
+use servers::demo::{Demo, call, connect, params, text};
 use tower_mcp_policy::FakeClock;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
@@ -15,7 +16,10 @@ async fn the_product_works(json: bool) {
     let client = connect(demo.url(), "alice-token").await;
 
     // tools/list never shows the hidden tool.
-    assert_eq!(common::tool_names(&client).await, common::VISIBLE_TOOLS);
+    assert_eq!(
+        servers::demo::tool_names(&client).await,
+        servers::demo::VISIBLE_TOOLS
+    );
 
     // Allowed calls run and return their results.
     let result = call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;
@@ -83,7 +87,7 @@ async fn the_demo_server_answers_a_real_client_over_json() {
 
 #[tokio::test]
 async fn the_31st_rapid_call_is_limited_per_credential() {
-    let policy: Arc<Policy> = Arc::new(Policy::from_file(common::example_policy()).unwrap());
+    let policy: Arc<Policy> = Arc::new(Policy::from_file(servers::demo::example_policy()).unwrap());
     let clock = FakeClock::new();
     let demo = Demo::start(PolicyLayer::with_clock(policy, clock.clone()), false).await;
     let alice = connect(demo.url(), "alice-token").await;

@@ -2,14 +2,15 @@
 //! pinned in tests/ts/package-lock.json): denials reach the agent as tool results it can
 //! read, not as transport errors. Needs Node.js.
 
-mod common;
+mod servers;
+mod support;
 
-use common::Demo;
 use serde_json::{Value, json};
+use servers::demo::Demo;
 
 /// Runs tests/ts/client.mjs against `url` and returns one JSON value per step.
 async fn ts_client(url: String, token: &str, steps: Value) -> Vec<Value> {
-    common::node_script("client.mjs", vec![url, token.to_owned(), steps.to_string()]).await
+    servers::demo::node_script("client.mjs", vec![url, token.to_owned(), steps.to_string()]).await
 }
 
 async fn official_client_reads_every_answer(json_mode: bool) {

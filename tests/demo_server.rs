@@ -1,5 +1,6 @@
-//! The demo server example and `mcp-policy gateway` as a user runs them (`cargo test`
-//! builds both first).
+//! The demo server example as a user runs it (`cargo test` builds it first): its
+//! start-up, its errors, its log, `--watch` and its metrics. The `mcp-policy` command
+//! run the same way is tested in `mcp-policy/tests/`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -56,19 +57,11 @@ fn bad_policy() -> PathBuf {
 #[test]
 fn a_bad_policy_stops_the_demo_server_with_its_path_and_line() {
     let policy = bad_policy();
-    for (binary, extra) in [
-        (example("demo_server"), vec![]),
-        (
-            PathBuf::from(env!("CARGO_BIN_EXE_mcp-policy")),
-            vec!["--upstream", "http://127.0.0.1:9/mcp"],
-        ),
-    ] {
-        let gateway = binary.ends_with("mcp-policy");
+    {
+        let binary = example("demo_server");
         let output = Command::new(&binary)
-            .args(gateway.then_some("gateway"))
             .arg("--policy")
             .arg(&policy)
-            .args(&extra)
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(1), "{}", binary.display());
@@ -110,30 +103,6 @@ fn the_demo_server_starts_and_prints_its_address_and_policy() {
 
 #[test]
 fn bad_arguments_are_usage_errors() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-        .args(["gateway", "--policy", "x.json"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("the following required arguments were not provided")
-            && stderr.contains("--upstream <URL>"),
-        "{stderr}"
-    );
-    let output = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-        .args([
-            "gateway",
-            "--policy",
-            "x.json",
-            "--upstream",
-            "https://example.com/mcp",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("must be an http:// URL"), "{stderr}");
     let output = Command::new(example("demo_server"))
         .args(["--listen", "nowhere"])
         .output()

@@ -3,25 +3,10 @@
 //! Exit codes: 0 fine, 1 an error (a policy that does not load, a server that cannot
 //! be reached), 2 warnings under `--strict`, or a usage error.
 
-/// Appends a line to the report `out` (printed at the end; see [`print()`]).
-macro_rules! say {
-    ($out:expr) => {
-        $out.push('\n')
-    };
-    ($out:expr, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
-mod check;
-mod explain;
-mod gateway;
-mod serving;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mcp_policy::{check, explain, gateway, print};
 
 /// Check, explain and serve PolicyLayer policies for MCP servers.
 #[derive(Debug, Parser)]
@@ -74,44 +59,6 @@ enum Command {
 
 GET /metrics on the listen address answers Prometheus text, outside the policy.")]
     Gateway(gateway::Options),
-}
-
-/// What a check or an explanation found: exit code 0, 1 or 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Fine,
-    Error,
-    Warnings,
-}
-
-impl From<Outcome> for ExitCode {
-    fn from(outcome: Outcome) -> ExitCode {
-        match outcome {
-            Outcome::Fine => ExitCode::SUCCESS,
-            Outcome::Error => ExitCode::from(1),
-            Outcome::Warnings => ExitCode::from(2),
-        }
-    }
-}
-
-/// Prints a report. A closed pipe (`mcp-policy schema | head`) ends the output quietly
-/// instead of panicking.
-fn print(report: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let written = stdout
-        .write_all(report.as_bytes())
-        .and_then(|()| stdout.flush());
-    if let Err(err) = written
-        && err.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("mcp-policy: cannot write the report: {err}");
-    }
-}
-
-/// A policy's path as the user wrote it, for messages.
-fn shown(path: &std::path::Path) -> String {
-    path.display().to_string()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

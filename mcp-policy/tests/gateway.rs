@@ -1,27 +1,20 @@
-//! The gateway example in front of an rmcp server it knows nothing about, driven by
-//! rmcp's client: initialize, tools/list, allowed and denied calls, rate limit, session
-//! DELETE, a broken upstream, concurrency and graceful shutdown.
+//! The gateway in front of an rmcp server it knows nothing about, driven by rmcp's
+//! client: initialize, tools/list, allowed and denied calls, rate limit, session
+//! DELETE, a broken upstream, concurrency and graceful shutdown; and `mcp-policy
+//! gateway` as a user runs it: a policy that does not load and bad arguments end it
+//! with a readable message and exit code 1 or 2.
 
-// The demo server example and the gateway are included here, and each includes
-// src/bin/mcp-policy/serving.rs.
-#![allow(clippy::duplicate_mod)]
-
-mod common;
-
-#[path = "../src/bin/mcp-policy/serving.rs"]
-#[allow(dead_code)]
-mod serving;
-
-#[path = "../src/bin/mcp-policy/gateway.rs"]
-#[allow(dead_code)]
-mod gateway;
+#[path = "../../tests/servers/mod.rs"]
+mod servers;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Demo, call, connect, open_session, raw};
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
+use servers::demo::{Demo, call, connect, open_session, raw};
 use tokio::sync::oneshot;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
@@ -37,10 +30,15 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let upstream = gateway::Upstream::parse(upstream).unwrap();
-        let task = tokio::spawn(gateway::serve(listener, policy, upstream, async {
-            let _ = stopped.await;
-        }));
+        let upstream = mcp_policy::gateway::Upstream::parse(upstream).unwrap();
+        let task = tokio::spawn(mcp_policy::gateway::serve(
+            listener,
+            policy,
+            upstream,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Gateway {
             address,
             stop: Some(stop),
@@ -65,7 +63,7 @@ async fn unguarded_upstream() -> Demo {
 }
 
 fn example_layer() -> PolicyLayer {
-    PolicyLayer::from_file(common::example_policy()).unwrap()
+    PolicyLayer::from_file(servers::demo::example_policy()).unwrap()
 }
 
 #[tokio::test]
@@ -74,7 +72,10 @@ async fn a_real_client_through_the_gateway() {
     let gateway = Gateway::start(example_layer(), &upstream.url()).await;
     let client = connect(gateway.url(), "alice").await;
 
-    assert_eq!(common::tool_names(&client).await, common::VISIBLE_TOOLS);
+    assert_eq!(
+        servers::demo::tool_names(&client).await,
+        servers::demo::VISIBLE_TOOLS
+    );
 
     let result = call(&client, "get_price", json!({"symbol": "ETHUSD"})).await;
     assert_eq!(
@@ -302,7 +303,10 @@ async fn tool_lists_are_filtered_when_the_upstream_answers_json() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    assert_eq!(common::listed_names(&body), common::VISIBLE_TOOLS);
+    assert_eq!(
+        servers::demo::listed_names(&body),
+        servers::demo::VISIBLE_TOOLS
+    );
     gateway.stop().await;
 }
 
@@ -396,4 +400,71 @@ async fn the_gateway_answers_metrics_itself_outside_the_policy() {
         "text/plain; version=0.0.4"
     );
     gateway.stop().await;
+}
+
+/// A policy that does not load.
+fn bad_policy() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "tmp-bad-gateway-policy-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "{\"version\":\"1\",\"default\":\"deny\",\n \"tools\":{\"transfer\":{\"deny_if\":[{\"conditions\":[{\"path\":\"args.amount\",\"op\":\"gtt\",\"value\":1}]}]}}}\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_bad_policy_stops_the_gateway_with_its_path_and_line() {
+    let policy = bad_policy();
+    {
+        let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_mcp-policy"));
+        let extra = ["--upstream", "http://127.0.0.1:9/mcp"];
+        let output = std::process::Command::new(&binary)
+            .arg("gateway")
+            .arg("--policy")
+            .arg(&policy)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", binary.display());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("/tools/transfer/deny_if/0/conditions/0/op: unknown variant `gtt`"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("(line 2, column"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::remove_file(policy).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .args(["gateway", "--policy", "x.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--upstream <URL>"),
+        "{stderr}"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .args([
+            "gateway",
+            "--policy",
+            "x.json",
+            "--upstream",
+            "https://example.com/mcp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must be an http:// URL"), "{stderr}");
 }

@@ -1,6 +1,4 @@
-//! Shared helpers: the demo server in-process on an ephemeral loopback port.
-
-#![allow(dead_code)]
+//! The demo server in-process on an ephemeral loopback port, and rmcp's client to it.
 
 #[path = "../../examples/demo_server.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -13,7 +11,7 @@ use demo_server::Executions;
 use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 pub fn example_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy.json")
+    crate::support::repository().join("examples/policy.json")
 }
 
 /// A running demo server; it stops when dropped.
@@ -160,7 +158,7 @@ pub async fn open_session(url: &str) -> (String, String) {
 pub fn ensure_npm_packages() -> PathBuf {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ts");
+    let dir = crate::support::repository().join("tests/ts");
     let installed = [
         "@modelcontextprotocol/sdk/package.json",
         "@modelcontextprotocol/server-everything/package.json",

@@ -2,28 +2,26 @@
 //! server and the TypeScript reference server, `explain` on the fixtures, `schema`
 //! against the fixtures and bad documents, the help, and `gateway` in front of the demo
 //! exchange (its proxy code is also driven in process by tests/gateway.rs and
-//! tests/gateway_everything.rs, and its start-up errors by tests/cli.rs).
+//! tests/interop_ts.rs, which also checks its start-up errors).
 
-#![allow(clippy::duplicate_mod)]
-
-mod common;
-
-#[path = "support/everything.rs"]
-mod everything;
+#[path = "../../tests/servers/mod.rs"]
+mod servers;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::Demo;
-use everything::Everything;
 use serde_json::{Value, json};
+use servers::demo::Demo;
+use servers::everything::Everything;
 use tower_mcp_policy::{Policy, PolicyLayer};
 
 /// Runs `mcp-policy args…` (off the async runtime: the servers under test run on it).
 async fn mcp_policy(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(support::repository())
             .args(args)
             .output()
             .unwrap()
@@ -34,7 +32,7 @@ async fn mcp_policy(args: Vec<String>) -> Output {
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(support::repository())
         .args(args)
         .output()
         .unwrap()
@@ -199,15 +197,17 @@ async fn check_flags_a_misspelt_tool_name_and_strict_makes_it_fail() {
 async fn check_against_the_typescript_reference_server() {
     let server = Everything::start().await;
     // What the official TypeScript client is shown, independently of mcp-policy.
-    let listed = common::node_script("list_tools.mjs", vec![server.url.clone()]).await;
+    let listed = servers::demo::node_script("list_tools.mjs", vec![server.url.clone()]).await;
     let names: Vec<String> = serde_json::from_value(listed[0]["tools"].clone()).unwrap();
     assert!(names.len() > 5, "{listed:?}");
 
     let misspelt = TempPolicy::new(
         "everything",
-        &std::fs::read_to_string("tests/fixtures/everything-policy.json")
-            .unwrap()
-            .replace("\"get-sum\"", "\"get-summ\""),
+        &std::fs::read_to_string(
+            support::repository().join("tests/fixtures/everything-policy.json"),
+        )
+        .unwrap()
+        .replace("\"get-sum\"", "\"get-summ\""),
     );
     let output = mcp_policy(strings(&[
         "check",
@@ -453,11 +453,12 @@ fn schema() -> Value {
 
 #[test]
 fn the_committed_schema_is_the_generated_one() {
-    let committed = std::fs::read_to_string("policy.schema.json").unwrap();
+    let committed =
+        std::fs::read_to_string(support::repository().join("policy.schema.json")).unwrap();
     assert_eq!(
         serde_json::from_str::<Value>(&committed).unwrap(),
         schema(),
-        "policy.schema.json is stale: run `cargo run --features cli -- schema > policy.schema.json`"
+        "policy.schema.json is stale: run `cargo run -p mcp-policy -- schema > policy.schema.json`"
     );
     assert_eq!(
         schema()["$schema"],
@@ -468,12 +469,13 @@ fn the_committed_schema_is_the_generated_one() {
 #[test]
 fn every_fixture_is_valid_under_the_schema() {
     let validator = jsonschema::validator_for(&schema()).unwrap();
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/policies")
+    let root = support::repository();
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/policies"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    fixtures.push("tests/fixtures/everything-policy.json".into());
-    fixtures.push("examples/policy.json".into());
+    fixtures.push(root.join("tests/fixtures/everything-policy.json"));
+    fixtures.push(root.join("examples/policy.json"));
     for path in &fixtures {
         let document: Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -621,7 +623,7 @@ async fn the_gateway_runs_from_the_binary() {
     let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
     let upstream = Demo::start(PolicyLayer::new(allow_all), false).await;
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(support::repository())
         .args(["gateway", "--policy", "examples/policy.json", "--upstream"])
         .arg(upstream.url())
         .args(["--listen", "127.0.0.1:0"])
@@ -638,9 +640,9 @@ async fn the_gateway_runs_from_the_binary() {
         .to_owned();
     std::thread::spawn(move || lines.for_each(drop));
 
-    let client = common::connect(url.clone(), "agent-1").await;
+    let client = servers::demo::connect(url.clone(), "agent-1").await;
     assert_eq!(
-        common::tool_names(&client).await,
+        servers::demo::tool_names(&client).await,
         [
             "binance_us_close_listen_key",
             "echo",
@@ -649,14 +651,14 @@ async fn the_gateway_runs_from_the_binary() {
         ],
         "delete_account is hidden by the gateway"
     );
-    let allowed = common::call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;
+    let allowed = servers::demo::call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;
     assert!(
-        common::text(&allowed).contains("get_price ran"),
+        servers::demo::text(&allowed).contains("get_price ran"),
         "{allowed}"
     );
-    let denied = common::call(&client, "transfer", json!({"to": "x", "amount": 5000})).await;
+    let denied = servers::demo::call(&client, "transfer", json!({"to": "x", "amount": 5000})).await;
     assert!(
-        common::text(&denied).starts_with("[POLICY DENIED]"),
+        servers::demo::text(&denied).starts_with("[POLICY DENIED]"),
         "{denied}"
     );
     assert_eq!(
@@ -666,7 +668,7 @@ async fn the_gateway_runs_from_the_binary() {
     );
 
     let metrics_url = url.replace("/mcp", "/metrics");
-    let metrics = common::raw(reqwest::Method::GET, &metrics_url, &[], "")
+    let metrics = servers::demo::raw(reqwest::Method::GET, &metrics_url, &[], "")
         .await
         .text()
         .await

@@ -1,10 +1,14 @@
-//! The decision, end to end over the engine with a fake clock: no HTTP, no sleeping.
+//! The decision, end to end over the engine with a fake clock: no HTTP, no sleeping;
+//! and, as properties, that it never panics, reads pruned arguments exactly as it reads
+//! whole ones, and compares numbers and rounds costs exactly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower_mcp_policy::FakeClock;
+use tower_mcp_policy::unstable::decode;
 use tower_mcp_policy::{
     Decision, Denial, DenialKind, Engine, Policy, ScopeHasher, ScopeKeys,
     counter::MemoryCounters,
@@ -645,4 +649,126 @@ fn all_or_nothing_holds_under_concurrency() {
         denied(h.call("other", json!({}))).rule(),
         "/all_tools/limits/0"
     );
+}
+
+/// A JSON number text from its parts: `-12.340e-5`.
+fn number_text(negative: bool, whole: &str, fraction: &str, exponent: Option<i32>) -> String {
+    let whole = whole.trim_start_matches('0');
+    let mut text = String::new();
+    if negative {
+        text.push('-');
+    }
+    text.push_str(if whole.is_empty() { "0" } else { whole });
+    if !fraction.is_empty() {
+        text.push('.');
+        text.push_str(fraction);
+    }
+    if let Some(e) = exponent {
+        text.push_str(&format!("e{e}"));
+    }
+    text
+}
+
+/// The exact rational value of a JSON number text, by an independent route
+/// (big integers), as the reference.
+fn rational(text: &str) -> num_rational::BigRational {
+    use num_bigint::BigInt;
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().unwrap()),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: BigInt = format!("{whole}{fraction}").parse().unwrap();
+    let scale = exponent - fraction.len() as i64;
+    let ten = BigInt::from(10);
+    let power = num_rational::BigRational::from_integer(ten.pow(scale.unsigned_abs() as u32));
+    let value = num_rational::BigRational::from_integer(digits);
+    if scale >= 0 {
+        value * power
+    } else {
+        value / power
+    }
+}
+
+fn decimal_part() -> impl Strategy<Value = String> {
+    // Mostly near one another, so ties and neighbours are common.
+    prop_oneof!["1000|100|999|1|0", "[0-9]{1,25}",]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn numeric_conditions_agree_with_exact_rational_comparison(
+        value in (any::<bool>(), decimal_part(), "[0-9]{0,22}", prop::option::of(-25i32..25)),
+        threshold in (any::<bool>(), decimal_part(), "[0-9]{0,22}", prop::option::of(-25i32..25)),
+        op in prop::sample::select(vec!["gt", "gte", "lt", "lte", "eq", "neq"]),
+        nudge in prop::sample::select(vec!["", "0000000000000000001", "9999999999999999999"]),
+    ) {
+        let value_text = number_text(value.0, &value.1, &format!("{}{nudge}", value.2), value.3);
+        let threshold_text = number_text(threshold.0, &threshold.1, &threshold.2, threshold.3);
+        let policy: Policy = format!(
+            r#"{{"version":"1","default":"allow","tools":{{"t":{{"deny_if":[{{"conditions":[
+                {{"path":"args.x","op":"{op}","value":{threshold_text}}}]}}]}}}}}}"#
+        )
+        .parse()
+        .unwrap();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":{value_text}}}}}}}"#
+        );
+        let decoded = decode(body.as_bytes(), &policy).unwrap();
+        let engine = Engine::with_clock(policy, FakeClock::new());
+        let h = ScopeHasher::with_key([3; 16]);
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
+        let args = decoded.messages()[0].tool_call().unwrap().arguments();
+        let denied = engine.decide_all(&[Call { tool: "t", args }], &keys) != Ok(());
+
+        let (a, b) = (rational(&value_text), rational(&threshold_text));
+        let holds = match op {
+            "gt" => a > b,
+            "gte" => a >= b,
+            "lt" => a < b,
+            "lte" => a <= b,
+            "eq" => a == b,
+            _ => a != b,
+        };
+        prop_assert_eq!(denied, holds, "{} {} {}", value_text, op, threshold_text);
+    }
+
+    #[test]
+    fn costs_are_the_exact_value_rounded_up(
+        value in (decimal_part(), "[0-9]{0,22}", prop::option::of(-12i32..6)),
+    ) {
+        let text = number_text(false, &value.0, &value.1, value.2);
+        let policy: Policy = r#"{"version":"1","default":"allow","tools":{"t":{"limits":[
+            {"counter":"c","window":"day","max":4294967295,"increment_from":"args.cost"}]}}}"#
+            .parse()
+            .unwrap();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"cost":{text}}}}}}}"#
+        );
+        let decoded = decode(body.as_bytes(), &policy).unwrap();
+        let engine = Engine::with_clock(policy, FakeClock::new());
+        let h = ScopeHasher::with_key([3; 16]);
+        let keys = ScopeKeys::new(h.credential(b"g"), h.session(b"s"));
+        let args = decoded.messages()[0].tool_call().unwrap().arguments();
+        let expected = rational(&text).ceil().to_integer();
+        let first = engine.decide_all(&[Call { tool: "t", args }], &keys);
+        if expected > num_bigint::BigInt::from(u32::MAX) {
+            prop_assert!(first != Ok(()), "{} is over max", text);
+            return Ok(());
+        }
+        prop_assert_eq!(&first, &Ok(()), "{}", text);
+        // The budget left is exactly max − cost: one more unit than that is refused.
+        let left = u32::MAX as u64 - u64::try_from(expected).unwrap();
+        let probe = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"t","arguments":{{"cost":{}}}}}}}"#,
+            left + 1
+        );
+        if left < u32::MAX as u64 {
+            let probe = decode(probe.as_bytes(), &*engine.policy().clone()).unwrap();
+            let args = probe.messages()[0].tool_call().unwrap().arguments();
+            prop_assert!(engine.decide_all(&[Call { tool: "t", args }], &keys) != Ok(()), "{}", text);
+        }
+    }
 }

@@ -3,11 +3,12 @@
 //! `tools/call` executes without a session, so "never ran" is a real observation
 //! (each test shows its control request does run).
 
-mod common;
+mod servers;
+mod support;
 
-use common::Demo;
 use reqwest::Method;
 use serde_json::{Value, json};
+use servers::demo::Demo;
 
 struct Reply {
     status: u16,
@@ -387,7 +388,7 @@ fn sse_messages(body: &[u8]) -> Vec<Value> {
 #[tokio::test]
 async fn sse_tool_lists_are_filtered() {
     let demo = Demo::example(false).await;
-    let (session, _) = common::open_session(&demo.url()).await;
+    let (session, _) = servers::demo::open_session(&demo.url()).await;
     let headers = [
         JSON,
         ("mcp-session-id", session.as_str()),
@@ -405,7 +406,10 @@ async fn sse_tool_lists_are_filtered() {
         .iter()
         .find(|m| m["id"] == 2)
         .expect("the tools/list result");
-    assert_eq!(common::listed_names(listing), common::VISIBLE_TOOLS);
+    assert_eq!(
+        servers::demo::listed_names(listing),
+        servers::demo::VISIBLE_TOOLS
+    );
     assert!(!String::from_utf8_lossy(&reply.body).contains("delete_account"));
 }
 
