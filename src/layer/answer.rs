@@ -35,7 +35,7 @@ pub enum Outcome {
     Denied(Vec<Denial>),
     /// Monitor mode: enforcement would have denied these calls; forwarded anyway.
     WouldDeny(Vec<Denial>),
-    /// Refused before any decision (unreadable body, bad headers, too large, too slow,
+    /// Rejection before any decision (unreadable body, bad headers, too large, too slow,
     /// an answer the layer must filter but cannot read).
     Rejected,
     /// Not judged: a request without a body (GET, DELETE, ...) passed through.

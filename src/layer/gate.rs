@@ -26,7 +26,8 @@ use super::filter::Filter;
 use super::refund::{Charged, Refunder, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
-    JudgedHeaders, MCP_SESSION_ID, Refused, check_entity_headers, check_routing_headers, too_large,
+    JudgedHeaders, MCP_SESSION_ID, Rejection, check_entity_headers, check_routing_headers,
+    too_large,
 };
 use super::sessions::Sessions;
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
@@ -236,7 +237,7 @@ impl<S: CounterStore> Gate<S> {
         let limit = self.config.max_body;
         match check_entity_headers(&parts.headers, limit) {
             Ok(()) => Ok(Read { limit, judge: true }),
-            Err(refused) => Err(self.refused(refused, None)),
+            Err(rejection) => Err(self.rejected(rejection, None)),
         }
     }
 
@@ -308,20 +309,20 @@ impl<S: CounterStore> Gate<S> {
         bytes: &'a Bytes,
     ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
         let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
-            let refused = Refused {
+            let rejection = Rejection {
                 status: StatusCode::BAD_REQUEST,
                 code: err.code(),
                 message: err.message().to_owned(),
             };
-            self.refused(refused, err.id())
+            self.rejected(rejection, err.id())
         })?;
         let first_id = decoded.messages().first().and_then(|m| m.id());
         let headers = JudgedHeaders::read(&parts.headers);
         check_routing_headers(&headers, &decoded)
-            .map_err(|refused| self.refused(refused, first_id))?;
+            .map_err(|rejection| self.rejected(rejection, first_id))?;
         let keys = self
             .scope_keys(parts, &headers)
-            .map_err(|refused| self.refused(refused, first_id))?;
+            .map_err(|rejection| self.rejected(rejection, first_id))?;
         let mut holds = Holds::default();
         for message in decoded.messages() {
             if message.kind() == MessageKind::Request {
@@ -382,7 +383,11 @@ impl<S: CounterStore> Gate<S> {
         }
     }
 
-    fn scope_keys(&self, parts: &Parts, headers: &JudgedHeaders<'_>) -> Result<ScopeKeys, Refused> {
+    fn scope_keys(
+        &self,
+        parts: &Parts,
+        headers: &JudgedHeaders<'_>,
+    ) -> Result<ScopeKeys, Rejection> {
         let hasher = &self.config.hasher;
         let (authorization, session) = headers.scope()?;
         let grant = match (parts.extensions.get::<Grant>(), authorization) {
@@ -501,17 +506,18 @@ impl<S: CounterStore> Gate<S> {
     }
 
     /// The answer to a request refused before any decision, reported.
-    pub(crate) fn refused<B>(
+    pub(crate) fn rejected<B>(
         &self,
-        refused: Refused,
+        rejection: Rejection,
         id: Option<&jsonrpc::Id>,
     ) -> Response<ResponseBody<B>> {
         self.config.observer.0.observe(&Event::Rejected {
-            status: refused.status.as_u16(),
-            code: refused.code,
-            message: &refused.message,
+            status: rejection.status.as_u16(),
+            code: rejection.code,
+            message: &rejection.message,
         });
-        let mut response = answer::http_error(refused.status, id, refused.code, &refused.message);
+        let mut response =
+            answer::http_error(rejection.status, id, rejection.code, &rejection.message);
         response.extensions_mut().insert(Outcome::Rejected);
         response
     }
@@ -519,21 +525,21 @@ impl<S: CounterStore> Gate<S> {
     /// The body did not arrive within the read timeout.
     pub(crate) fn late<B>(&self, received: usize) -> Response<ResponseBody<B>> {
         let timeout = self.config.body_read_timeout.unwrap_or_default();
-        self.refused(Refused::late(timeout, received), None)
+        self.rejected(Rejection::late(timeout, received), None)
     }
 
     /// The body is larger than `read` allows.
     pub(crate) fn oversized<B>(&self, parts: &Parts, read: Read) -> Response<ResponseBody<B>> {
-        let refused = match read.judge {
+        let rejection = match read.judge {
             true => too_large(read.limit),
-            false => Refused::body_not_allowed(&parts.method),
+            false => Rejection::body_not_allowed(&parts.method),
         };
-        self.refused(refused, None)
+        self.rejected(rejection, None)
     }
 
     /// The body could not be read.
     pub(crate) fn unreadable<B>(&self, error: BoxError) -> Response<ResponseBody<B>> {
-        self.refused(Refused::unreadable(&*error), None)
+        self.rejected(Rejection::unreadable(&*error), None)
     }
 
     /// Judges the body under the candidate policy, with its own counters, and reports

@@ -7,15 +7,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use crate::jsonrpc::Decoded;
 
 /// A refusal: HTTP status, JSON-RPC code and message.
-pub(crate) struct Refused {
+pub(crate) struct Rejection {
     pub status: http::StatusCode,
     pub code: i64,
     pub message: String,
 }
 
-impl Refused {
-    fn new(status: http::StatusCode, code: i64, message: impl Into<String>) -> Refused {
-        Refused {
+impl Rejection {
+    fn new(status: http::StatusCode, code: i64, message: impl Into<String>) -> Rejection {
+        Rejection {
             status,
             code,
             message: message.into(),
@@ -23,8 +23,8 @@ impl Refused {
     }
 
     /// The body did not arrive within `timeout`.
-    pub fn late(timeout: std::time::Duration, received: usize) -> Refused {
-        Refused::new(
+    pub fn late(timeout: std::time::Duration, received: usize) -> Rejection {
+        Rejection::new(
             StatusCode::REQUEST_TIMEOUT,
             INVALID_REQUEST,
             format!(
@@ -34,8 +34,8 @@ impl Refused {
     }
 
     /// A GET, DELETE, HEAD or OPTIONS request came with a body.
-    pub fn body_not_allowed(method: &http::Method) -> Refused {
-        Refused::new(
+    pub fn body_not_allowed(method: &http::Method) -> Rejection {
+        Rejection::new(
             StatusCode::BAD_REQUEST,
             INVALID_REQUEST,
             format!("a {method} request must not carry a body"),
@@ -43,8 +43,8 @@ impl Refused {
     }
 
     /// The body could not be read.
-    pub fn unreadable(error: &dyn std::fmt::Display) -> Refused {
-        Refused::new(
+    pub fn unreadable(error: &dyn std::fmt::Display) -> Rejection {
+        Rejection::new(
             StatusCode::BAD_REQUEST,
             INVALID_REQUEST,
             format!("could not read the request body: {error}"),
@@ -101,7 +101,7 @@ impl<'h> JudgedHeaders<'h> {
     }
 
     /// The grant's credential and the session id, each at most once.
-    pub fn scope(&self) -> Result<(Option<&'h HeaderValue>, Option<&'h HeaderValue>), Refused> {
+    pub fn scope(&self) -> Result<(Option<&'h HeaderValue>, Option<&'h HeaderValue>), Rejection> {
         Ok((
             self.authorization.single(&header::AUTHORIZATION)?,
             self.session.single(&MCP_SESSION_ID)?,
@@ -119,7 +119,7 @@ impl<'h> Slot<'h> {
     }
 
     /// The value, if the header was sent once; `Err` when it repeats.
-    fn single(self, name: &HeaderName) -> Result<Option<&'h HeaderValue>, Refused> {
+    fn single(self, name: &HeaderName) -> Result<Option<&'h HeaderValue>, Rejection> {
         match self {
             Slot::Absent => Ok(None),
             Slot::One(value) => Ok(Some(value)),
@@ -128,8 +128,8 @@ impl<'h> Slot<'h> {
     }
 }
 
-fn repeated(name: &HeaderName) -> Refused {
-    Refused::new(
+fn repeated(name: &HeaderName) -> Rejection {
+    Rejection::new(
         StatusCode::BAD_REQUEST,
         INVALID_REQUEST,
         format!("the {name} header appears more than once"),
@@ -137,7 +137,7 @@ fn repeated(name: &HeaderName) -> Refused {
 }
 
 /// `Content-Type` must be JSON in UTF-8, and `Content-Encoding` absent or identity.
-pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<(), Refused> {
+pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<(), Rejection> {
     // One pass over the headers: a lookup by name costs a hash and a probe each.
     let (mut content_type, mut content_length) = (Slot::Absent, Slot::Absent);
     for (name, value) in headers {
@@ -154,14 +154,14 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
         slot.fill(value);
     }
     let Some(content_type) = content_type.single(&header::CONTENT_TYPE)? else {
-        return Err(Refused::new(
+        return Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_REQUEST,
             "missing Content-Type: expected application/json",
         ));
     };
     if !is_json_utf8(content_type) {
-        return Err(Refused::new(
+        return Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_REQUEST,
             format!(
@@ -176,7 +176,7 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
             Some(n) if n > max as u64 => return Err(too_large(max)),
             Some(_) => {}
             None => {
-                return Err(Refused::new(
+                return Err(Rejection::new(
                     StatusCode::BAD_REQUEST,
                     INVALID_REQUEST,
                     "invalid Content-Length",
@@ -188,7 +188,7 @@ pub(crate) fn check_entity_headers(headers: &HeaderMap, max: usize) -> Result<()
 }
 
 /// A `Content-Encoding` value must be `identity` (a list of them at most).
-fn check_identity(value: &HeaderValue) -> Result<(), Refused> {
+fn check_identity(value: &HeaderValue) -> Result<(), Rejection> {
     let identity = value
         .to_str()
         .map(|v| {
@@ -199,7 +199,7 @@ fn check_identity(value: &HeaderValue) -> Result<(), Refused> {
     if identity {
         return Ok(());
     }
-    Err(Refused::new(
+    Err(Rejection::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         INVALID_REQUEST,
         format!(
@@ -209,8 +209,8 @@ fn check_identity(value: &HeaderValue) -> Result<(), Refused> {
     ))
 }
 
-pub(crate) fn too_large(max: usize) -> Refused {
-    Refused::new(
+pub(crate) fn too_large(max: usize) -> Rejection {
+    Rejection::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         INVALID_REQUEST,
         format!("the request body is larger than the limit of {max} bytes"),
@@ -244,9 +244,9 @@ fn show(value: &HeaderValue) -> String {
 pub(crate) fn check_routing_headers(
     headers: &JudgedHeaders<'_>,
     decoded: &Decoded<'_>,
-) -> Result<(), Refused> {
+) -> Result<(), Rejection> {
     let mismatch =
-        |message: String| Refused::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
+        |message: String| Rejection::new(StatusCode::BAD_REQUEST, HEADER_MISMATCH, message);
     let method_header = headers.method.single(&MCP_METHOD)?;
     let name_header = headers.name.single(&MCP_NAME)?;
     if method_header.is_none() && name_header.is_none() {
