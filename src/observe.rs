@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::counter::StoreError;
 use crate::decision::Decision;
 use crate::error::PolicyError;
-use crate::jsonrpc::Id;
+use crate::jsonrpc::{Id, forges_text};
 use crate::scope::ScopeValue;
 use crate::value::ArgValue;
 
@@ -443,7 +443,7 @@ pub(crate) struct Escaped<'a>(pub &'a str);
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.0;
-        while let Some(at) = rest.find(needs_escape) {
+        while let Some(at) = rest.find(forges_text) {
             f.write_str(&rest[..at])?;
             let c = rest[at..].chars().next().unwrap_or_default();
             match c {
@@ -456,11 +456,6 @@ impl fmt::Display for Escaped<'_> {
         }
         f.write_str(rest)
     }
-}
-
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl fmt::Debug for Escaped<'_> {

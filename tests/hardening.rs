@@ -304,3 +304,57 @@ async fn numbers_are_compared_exactly_as_written() {
     assert!(is_denied(&answer), "the budget of 3 is spent: {answer}");
     assert_eq!(runs.load(Ordering::SeqCst), 5);
 }
+
+/// A request id or method holding a line break, a control character or a character
+/// that reorders text would reach the server's logs as it is (rmcp logs ids raw): such
+/// requests are refused, and nothing runs.
+#[tokio::test]
+async fn ids_and_methods_that_could_forge_a_log_line_are_refused() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer(r#"{"version":"1","default":"allow"}"#).layer(upstream(runs.clone()));
+    let forged = "1\n2026-11-26T00:00:00Z  INFO rmcp: allowed";
+    for (id, method) in [
+        (json!(forged), "tools/call"),
+        (json!("a\u{1b}[31m"), "tools/call"),
+        (json!("a\u{2028}b"), "tools/call"),
+        (json!("a\u{202e}b"), "tools/call"),
+        (json!("a\u{85}b"), "tools/call"),
+        (json!(7), "tools/call\n"),
+        (json!(7), "ping\u{2029}"),
+    ] {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method,
+            "params": {"name": "echo", "arguments": {}}});
+        let response = service
+            .clone()
+            .oneshot(post(&body.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let answer = body_json(response.into_body()).await;
+        assert_eq!(answer["error"]["code"], -32600, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("control character"), "{body}: {message}");
+    }
+    // A notification and a response are read the same way.
+    let notification = json!({"jsonrpc": "2.0", "method": "notifications/x\r"});
+    let response = json!({"jsonrpc": "2.0", "id": "\u{7f}", "result": {}});
+    for body in [notification, response] {
+        let answer = service
+            .clone()
+            .oneshot(post(&body.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{body}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing ran");
+    // Plain text, and non-ASCII letters, pass.
+    let body = json!({"jsonrpc": "2.0", "id": "réq-1 ✓", "method": "tools/call",
+        "params": {"name": "echo", "arguments": {}}});
+    let response = service
+        .clone()
+        .oneshot(post(&body.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -212,3 +212,31 @@ async fn a_watched_answer_keeps_its_exact_length() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len() as u64, length);
 }
+
+/// hyper writes a sized body (`Content-Length`) and stops polling once the announced
+/// length is written: the error answer is read for its refund all the same.
+#[tokio::test]
+async fn an_error_answer_with_a_content_length_is_refunded_without_a_last_poll() {
+    use http_body::Body as _;
+    let (service, server) = service();
+    *server.answer.lock().unwrap() = Answer::RpcError;
+    let response = service.clone().oneshot(call("write")).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, error) = body_for(Answer::RpcError);
+    assert_eq!(frame.into_data().unwrap(), error.as_bytes());
+    assert!(
+        body.is_end_stream(),
+        "the length is reached: nothing more to poll"
+    );
+    // Like hyper, poll no more: the body is dropped here.
+    *server.answer.lock().unwrap() = Answer::Result;
+    assert!(
+        !denied(&service, call("write")).await,
+        "the error was refunded"
+    );
+    assert!(denied(&service, call("write")).await, "and only once");
+}

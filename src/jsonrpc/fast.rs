@@ -31,6 +31,7 @@ const MAX_DEPTH: u32 = 64;
 const MAX_NUMBER: usize = 100;
 
 /// The body read in one pass, or `None` when the thorough reader must decide.
+#[inline]
 pub(super) fn decode<'a, P: PlanSource + ?Sized>(text: &'a str, plans: &P) -> Sure<Decoded<'a>> {
     let mut scan = Scan::new(text);
     let message = scan.message(plans)?;

@@ -174,6 +174,7 @@ pub(super) struct Fields<'de> {
 
 impl<'de> Fields<'de> {
     /// The message, or why these fields are not one.
+    #[inline]
     pub(super) fn into_message(self) -> Result<Message<'de>, String> {
         let Fields {
             id,
@@ -182,6 +183,18 @@ impl<'de> Fields<'de> {
             has_result,
             has_error,
         } = self;
+        // Servers log ids and methods (rmcp logs ids raw): a line break or a character
+        // that reorders text would let a request forge a log line downstream.
+        if let Some(Some(Id::String(id))) = &id
+            && id.contains(forges_text)
+        {
+            return Err("a request id must not contain control characters, line separators or bidirectional overrides".into());
+        }
+        if let Some(method) = &method
+            && method.contains(forges_text)
+        {
+            return Err("a method must not contain control characters, line separators or bidirectional overrides".into());
+        }
         match (method, has_result || has_error) {
             (Some(_), true) => Err(
                 "a message cannot have both a \"method\" and a \"result\" or \"error\"".into(),
@@ -237,6 +250,7 @@ impl<'de> Fields<'de> {
 }
 
 /// Which field of `params` the `Mcp-Name` header carries for `method`.
+#[inline]
 pub(super) fn routing_field(method: &str) -> Option<&'static str> {
     match method {
         "tools/call" | "prompts/get" => Some("name"),
@@ -244,4 +258,12 @@ pub(super) fn routing_field(method: &str) -> Option<&'static str> {
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     }
+}
+
+/// True for a character that can change how text that holds it is displayed: a control
+/// character (C0, DEL, C1), a Unicode line or paragraph separator, or a bidirectional
+/// override or isolate. Refused in ids and methods; escaped in the layer's own logs.
+pub(crate) fn forges_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

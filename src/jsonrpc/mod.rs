@@ -60,6 +60,7 @@ pub use error::{
     DecodeError, DecodeErrorKind, HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, NOT_EXECUTED,
     POLICY_DENIED, UNKNOWN_TOOL,
 };
+pub(crate) use message::forges_text;
 pub use message::{Decoded, Id, Message, MessageKind, ToolCall};
 
 /// Which arguments to read for a tool: implemented by [`Policy`] and [`ReadAll`].

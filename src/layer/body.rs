@@ -221,7 +221,7 @@ where
                 if *done {
                     return Poll::Ready(None);
                 }
-                match ready!(body.as_mut().poll_frame(cx)) {
+                let (passed, ended) = match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) if buffer.len() + data.len() > *limit => {
                             // Too large to read: nothing is refunded.
@@ -243,24 +243,37 @@ where
                             if watch.is_some() {
                                 buffer.push(data.clone());
                             }
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                            (Some(data), body.is_end_stream())
                         }
-                        Ok(data) => buffer.push(data),
+                        Ok(data) => {
+                            buffer.push(data);
+                            (None, body.is_end_stream())
+                        }
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     },
                     Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    None => {
-                        *done = true;
-                        let bytes = buffer.take();
-                        if let Some(watch) = watch {
-                            watch.message(&bytes);
-                        }
-                        let Some(filter) = filter else {
-                            return Poll::Ready(None);
-                        };
-                        return Poll::Ready(Some(Ok(Frame::data(filter_json(bytes, filter)))));
+                    None => (None, true),
+                };
+                if !ended {
+                    match passed {
+                        Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        None => continue,
                     }
                 }
+                // The whole answer is here. A sized body says so as soon as its length
+                // is reached, and hyper then polls no more: it is read now.
+                *done = true;
+                let bytes = buffer.take();
+                if let Some(watch) = watch {
+                    watch.message(&bytes);
+                }
+                return match (filter, passed) {
+                    (Some(filter), _) => {
+                        Poll::Ready(Some(Ok(Frame::data(filter_json(bytes, filter)))))
+                    }
+                    (None, Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    (None, None) => Poll::Ready(None),
+                };
             },
         }
     }
@@ -269,7 +282,8 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { bytes } => bytes.is_none(),
-            Kind::Sse { .. } | Kind::Json { .. } => false,
+            Kind::Json { done, .. } => *done,
+            Kind::Sse { .. } => false,
         }
     }
 

@@ -109,6 +109,7 @@ where
 }
 
 /// The body has been read whole: the gate judges it.
+#[inline]
 fn next<Inner, S, ReqBody, ResBody>(
     gate: &Gate<S>,
     inner: Inner,
@@ -125,6 +126,7 @@ where
 }
 
 /// The state for what the gate said happens next.
+#[inline]
 fn step<Inner, S, ReqBody, ResBody>(
     gate: &Gate<S>,
     mut inner: Inner,

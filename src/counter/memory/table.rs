@@ -45,11 +45,13 @@ impl Hasher for IdHasher {
 pub(super) struct Bucket(u64, u64);
 
 impl Bucket {
+    #[inline]
     pub fn of(key: ScopeValue) -> Bucket {
         let v = key.as_u128();
         Bucket((v >> 64) as u64, v as u64)
     }
 
+    #[inline]
     fn shard(self) -> usize {
         // The top bits of the high word; the table's hash is both words folded.
         (self.0 >> (64 - SHARDS.trailing_zeros())) as usize
@@ -117,10 +119,12 @@ impl Table {
         }))
     }
 
+    #[inline]
     fn shard(&self, bucket: Bucket) -> MutexGuard<'_, Shard> {
         self.lock(bucket.shard())
     }
 
+    #[inline]
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         self.0.shards[shard]
             .lock()
@@ -129,6 +133,7 @@ impl Table {
 
     /// Makes sure `bucket` is tracked (a new one starts full); false when it is not and
     /// the budget is spent.
+    #[inline]
     pub fn admit(&self, bucket: Bucket) -> bool {
         let mut shard = self.shard(bucket);
         if shard.contains_key(&bucket) {
@@ -143,6 +148,7 @@ impl Table {
 
     /// Moves the bucket's theoretical arrival time back by `back` (a refund); a bucket
     /// that is not tracked is already full.
+    #[inline]
     pub fn give_back(&self, bucket: Bucket, back: Nanos) {
         if let Some(tat) = self.shard(bucket).get_mut(&bucket) {
             *tat = tat.saturating_sub(back);
@@ -157,6 +163,7 @@ impl Table {
 impl StateStore for Table {
     type Key = Bucket;
 
+    #[inline]
     fn measure_and_replace<T, F, E>(&self, key: &Bucket, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
