@@ -358,3 +358,159 @@ async fn ids_and_methods_that_could_forge_a_log_line_are_refused() {
     assert_eq!(response.status(), 200);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream whose answers are SSE streams held open until the test sends their bytes
+/// (one sender per request, handed to the test in order); it counts the requests.
+fn held_upstream(
+    runs: Arc<AtomicUsize>,
+    senders: Arc<std::sync::Mutex<Vec<http_body_util::channel::Sender<Bytes, Infallible>>>>,
+) -> impl Upstream<http_body_util::channel::Channel<Bytes, Infallible>> {
+    tower::service_fn(move |_request: Request<PolicyBody>| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        let (sender, body) = http_body_util::channel::Channel::new(4);
+        senders.lock().unwrap().push(sender);
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        std::future::ready(Ok(response))
+    })
+}
+
+/// JSON-RPC forbids reusing an id while its request is pending, and a server may give
+/// an answer to whichever open request of the session last used its id: a request
+/// whose id is in flight in its session is refused, as is a batch that repeats an id. (A `tools/list` and a `ping` sent at once with one id put the unfiltered list on
+/// the ping's stream; a failing message of a batch refunded the call sharing its id.)
+#[tokio::test]
+async fn an_id_in_flight_or_repeated_in_a_batch_is_refused() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let policy = r#"{"version":"1","default":"allow","hide":["secret_*"],
+        "tools":{"write":{"limits":[{"counter":"w","window":"minute","max":1}]}}}"#;
+    let service = layer(policy).layer(held_upstream(runs.clone(), senders.clone()));
+    // Each caller in a session of its own.
+    let as_caller = |body: &str, who: &str| {
+        let mut request = post(body);
+        let value = http::HeaderValue::from_str(&format!("Bearer {who}")).unwrap();
+        request.headers_mut().insert("authorization", value);
+        let session = http::HeaderValue::from_str(&format!("session-of-{who}")).unwrap();
+        request.headers_mut().insert("mcp-session-id", session);
+        request
+    };
+    let list = r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
+    let ping = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+
+    // The list's answer is held open: id 7 is in flight for alice.
+    let held = service
+        .clone()
+        .oneshot(as_caller(list, "alice"))
+        .await
+        .unwrap();
+    let refused = service
+        .clone()
+        .oneshot(as_caller(ping, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let answer = body_json(refused.into_body()).await;
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in flight"),
+        "{answer}"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the ping never reached the server"
+    );
+    // Another session's id 7 is its own, and so is a request without a session.
+    let other = service
+        .clone()
+        .oneshot(as_caller(ping, "bob"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let sessionless = service.clone().oneshot(post(ping)).await.unwrap();
+    assert_eq!(sessionless.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    // Once the answer has been delivered, the id is free again.
+    drop(senders.lock().unwrap().remove(0));
+    held.into_body().collect().await.unwrap();
+    let again = service
+        .clone()
+        .oneshot(as_caller(ping, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+
+    // A batch that repeats an id: refused whole, nothing charged, nothing ran.
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write"}},
+                    {"jsonrpc":"2.0","id":1,"method":"no/such/method"}]"#;
+    let refused = service
+        .clone()
+        .oneshot(as_caller(batch, "carol"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let answer = body_json(refused.into_body()).await;
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("twice"),
+        "{answer}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "nothing ran");
+    let write = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"write"}}"#;
+    let allowed = service
+        .clone()
+        .oneshot(as_caller(write, "carol"))
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200, "carol's budget was not charged");
+}
+
+/// Whatever a POST asked for, an answer that carries a tool list has its hidden tools
+/// removed: a server may answer one request with another's result.
+#[tokio::test]
+async fn every_answer_that_carries_a_tool_list_is_filtered() {
+    let list = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"},{"name":"secret_b"}]}}"#;
+    let policy = r#"{"version":"1","default":"allow","hide":["secret_*"]}"#;
+    let ping = r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#;
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}"#;
+    for request in [ping, call] {
+        let json = tower::service_fn(move |_: Request<PolicyBody>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+                Bytes::from_static(list.as_bytes()),
+            ))))
+        });
+        let response = layer(policy)
+            .layer(json)
+            .oneshot(post(request))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains("\"a\"") && !body.contains("secret_b"),
+            "{request}: {body}"
+        );
+
+        let event = Bytes::from(format!("event: message\ndata: {list}\n\n"));
+        let service = layer(policy).layer(sse_upstream(vec![event]));
+        let response = service.oneshot(post(request)).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains("\"a\"") && !body.contains("secret_b"),
+            "{request}: {body}"
+        );
+    }
+}

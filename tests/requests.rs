@@ -650,8 +650,30 @@ async fn the_decision_is_a_response_extension_for_outer_layers() {
 }
 
 #[tokio::test]
-async fn compression_survives_where_no_tool_list_can_come_back() {
-    // A tools/call keeps the client's Accept-Encoding, and its compressed answer passes.
+async fn compression_survives_where_no_tool_list_can_be_hidden() {
+    // Under a policy that hides nothing, a tools/call keeps the client's
+    // Accept-Encoding, and its compressed answer passes.
+    let seen = Seen::default();
+    let upstream = scripted(
+        &seen,
+        Some("text/event-stream"),
+        Some("gzip"),
+        "\x1f\u{8b}compressed",
+    );
+    let mut request = post(call("echo", json!({})));
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip, br".parse().unwrap());
+    let nothing_hidden: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let service = PolicyLayer::with_clock(nothing_hidden, FakeClock::new()).layer(upstream);
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "gzip, br");
+
+    // Under one that hides tools, any answer may carry a tool list (a server may answer
+    // one request with another's result): every request asks for identity, and a
+    // compressed answer is refused rather than passed unread.
     let seen = Seen::default();
     let upstream = scripted(
         &seen,
@@ -664,9 +686,8 @@ async fn compression_survives_where_no_tool_list_can_come_back() {
         .headers_mut()
         .insert("accept-encoding", "gzip, br".parse().unwrap());
     let response = layer().layer(upstream).oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-encoding"], "gzip");
-    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "gzip, br");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "identity");
 
     // A GET stream may replay a tool list: it asks for identity.
     let seen = Seen::default();

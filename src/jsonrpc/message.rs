@@ -186,12 +186,12 @@ impl<'de> Fields<'de> {
         // Servers log ids and methods (rmcp logs ids raw): a line break or a character
         // that reorders text would let a request forge a log line downstream.
         if let Some(Some(Id::String(id))) = &id
-            && id.contains(forges_text)
+            && forged(id)
         {
             return Err("a request id must not contain control characters, line separators or bidirectional overrides".into());
         }
         if let Some(method) = &method
-            && method.contains(forges_text)
+            && forged(method)
         {
             return Err("a method must not contain control characters, line separators or bidirectional overrides".into());
         }
@@ -258,6 +258,13 @@ pub(super) fn routing_field(method: &str) -> Option<&'static str> {
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     }
+}
+
+/// True when `text` holds a character that [`forges_text`]; plain ASCII (the usual
+/// method and id) is checked a byte at a time.
+#[inline]
+fn forged(text: &str) -> bool {
+    text.bytes().any(|b| !(0x20..0x7f).contains(&b)) && text.contains(forges_text)
 }
 
 /// True for a character that can change how text that holds it is displayed: a control

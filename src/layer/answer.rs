@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::body::ResponseBody;
 use super::config::DenialFormat;
 use super::filter::Filter;
+use super::inflight::Claim;
 use super::refund::Watch;
 use crate::decision::{Decision, Denial, DenialKind};
 use crate::jsonrpc::{
@@ -176,9 +177,10 @@ pub(crate) fn denied<B>(
 /// filtered but arrives compressed is refused (a 502, reported), never passed on unread.
 pub(crate) fn read_back<B>(
     mut response: Response<B>,
-    filter: Option<Filter>,
+    filter: Option<Box<Filter>>,
     watch: Option<Watch>,
     limit: usize,
+    claim: Option<Claim>,
 ) -> Response<ResponseBody<B>> {
     let headers = response.headers();
     let is_sse = headers
@@ -194,13 +196,14 @@ pub(crate) fn read_back<B>(
             })
             .unwrap_or(true)
     });
-    if encoded && let Some(filter) = &filter {
+    let response = if encoded && let Some(filter) = &filter {
         let message = "the server compressed a response that the policy layer must read to \
                        remove hidden tools";
         filter.withheld(message);
         let mut refused = http_error(StatusCode::BAD_GATEWAY, None, INTERNAL_ERROR, message);
         refused.extensions_mut().insert(Outcome::Rejected);
-        refused
+        // The server's answer is dropped here: the request is over.
+        return refused;
     } else if filter.is_none() && (watch.is_none() || encoded) {
         // Nothing to filter, and nothing to watch (or nothing readable): untouched.
         response.map(ResponseBody::inner)
@@ -213,5 +216,6 @@ pub(crate) fn read_back<B>(
         } else {
             response.map(|body| ResponseBody::json(body, filter, limit, watch))
         }
-    }
+    };
+    response.map(|body| body.holding(claim))
 }

@@ -9,6 +9,7 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 use super::filter::{Filter, filter_event, filter_message};
+use super::inflight::Claim;
 use super::refund::Watch;
 use super::sse::{SseSplitter, event_data};
 use crate::jsonrpc::INTERNAL_ERROR;
@@ -57,6 +58,8 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // The request's ids, in flight until this answer is dropped.
+        claim: Option<Claim>,
     }
 }
 
@@ -70,7 +73,7 @@ pin_project! {
         Sse {
             #[pin] body: B,
             splitter: SseSplitter,
-            filter: Option<Filter>,
+            filter: Option<Box<Filter>>,
             watch: Option<Watch>,
             done: bool,
         },
@@ -80,7 +83,7 @@ pin_project! {
             #[pin] body: B,
             buffer: Buffer,
             limit: usize,
-            filter: Option<Filter>,
+            filter: Option<Box<Filter>>,
             watch: Option<Watch>,
             done: bool,
         },
@@ -91,22 +94,25 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         ResponseBody {
             kind: Kind::Inner { body },
+            claim: None,
         }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
         ResponseBody {
             kind: Kind::Full { bytes: Some(bytes) },
+            claim: None,
         }
     }
 
     pub(crate) fn empty() -> Self {
         ResponseBody {
             kind: Kind::Full { bytes: None },
+            claim: None,
         }
     }
 
-    pub(crate) fn sse(body: B, filter: Option<Filter>, watch: Option<Watch>) -> Self {
+    pub(crate) fn sse(body: B, filter: Option<Box<Filter>>, watch: Option<Watch>) -> Self {
         ResponseBody {
             kind: Kind::Sse {
                 body,
@@ -115,12 +121,19 @@ impl<B> ResponseBody<B> {
                 watch,
                 done: false,
             },
+            claim: None,
         }
+    }
+
+    /// The same body, holding the request's ids in flight until it is dropped.
+    pub(crate) fn holding(mut self, claim: Option<Claim>) -> Self {
+        self.claim = claim;
+        self
     }
 
     pub(crate) fn json(
         body: B,
-        filter: Option<Filter>,
+        filter: Option<Box<Filter>>,
         limit: usize,
         watch: Option<Watch>,
     ) -> Self {
@@ -133,6 +146,7 @@ impl<B> ResponseBody<B> {
                 watch,
                 done: false,
             },
+            claim: None,
         }
     }
 }
@@ -168,7 +182,33 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let polled = this.kind.poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // The answer has been delivered whole: its ids are free again.
+            *this.claim = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.kind.size_hint()
+    }
+}
+
+impl<B> Kind<B>
+where
+    B: Body<Data = Bytes>,
+{
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             KindProj::Sse {
@@ -279,7 +319,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        match self {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { bytes } => bytes.is_none(),
             Kind::Json { done, .. } => *done,
@@ -288,7 +328,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match self {
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))

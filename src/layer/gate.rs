@@ -23,6 +23,7 @@ use super::answer::{self, Outcome};
 use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
 use super::filter::Filter;
+use super::inflight::{Claim, InFlight};
 use super::refund::{Charged, Refunder, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
@@ -33,7 +34,7 @@ use super::sessions::Sessions;
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::Decision;
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
-use crate::jsonrpc::{self, Decoded, MessageKind};
+use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
 use crate::observe::Event;
 use crate::policy::Policy;
 use crate::scope::{Grant, ScopeKeys};
@@ -47,6 +48,8 @@ pub(crate) struct Gate<S> {
     pub engine: Arc<Engine<S>>,
     pub config: Config,
     pub sessions: Arc<Sessions>,
+    /// The request ids pending, per caller.
+    inflight: Arc<InFlight>,
     /// Gives charges back and reports it.
     refunder: Arc<dyn Refunder>,
 }
@@ -96,8 +99,6 @@ pub(crate) struct Read {
 /// What a forwarded body holds that matters for its answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Holds {
-    /// A tools/list request: a JSON answer is filtered.
-    pub lists_tools: bool,
     /// An initialize request: a session id in the answer is issued by the server.
     pub initializes: bool,
 }
@@ -123,6 +124,8 @@ pub(crate) struct Forwarded {
     allowed: Vec<AllowedCall>,
     /// When the request was handed to the inner service (when `allowed` is not empty).
     sent: Option<Instant>,
+    /// The request's ids, in flight until its answer has been delivered.
+    claim: Option<Claim>,
 }
 
 impl Forwarded {
@@ -143,6 +146,7 @@ impl Forwarded {
             streams: false,
             allowed: Vec::new(),
             sent: None,
+            claim: None,
         }
     }
 
@@ -157,6 +161,7 @@ struct Inspected<'a> {
     decoded: Decoded<'a>,
     keys: ScopeKeys,
     holds: Holds,
+    claim: Option<Claim>,
 }
 
 impl Inspected<'_> {
@@ -165,6 +170,7 @@ impl Inspected<'_> {
             decoded: self.decoded.into_owned(),
             keys: self.keys,
             holds: self.holds,
+            claim: self.claim,
         }
     }
 
@@ -186,7 +192,12 @@ impl<S: CounterStore> Gate<S> {
     /// The gate of a service the layer makes. The store's background errors go to the
     /// layer's observer from now on; a scope hasher set on the layer that differs from
     /// the one the store shares with other replicas is reported now.
-    pub(crate) fn new(engine: Arc<Engine<S>>, config: Config, sessions: Arc<Sessions>) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine<S>>,
+        config: Config,
+        sessions: Arc<Sessions>,
+        inflight: Arc<InFlight>,
+    ) -> Self {
         let observer = config.observer.clone();
         let report = move |error: &StoreError| {
             observer.0.observe(&Event::StoreError {
@@ -213,6 +224,7 @@ impl<S: CounterStore> Gate<S> {
             engine,
             config,
             sessions,
+            inflight,
             refunder,
         }
     }
@@ -254,14 +266,15 @@ impl<S: CounterStore> Gate<S> {
         // One snapshot of the policy for the whole request: the decode plan, the rules,
         // and the filtering of its answer.
         let policy = self.engine.policy();
-        let inspected = match self.inspect(&policy, parts, bytes) {
+        let mut inspected = match self.inspect(&policy, parts, bytes) {
             Ok(inspected) => inspected,
             Err(answer) => return Next::Answer(answer),
         };
+        let claim = inspected.claim.take();
         let calls = inspected.calls();
         let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
             Prepared::Done(decided) => {
-                return self.conclude(&policy, &inspected, decided, None, started);
+                return self.conclude(&policy, &inspected, claim, decided, None, started);
             }
             Prepared::Charge(pending) => pending,
         };
@@ -271,15 +284,17 @@ impl<S: CounterStore> Gate<S> {
                 .is_ok()
                 .then(|| Charged::new(&pending, &inspected.decoded));
             let decided = pending.finish(self.reported(result));
-            return self.conclude(&policy, &inspected, decided, charged, started);
+            return self.conclude(&policy, &inspected, claim, decided, charged, started);
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
         let pending = pending.into_owned();
         drop(calls);
+        let mut inspected = inspected.into_owned();
+        inspected.claim = claim;
         let charging = Charging {
             started,
-            inspected: inspected.into_owned(),
+            inspected,
             pending,
             policy,
         };
@@ -289,15 +304,16 @@ impl<S: CounterStore> Gate<S> {
     /// The decision once the store has answered for the charges of `charging`.
     pub(crate) fn charged<B>(
         &self,
-        charging: Charging,
+        mut charging: Charging,
         result: Result<(), ChargeError>,
     ) -> Next<B, S> {
+        let claim = charging.inspected.claim.take();
         let charged = result
             .is_ok()
             .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
         let decided = charging.pending.finish(self.reported(result));
         let (policy, inspected) = (&charging.policy, &charging.inspected);
-        self.conclude(policy, inspected, decided, charged, charging.started)
+        self.conclude(policy, inspected, claim, decided, charged, charging.started)
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
@@ -326,14 +342,32 @@ impl<S: CounterStore> Gate<S> {
         let mut holds = Holds::default();
         for message in decoded.messages() {
             if message.kind() == MessageKind::Request {
-                holds.lists_tools |= message.method() == Some("tools/list");
                 holds.initializes |= message.method() == Some("initialize");
             }
         }
+        let requests = decoded
+            .messages()
+            .iter()
+            .filter(|m| m.kind() == MessageKind::Request);
+        let session = headers.scope().ok().and_then(|(_, session)| session);
+        let session = session.map(|id| (keys.grant, self.config.hasher.session(id.as_bytes())));
+        let claim = self
+            .inflight
+            .claim(session, requests.filter_map(|m| m.id()))
+            .map_err(|taken| {
+                let (id, message) = taken.explain();
+                let rejection = Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    code: INVALID_REQUEST,
+                    message,
+                };
+                self.rejected(rejection, Some(id))
+            })?;
         Ok(Inspected {
             decoded,
             keys,
             holds,
+            claim,
         })
     }
 
@@ -343,6 +377,7 @@ impl<S: CounterStore> Gate<S> {
         &self,
         policy: &Arc<Policy>,
         inspected: &Inspected<'_>,
+        claim: Option<Claim>,
         decided: Result<(), Vec<Decision>>,
         charged: Option<Charged>,
         started: Instant,
@@ -362,6 +397,7 @@ impl<S: CounterStore> Gate<S> {
             Ok(()) => {
                 let mut forwarded =
                     Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
+                forwarded.claim = claim;
                 if observer.wants_allowed() {
                     forwarded.allowed = report::allowed_calls(decoded, keys);
                 }
@@ -371,7 +407,9 @@ impl<S: CounterStore> Gate<S> {
             // (enforcement would have charged nothing either).
             Err(decisions) if monitor => {
                 let outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
-                Next::Forward(Forwarded::judged(policy, inspected.holds, None, outcome))
+                let mut forwarded = Forwarded::judged(policy, inspected.holds, None, outcome);
+                forwarded.claim = claim;
+                Next::Forward(forwarded)
             }
             Err(decisions) => {
                 let outcome = Outcome::Denied(Outcome::denials_of(&decisions));
@@ -439,9 +477,12 @@ impl<S: CounterStore> Gate<S> {
         );
         self.report_allowed(&forwarded, Some(response.status().as_u16()));
         response.extensions_mut().insert(forwarded.outcome.clone());
-        let filter = self.must_filter(&forwarded).then(|| Filter {
-            policy: forwarded.policy,
-            observer: self.config.observer.clone(),
+        // Boxed: the response body stays small for the answers that need no filtering.
+        let filter = self.must_filter(&forwarded).then(|| {
+            Box::new(Filter {
+                policy: forwarded.policy,
+                observer: self.config.observer.clone(),
+            })
         });
         let mut charged = forwarded.charged;
         if let Some(charged) = &mut charged
@@ -455,16 +496,15 @@ impl<S: CounterStore> Gate<S> {
             refunder: self.refunder.clone(),
         });
         let limit = self.config.max_filtered_response;
-        answer::read_back(response, filter, watch, limit)
+        answer::read_back(response, filter, watch, limit, forwarded.claim)
     }
 
-    /// True when the answer to `forwarded` may carry a tool list with hidden tools
-    /// (the answer to a POST holding a tools/list, or the GET stream, which may replay
-    /// one), and the layer enforces a policy that hides some (a dry run hides nothing).
+    /// True when answers must be filtered: the layer enforces a policy that hides tools
+    /// (a dry run hides nothing). Every answer is, whatever its request asked for: a
+    /// server may answer one request with another's result, and the GET stream may
+    /// replay a tool list.
     fn must_filter(&self, forwarded: &Forwarded) -> bool {
-        self.config.mode == Mode::Enforce
-            && forwarded.policy.hides_anything()
-            && (forwarded.holds.lists_tools || forwarded.streams)
+        self.config.mode == Mode::Enforce && forwarded.policy.hides_anything()
     }
 
     /// The inner service failed: nothing ran, so every charge is given back.

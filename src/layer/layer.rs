@@ -9,6 +9,7 @@ use super::config::{
     Config, DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, DenialFormat, Mode, SharedObserver,
 };
 use super::gate::Gate;
+use super::inflight::InFlight;
 use super::service::PolicyService;
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};
@@ -28,6 +29,7 @@ pub struct PolicyLayer<S = MemoryCounters> {
     engine: Arc<Engine<S>>,
     config: Config,
     sessions: Arc<Sessions>,
+    inflight: Arc<InFlight>,
 }
 
 impl<S> Clone for PolicyLayer<S> {
@@ -36,6 +38,7 @@ impl<S> Clone for PolicyLayer<S> {
             engine: self.engine.clone(),
             config: self.config.clone(),
             sessions: self.sessions.clone(),
+            inflight: self.inflight.clone(),
         }
     }
 }
@@ -114,6 +117,7 @@ impl<S> PolicyLayer<S> {
             engine: Arc::new(engine),
             config,
             sessions: Arc::new(Sessions::new(DEFAULT_MAX_SESSIONS)),
+            inflight: Arc::default(),
         }
     }
 
@@ -211,6 +215,7 @@ impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
             self.engine.clone(),
             self.config.clone(),
             self.sessions.clone(),
+            self.inflight.clone(),
         );
         PolicyService::from_gate(inner, Arc::new(gate))
     }

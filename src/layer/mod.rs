@@ -67,6 +67,7 @@ mod deadline;
 mod filter;
 mod future;
 mod gate;
+mod inflight;
 #[allow(clippy::module_inception)]
 pub(crate) mod layer;
 mod refund;
