@@ -514,3 +514,62 @@ async fn every_answer_that_carries_a_tool_list_is_filtered() {
         );
     }
 }
+
+/// A filtered event stream buffers one event at a time, and no more of it than
+/// `max_filtered_response_size`: past that, the event is replaced by a JSON-RPC error,
+/// the stream ends, and the rest is never waited for.
+#[tokio::test]
+async fn a_filtered_event_larger_than_the_limit_is_withheld_and_ends_the_stream() {
+    use futures::StreamExt;
+    let policy = r#"{"version":"1","default":"allow","hide":["secret_*"]}"#;
+    let first = Bytes::from_static(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1}\n\n");
+    // An event that never ends: 64 KiB of it, then the server stalls.
+    let huge = Bytes::from(format!(
+        "data: {{\"tools\":[{}",
+        "{\"name\":\"x\"},".repeat(5000)
+    ));
+    let frames = futures::stream::iter(
+        [first.clone(), huge].map(|b| Ok::<_, Infallible>(http_body::Frame::data(b))),
+    )
+    .chain(futures::stream::pending());
+    let body = http_body_util::StreamBody::new(frames);
+    let body = Arc::new(std::sync::Mutex::new(Some(body)));
+    let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
+        let mut response = Response::new(body.lock().unwrap().take().unwrap());
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let service = layer(policy)
+        .max_filtered_response_size(16 * 1024)
+        .layer(upstream);
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let response = service.oneshot(post(list)).await.unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        response.into_body().collect(),
+    )
+    .await
+    .expect("the stream ends without waiting for the rest of the event")
+    .unwrap()
+    .to_bytes();
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with(std::str::from_utf8(&first).unwrap()),
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .last()
+        .unwrap();
+    let error: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(error["error"]["code"], -32603, "{out}");
+    assert!(
+        out.len() < 2048,
+        "the big event is not passed on: {} bytes",
+        out.len()
+    );
+}

@@ -212,7 +212,7 @@ pub(crate) fn read_back<B>(
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         if is_sse {
-            response.map(|body| ResponseBody::sse(body, filter, watch))
+            response.map(|body| ResponseBody::sse(body, filter, limit, watch))
         } else {
             response.map(|body| ResponseBody::json(body, filter, limit, watch))
         }

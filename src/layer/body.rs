@@ -73,6 +73,8 @@ pin_project! {
         Sse {
             #[pin] body: B,
             splitter: SseSplitter,
+            // The largest event buffered to filter.
+            limit: usize,
             filter: Option<Box<Filter>>,
             watch: Option<Watch>,
             done: bool,
@@ -112,11 +114,17 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn sse(body: B, filter: Option<Box<Filter>>, watch: Option<Watch>) -> Self {
+    pub(crate) fn sse(
+        body: B,
+        filter: Option<Box<Filter>>,
+        limit: usize,
+        watch: Option<Watch>,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Sse {
                 body,
                 splitter: SseSplitter::default(),
+                limit,
                 filter,
                 watch,
                 done: false,
@@ -214,6 +222,7 @@ where
             KindProj::Sse {
                 mut body,
                 splitter,
+                limit,
                 filter,
                 watch,
                 done,
@@ -224,6 +233,21 @@ where
                         Some(rest) => rest,
                         None => return Poll::Ready(None),
                     },
+                    // An event that must be filtered is buffered whole, so no more of
+                    // it than the limit: past that it is withheld, and the stream ends.
+                    None if splitter.pending() > *limit
+                        && let Some(filter) = filter =>
+                    {
+                        filter.withheld(&format!(
+                            "an event of the stream is larger than the {limit} bytes the \
+                             layer reads to filter it (max_filtered_response_size)"
+                        ));
+                        *done = true;
+                        *watch = None;
+                        *splitter = SseSplitter::default();
+                        let event = format!("event: message\ndata: {}\n\n", unfilterable_text());
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+                    }
                     None => {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             Some(Ok(frame)) => match frame.into_data() {
@@ -353,12 +377,16 @@ fn filter_json(bytes: Bytes, filter: &Filter) -> Bytes {
 }
 
 fn unfilterable() -> Bytes {
+    Bytes::from(unfilterable_text())
+}
+
+fn unfilterable_text() -> String {
     let message = serde_json::json!({
         "jsonrpc": "2.0",
         "id": null,
-        "error": { "code": INTERNAL_ERROR, "message": "the tools/list response was too large for the policy layer to filter" }
+        "error": { "code": INTERNAL_ERROR, "message": "the answer was too large for the policy layer to filter" }
     });
-    Bytes::from(message.to_string())
+    message.to_string()
 }
 
 /// The body read so far; a single frame is kept without copying.

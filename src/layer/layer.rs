@@ -137,10 +137,11 @@ impl<S> PolicyLayer<S> {
         self.configure(|c| c.max_body = bytes)
     }
 
-    /// The largest `application/json` tools/list response buffered to remove hidden
-    /// tools (default
-    /// [`PolicyLayer::DEFAULT_MAX_FILTERED_RESPONSE`]); a larger one is replaced by a
-    /// JSON-RPC error rather than shown unfiltered.
+    /// The largest answer the layer buffers to remove hidden tools: a whole
+    /// `application/json` answer, or one event of a stream (default
+    /// [`PolicyLayer::DEFAULT_MAX_FILTERED_RESPONSE`]). A larger one is replaced by a
+    /// JSON-RPC error rather than shown unfiltered (a stream then ends), so a server
+    /// cannot make the layer hold more than this per answer.
     #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_filtered_response = bytes)

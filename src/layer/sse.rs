@@ -29,6 +29,11 @@ impl SseSplitter {
         Some(self.buffer.split_to(end).freeze())
     }
 
+    /// How many bytes of an unfinished event are held.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Whatever is left when the stream ends (an unterminated event).
     pub fn rest(&mut self) -> Option<Bytes> {
         self.pos = 0;
