@@ -562,8 +562,8 @@ async fn a_filtered_event_larger_than_the_limit_is_withheld_and_ends_the_stream(
     );
     let last = out
         .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
         .unwrap();
     let error: Value = serde_json::from_str(last).unwrap();
     assert_eq!(error["error"]["code"], -32603, "{out}");
