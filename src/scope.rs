@@ -158,6 +158,16 @@ impl ScopeHasher {
             (scheme, Some(value)) => (scheme, value),
             (token, None) => return self.hash(CREDENTIAL, token),
         };
+        // Servers decode Basic credentials leniently: one user and password in any of
+        // their Base64 spellings is one grant.
+        let canonical;
+        let value = match canonical_basic(scheme, value) {
+            Some(text) => {
+                canonical = text;
+                canonical.as_bytes()
+            }
+            None => value,
+        };
         // The tag, the lowercased scheme and one space go through a small buffer: the
         // hash is the same as byte by byte, and a write costs more than a byte.
         let mut h = SipHasher13::new_with_key(&self.key);
@@ -268,6 +278,35 @@ impl ScopeKeys {
             Scope::Global => ScopeValue::GLOBAL,
         }
     }
+}
+
+/// The canonical Base64 (padded, no whitespace, no stray bits) of a Basic credential
+/// written in any spelling a lenient decoder accepts (padding missing or extra,
+/// whitespace, non-zero trailing bits); `None` for another scheme, or a value that does
+/// not decode (hashed as it is).
+fn canonical_basic(scheme: &[u8], value: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let compact: Vec<u8> = value
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let unpadded = compact
+        .strip_suffix(b"==")
+        .or_else(|| compact.strip_suffix(b"="))
+        .unwrap_or(&compact);
+    let decoded = LENIENT.decode(unpadded).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(decoded))
 }
 
 #[cfg(test)]

@@ -573,3 +573,43 @@ async fn a_filtered_event_larger_than_the_limit_is_withheld_and_ends_the_stream(
         out.len()
     );
 }
+
+/// Servers decode Basic credentials leniently (padding, line breaks, non-canonical
+/// trailing bits): every Base64 spelling of one user and password is one caller.
+#[tokio::test]
+async fn every_base64_spelling_of_a_basic_credential_shares_one_budget() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer(ONE_WRITE).layer(upstream(runs.clone()));
+    let send = |authorization: &'static [u8]| {
+        let mut request = post(&tool_call("write"));
+        request.headers_mut().insert(
+            "authorization",
+            http::HeaderValue::from_bytes(authorization).unwrap(),
+        );
+        service.clone().oneshot(request)
+    };
+    // "alice:pw" is YWxpY2U6cHc= in canonical Base64.
+    let first = send(b"Basic YWxpY2U6cHc=").await.unwrap();
+    assert!(!is_denied(&body_json(first.into_body()).await));
+    for spelling in [
+        &b"basic YWxpY2U6cHc="[..],
+        b"Basic YWxpY2U6cHc",
+        b"Basic YWxpY2U6cHc==",
+        b"Basic YWxp Y2U6 cHc=",
+        b"Basic YWxpY2U6cHd=",
+    ] {
+        let answer = body_json(send(spelling).await.unwrap().into_body()).await;
+        assert!(
+            is_denied(&answer),
+            "{:?} is the same caller: {answer}",
+            String::from_utf8_lossy(spelling)
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the tool ran once");
+    // Another password is another caller; an undecodable value is hashed as it is.
+    let other = send(b"Basic YWxpY2U6cHg=").await.unwrap();
+    assert!(!is_denied(&body_json(other.into_body()).await));
+    let broken = send(b"Basic !!!").await.unwrap();
+    assert!(!is_denied(&body_json(broken.into_body()).await));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
