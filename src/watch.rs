@@ -44,7 +44,8 @@ impl PolicyHandle {
     ///
     /// The file's directory is watched, not the file, so editors that save by writing a
     /// new file and renaming it over the old one, and Kubernetes ConfigMaps (a symlink
-    /// swapped in the directory), are seen. Events are debounced (150 ms), and the file
+    /// swapped in the directory), are seen. When the path is a symlink to a file in
+    /// another directory, that directory is watched too. Events are debounced (150 ms), and the file
     /// is read again only when its bytes changed. A version that does not load leaves the
     /// last good policy in force and is reported as an ERROR event naming the file, the
     /// JSON Pointer and the line.
@@ -59,6 +60,14 @@ impl PolicyHandle {
             let _ = events.send(event);
         })?;
         watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+        // A symlink to a file elsewhere: the file it points to changes in its own
+        // directory, which is watched too.
+        if let Ok(target) = std::fs::canonicalize(&path)
+            && let Some(target_directory) = target.parent()
+            && std::fs::canonicalize(&directory).ok().as_deref() != Some(target_directory)
+        {
+            watcher.watch(target_directory, RecursiveMode::NonRecursive)?;
+        }
         let handle = self.clone();
         let file = path.clone();
         let mut last = std::fs::read(&file).ok();

@@ -123,3 +123,26 @@ fn a_kubernetes_configmap_symlink_swap_is_picked_up() {
     wait_for(&handle, "second");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A policy path that is a symlink to a file in another directory (a volume mount, a
+/// dotfiles repository): edits of the file it points to are reloaded too.
+#[test]
+fn a_symlink_to_a_file_elsewhere_is_reloaded_when_that_file_changes() {
+    let _ = events();
+    let real = scratch("symlink-target");
+    let links = scratch("symlink-link");
+    let target = real.join("real-policy.json");
+    std::fs::write(&target, allowing("first")).unwrap();
+    let link = links.join("policy.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let layer = PolicyLayer::from_file(&link).unwrap();
+    let handle = layer.handle();
+    let _watcher = handle.watch(&link).unwrap();
+
+    std::fs::write(&target, allowing("second")).unwrap();
+    wait_for(&handle, "second");
+    save_by_rename(&target, &allowing("third"));
+    wait_for(&handle, "third");
+    std::fs::remove_dir_all(real).unwrap();
+    std::fs::remove_dir_all(links).unwrap();
+}
