@@ -43,9 +43,10 @@ impl Source {
 /// [`PolicyLayer::handle`](crate::PolicyLayer::handle).
 ///
 /// The next request is judged under the new policy; requests in flight finish under
-/// the one they started with. Counters whose identity (name, window, max, scope) is
-/// unchanged keep their state; changed or new counters start fresh; removed ones are
-/// dropped from the store.
+/// the one they started with. Counters whose identity (name, window, scope) is
+/// unchanged keep their state, also when their `max` changed (a lowered limit never
+/// raises a remaining budget); new counters start fresh; removed ones are dropped from
+/// the store.
 ///
 /// ```
 /// use tower_mcp_policy::{Policy, PolicyLayer};

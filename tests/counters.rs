@@ -28,24 +28,30 @@ const V1: &str = r#"{"version":"1","default":"deny","tools":{
 
 #[test]
 fn a_counter_keeps_its_identity_and_state_across_policy_versions() {
-    // v2 adds a tool, keeps `shared` as it was and changes `b`'s max.
+    // v2 adds a tool, keeps `shared` as it was and changes `b`'s window.
     let v2 = r#"{"version":"1","default":"deny","tools":{
         "a":{"limits":[{"counter":"shared","window":"minute","max":2}]},
         "c":{"limits":[{"counter":"shared","window":"minute","max":2}]},
-        "b":{"limits":[{"counter":"b","window":"minute","max":3}]}}}"#;
+        "b":{"limits":[{"counter":"b","window":"hour","max":2}]}}}"#;
     let (v1, v2) = (policy(V1), policy(v2));
     let id = |p: &Policy, name: &str| p.counters().iter().find(|c| c.name() == name).unwrap().id();
     assert_eq!(id(&v1, "shared"), id(&v2, "shared"));
     assert_ne!(
         id(&v1, "b"),
         id(&v2, "b"),
-        "a changed definition is a new counter"
+        "a changed window is a new counter"
     );
     let quota = Quota::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(60));
     assert_eq!(
         id(&v1, "shared"),
         CounterId::new("shared", quota, tower_mcp_policy::Scope::Grant),
         "derived from the name and definition alone"
+    );
+    let more = Quota::new(NonZeroU32::new(30).unwrap(), Duration::from_secs(60));
+    assert_eq!(
+        CounterId::new("shared", quota, tower_mcp_policy::Scope::Grant),
+        CounterId::new("shared", more, tower_mcp_policy::Scope::Grant),
+        "a changed max is the same counter: its state carries over"
     );
 
     // One store under both versions: `shared` carries over, `b` starts fresh.
@@ -239,4 +245,47 @@ fn p_counter<S: CounterStore>(engine: &Engine<S>) -> CounterId {
         .find(|c| c.name() == "shared")
         .expect("V1 has `shared`");
     def.id()
+}
+
+/// Tightening a limit during an incident must never hand out a fresh budget: the
+/// counter's state carries over a change of `max`, so lowering it never raises anyone's
+/// remaining budget, and restoring it gives back no fresh burst.
+#[test]
+fn lowering_a_limit_never_raises_a_remaining_budget() {
+    let limit = |max: u32| {
+        policy(&format!(
+            r#"{{"version":"1","default":"deny","tools":{{"close":{{"limits":[
+                {{"counter":"close","window":"minute","max":{max}}}]}}}}}}"#
+        ))
+    };
+    let clock = FakeClock::new();
+    let store = MemoryCounters::with_clock(clock.clone());
+    let args = json!({});
+    let passes = |max: u32| {
+        let engine = Engine::with_counters(limit(max), store.clone());
+        (0..100)
+            .take_while(|_| engine.decide("close", Some(&args), &keys()) == Decision::Allow)
+            .count()
+    };
+    // 25 of 30 used (5 left), then the operator lowers the limit to 20: at most the 5
+    // that were left pass (the bucket is spent until the same moment, and the lower
+    // rate refills it more slowly), never a fresh 20.
+    let engine = Engine::with_counters(limit(30), store.clone());
+    for _ in 0..25 {
+        assert_eq!(
+            engine.decide("close", Some(&args), &keys()),
+            Decision::Allow
+        );
+    }
+    let lowered = passes(20);
+    assert!(
+        lowered <= 5,
+        "lowering gave {lowered} calls, more than the 5 left"
+    );
+    // Restored to 30: what is left, not a fresh 30.
+    let restored = passes(30);
+    assert!(lowered + restored <= 5, "restoring gave {restored} more");
+    // A fresh caller under the lowered limit has the lowered burst.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(passes(20), 20);
 }

@@ -25,24 +25,25 @@ pub use redis::{RedisCharge, RedisCounters, RedisCountersBuilder};
 use crate::scope::Scope;
 use crate::scope::ScopeValue;
 
-/// A counter's identity, derived from its name and its definition (window, max,
-/// scope). The same counter in two versions of a policy has the same id, so a store
-/// keeps its state; a counter whose definition changed is a new counter. Stable across
-/// processes and builds, so replicas sharing a store agree on it.
+/// A counter's identity, derived from its name, window and scope. The same counter in
+/// two versions of a policy has the same id, so a store keeps its state, also when its
+/// `max` changed: lowering a limit then never raises anyone's remaining budget (the
+/// state is the time the bucket is spent until), and raising it gives no fresh burst.
+/// A counter whose window or scope changed is a new counter, and starts full. Stable
+/// across processes and builds, so replicas sharing a store agree on it.
 ///
 /// See the example on [`CounterStore`] for ids, quotas and charges together.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterId(u64);
 
 impl CounterId {
-    /// The id of the counter `name` with `quota` and `scope`.
+    /// The id of the counter `name` with `quota` (its window) and `scope`.
     pub fn new(name: &str, quota: Quota, scope: Scope) -> CounterId {
         // A fixed key: this is a name, not a secret; it must be the same everywhere.
         let mut h = SipHasher13::new_with_keys(0x6d63_702d_706f_6c69, 0x6379_2d63_6f75_6e74);
         h.write_u64(name.len() as u64);
         h.write(name.as_bytes());
         h.write_u64(quota.window().as_secs());
-        h.write_u32(quota.max().get());
         h.write_u8(match scope {
             Scope::Grant => 1,
             Scope::Session => 2,

@@ -107,18 +107,38 @@ type ByCounter = HashMap<CounterId, Arc<Limiter>, BuildHasherDefault<IdHasher>>;
 struct Limiter {
     table: Table,
     limiter: RateLimiter<Bucket, Table, Time, NoOpMiddleware<Nanos>>,
+    /// The quota the limiter applies.
+    quota: super::Quota,
+    /// When it started: governor keeps each bucket's time relative to it.
+    start: Nanos,
 }
 
 impl Limiter {
     fn new(charge: &Charge, clock: &Time, budget: &Arc<Budget>) -> Limiter {
-        let quota = Quota::with_period(charge.quota.period())
+        Limiter::over(Table::new(budget.clone()), charge.quota, clock)
+    }
+
+    fn over(table: Table, quota: super::Quota, clock: &Time) -> Limiter {
+        let gcra = Quota::with_period(quota.period())
             .expect("the compiler rejects windows shorter than max nanoseconds")
-            .allow_burst(charge.quota.max());
-        let table = Table::new(budget.clone());
+            .allow_burst(quota.max());
         Limiter {
-            limiter: RateLimiter::new(quota, table.clone(), clock.clone()),
+            start: clock.now(),
+            limiter: RateLimiter::new(gcra, table.clone(), clock.clone()),
             table,
+            quota,
         }
+    }
+
+    /// The same counter under `quota` (its `max` changed with the policy): the buckets
+    /// keep their state, so a lowered limit never raises a remaining budget.
+    fn requota(&self, quota: super::Quota, clock: &Time) -> Limiter {
+        let next = Limiter::over(self.table.clone(), quota, clock);
+        // The new limiter reads bucket times from its own start: move them there. A
+        // charge racing this through the old limiter writes a later time, which is
+        // stricter, never looser.
+        self.table.rebase(next.start.saturating_sub(self.start));
+        next
     }
 }
 
@@ -134,15 +154,20 @@ struct Inner {
 impl Inner {
     fn limiters_for(&self, charges: &[Charge]) -> Guard<Arc<ByCounter>> {
         let current = self.limiters.load();
-        if charges.iter().all(|c| current.contains_key(&c.counter)) {
+        let known = |c: &Charge| current.get(&c.counter).is_some_and(|l| l.quota == c.quota);
+        if charges.iter().all(known) {
             return current;
         }
         drop(current);
         let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = ByCounter::clone(&self.limiters.load());
         for charge in charges {
-            next.entry(charge.counter)
-                .or_insert_with(|| Arc::new(Limiter::new(charge, &self.clock, &self.budget)));
+            let limiter = match next.get(&charge.counter) {
+                None => Limiter::new(charge, &self.clock, &self.budget),
+                Some(old) if old.quota != charge.quota => old.requota(charge.quota, &self.clock),
+                Some(_) => continue,
+            };
+            next.insert(charge.counter, Arc::new(limiter));
         }
         self.limiters.store(Arc::new(next));
         self.limiters.load()
