@@ -613,3 +613,56 @@ async fn every_base64_spelling_of_a_basic_credential_shares_one_budget() {
     assert!(!is_denied(&body_json(broken.into_body()).await));
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
+
+/// One caller's huge batch must not cost everyone: a batch holds at most
+/// `max_batch_size` messages and a request at most `max_charges` charges (Redis runs a
+/// request's charges in one script call, shared with other callers' requests).
+#[tokio::test]
+async fn batches_and_charges_per_request_are_capped() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let policy = r#"{"version":"1","default":"allow",
+        "all_tools":{"limits":[{"counter":"all","window":"day","max":1000000}]},
+        "tools":{"write":{"limits":[{"counter":"w","window":"day","max":1000000}]}}}"#;
+    let batch = |n: usize, tool: &str| {
+        let calls: Vec<Value> = (0..n)
+            .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool}}))
+            .collect();
+        post(&Value::Array(calls).to_string())
+    };
+    let service = layer(policy).layer(upstream(runs.clone()));
+    let refused = service.clone().oneshot(batch(101, "read")).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let answer = body_json(refused.into_body()).await;
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("101 messages"),
+        "{answer}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let passed = service.clone().oneshot(batch(100, "read")).await.unwrap();
+    assert_eq!(passed.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Two charges per `write`: 3 writes are 6 charges, over a cap of 5.
+    let service = layer(policy)
+        .max_batch_size(1000)
+        .max_charges(5)
+        .layer(upstream(runs.clone()));
+    let refused = service.clone().oneshot(batch(3, "write")).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let answer = body_json(refused.into_body()).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("6 charges"),
+        "{answer}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "nothing ran");
+    let passed = service.clone().oneshot(batch(2, "write")).await.unwrap();
+    assert_eq!(passed.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

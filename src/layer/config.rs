@@ -15,6 +15,10 @@ use crate::scope::ScopeHasher;
 pub(crate) const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 /// The default limit on a tools/list JSON response the layer buffers to filter: 16 MiB.
 pub(crate) const DEFAULT_MAX_FILTERED_RESPONSE: usize = 16 * 1024 * 1024;
+/// The default most messages in one batch.
+pub(crate) const DEFAULT_MAX_BATCH: usize = 100;
+/// The default most charges one request may ask a counter store for.
+pub(crate) const DEFAULT_MAX_CHARGES: usize = 1000;
 
 /// Whether the layer enforces its policy or only reports what it would do.
 ///
@@ -113,6 +117,8 @@ pub(crate) struct Config {
     pub candidate: Option<Arc<Engine<MemoryCounters>>>,
     pub max_body: usize,
     pub max_filtered_response: usize,
+    pub max_batch: usize,
+    pub max_charges: usize,
     pub denial_format: DenialFormat,
     pub hasher: ScopeHasher,
     pub body_read_timeout: Option<Duration>,
@@ -126,6 +132,8 @@ impl Default for Config {
             candidate: None,
             max_body: DEFAULT_MAX_BODY,
             max_filtered_response: DEFAULT_MAX_FILTERED_RESPONSE,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_charges: DEFAULT_MAX_CHARGES,
             denial_format: DenialFormat::default(),
             hasher: ScopeHasher::random(),
             body_read_timeout: None,

@@ -278,6 +278,18 @@ impl<S: CounterStore> Gate<S> {
             }
             Prepared::Charge(pending) => pending,
         };
+        let charges = pending.charges().len();
+        if charges > self.config.max_charges {
+            let rejection = Rejection {
+                status: StatusCode::BAD_REQUEST,
+                code: INVALID_REQUEST,
+                message: format!(
+                    "the request asks for {charges} charges, more than the limit of {} per request",
+                    self.config.max_charges
+                ),
+            };
+            return Next::Answer(self.rejected(rejection, None));
+        }
         let counters = self.engine.counters();
         if let Some(result) = counters.charge_now(pending.charges()) {
             let charged = result
@@ -333,6 +345,18 @@ impl<S: CounterStore> Gate<S> {
             self.rejected(rejection, err.id())
         })?;
         let first_id = decoded.messages().first().and_then(|m| m.id());
+        let messages = decoded.messages().len();
+        if messages > self.config.max_batch {
+            let rejection = Rejection {
+                status: StatusCode::BAD_REQUEST,
+                code: INVALID_REQUEST,
+                message: format!(
+                    "the batch holds {messages} messages, more than the limit of {}",
+                    self.config.max_batch
+                ),
+            };
+            return Err(self.rejected(rejection, None));
+        }
         let headers = JudgedHeaders::read(&parts.headers);
         check_routing_headers(&headers, &decoded)
             .map_err(|rejection| self.rejected(rejection, first_id))?;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::config::{
-    Config, DEFAULT_MAX_BODY, DEFAULT_MAX_FILTERED_RESPONSE, DenialFormat, Mode, SharedObserver,
+    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MAX_CHARGES,
+    DEFAULT_MAX_FILTERED_RESPONSE, DenialFormat, Mode, SharedObserver,
 };
 use super::gate::Gate;
 use super::inflight::InFlight;
@@ -51,6 +52,10 @@ impl PolicyLayer<MemoryCounters> {
     pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = DEFAULT_MAX_FILTERED_RESPONSE;
     /// The default number of server-issued sessions remembered: about 7 MB.
     pub const DEFAULT_MAX_SESSIONS: usize = DEFAULT_MAX_SESSIONS;
+    /// The default most messages in one JSON-RPC batch: 100.
+    pub const DEFAULT_MAX_BATCH: usize = DEFAULT_MAX_BATCH;
+    /// The default most charges one request may ask the counter store for: 1000.
+    pub const DEFAULT_MAX_CHARGES: usize = DEFAULT_MAX_CHARGES;
 
     /// A layer for `policy`, with in-memory counters.
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
@@ -145,6 +150,24 @@ impl<S> PolicyLayer<S> {
     #[must_use]
     pub fn max_filtered_response_size(self, bytes: usize) -> Self {
         self.configure(|c| c.max_filtered_response = bytes)
+    }
+
+    /// The most messages a JSON-RPC batch may hold (default
+    /// [`PolicyLayer::DEFAULT_MAX_BATCH`]); a larger batch is refused (400, nothing
+    /// runs). MCP has had no batches since its 2025-06-18 revision.
+    #[must_use]
+    pub fn max_batch_size(self, messages: usize) -> Self {
+        self.configure(|c| c.max_batch = messages)
+    }
+
+    /// The most charges one request may ask the counter store for (default
+    /// [`PolicyLayer::DEFAULT_MAX_CHARGES`]): its calls times their limits. A larger
+    /// request is refused (400, nothing charged or run), so one caller cannot make a
+    /// store shared with others (Redis runs the charges of the requests that ask at
+    /// once in one script call) miss its deadline.
+    #[must_use]
+    pub fn max_charges(self, charges: usize) -> Self {
+        self.configure(|c| c.max_charges = charges)
     }
 
     /// Enforce the policy (the default), or only report what it would do

@@ -116,6 +116,7 @@ async fn send(batch: &mut Vec<Job>, shared: &Arc<Shared>, script: &Script, deadl
         Some(due) => tokio::time::timeout_at(due.into(), call).await,
         None => Ok(call.await),
     };
+    let slow = answers.is_err();
     let answers = match answers {
         Ok(Ok(answers)) => Ok(answers),
         Ok(Err(err)) => Err(StoreError::new(err)),
@@ -142,7 +143,10 @@ async fn send(batch: &mut Vec<Job>, shared: &Arc<Shared>, script: &Script, deadl
             }
         }
         Err(error) => {
-            shared.breaker().failed();
+            match slow {
+                true => shared.breaker().slow(),
+                false => shared.breaker().failed(),
+            }
             for job in batch.drain(..) {
                 match job.waiter {
                     Some(waiter) => {
