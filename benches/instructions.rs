@@ -4,7 +4,7 @@
 //! (the policy, the clock's calibration) cancels out.
 //!
 //! ```text
-//! instructions (a|b) (value|decode|decide) ITERATIONS
+//! instructions (a|b) (value|decode|decide|layer) ITERATIONS
 //! instructions scale POLICY CALL ITERATIONS
 //! ```
 //!
@@ -32,10 +32,17 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let [which, mode, iterations] = &args[..] else {
-        eprintln!("usage: instructions (a|b) (value|decode|decide) ITERATIONS");
+        eprintln!("usage: instructions (a|b) (value|decode|decide|layer) ITERATIONS");
         eprintln!("       instructions scale POLICY CALL ITERATIONS");
         std::process::exit(2);
     };
+    if mode == "layer" {
+        let (policy, body) = match which.as_str() {
+            "a" => (inputs::POLICY_A, inputs::BODY_A),
+            _ => (inputs::POLICY_B, inputs::BODY_B),
+        };
+        return through_the_layer(policy, body, iterations.parse().expect("iterations"));
+    }
     if which == "scale" {
         let (policy, call) = mode.split_once(':').expect("POLICY:CALL");
         return scale(policy, call, iterations.parse().expect("iterations"));
@@ -90,4 +97,37 @@ fn scale(policy: &str, call: &str, iterations: usize) {
         let calls = Call::all_in(&decoded);
         let _ = black_box(engine.decide_all(&calls, &keys));
     }
+}
+
+/// Sends the body through a `PolicyLayer` (in-memory counters, the default observer)
+/// around an inner service that answers at once, `iterations` times, and reads every
+/// answer whole: the layer's own cost per request, without a server or a client.
+fn through_the_layer(policy: &str, body: &'static str, iterations: usize) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, Service, ServiceExt};
+    use tower_mcp_policy::PolicyLayer;
+    use tower_mcp_policy::layer::PolicyBody;
+
+    let policy: Policy = policy.parse().unwrap();
+    let inner = tower::service_fn(|_: http::Request<PolicyBody>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+            Full::new(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#,
+            )),
+        )))
+    });
+    let mut service = PolicyLayer::with_clock(policy, FakeClock::new()).layer(inner);
+    futures::executor::block_on(async {
+        for _ in 0..iterations {
+            let request = http::Request::post("http://localhost/mcp")
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer bench")
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            let ready = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut service);
+            let response = ready.await.unwrap().call(request).await.unwrap();
+            black_box(response.into_body().collect().await.unwrap().to_bytes());
+        }
+    });
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request (callgrind), for the engine's (a) and (b) bodies: a
-# serde_json::Value parse, decoding, and decoding + deciding; the pattern-scaling table;
+# serde_json::Value parse, decoding, decoding + deciding, and the whole layer around an
+# inner service that answers at once (request in, answer read whole: the layer's own
+# cost, with no server and no client); the pattern-scaling table;
 # and whole requests through axum + rmcp, bare and behind the layer. Each figure is the
 # difference between two iteration counts, divided by the difference, so set-up cancels.
 # Needs valgrind (apt-get install valgrind).
@@ -25,7 +27,7 @@ count_requests() {
 }
 printf '%-4s %-7s %12s\n' body mode instructions
 for body in a b; do
-  for mode in value decode decide; do
+  for mode in value decode decide layer; do
     low=$(count "$body" "$mode" 2000)
     high=$(count "$body" "$mode" 42000)
     printf '%-4s %-7s %12d\n' "$body" "$mode" $(( (high - low) / 40000 ))

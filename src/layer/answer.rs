@@ -175,12 +175,13 @@ pub(crate) fn denied<B>(
 /// carry a tool list and the policy hides tools), watched for error answers when
 /// `watch` holds charges to refund, and otherwise untouched. An answer that must be
 /// filtered but arrives compressed is refused (a 502, reported), never passed on unread.
+#[inline]
 pub(crate) fn read_back<B>(
     mut response: Response<B>,
     filter: Option<Box<Filter>>,
     watch: Option<Watch>,
     limit: usize,
-    claim: Option<Claim>,
+    claim: Option<Box<Claim>>,
 ) -> Response<ResponseBody<B>> {
     let headers = response.headers();
     let is_sse = headers

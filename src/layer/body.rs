@@ -59,7 +59,7 @@ pin_project! {
         #[pin]
         kind: Kind<B>,
         // The request's ids, in flight until this answer is dropped.
-        claim: Option<Claim>,
+        claim: Option<Box<Claim>>,
     }
 }
 
@@ -134,7 +134,7 @@ impl<B> ResponseBody<B> {
     }
 
     /// The same body, holding the request's ids in flight until it is dropped.
-    pub(crate) fn holding(mut self, claim: Option<Claim>) -> Self {
+    pub(crate) fn holding(mut self, claim: Option<Box<Claim>>) -> Self {
         self.claim = claim;
         self
     }

@@ -37,7 +37,7 @@ use crate::engine::{Call, Engine, PendingCharges, Prepared};
 use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
 use crate::observe::Event;
 use crate::policy::Policy;
-use crate::scope::{Grant, ScopeKeys};
+use crate::scope::{Grant, ScopeKeys, ScopeValue};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -125,7 +125,7 @@ pub(crate) struct Forwarded {
     /// When the request was handed to the inner service (when `allowed` is not empty).
     sent: Option<Instant>,
     /// The request's ids, in flight until its answer has been delivered.
-    claim: Option<Claim>,
+    claim: Option<Box<Claim>>,
 }
 
 impl Forwarded {
@@ -161,7 +161,7 @@ struct Inspected<'a> {
     decoded: Decoded<'a>,
     keys: ScopeKeys,
     holds: Holds,
-    claim: Option<Claim>,
+    claim: Option<Box<Claim>>,
 }
 
 impl Inspected<'_> {
@@ -360,7 +360,7 @@ impl<S: CounterStore> Gate<S> {
         let headers = JudgedHeaders::read(&parts.headers);
         check_routing_headers(&headers, &decoded)
             .map_err(|rejection| self.rejected(rejection, first_id))?;
-        let keys = self
+        let (keys, session) = self
             .scope_keys(parts, &headers)
             .map_err(|rejection| self.rejected(rejection, first_id))?;
         let mut holds = Holds::default();
@@ -373,20 +373,26 @@ impl<S: CounterStore> Gate<S> {
             .messages()
             .iter()
             .filter(|m| m.kind() == MessageKind::Request);
-        let session = headers.scope().ok().and_then(|(_, session)| session);
-        let session = session.map(|id| (keys.grant, self.config.hasher.session(id.as_bytes())));
-        let claim = self
-            .inflight
-            .claim(session, requests.filter_map(|m| m.id()))
-            .map_err(|taken| {
-                let (id, message) = taken.explain();
-                let rejection = Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    code: INVALID_REQUEST,
-                    message,
-                };
-                self.rejected(rejection, Some(id))
-            })?;
+        // Ids are claimed in a session, and checked within a batch; a single request
+        // without a session has nothing to compare its id with.
+        let claim = match (session, decoded.is_batch()) {
+            (None, false) => None,
+            _ => self
+                .inflight
+                .claim(
+                    session.map(|s| (keys.grant, s)),
+                    requests.filter_map(|m| m.id()),
+                )
+                .map_err(|taken| {
+                    let (id, message) = taken.explain();
+                    let rejection = Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: INVALID_REQUEST,
+                        message,
+                    };
+                    self.rejected(rejection, Some(id))
+                })?,
+        };
         Ok(Inspected {
             decoded,
             keys,
@@ -401,7 +407,7 @@ impl<S: CounterStore> Gate<S> {
         &self,
         policy: &Arc<Policy>,
         inspected: &Inspected<'_>,
-        claim: Option<Claim>,
+        claim: Option<Box<Claim>>,
         decided: Result<(), Vec<Decision>>,
         charged: Option<Charged>,
         started: Instant,
@@ -445,11 +451,13 @@ impl<S: CounterStore> Gate<S> {
         }
     }
 
+    /// The request's scope keys, and the hash of the session id it carries (issued or
+    /// not).
     fn scope_keys(
         &self,
         parts: &Parts,
         headers: &JudgedHeaders<'_>,
-    ) -> Result<ScopeKeys, Rejection> {
+    ) -> Result<(ScopeKeys, Option<ScopeValue>), Rejection> {
         let hasher = &self.config.hasher;
         let (authorization, session) = headers.scope()?;
         let grant = match (parts.extensions.get::<Grant>(), authorization) {
@@ -458,11 +466,11 @@ impl<S: CounterStore> Gate<S> {
             (None, None) => hasher.anonymous(),
         };
         // Only a session the server issued is a session; any other id counts per grant.
-        let session = session
-            .map(|id| hasher.session(id.as_bytes()))
+        let carried = session.map(|id| hasher.session(id.as_bytes()));
+        let session = carried
             .filter(|&session| self.sessions.is_issued(session))
             .unwrap_or_else(|| hasher.no_session(grant));
-        Ok(ScopeKeys::new(grant, session))
+        Ok((ScopeKeys::new(grant, session), carried))
     }
 
     /// The request as the inner service gets it. When answers may need filtering, it
@@ -613,7 +621,7 @@ impl<S: CounterStore> Gate<S> {
         let Ok(decoded) = jsonrpc::decode(bytes, &*policy) else {
             return; // the enforced policy's decoder answers it
         };
-        let Ok(keys) = self.scope_keys(parts, &JudgedHeaders::read(&parts.headers)) else {
+        let Ok((keys, _)) = self.scope_keys(parts, &JudgedHeaders::read(&parts.headers)) else {
             return;
         };
         let calls = Call::all_in(&decoded);

@@ -54,9 +54,15 @@ impl InFlight {
         self: &Arc<Self>,
         session: Option<(ScopeValue, ScopeValue)>,
         ids: impl Iterator<Item = &'a Id>,
-    ) -> Result<Option<Claim>, Taken<'a>> {
+    ) -> Result<Option<Box<Claim>>, Taken<'a>> {
+        let mut ids = ids.peekable();
+        let first = ids.next();
+        if session.is_none() && ids.peek().is_none() {
+            // One id and no session: nothing to compare it with.
+            return Ok(None);
+        }
         let mut keys: SmallVec<[(u64, &Id); 1]> = SmallVec::new();
-        for id in ids {
+        for id in first.into_iter().chain(ids) {
             let key = self.hasher.hash_one((session, id));
             if keys.iter().any(|&(k, _)| k == key) {
                 return Err(Taken::Repeated(id));
@@ -72,10 +78,10 @@ impl InFlight {
         }
         held.extend(keys.iter().map(|&(key, _)| key));
         drop(held);
-        Ok(Some(Claim {
+        Ok(Some(Box::new(Claim {
             inflight: self.clone(),
             keys: keys.into_iter().map(|(key, _)| key).collect(),
-        }))
+        })))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64, BuildHasherDefault<Identity>>> {
