@@ -12,7 +12,8 @@
 //! body into a `serde_json::Value`, `decode` decodes it for the policy, `decide` decodes
 //! and decides every call as the layer does (in-memory counters, on a `FakeClock`: the
 //! monotonic clock's calibration runs for a wall-clock time, so its instructions vary
-//! from run to run). `scale` decodes and
+//! from run to run), and `layer` sends the body through a whole `PolicyLayer` around an
+//! inner service that answers at once (the layer's own cost per request). `scale` decodes and
 //! decides one call (`exact`, `pattern`, `unknown`) under one of the pattern-scaling
 //! policies (`one-rule`, `100-rules`, `1000-patterns`, `100-rules+1000-hide`,
 //! `1000-patterns+1000-hide`; see `inputs/mod.rs`).
