@@ -820,3 +820,95 @@ fn failing_open_and_background_errors_are_counted() {
         });
     });
 }
+
+/// A session issued through one replica is a session on the others too: they share it
+/// through Redis. Before, each replica that had not seen the `initialize` counted the
+/// session per grant, so one session had each replica's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_issued_through_one_replica_counts_as_one_on_every_replica() {
+    use std::sync::Mutex;
+    use tower_mcp_policy::ScopeValue;
+    use tower_mcp_policy::observe::{Event, Observer};
+
+    /// The session of every allowed call, as the layer counted it.
+    #[derive(Clone, Default)]
+    struct Sessions(Arc<Mutex<Vec<ScopeValue>>>);
+    impl Observer for Sessions {
+        fn observe(&self, event: &Event<'_>) {
+            if let Event::Call(call) = event {
+                self.0.lock().unwrap().push(call.session);
+            }
+        }
+    }
+
+    let redis = Redis::start();
+    let policy: Arc<Policy> = Arc::new(
+        r#"{"version":"1","default":"deny","tools":{"free":{},
+            "t":{"limits":[{"counter":"t","window":"hour","max":4,"scope":"session"}]}}}"#
+            .parse()
+            .unwrap(),
+    );
+    // The server issues session `s-1` in answer to initialize.
+    let server = tower::service_fn(|request: Request<PolicyBody>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+        )));
+        if String::from_utf8_lossy(&body).contains("initialize") {
+            let id = http::HeaderValue::from_static("s-1");
+            response.headers_mut().insert("mcp-session-id", id);
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let seen = Sessions::default();
+    let mut hasher = None;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = redis.builder().connect().await.unwrap();
+        hasher = store.scope_hasher();
+        let layer = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), store));
+        replicas.push(tower::util::BoxCloneService::new(
+            layer.observer(seen.clone()).layer(server),
+        ));
+    }
+    let session = hasher.unwrap().session(b"s-1");
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let as_alice = |mut request: Request<Full<Bytes>>, in_session: bool| {
+        let headers = request.headers_mut();
+        headers.insert("authorization", "Bearer alice".parse().unwrap());
+        if in_session {
+            headers.insert("mcp-session-id", "s-1".parse().unwrap());
+        }
+        request
+    };
+    let initialize = tower_mcp_policy::testing::request(
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "test", "version": "0"}}),
+    );
+    a.clone()
+        .oneshot(as_alice(initialize, false))
+        .await
+        .unwrap();
+
+    // Replica B never saw the initialize: it asks Redis, and then counts the session.
+    eventually(
+        Duration::from_secs(5),
+        "replica B counts the session",
+        async || {
+            let free = as_alice(support::call("free", json!({})), true);
+            b.clone().oneshot(free).await.unwrap();
+            seen.0.lock().unwrap().last() == Some(&session)
+        },
+    )
+    .await;
+    // One budget of 4 for the session, whichever replica the calls go through.
+    let mut passed = 0;
+    for service in [a, b, a, b, a, b] {
+        let t = as_alice(support::call("t", json!({})), true);
+        passed += usize::from(!denied(
+            &answer(service.clone().oneshot(t).await.unwrap()).await,
+        ));
+    }
+    assert_eq!(passed, 4, "one session, one budget across replicas");
+}

@@ -355,6 +355,30 @@ pub trait CounterStore: Send + Sync + 'static {
         let _ = report;
     }
 
+    /// True when the store shares the sessions a server issued between the replicas
+    /// that use it ([`CounterStore::share_session`], [`CounterStore::find_session`]).
+    /// The default is `false`.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Records that the server issued (`true`) or ended (`false`) the session whose
+    /// keyed hash is `session`, for the other replicas. Session-scoped limits count per
+    /// session only for sessions the server issued, so without this a session counted
+    /// on each replica that saw it issued, and per grant on the others. Best effort and
+    /// never awaited. The default records nothing.
+    fn share_session(&self, session: ScopeValue, issued: bool) {
+        let _ = (session, issued);
+    }
+
+    /// Looks `session` up among the sessions other replicas shared, and calls `found`
+    /// (at most once, from the store's own task) when it is there. Never awaited: the
+    /// request that asked counts it per grant, the next ones per session. The default
+    /// finds nothing.
+    fn find_session(&self, session: ScopeValue, found: Box<dyn FnOnce() + Send>) {
+        let _ = (session, found);
+    }
+
     /// How many buckets the store tracks, if it knows cheaply (for metrics). The
     /// default is `None`.
     fn tracked_keys(&self) -> Option<usize> {

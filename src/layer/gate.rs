@@ -467,9 +467,17 @@ impl<S: CounterStore> Gate<S> {
         };
         // Only a session the server issued is a session; any other id counts per grant.
         let carried = session.map(|id| hasher.session(id.as_bytes()));
-        let session = carried
-            .filter(|&session| self.sessions.is_issued(session))
-            .unwrap_or_else(|| hasher.no_session(grant));
+        let issued = carried.filter(|&session| self.sessions.is_issued(session));
+        if let (Some(unknown), None) = (carried, issued)
+            && self.engine.counters().shares_sessions()
+        {
+            // Another replica may have seen the server issue it: once the store says
+            // so, this replica counts it as a session too.
+            let sessions = self.sessions.clone();
+            let found = Box::new(move || sessions.issue(unknown));
+            self.engine.counters().find_session(unknown, found);
+        }
+        let session = issued.unwrap_or_else(|| hasher.no_session(grant));
         Ok((ScopeKeys::new(grant, session), carried))
     }
 
@@ -500,12 +508,14 @@ impl<S: CounterStore> Gate<S> {
         mut response: Response<B>,
         forwarded: Forwarded,
     ) -> Response<ResponseBody<B>> {
+        let counters = self.engine.counters();
         self.sessions.track(
             &self.config.hasher,
             forwarded.holds.initializes,
             forwarded.session.as_ref(),
             forwarded.deletes,
             &response,
+            |session, issued| counters.share_session(session, issued),
         );
         self.report_allowed(&forwarded, Some(response.status().as_u16()));
         response.extensions_mut().insert(forwarded.outcome.clone());

@@ -82,7 +82,8 @@ impl Sessions {
 
     /// Records what the server's answer shows: an `initialize` answered with an id
     /// issues that id; the id the request carried (`session`) ends with a 404, or
-    /// with a successful answer to a DELETE.
+    /// with a successful answer to a DELETE. Each change is also told to `share`
+    /// (the session and whether it is now issued), for other replicas.
     pub fn track<B>(
         &self,
         hasher: &ScopeHasher,
@@ -90,18 +91,23 @@ impl Sessions {
         session: Option<&HeaderValue>,
         deletes: bool,
         response: &Response<B>,
+        mut share: impl FnMut(ScopeValue, bool),
     ) {
         let status = response.status();
         if initializes
             && status.is_success()
             && let Some(id) = response.headers().get(&MCP_SESSION_ID)
         {
-            self.issue(hasher.session(id.as_bytes()));
+            let issued = hasher.session(id.as_bytes());
+            self.issue(issued);
+            share(issued, true);
         }
         if let Some(id) = session
             && (status == StatusCode::NOT_FOUND || (deletes && status.is_success()))
         {
-            self.end(hasher.session(id.as_bytes()));
+            let ended = hasher.session(id.as_bytes());
+            self.end(ended);
+            share(ended, false);
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Charge, ChargeError, CounterStore, StoreError};
-use crate::scope::ScopeHasher;
+use crate::scope::{ScopeHasher, ScopeValue};
 use breaker::Admit;
 use conn::Shared;
 use wire::{Answer, Mode};
@@ -152,6 +152,10 @@ impl RedisCountersBuilder {
         })
     }
 }
+
+/// How long a session shared with the other replicas is remembered without another
+/// `initialize` issuing it.
+const SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl RedisCounters {
     /// The default prefix of every key the store writes.
@@ -319,6 +323,56 @@ impl CounterStore for RedisCounters {
             let message = format!("refund not applied: {}", queue_error(&error));
             self.inner.shared.report(StoreError::new(message));
         }
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    /// `SET prefix + "session:" + hash` with a day to live (renewed by each
+    /// `initialize` that issues it), or `DEL` when it ended; in the background.
+    fn share_session(&self, session: ScopeValue, issued: bool) {
+        let shared = self.inner.shared.clone();
+        tokio::spawn(async move {
+            let key = wire::session_key(&shared.prefix, session);
+            let mut connection = shared.connection.clone();
+            let written: redis::RedisResult<()> = match issued {
+                true => {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(1)
+                        .arg("EX")
+                        .arg(SESSION_TTL.as_secs())
+                        .query_async(&mut connection)
+                        .await
+                }
+                false => {
+                    redis::cmd("DEL")
+                        .arg(&key)
+                        .query_async(&mut connection)
+                        .await
+                }
+            };
+            if let Err(error) = written {
+                let message = format!("could not share a session with the other replicas: {error}");
+                shared.report(StoreError::new(message));
+            }
+        });
+    }
+
+    fn find_session(&self, session: ScopeValue, found: Box<dyn FnOnce() + Send>) {
+        let shared = self.inner.shared.clone();
+        tokio::spawn(async move {
+            let key = wire::session_key(&shared.prefix, session);
+            let mut connection = shared.connection.clone();
+            let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await;
+            if let Ok(true) = exists {
+                found();
+            }
+        });
     }
 
     fn report_errors_to(&self, report: Arc<dyn Fn(&StoreError) + Send + Sync>) {

@@ -172,6 +172,15 @@ pub(super) fn key_of(prefix: &str, charge: &Charge) -> String {
     String::from_utf8(key).expect("a text prefix and hex digits")
 }
 
+/// The key that says `session` was issued: `prefix` + `session:` + its hash in hex.
+pub(super) fn session_key(prefix: &str, session: crate::scope::ScopeValue) -> String {
+    let mut key = Vec::with_capacity(prefix.len() + 8 + 32);
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(b"session:");
+    push_hex_u128(&mut key, session.as_u128());
+    String::from_utf8(key).expect("a text prefix and hex digits")
+}
+
 /// The key of a counter's bucket, in place of what `key` held. Written by hand, as
 /// bytes: `format!` with two hex fields costs more than the rest of a request's share
 /// of a script call, and a `String` checks every character it is given.
