@@ -31,6 +31,9 @@ enum Answer {
     Fail,
     /// A batch of two: the first call fails, the second runs.
     BatchFirstFails,
+    /// MCP 2026-07-28: the tool needs input first (an `InputRequiredResult`); it did
+    /// not run, and the client retries with the answers.
+    InputRequired,
 }
 
 fn body_for(answer: Answer) -> (&'static str, String) {
@@ -55,6 +58,14 @@ fn body_for(answer: Answer) -> (&'static str, String) {
             "application/json",
             r#"[{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no"}},
                 {"jsonrpc":"2.0","id":2,"result":{"content":[]}}]"#
+                .to_owned(),
+        ),
+        Answer::InputRequired => (
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required",
+                "inputRequests":{"confirm":{"method":"elicitation/create","params":{
+                    "message":"Really?","requestedSchema":{"type":"object","properties":{}}}}},
+                "requestState":"opaque"}}"#
                 .to_owned(),
         ),
         Answer::Status(_) | Answer::Fail => ("text/plain", String::new()),
@@ -239,4 +250,20 @@ async fn an_error_answer_with_a_content_length_is_refunded_without_a_last_poll()
         "the error was refunded"
     );
     assert!(denied(&service, call("write")).await, "and only once");
+}
+
+/// MCP 2026-07-28's multi round-trip requests: a call answered with an
+/// `InputRequiredResult` did not run, so it is refunded, and the retry that carries the
+/// answers is judged and charged as any call. One logical call costs one charge
+/// however many rounds of input it needs.
+#[tokio::test]
+async fn a_call_that_needs_input_costs_one_charge_however_many_rounds() {
+    let (service, server) = service();
+    *server.answer.lock().unwrap() = Answer::InputRequired;
+    assert!(!denied(&service, call("write")).await, "round 1: input required");
+    assert!(!denied(&service, call("write")).await, "round 2: input required again");
+    *server.answer.lock().unwrap() = Answer::Result;
+    assert!(!denied(&service, call("write")).await, "round 3: the call runs");
+    assert!(denied(&service, call("write")).await, "and it cost the one charge");
+    assert_eq!(server.runs.load(Ordering::SeqCst), 3);
 }

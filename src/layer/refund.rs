@@ -1,10 +1,11 @@
 //! Refunds: charges given back when the call they paid for did not run.
 //!
 //! A call did not run when the server answers it with a JSON-RPC **error** (a tool
-//! result with `isError: true` ran, and is not refunded), or when the server could not
-//! be reached: the inner service failed, or answered 502, 503 or 504. Only those calls
-//! are refunded, once each, so nobody gains quota this way. An answer the layer cannot
-//! read refunds nothing.
+//! result with `isError: true` ran, and is not refunded), or with an
+//! `InputRequiredResult` (MCP 2026-07-28: it needs input first, and its retry is judged
+//! and charged as any call), or when the server could not be reached: the inner service
+//! failed, or answered 502, 503 or 504. Only those calls are refunded, once each, so
+//! nobody gains quota this way. An answer the layer cannot read refunds nothing.
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ impl Charged {
     /// Gives back the charges of every call that `message` (a JSON-RPC message or
     /// batch, as sent by the server) answers with an error.
     pub fn refund_errors(&mut self, message: &[u8], refunder: &dyn Refunder) {
-        if self.charges.is_empty() || !memchr_error(message) {
+        if self.charges.is_empty() || !(memchr_error(message) || input_required(message)) {
             return;
         }
         let Ok(message) = serde_json::from_slice::<Value>(message) else {
@@ -67,8 +68,15 @@ impl Charged {
         };
         let mut back: SmallVec<[Charge; 4]> = SmallVec::new();
         for answer in answers {
-            let failed =
-                answer.get("error").is_some_and(Value::is_object) && answer.get("result").is_none();
+            // An error, or (MCP 2026-07-28) a request for input before the call can run:
+            // the client retries with the answers, and that retry is judged and charged.
+            let result = answer.get("result");
+            let failed = match result {
+                None => answer.get("error").is_some_and(Value::is_object),
+                Some(result) => {
+                    result.get("resultType").and_then(Value::as_str) == Some("input_required")
+                }
+            };
             let Some(id) = answer.get("id").filter(|_| failed) else {
                 continue;
             };
@@ -103,6 +111,13 @@ fn memchr_error(data: &[u8]) -> bool {
     static ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
     ERROR.find(data).is_some()
+}
+
+/// A cheap test before parsing: an `InputRequiredResult` names its `resultType`.
+fn input_required(data: &[u8]) -> bool {
+    static INPUT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"input_required"));
+    INPUT.find(data).is_some()
 }
 
 /// What a response body needs to refund the calls the server answers with errors.
