@@ -95,7 +95,7 @@ pub mod unstable {
     pub use crate::engine::{Call, PendingCharges, Prepared};
     pub use crate::jsonrpc::{
         ArgPlan, DecodeError, DecodeErrorKind, Decoded, Id, Message, MessageKind, PlanSource,
-        ReadAll, ToolCall, decode,
+        ReadAll, ToolCall, TraceParent, decode,
     };
     pub use crate::value::{ArgValue, Decimal, NotANumber};
 }

@@ -205,6 +205,10 @@ pub struct CallEvent<'a> {
     pub upstream_status: Option<u16>,
     /// For allowed calls: from forwarding the request to the answer's head.
     pub upstream_latency: Option<Duration>,
+    /// The caller's W3C trace context (`traceparent`, from the call's
+    /// `params._meta` or else the HTTP header; SEP-414), so an audit record joins the
+    /// caller's trace. Only a well-formed one is kept.
+    pub trace: Option<&'a str>,
     pub(crate) jsonrpc_id: Option<&'a Id>,
     pub(crate) arg_keys: ArgKeys<'a>,
 }
@@ -402,6 +406,7 @@ fn trace_call(call: &CallEvent<'_>) {
             policy = call.policy,
             upstream_status = call.upstream_status,
             upstream_latency_ms = latency_ms,
+            traceparent = call.trace,
             arg_keys = ?KeysField(call),
             "tool call allowed"
         ),
@@ -418,6 +423,7 @@ fn trace_call(call: &CallEvent<'_>) {
             jsonrpc_id = %id,
             policy = call.policy,
             candidate = call.candidate,
+            traceparent = call.trace,
             arg_keys = ?KeysField(call),
             "{}",
             Escaped(denial.message())

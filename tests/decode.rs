@@ -626,3 +626,45 @@ proptest! {
         }
     }
 }
+
+/// SEP-414: the caller's W3C trace context in `params._meta.traceparent` is read (both
+/// readers), kept only when well formed.
+#[test]
+fn the_trace_context_is_read_from_meta_when_well_formed() {
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = |meta: &str, escape: bool| {
+        let name = if escape { "\\u0074" } else { "t" };
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{{}},"_meta":{meta}}}}}"#
+        )
+    };
+    for escape in [false, true] {
+        let meta = format!(r#"{{"progressToken":7,"traceparent":"{trace}"}}"#);
+        let text = body(&meta, escape);
+        let decoded = ok(&text);
+        let read = decoded.messages()[0].trace().map(|t| t.as_str().to_owned());
+        assert_eq!(read.as_deref(), Some(trace), "escape {escape}");
+        for malformed in [
+            r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"}"#,
+            r#"{"traceparent":"00-00000000000000000000000000000000-00f067aa0ba902b7-01"}"#,
+            r#"{"traceparent":"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}"#,
+            r#"{"traceparent":7}"#,
+            r#""not an object""#,
+        ] {
+            let text = body(malformed, escape);
+            let decoded = ok(&text);
+            assert!(decoded.messages()[0].trace().is_none(), "{malformed}");
+        }
+    }
+    // Another method, and a notification, carry it too.
+    let list = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{{"_meta":{{"traceparent":"{trace}"}}}}}}"#
+    );
+    assert!(ok(&list).messages()[0].trace().is_some());
+    // A key repeated in `_meta` is refused like anywhere else in params.
+    let twice = body(r#"{"traceparent":"x","traceparent":"y"}"#, false);
+    assert_eq!(
+        err(twice.as_bytes()).kind(),
+        DecodeErrorKind::InvalidRequest
+    );
+}

@@ -345,3 +345,53 @@ async fn withheld_tool_lists_are_reported() {
     assert!(withheld[1].contains("compressed"), "{}", withheld[1]);
     assert!(withheld[2].contains("could not be read"), "{}", withheld[2]);
 }
+
+/// The caller's W3C trace context reaches every call event of its request: from the
+/// call's `params._meta.traceparent` (SEP-414), or else from the `traceparent` header.
+#[tokio::test]
+async fn call_events_carry_the_callers_trace_context() {
+    /// Each call event's decision and trace context.
+    type Seen = Vec<(String, Option<String>)>;
+    #[derive(Clone, Default)]
+    struct Traces(Arc<Mutex<Seen>>);
+    impl Observer for Traces {
+        fn observe(&self, event: &Event<'_>) {
+            if let Event::Call(call) = event {
+                let seen = (call.decision_label().to_owned(), call.trace.map(str::to_owned));
+                self.0.lock().unwrap().push(seen);
+            }
+        }
+    }
+    let traces = Traces::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let policy: Policy = POLICY.parse().unwrap();
+    let service = PolicyLayer::new(policy)
+        .observer(traces.clone())
+        .layer(tower::service_fn(server(runs)));
+    let in_meta = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let in_header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let call_with = |tool: &str, meta: bool, header: bool| {
+        let mut params = json!({"name": tool, "arguments": {"to": "mallory", "amount": 50}});
+        if meta {
+            params["_meta"] = json!({"traceparent": in_meta});
+        }
+        let mut request = testing::request("tools/call", params);
+        if header {
+            request.headers_mut().insert("traceparent", in_header.parse().unwrap());
+        }
+        request
+    };
+    // Allowed (reported once the server answered) and denied, each way.
+    for (tool, meta, header, expected) in [
+        ("fail", true, true, Some(in_meta)),
+        ("fail", false, true, Some(in_header)),
+        ("transfer", true, false, Some(in_meta)),
+        ("transfer", false, true, Some(in_header)),
+        ("transfer", false, false, None),
+    ] {
+        let response = service.clone().oneshot(call_with(tool, meta, header)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let (decision, trace) = traces.0.lock().unwrap().pop().expect("an event");
+        assert_eq!(trace.as_deref(), expected, "{tool} ({decision})");
+    }
+}

@@ -260,10 +260,22 @@ async fn an_error_answer_with_a_content_length_is_refunded_without_a_last_poll()
 async fn a_call_that_needs_input_costs_one_charge_however_many_rounds() {
     let (service, server) = service();
     *server.answer.lock().unwrap() = Answer::InputRequired;
-    assert!(!denied(&service, call("write")).await, "round 1: input required");
-    assert!(!denied(&service, call("write")).await, "round 2: input required again");
+    assert!(
+        !denied(&service, call("write")).await,
+        "round 1: input required"
+    );
+    assert!(
+        !denied(&service, call("write")).await,
+        "round 2: input required again"
+    );
     *server.answer.lock().unwrap() = Answer::Result;
-    assert!(!denied(&service, call("write")).await, "round 3: the call runs");
-    assert!(denied(&service, call("write")).await, "and it cost the one charge");
+    assert!(
+        !denied(&service, call("write")).await,
+        "round 3: the call runs"
+    );
+    assert!(
+        denied(&service, call("write")).await,
+        "and it cost the one charge"
+    );
     assert_eq!(server.runs.load(Ordering::SeqCst), 3);
 }

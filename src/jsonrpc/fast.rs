@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
-use super::message::{Fields, Params, routing_field};
+use super::message::{Fields, Params, TraceParent, routing_field};
 use super::strict::Guided;
 use super::{Decoded, Id, Message, PlanSource, ToolCall};
 use crate::policy::ArgPlan;
@@ -359,8 +359,11 @@ impl<'a> Scan<'a> {
         let mut routing_name = None;
         let mut arguments = None;
         let mut raw_arguments = None;
+        let mut trace = None;
         self.object(|scan, key| {
-            if is_call && key == "name" {
+            if key == "_meta" {
+                trace = scan.meta()?;
+            } else if is_call && key == "name" {
                 name = Some(scan.plain_string()?);
             } else if is_call && key == "arguments" {
                 match name {
@@ -381,6 +384,7 @@ impl<'a> Scan<'a> {
             return Some(Params {
                 call: None,
                 routing_name,
+                trace,
             });
         }
         let name = name?;
@@ -393,7 +397,25 @@ impl<'a> Scan<'a> {
                 name: Cow::Borrowed(name),
                 arguments: arguments.flatten(),
             }),
+            trace,
         })
+    }
+
+    /// `params._meta`: the trace context it holds, if any (any other value is skipped).
+    fn meta(&mut self) -> Sure<Option<TraceParent>> {
+        if self.peek()? != b'{' {
+            return self.skip().map(|()| None);
+        }
+        let mut trace = None;
+        self.object(|scan, key| {
+            if key == "traceparent" && scan.peek()? == b'"' {
+                trace = TraceParent::parse(scan.plain_string()?);
+            } else {
+                scan.skip()?;
+            }
+            Some(())
+        })?;
+        Some(trace)
     }
 
     /// `params.arguments`: `null` (`None`), or an object of which only what `plan`

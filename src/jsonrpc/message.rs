@@ -83,6 +83,7 @@ pub struct Message<'a> {
     pub(super) method: Option<Cow<'a, str>>,
     pub(super) call: Option<ToolCall<'a>>,
     pub(super) routing_name: Option<Cow<'a, str>>,
+    pub(super) trace: Option<TraceParent>,
 }
 
 impl<'a> Message<'a> {
@@ -99,7 +100,14 @@ impl<'a> Message<'a> {
             method: self.method.map(|m| Cow::Owned(m.into_owned())),
             call: self.call.map(ToolCall::into_owned),
             routing_name: self.routing_name.map(|n| Cow::Owned(n.into_owned())),
+            trace: self.trace,
         }
+    }
+
+    /// The W3C trace context the caller sent in `params._meta.traceparent` (SEP-414),
+    /// when it is well formed.
+    pub fn trace(&self) -> Option<&TraceParent> {
+        self.trace.as_ref()
     }
 
     /// The id of a request or response (`None` for notifications and `null` ids).
@@ -160,6 +168,7 @@ impl<'a> Decoded<'a> {
 pub(super) struct Params<'de> {
     pub call: Option<ToolCall<'de>>,
     pub routing_name: Option<Cow<'de, str>>,
+    pub trace: Option<TraceParent>,
 }
 
 /// What one message object held, once read, for the checks that need all of it.
@@ -225,6 +234,7 @@ impl<'de> Fields<'de> {
                     method: Some(method),
                     call: params.call,
                     routing_name: params.routing_name,
+                    trace: params.trace,
                 })
             }
             (None, true) => {
@@ -240,6 +250,7 @@ impl<'de> Fields<'de> {
                     method: None,
                     call: None,
                     routing_name: None,
+                    trace: None,
                 })
             }
             (None, false) => Err(
@@ -273,4 +284,46 @@ fn forged(text: &str) -> bool {
 pub(crate) fn forges_text(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A W3C trace context (`traceparent`: `00-` + 32 hex digits of trace id + `-` + 16 of
+/// parent id + `-` + 2 of flags), as a caller sent it, so the layer's events join the
+/// caller's trace. Anything else is not a trace context and is not kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent([u8; 55]);
+
+impl TraceParent {
+    /// `text`, when it is a well-formed `traceparent` (lowercase hex, a version other
+    /// than `ff`, trace and parent ids not all zeros).
+    pub fn parse(text: &str) -> Option<TraceParent> {
+        let bytes: [u8; 55] = text.as_bytes().try_into().ok()?;
+        let hex = |range: std::ops::Range<usize>| {
+            bytes[range]
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        };
+        let zeros = |range: std::ops::Range<usize>| bytes[range].iter().all(|&b| b == b'0');
+        let well_formed = hex(0..2)
+            && &bytes[0..2] != b"ff"
+            && bytes[2] == b'-'
+            && hex(3..35)
+            && !zeros(3..35)
+            && bytes[35] == b'-'
+            && hex(36..52)
+            && !zeros(36..52)
+            && bytes[52] == b'-'
+            && hex(53..55);
+        well_formed.then_some(TraceParent(bytes))
+    }
+
+    /// The text, as sent.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked to be ASCII")
+    }
+}
+
+impl fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceParent({})", self.as_str())
+    }
 }

@@ -61,7 +61,7 @@ pub use error::{
     POLICY_DENIED, UNKNOWN_TOOL,
 };
 pub(crate) use message::forges_text;
-pub use message::{Decoded, Id, Message, MessageKind, ToolCall};
+pub use message::{Decoded, Id, Message, MessageKind, ToolCall, TraceParent};
 
 /// Which arguments to read for a tool: implemented by [`Policy`] and [`ReadAll`].
 ///

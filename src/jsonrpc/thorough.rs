@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use super::message::{Fields, Params, routing_field};
+use super::message::{Fields, Params, TraceParent, routing_field};
 use super::strict::{Arguments, Key, KeySet, Text, Validate};
 use super::{DecodeError, Decoded, Id, Message, PlanSource, ToolCall};
 use crate::value::ArgValue;
@@ -249,9 +249,12 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
         let mut routing_name = None;
         let mut arguments: Option<Option<ArgValue>> = None;
         let mut raw_arguments: Option<&'de RawValue> = None;
+        let mut trace = None;
         while let Some(Key(key)) = map.next_key()? {
             seen.insert::<A::Error>(&key, "params")?;
-            if is_call && key == "name" {
+            if key == "_meta" {
+                trace = map.next_value_seed(Meta)?;
+            } else if is_call && key == "name" {
                 name = Some(map.next_value_seed(Text("params.name of tools/call to be a string"))?);
             } else if is_call && key == "arguments" {
                 match &name {
@@ -273,6 +276,7 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
             return Ok(Params {
                 call: None,
                 routing_name,
+                trace,
             });
         }
         let Some(name) = name else {
@@ -293,7 +297,61 @@ impl<'de, P: PlanSource + ?Sized> Visitor<'de> for ParamsSeed<'_, '_, P> {
                 name,
                 arguments: arguments.flatten(),
             }),
+            trace,
         })
+    }
+}
+
+/// `params._meta`: its `traceparent` when well formed; any other value is validated.
+struct Meta;
+
+impl<'de> DeserializeSeed<'de> for Meta {
+    type Value = Option<TraceParent>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Meta {
+    type Value = Option<TraceParent>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = KeySet::new();
+        let mut trace = None;
+        while let Some(Key(key)) = map.next_key()? {
+            seen.insert::<A::Error>(&key, "params._meta")?;
+            match &*key {
+                "traceparent" => {
+                    let text = map.next_value_seed(OptionalString)?;
+                    trace = text.and_then(|text| TraceParent::parse(&text));
+                }
+                _ => map.next_value_seed(Validate)?,
+            }
+        }
+        Ok(trace)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Validate.visit_seq(seq).map(|()| None)
     }
 }
 

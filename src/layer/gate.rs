@@ -34,7 +34,7 @@ use super::sessions::Sessions;
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::Decision;
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
-use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind};
+use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind, TraceParent};
 use crate::observe::Event;
 use crate::policy::Policy;
 use crate::scope::{Grant, ScopeKeys, ScopeValue};
@@ -162,6 +162,8 @@ struct Inspected<'a> {
     keys: ScopeKeys,
     holds: Holds,
     claim: Option<Box<Claim>>,
+    /// The `traceparent` header's trace context (a call's `_meta` one comes first).
+    trace: Option<TraceParent>,
 }
 
 impl Inspected<'_> {
@@ -171,6 +173,7 @@ impl Inspected<'_> {
             keys: self.keys,
             holds: self.holds,
             claim: self.claim,
+            trace: self.trace,
         }
     }
 
@@ -398,6 +401,7 @@ impl<S: CounterStore> Gate<S> {
             keys,
             holds,
             claim,
+            trace: headers.trace(),
         })
     }
 
@@ -416,7 +420,11 @@ impl<S: CounterStore> Gate<S> {
         let observer = &*self.config.observer.0;
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
         if let Err(decisions) = &decided {
-            report::refused(observer, policy, decoded, keys, decisions, !monitor, false);
+            let trace = inspected.trace;
+            let caller = (keys, trace);
+            report::refused(
+                observer, policy, decoded, caller, decisions, !monitor, false,
+            );
         }
         observer.observe(&Event::Judged {
             policy: policy.fingerprint(),
@@ -429,7 +437,7 @@ impl<S: CounterStore> Gate<S> {
                     Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
                 forwarded.claim = claim;
                 if observer.wants_allowed() {
-                    forwarded.allowed = report::allowed_calls(decoded, keys);
+                    forwarded.allowed = report::allowed_calls(decoded, keys, inspected.trace);
                 }
                 Next::Forward(forwarded)
             }
@@ -645,7 +653,9 @@ impl<S: CounterStore> Gate<S> {
         drop(calls);
         if let Err(decisions) = decided {
             let observer = &*self.config.observer.0;
-            report::refused(observer, &policy, &decoded, keys, &decisions, false, true);
+            let trace = JudgedHeaders::read(&parts.headers).trace();
+            let caller = (keys, trace);
+            report::refused(observer, &policy, &decoded, caller, &decisions, false, true);
         }
     }
 }

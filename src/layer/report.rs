@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::decision::Decision;
-use crate::jsonrpc::{self, Decoded};
+use crate::jsonrpc::{self, Decoded, TraceParent};
 use crate::observe::{ArgKeys, CallEvent, Event, Observer};
 use crate::policy::Policy;
 use crate::scope::ScopeKeys;
@@ -19,10 +19,15 @@ pub(crate) struct AllowedCall {
     id: Option<jsonrpc::Id>,
     arg_keys: Box<[Box<str>]>,
     keys: ScopeKeys,
+    trace: Option<TraceParent>,
 }
 
 /// The allowed calls of `decoded`, owned, for their events after the answer.
-pub(crate) fn allowed_calls(decoded: &Decoded<'_>, keys: ScopeKeys) -> Vec<AllowedCall> {
+pub(crate) fn allowed_calls(
+    decoded: &Decoded<'_>,
+    keys: ScopeKeys,
+    trace: Option<TraceParent>,
+) -> Vec<AllowedCall> {
     decoded
         .messages()
         .iter()
@@ -38,6 +43,7 @@ pub(crate) fn allowed_calls(decoded: &Decoded<'_>, keys: ScopeKeys) -> Vec<Allow
                 .map(|k| Box::from(k.as_str()))
                 .collect(),
             keys,
+            trace: message.trace().copied().or(trace),
         })
         .collect()
 }
@@ -67,6 +73,7 @@ pub(crate) fn allowed(
             candidate: false,
             upstream_status: status,
             upstream_latency: Some(latency),
+            trace: call.trace.as_ref().map(TraceParent::as_str),
             arg_keys: ArgKeys::Owned(&call.arg_keys),
         }));
     }
@@ -78,7 +85,7 @@ pub(crate) fn refused(
     observer: &dyn Observer,
     policy: &Policy,
     decoded: &Decoded<'_>,
-    keys: ScopeKeys,
+    (keys, trace): (ScopeKeys, Option<TraceParent>),
     decisions: &[Decision],
     enforced: bool,
     candidate: bool,
@@ -101,6 +108,7 @@ pub(crate) fn refused(
             candidate,
             upstream_status: None,
             upstream_latency: None,
+            trace: message.trace().or(trace.as_ref()).map(TraceParent::as_str),
             arg_keys: ArgKeys::Args(call.arguments()),
         }));
     }

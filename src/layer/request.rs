@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::jsonrpc::Decoded;
+use crate::jsonrpc::{Decoded, TraceParent};
 
 /// A refusal: HTTP status, JSON-RPC code and message.
 pub(crate) struct Rejection {
@@ -65,6 +65,7 @@ pub(crate) struct JudgedHeaders<'h> {
     pub session: Slot<'h>,
     pub method: Slot<'h>,
     pub name: Slot<'h>,
+    pub traceparent: Slot<'h>,
 }
 
 /// A header that must not repeat, as found.
@@ -79,6 +80,7 @@ pub(crate) enum Slot<'h> {
 pub(crate) static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 impl<'h> JudgedHeaders<'h> {
     pub fn read(headers: &'h HeaderMap) -> Self {
@@ -92,12 +94,23 @@ impl<'h> JudgedHeaders<'h> {
                 &mut found.method
             } else if *name == MCP_NAME {
                 &mut found.name
+            } else if *name == TRACEPARENT {
+                &mut found.traceparent
             } else {
                 continue;
             };
             slot.fill(value);
         }
         found
+    }
+
+    /// The W3C trace context of the `traceparent` header, when sent once and well
+    /// formed.
+    pub fn trace(&self) -> Option<TraceParent> {
+        match self.traceparent {
+            Slot::One(value) => TraceParent::parse(value.to_str().ok()?),
+            _ => None,
+        }
     }
 
     /// The grant's credential and the session id, each at most once.
