@@ -357,7 +357,10 @@ async fn call_events_carry_the_callers_trace_context() {
     impl Observer for Traces {
         fn observe(&self, event: &Event<'_>) {
             if let Event::Call(call) = event {
-                let seen = (call.decision_label().to_owned(), call.trace.map(str::to_owned));
+                let seen = (
+                    call.decision_label().to_owned(),
+                    call.trace.map(str::to_owned),
+                );
                 self.0.lock().unwrap().push(seen);
             }
         }
@@ -377,7 +380,9 @@ async fn call_events_carry_the_callers_trace_context() {
         }
         let mut request = testing::request("tools/call", params);
         if header {
-            request.headers_mut().insert("traceparent", in_header.parse().unwrap());
+            request
+                .headers_mut()
+                .insert("traceparent", in_header.parse().unwrap());
         }
         request
     };
@@ -389,7 +394,11 @@ async fn call_events_carry_the_callers_trace_context() {
         ("transfer", false, true, Some(in_header)),
         ("transfer", false, false, None),
     ] {
-        let response = service.clone().oneshot(call_with(tool, meta, header)).await.unwrap();
+        let response = service
+            .clone()
+            .oneshot(call_with(tool, meta, header))
+            .await
+            .unwrap();
         response.into_body().collect().await.unwrap();
         let (decision, trace) = traces.0.lock().unwrap().pop().expect("an event");
         assert_eq!(trace.as_deref(), expected, "{tool} ({decision})");

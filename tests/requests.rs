@@ -699,3 +699,34 @@ async fn compression_survives_where_no_tool_list_can_be_hidden() {
     layer().layer(upstream).oneshot(get).await.unwrap();
     assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "identity");
 }
+
+/// On MCP 2026-07-28 lists are cacheable (SEP-2549): one the layer filtered is marked
+/// `cacheScope: "private"` (a `ttlMs` the server set is kept), so a shared cache cannot
+/// hand one caller's list to another. Earlier revisions get no new field.
+#[tokio::test]
+async fn a_filtered_list_is_private_on_the_revision_that_caches_lists() {
+    let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"delete_all"}],"ttlMs":60000,"cacheScope":"shared"}}"#;
+    let unfiltered = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"}],"ttlMs":60000,"cacheScope":"shared"}}"#;
+    for (version, answer, private) in [
+        ("2026-07-28", list, true),
+        ("2025-11-25", list, false),
+        ("2026-07-28", unfiltered, false),
+    ] {
+        let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+                Bytes::from_static(answer.as_bytes()),
+            ))))
+        });
+        let mut request = post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+        request
+            .headers_mut()
+            .insert("mcp-protocol-version", version.parse().unwrap());
+        let response = layer().layer(upstream).oneshot(request).await.unwrap();
+        let body = body_json(response.into_body()).await;
+        let result = &body["result"];
+        assert!(!body.to_string().contains("delete_all"), "{body}");
+        assert_eq!(result["ttlMs"], 60000, "{body}");
+        let scope = if private { "private" } else { "shared" };
+        assert_eq!(result["cacheScope"], scope, "{version}: {body}");
+    }
+}

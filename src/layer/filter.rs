@@ -27,6 +27,9 @@ use crate::policy::Policy;
 pub(crate) struct Filter {
     pub policy: Arc<Policy>,
     pub observer: SharedObserver,
+    /// Mark a list the layer filtered `cacheScope: "private"` (MCP 2026-07-28 caches
+    /// lists: a shared cache must not hand one caller's list to another).
+    pub private: bool,
 }
 
 impl Filter {
@@ -47,7 +50,8 @@ pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
     let text = client_text(data);
     match serde_json::from_str::<Value>(&text) {
         Ok(mut message) => {
-            (strip_hidden(&mut message, &filter.policy) > 0).then(|| message.to_string())
+            let removed = strip_hidden(&mut message, &filter.policy, filter.private);
+            (removed > 0).then(|| message.to_string())
         }
         Err(err) => {
             // A client may still read a tool list out of it (JavaScript reads `1e400`
@@ -165,15 +169,17 @@ fn withheld(id: Value, err: &serde_json::Error) -> Value {
 
 /// Removes hidden tools from every tools/list-shaped result in `message` (a JSON-RPC
 /// message or a batch). Returns how many tools were removed.
-pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy) -> usize {
+pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy, private: bool) -> usize {
     match message {
-        Value::Array(items) => items.iter_mut().map(|m| strip_hidden(m, policy)).sum(),
+        Value::Array(items) => items
+            .iter_mut()
+            .map(|m| strip_hidden(m, policy, private))
+            .sum(),
         Value::Object(object) => {
-            let Some(Value::Array(tools)) = object
-                .get_mut("result")
-                .and_then(|r| r.as_object_mut())
-                .and_then(|r| r.get_mut("tools"))
-            else {
+            let Some(result) = object.get_mut("result").and_then(|r| r.as_object_mut()) else {
+                return 0;
+            };
+            let Some(Value::Array(tools)) = result.get_mut("tools") else {
                 return 0;
             };
             let before = tools.len();
@@ -182,7 +188,11 @@ pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy) -> usize {
                 // A tool entry without a string name cannot be checked: drop it.
                 _ => false,
             });
-            before - tools.len()
+            let removed = before - tools.len();
+            if removed > 0 && private {
+                result.insert("cacheScope".to_owned(), Value::from("private"));
+            }
+            removed
         }
         _ => 0,
     }
@@ -242,6 +252,7 @@ mod tests {
         let filter = Filter {
             policy: Arc::new(policy.parse().unwrap()),
             observer: SharedObserver(Arc::new(withheld.clone())),
+            private: false,
         };
         (filter, withheld.0)
     }

@@ -41,6 +41,12 @@ use crate::scope::{Grant, ScopeKeys, ScopeValue};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+static MCP_PROTOCOL_VERSION: http::HeaderName =
+    http::HeaderName::from_static("mcp-protocol-version");
+/// The first revision whose lists carry a cache scope (SEP-2549). Revisions are dates,
+/// so they compare as text.
+const LISTS_CACHED_SINCE: &str = "2026-07-28";
+
 /// What the layer shares between every request: the engine, the configuration, the
 /// sessions the server issued, and the refunds.
 #[derive(Debug)]
@@ -119,6 +125,8 @@ pub(crate) struct Forwarded {
     deletes: bool,
     /// A GET: the server's event stream, which may replay tool lists.
     streams: bool,
+    /// The request speaks a revision that caches lists (MCP 2026-07-28 and later).
+    caches_lists: bool,
     /// The allowed calls, reported once the server answers (when the observer wants
     /// them).
     allowed: Vec<AllowedCall>,
@@ -144,6 +152,7 @@ impl Forwarded {
             session: None,
             deletes: false,
             streams: false,
+            caches_lists: false,
             allowed: Vec::new(),
             sent: None,
             claim: None,
@@ -496,6 +505,11 @@ impl<S: CounterStore> Gate<S> {
         forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
         forwarded.deletes = parts.method == Method::DELETE;
         forwarded.streams = parts.method == Method::GET;
+        forwarded.caches_lists = parts
+            .headers
+            .get(&MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|version| version >= LISTS_CACHED_SINCE);
         if !forwarded.allowed.is_empty() {
             forwarded.sent = Some(Instant::now());
         }
@@ -532,6 +546,7 @@ impl<S: CounterStore> Gate<S> {
             Box::new(Filter {
                 policy: forwarded.policy,
                 observer: self.config.observer.clone(),
+                private: forwarded.caches_lists,
             })
         });
         let mut charged = forwarded.charged;
