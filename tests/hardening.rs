@@ -666,3 +666,93 @@ async fn batches_and_charges_per_request_are_capped() {
     assert_eq!(passed.status(), 200);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// SEP-2243: an `Mcp-Param-*` header mirrors the tool argument its schema names
+/// (`x-mcp-header`), and a proxy behind the layer may route on it. Each one must say
+/// what the body says; a tool whose schema the layer never saw listed cannot be
+/// checked, so such a call is refused until the tools are listed.
+#[tokio::test]
+async fn mcp_param_headers_must_match_the_arguments_they_name() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy","inputSchema":{
+        "type":"object","properties":{"region":{"type":"string","x-mcp-header":"Region"},
+        "replicas":{"type":"integer","x-mcp-header":"Replicas"}}}}]}}"#;
+    let upstream = {
+        let runs = runs.clone();
+        tower::service_fn(move |request: Request<PolicyBody>| {
+            let lists = request
+                .headers()
+                .get("mcp-method")
+                .is_some_and(|m| m == "tools/list");
+            if !lists {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+            let body = if lists {
+                list
+            } else {
+                r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#
+            };
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+                Bytes::from_static(body.as_bytes()),
+            ))))
+        })
+    };
+    let service = layer(r#"{"version":"1","default":"allow"}"#).layer(upstream);
+    let deploy = |headers: &[(&'static str, &'static str)]| {
+        let body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"deploy",
+            "arguments":{"region":"eu-west","replicas":3}}}"#;
+        let mut request = post(body);
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        request
+    };
+    let refused = |response: Response<_>| async move {
+        assert_eq!(response.status(), 400);
+        let answer = body_json(response.into_body()).await;
+        assert_eq!(answer["error"]["code"], -32020, "{answer}");
+        answer["error"]["message"].as_str().unwrap().to_owned()
+    };
+
+    // Before any tools/list, a header cannot be checked.
+    let response = service
+        .clone()
+        .oneshot(deploy(&[("mcp-param-region", "eu-west")]))
+        .await
+        .unwrap();
+    assert!(refused(response).await.contains("list the tools first"));
+    let mut list_request = post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    list_request
+        .headers_mut()
+        .insert("mcp-method", http::HeaderValue::from_static("tools/list"));
+    let listed = service.clone().oneshot(list_request).await.unwrap();
+    let listed = body_json(listed.into_body()).await;
+    assert_eq!(
+        listed["result"]["tools"][0]["name"], "deploy",
+        "the list passes unchanged"
+    );
+
+    let ok = service
+        .clone()
+        .oneshot(deploy(&[
+            ("mcp-param-region", "eu-west"),
+            ("mcp-param-replicas", "3"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for headers in [
+        &[("mcp-param-region", "us-east")][..],
+        &[("mcp-param-replicas", "30")],
+        &[("mcp-param-region", "=?base64?dXMtZWFzdA==?=")],
+        &[("mcp-param-zone", "a")],
+    ] {
+        let response = service.clone().oneshot(deploy(headers)).await.unwrap();
+        let message = refused(response).await;
+        assert!(message.starts_with("Mcp-Param-"), "{headers:?}: {message}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "no mismatched call ran");
+}

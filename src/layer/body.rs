@@ -235,6 +235,13 @@ where
                     },
                     // An event that must be filtered is buffered whole, so no more of
                     // it than the limit: past that it is withheld, and the stream ends.
+                    // An event read only to learn from stops being read.
+                    None if splitter.pending() > *limit
+                        && filter.as_ref().is_some_and(|f| !f.hide) =>
+                    {
+                        *filter = None;
+                        continue;
+                    }
                     None if splitter.pending() > *limit
                         && let Some(filter) = filter =>
                     {
@@ -288,10 +295,12 @@ where
                 let (passed, ended) = match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) if buffer.len() + data.len() > *limit => {
-                            // Too large to read: nothing is refunded.
+                            // Too large to read: nothing is refunded, and an answer
+                            // read only to learn from passes unread.
                             *watch = None;
                             *buffer = Buffer::default();
-                            let Some(filter) = filter else {
+                            let Some(filter) = filter.as_ref().filter(|f| f.hide) else {
+                                *filter = None;
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             };
                             *done = true;

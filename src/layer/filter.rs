@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::config::SharedObserver;
+use super::params::ToolHeaders;
 use super::sse::event_fields;
 use crate::jsonrpc::INTERNAL_ERROR;
 use crate::observe::Event;
@@ -30,6 +31,11 @@ pub(crate) struct Filter {
     /// Mark a list the layer filtered `cacheScope: "private"` (MCP 2026-07-28 caches
     /// lists: a shared cache must not hand one caller's list to another).
     pub private: bool,
+    /// Remove hidden tools (the policy hides some, and is enforced). When false, the
+    /// answer is only read, to learn, and passes unchanged whatever happens.
+    pub hide: bool,
+    /// Learn the tools' `Mcp-Param-*` headers from the lists read.
+    pub learn: Option<Arc<ToolHeaders>>,
 }
 
 impl Filter {
@@ -50,9 +56,16 @@ pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
     let text = client_text(data);
     match serde_json::from_str::<Value>(&text) {
         Ok(mut message) => {
+            if let Some(learn) = &filter.learn {
+                learn.learn(&message);
+            }
+            if !filter.hide {
+                return None;
+            }
             let removed = strip_hidden(&mut message, &filter.policy, filter.private);
             (removed > 0).then(|| message.to_string())
         }
+        Err(_) if !filter.hide => None,
         Err(err) => {
             // A client may still read a tool list out of it (JavaScript reads `1e400`
             // as Infinity and nests deeper than serde_json): withhold it.
@@ -253,6 +266,8 @@ mod tests {
             policy: Arc::new(policy.parse().unwrap()),
             observer: SharedObserver(Arc::new(withheld.clone())),
             private: false,
+            hide: true,
+            learn: None,
         };
         (filter, withheld.0)
     }

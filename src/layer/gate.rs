@@ -24,6 +24,7 @@ use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
 use super::filter::Filter;
 use super::inflight::{Claim, InFlight};
+use super::params::ToolHeaders;
 use super::refund::{Charged, Refunder, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
@@ -56,6 +57,8 @@ pub(crate) struct Gate<S> {
     pub sessions: Arc<Sessions>,
     /// The request ids pending, per caller.
     inflight: Arc<InFlight>,
+    /// The `Mcp-Param-*` headers of the tools the server listed.
+    tool_headers: Arc<ToolHeaders>,
     /// Gives charges back and reports it.
     refunder: Arc<dyn Refunder>,
 }
@@ -105,6 +108,8 @@ pub(crate) struct Read {
 /// What a forwarded body holds that matters for its answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Holds {
+    /// A tools/list request: its answer teaches the tools' `Mcp-Param-*` headers.
+    pub lists_tools: bool,
     /// An initialize request: a session id in the answer is issued by the server.
     pub initializes: bool,
 }
@@ -209,6 +214,7 @@ impl<S: CounterStore> Gate<S> {
         config: Config,
         sessions: Arc<Sessions>,
         inflight: Arc<InFlight>,
+        tool_headers: Arc<ToolHeaders>,
     ) -> Self {
         let observer = config.observer.clone();
         let report = move |error: &StoreError| {
@@ -237,6 +243,7 @@ impl<S: CounterStore> Gate<S> {
             config,
             sessions,
             inflight,
+            tool_headers,
             refunder,
         }
     }
@@ -372,12 +379,34 @@ impl<S: CounterStore> Gate<S> {
         let headers = JudgedHeaders::read(&parts.headers);
         check_routing_headers(&headers, &decoded)
             .map_err(|rejection| self.rejected(rejection, first_id))?;
+        if headers.params {
+            // The body decoded whole: the headers may name arguments no rule reads.
+            let full = jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| {
+                let rejection = Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    code: err.code(),
+                    message: err.message().to_owned(),
+                };
+                self.rejected(rejection, err.id())
+            })?;
+            self.tool_headers
+                .check(&parts.headers, &full)
+                .map_err(|message| {
+                    let rejection = Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: jsonrpc::HEADER_MISMATCH,
+                        message,
+                    };
+                    self.rejected(rejection, first_id)
+                })?;
+        }
         let (keys, session) = self
             .scope_keys(parts, &headers)
             .map_err(|rejection| self.rejected(rejection, first_id))?;
         let mut holds = Holds::default();
         for message in decoded.messages() {
             if message.kind() == MessageKind::Request {
+                holds.lists_tools |= message.method() == Some("tools/list");
                 holds.initializes |= message.method() == Some("initialize");
             }
         }
@@ -542,11 +571,17 @@ impl<S: CounterStore> Gate<S> {
         self.report_allowed(&forwarded, Some(response.status().as_u16()));
         response.extensions_mut().insert(forwarded.outcome.clone());
         // Boxed: the response body stays small for the answers that need no filtering.
-        let filter = self.must_filter(&forwarded).then(|| {
+        let hide = self.must_filter(&forwarded);
+        let filter = (hide || forwarded.holds.lists_tools).then(|| {
             Box::new(Filter {
                 policy: forwarded.policy,
                 observer: self.config.observer.clone(),
                 private: forwarded.caches_lists,
+                hide,
+                learn: forwarded
+                    .holds
+                    .lists_tools
+                    .then(|| self.tool_headers.clone()),
             })
         });
         let mut charged = forwarded.charged;

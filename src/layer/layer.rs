@@ -11,6 +11,7 @@ use super::config::{
 };
 use super::gate::Gate;
 use super::inflight::InFlight;
+use super::params::ToolHeaders;
 use super::service::PolicyService;
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
 use crate::counter::{CounterStore, MemoryCounters};
@@ -31,6 +32,7 @@ pub struct PolicyLayer<S = MemoryCounters> {
     config: Config,
     sessions: Arc<Sessions>,
     inflight: Arc<InFlight>,
+    tool_headers: Arc<ToolHeaders>,
 }
 
 impl<S> Clone for PolicyLayer<S> {
@@ -40,6 +42,7 @@ impl<S> Clone for PolicyLayer<S> {
             config: self.config.clone(),
             sessions: self.sessions.clone(),
             inflight: self.inflight.clone(),
+            tool_headers: self.tool_headers.clone(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl<S> PolicyLayer<S> {
             config,
             sessions: Arc::new(Sessions::new(DEFAULT_MAX_SESSIONS)),
             inflight: Arc::default(),
+            tool_headers: Arc::default(),
         }
     }
 
@@ -240,6 +244,7 @@ impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
             self.config.clone(),
             self.sessions.clone(),
             self.inflight.clone(),
+            self.tool_headers.clone(),
         );
         PolicyService::from_gate(inner, Arc::new(gate))
     }

@@ -70,6 +70,7 @@ mod gate;
 mod inflight;
 #[allow(clippy::module_inception)]
 pub(crate) mod layer;
+mod params;
 mod refund;
 mod report;
 mod request;

@@ -66,6 +66,8 @@ pub(crate) struct JudgedHeaders<'h> {
     pub method: Slot<'h>,
     pub name: Slot<'h>,
     pub traceparent: Slot<'h>,
+    /// Any `Mcp-Param-*` header is present.
+    pub params: bool,
 }
 
 /// A header that must not repeat, as found.
@@ -97,6 +99,7 @@ impl<'h> JudgedHeaders<'h> {
             } else if *name == TRACEPARENT {
                 &mut found.traceparent
             } else {
+                found.params |= name.as_str().starts_with("mcp-param-");
                 continue;
             };
             slot.fill(value);
@@ -289,9 +292,13 @@ pub(crate) fn check_routing_headers(
         }
     }
     if let Some(value) = name_header {
-        let decoded_name = decode_header_value(value).ok_or_else(|| {
-            mismatch("the Mcp-Name header is not valid text or Base64".to_owned())
-        })?;
+        let decoded_name = value
+            .to_str()
+            .ok()
+            .and_then(decode_header_value)
+            .ok_or_else(|| {
+                mismatch("the Mcp-Name header is not valid text or Base64".to_owned())
+            })?;
         match message.routing_name() {
             Some(name) if name == decoded_name => {}
             Some(name) => {
@@ -311,8 +318,7 @@ pub(crate) fn check_routing_headers(
 
 /// A SEP-2243 header value: plain text, or `=?base64?…?=` for values that cannot travel
 /// as a header.
-fn decode_header_value(value: &HeaderValue) -> Option<String> {
-    let text = value.to_str().ok()?;
+pub(crate) fn decode_header_value(text: &str) -> Option<String> {
     match text
         .strip_prefix("=?base64?")
         .and_then(|t| t.strip_suffix("?="))
@@ -340,7 +346,8 @@ mod tests {
 
     #[test]
     fn header_values_decode_base64_sentinels() {
-        let v = |s: &'static str| decode_header_value(&HeaderValue::from_static(s));
+        let v =
+            |s: &'static str| decode_header_value(HeaderValue::from_static(s).to_str().unwrap());
         assert_eq!(v("transfer").as_deref(), Some("transfer"));
         assert_eq!(v("=?base64?dHJhbnNmZXI=?=").as_deref(), Some("transfer"));
         assert_eq!(v("=?base64?!!?="), None);
