@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced` or `candidate`) |
+//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced`, `monitor` for a dry run, or `candidate`) |
 //! | `mcp_policy_decision_seconds` | histogram | |
 //! | `mcp_policy_store_errors_total` | counter | |
 //! | `mcp_policy_lists_withheld_total` | counter | |
@@ -43,10 +43,11 @@ impl Observer for MetricsObserver {
         match event {
             Event::Call(call) => {
                 let kind = call.decision.denial().map_or("none", |d| d.kind().as_str());
-                let policy = if call.candidate {
-                    "candidate"
-                } else {
-                    "enforced"
+                let policy = match (call.candidate, call.enforced) {
+                    (true, _) => "candidate",
+                    (false, true) => "enforced",
+                    // Monitor mode: reported, not enforced.
+                    (false, false) => "monitor",
                 };
                 counter!(
                     "mcp_policy_decisions_total",

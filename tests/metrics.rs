@@ -111,3 +111,36 @@ fn exported_values_are_exact_and_invented_tools_add_no_series() {
         });
     });
 }
+
+/// Monitor mode is visible in the metrics: what enforcement would deny is counted as
+/// `would_deny` under `policy="monitor"`, never as the enforced policy's.
+#[test]
+fn monitor_mode_is_labelled_in_the_metrics() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let upstream = tower::service_fn(|_: Request<PolicyBody>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                    Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
+                ))))
+            });
+            let policy: Policy = POLICY.parse().unwrap();
+            let service = PolicyLayer::new(policy)
+                .mode(tower_mcp_policy::Mode::Monitor)
+                .observer(MetricsObserver)
+                .layer(upstream);
+            service.oneshot(tool_call("unknown", json!({}))).await.unwrap();
+            let text = handle.render();
+            let decisions = series(&text, "mcp_policy_decisions_total");
+            assert_eq!(
+                decisions,
+                ["mcp_policy_decisions_total{decision=\"would_deny\",kind=\"not_allowed\",tool=\"other\",policy=\"monitor\"} 1"],
+                "{text}"
+            );
+        });
+    });
+}

@@ -125,11 +125,7 @@ impl ToolHeaders {
 }
 
 /// Every `x-mcp-header` along `properties` chains from the schema's root.
-fn collect(
-    properties: Option<&Value>,
-    path: &mut Vec<Box<str>>,
-    out: &mut Vec<Annotation>,
-) {
+fn collect(properties: Option<&Value>, path: &mut Vec<Box<str>>, out: &mut Vec<Annotation>) {
     let Some(Value::Object(properties)) = properties else {
         return;
     };
