@@ -110,7 +110,7 @@ async fn list_tools(url: &str, headers: &[(HeaderName, HeaderValue)]) -> Result<
 }
 
 /// The closest of `names` to `word`, when it is close enough to be a typo.
-fn did_you_mean<'a>(word: &str, names: &'a [String]) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, names: &'a [String]) -> Option<&'a str> {
     names
         .iter()
         .map(|name| (strsim::jaro_winkler(word, name), name))

@@ -122,6 +122,24 @@ pub async fn run(options: Options) -> Outcome {
     }
     say!(out, "call {} {}\n", options.tool, explanation.args);
     say!(out, "{explanation}\n");
+    // A call no rule governs, under default deny: perhaps a misspelt name.
+    if let Decision::Deny(denial) = &explanation.decision
+        && denial.kind() == tower_mcp_policy::DenialKind::NotAllowed
+    {
+        let names: Vec<String> = policy
+            .unmatched(&[options.tool.as_str()])
+            .into_iter()
+            .filter(|unmatched| !unmatched.entry.contains('*'))
+            .map(|unmatched| unmatched.entry.to_owned())
+            .collect();
+        if let Some(name) = crate::check::did_you_mean(&options.tool, &names) {
+            say!(
+                out,
+                "no rule names `{}`: did you mean `{name}`?\n",
+                options.tool
+            );
+        }
+    }
 
     let expected = explanation.decision.clone();
     let (status, body, answer) = through_the_layer(policy, &options.tool, text).await;

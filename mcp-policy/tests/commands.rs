@@ -680,3 +680,15 @@ async fn the_gateway_runs_from_the_binary() {
     gateway.kill().unwrap();
     gateway.wait().unwrap();
 }
+
+#[test]
+fn explain_suggests_the_rule_a_misspelt_tool_name_probably_meant() {
+    let text = explain(PAYMENTS, "create_chrage", "{}");
+    assert!(text.contains("decision DENY (not_allowed"), "{text}");
+    assert!(
+        text.contains("no rule names `create_chrage`: did you mean `create_charge`?"),
+        "{text}"
+    );
+    let text = explain(PAYMENTS, "drop_database", "{}");
+    assert!(!text.contains("did you mean"), "{text}");
+}
