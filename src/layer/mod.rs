@@ -62,6 +62,7 @@
 
 pub(crate) mod answer;
 mod body;
+mod bounded;
 pub(crate) mod config;
 mod deadline;
 mod filter;

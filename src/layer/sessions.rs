@@ -11,11 +11,9 @@
 //! Memory is bounded: past the limit the oldest sessions are forgotten first, and their
 //! session-scoped limits fall back to per-grant counting, which is never looser.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
-
 use http::{HeaderValue, Response, StatusCode};
 
+use super::bounded::Bounded;
 use super::request::MCP_SESSION_ID;
 use crate::scope::{ScopeHasher, ScopeValue};
 
@@ -24,60 +22,24 @@ pub(crate) const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 #[derive(Debug)]
 pub(crate) struct Sessions {
-    max: usize,
-    issued: Mutex<Issued>,
-}
-
-#[derive(Debug, Default)]
-struct Issued {
-    /// Session → the generation it was issued in.
-    live: HashMap<ScopeValue, u64>,
-    /// Issue order, for forgetting the oldest; entries of ended sessions linger until
-    /// they reach the front (their generation no longer matches).
-    order: VecDeque<(ScopeValue, u64)>,
-    generation: u64,
+    issued: Bounded<()>,
 }
 
 impl Sessions {
     pub fn new(max: usize) -> Sessions {
         Sessions {
-            max,
-            issued: Mutex::new(Issued::default()),
+            issued: Bounded::new(max),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Issued> {
-        self.issued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True when the server issued `session` and has not ended it.
     pub fn is_issued(&self, session: ScopeValue) -> bool {
-        self.lock().live.contains_key(&session)
+        self.issued.get(session).is_some()
     }
 
     /// The server issued `session`.
     pub fn issue(&self, session: ScopeValue) {
-        if self.max == 0 {
-            return;
-        }
-        let mut issued = self.lock();
-        issued.generation += 1;
-        let generation = issued.generation;
-        issued.live.insert(session, generation);
-        issued.order.push_back((session, generation));
-        while issued.live.len() > self.max {
-            let Some((oldest, generation)) = issued.order.pop_front() else {
-                break;
-            };
-            if issued.live.get(&oldest) == Some(&generation) {
-                issued.live.remove(&oldest);
-            }
-        }
-        if issued.order.len() > 2 * self.max {
-            // Mostly ended sessions: drop their entries (amortized O(1) per issue).
-            let Issued { live, order, .. } = &mut *issued;
-            order.retain(|(session, generation)| live.get(session) == Some(generation));
-        }
+        self.issued.insert(session, ());
     }
 
     /// Records what the server's answer shows: an `initialize` answered with an id
@@ -113,12 +75,12 @@ impl Sessions {
 
     /// The server ended `session`.
     pub fn end(&self, session: ScopeValue) {
-        self.lock().live.remove(&session);
+        self.issued.remove(session);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().live.len()
+        self.issued.len()
     }
 }
 
@@ -157,7 +119,7 @@ mod tests {
             sessions.issue(s(100 + i));
             sessions.end(s(100 + i));
         }
-        assert!(sessions.lock().order.len() <= 6);
+        assert!(sessions.issued.queued() <= 6);
         assert!([3, 7].iter().all(|&i| sessions.is_issued(s(i))));
         assert!(!Sessions::new(0).is_issued(s(1)));
     }
