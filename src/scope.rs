@@ -122,6 +122,7 @@ const APPLICATION: u8 = 2;
 const ANONYMOUS: u8 = 3;
 const SESSION: u8 = 4;
 const NO_SESSION: u8 = 5;
+const TASK: u8 = 6;
 
 impl ScopeHasher {
     /// A hasher with a fresh random key: right for a single process.
@@ -200,6 +201,11 @@ impl ScopeHasher {
     /// The session `id` (`Mcp-Session-Id`).
     pub fn session(&self, id: &[u8]) -> ScopeValue {
         self.hash(SESSION, id)
+    }
+
+    /// The task `id` a server handed out (`taskId`).
+    pub(crate) fn task(&self, id: &str) -> ScopeValue {
+        self.hash(TASK, id.as_bytes())
     }
 
     /// The session bucket of a request that has no session: one per grant, so that

@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hasher;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -377,6 +378,27 @@ pub trait CounterStore: Send + Sync + 'static {
     /// finds nothing.
     fn find_session(&self, session: ScopeValue, found: Box<dyn FnOnce() + Send>) {
         let _ = (session, found);
+    }
+
+    /// Records that the server handed `task` (the keyed hash of a task id) to the grant
+    /// `owner`, for the other replicas; the task lives `ttl` (`None`: no time to live).
+    /// A request about a task passes only for the grant that owns it, so without this
+    /// a task created through one replica is unreachable through the others. Best
+    /// effort and never awaited. The default records nothing.
+    fn share_task(&self, task: ScopeValue, owner: ScopeValue, ttl: Option<Duration>) {
+        let _ = (task, owner, ttl);
+    }
+
+    /// Looks `task` up among the tasks other replicas shared: a future of its owner and
+    /// how long it still lives, or `None` when the store shares no tasks (the default).
+    /// The request about the task waits for it.
+    #[allow(clippy::type_complexity)]
+    fn find_task(
+        &self,
+        task: ScopeValue,
+    ) -> Option<Pin<Box<dyn Future<Output = Option<(ScopeValue, Option<Duration>)>> + Send>>> {
+        let _ = task;
+        None
     }
 
     /// How many buckets the store tracks, if it knows cheaply (for metrics). The

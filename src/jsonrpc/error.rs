@@ -18,6 +18,9 @@ pub const NOT_EXECUTED: i64 = -32051;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// The JSON-RPC error code for an unknown (or hidden) tool: invalid params.
 pub const UNKNOWN_TOOL: i64 = -32602;
+/// The JSON-RPC error code for a task the caller does not own, or that does not exist
+/// (the layer answers both alike): invalid params, as servers answer an unknown task.
+pub const UNKNOWN_TASK: i64 = -32602;
 /// The JSON-RPC error code for a tools/list result that could not be filtered.
 pub const INTERNAL_ERROR: i64 = -32603;
 

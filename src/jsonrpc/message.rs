@@ -131,6 +131,18 @@ impl<'a> Message<'a> {
     pub fn routing_name(&self) -> Option<&str> {
         self.routing_name.as_deref()
     }
+
+    /// For a message about one task (`tasks/get`, `tasks/result`, `tasks/update`,
+    /// `tasks/cancel`, sent as a request or as a notification a lenient server might
+    /// still act on): `Some` of its `params.taskId`, itself `None` when that is not a
+    /// string. `None` for any other message.
+    pub fn task(&self) -> Option<Option<&str>> {
+        let about_one_task = matches!(
+            self.method.as_deref(),
+            Some("tasks/get" | "tasks/result" | "tasks/update" | "tasks/cancel")
+        );
+        about_one_task.then(|| self.routing_name())
+    }
 }
 
 /// A decoded body: one message, or a batch.
@@ -266,7 +278,7 @@ pub(super) fn routing_field(method: &str) -> Option<&'static str> {
     match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
-        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
+        "tasks/get" | "tasks/result" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     }
 }

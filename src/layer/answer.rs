@@ -198,7 +198,7 @@ pub(crate) fn read_back<B>(
             .unwrap_or(true)
     });
     // A compressed answer read only to learn from passes unread.
-    let filter = filter.filter(|f| f.hide || !encoded);
+    let filter = filter.filter(|f| f.rewrites() || !encoded);
     let response = if encoded && let Some(filter) = &filter {
         let message = "the server compressed a response that the policy layer must read to \
                        remove hidden tools";
@@ -211,7 +211,7 @@ pub(crate) fn read_back<B>(
         // Nothing to filter, and nothing to watch (or nothing readable): untouched.
         response.map(ResponseBody::inner)
     } else {
-        if filter.as_ref().is_some_and(|f| f.hide) {
+        if filter.as_ref().is_some_and(|f| f.rewrites()) {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         if is_sse {

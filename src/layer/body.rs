@@ -237,7 +237,7 @@ where
                     // it than the limit: past that it is withheld, and the stream ends.
                     // An event read only to learn from stops being read.
                     None if splitter.pending() > *limit
-                        && filter.as_ref().is_some_and(|f| !f.hide) =>
+                        && filter.as_ref().is_some_and(|f| !f.rewrites()) =>
                     {
                         *filter = None;
                         continue;
@@ -299,7 +299,7 @@ where
                             // read only to learn from passes unread.
                             *watch = None;
                             *buffer = Buffer::default();
-                            let Some(filter) = filter.as_ref().filter(|f| f.hide) else {
+                            let Some(filter) = filter.as_ref().filter(|f| f.rewrites()) else {
                                 *filter = None;
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             };

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::config::SharedObserver;
 use super::params::ToolHeaders;
 use super::sse::event_fields;
+use super::tasks::{Owned, strip_foreign};
 use crate::jsonrpc::INTERNAL_ERROR;
 use crate::observe::Event;
 use crate::policy::Policy;
@@ -36,9 +37,16 @@ pub(crate) struct Filter {
     pub hide: bool,
     /// Learn the tools' `Mcp-Param-*` headers from the lists read.
     pub learn: Option<Arc<ToolHeaders>>,
+    /// Remove other grants' tasks from task lists (a `tasks/list` request's answer).
+    pub own_tasks: Option<Owned>,
 }
 
 impl Filter {
+    /// True when the filter may rewrite an answer, and so withholds what it cannot read.
+    pub fn rewrites(&self) -> bool {
+        self.hide || self.own_tasks.is_some()
+    }
+
     /// Reports an answer that may list tools, withheld (replaced by an error) because
     /// of `reason`.
     pub fn withheld(&self, reason: &str) {
@@ -50,7 +58,8 @@ impl Filter {
 /// nothing is hidden in it, pass the original bytes. `Some(text)`: the rewritten
 /// message, or a JSON-RPC error in its place when it could not be read.
 pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
-    if !might_list_tools(data) {
+    let may_list_tasks = filter.own_tasks.is_some() && memmem(data, b"tasks");
+    if !(might_list_tools(data) || may_list_tasks) {
         return None;
     }
     let text = client_text(data);
@@ -59,13 +68,16 @@ pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
             if let Some(learn) = &filter.learn {
                 learn.learn(&message);
             }
-            if !filter.hide {
-                return None;
+            let mut removed = 0;
+            if filter.hide {
+                removed += strip_hidden(&mut message, &filter.policy, filter.private);
             }
-            let removed = strip_hidden(&mut message, &filter.policy, filter.private);
+            if let Some(owned) = &filter.own_tasks {
+                removed += strip_foreign(&mut message, &|id| owned.owns(id));
+            }
             (removed > 0).then(|| message.to_string())
         }
-        Err(_) if !filter.hide => None,
+        Err(_) if !filter.rewrites() => None,
         Err(err) => {
             // A client may still read a tool list out of it (JavaScript reads `1e400`
             // as Infinity and nests deeper than serde_json): withhold it.
@@ -224,7 +236,8 @@ fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
 /// Filters one SSE event. `None`: pass the event through untouched. `Some(bytes)`: the
 /// rewritten event (possibly empty, when it had to be dropped).
 pub(crate) fn filter_event(event: &[u8], filter: &Filter) -> Option<Bytes> {
-    if !might_list_tools(event) {
+    let may_list_tasks = filter.own_tasks.is_some() && memmem(event, b"tasks");
+    if !(might_list_tools(event) || may_list_tasks) {
         return None;
     }
     // As a client decodes the stream; a BOM can only be where the stream starts.
@@ -268,6 +281,7 @@ mod tests {
             private: false,
             hide: true,
             learn: None,
+            own_tasks: None,
         };
         (filter, withheld.0)
     }

@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::body::{Buffer, PolicyBody, ResponseBody};
 use super::deadline::Deadline;
-use super::gate::{BoxError, Charging, Forwarded, Gate, Next, Read};
+use super::gate::{BoxError, Charging, Forwarded, Gate, Looked, Looking, Next, Read, TaskLookup};
 use crate::counter::CounterStore;
 
 pin_project! {
@@ -55,6 +55,11 @@ pin_project! {
             #[pin]
             future: S::Future,
             rest: Option<(Charging, Parts, Bytes, Inner)>,
+        },
+        // Waiting for the store to tell who owns a task the request names.
+        Looking {
+            future: TaskLookup,
+            rest: Option<(Looking, Parts, Bytes, Inner, Read)>,
         },
         // Waiting for the inner service.
         Calling {
@@ -121,8 +126,31 @@ where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    let next = gate.judge(&parts, &bytes, read);
-    step(gate, inner, parts, bytes, next)
+    judged(gate, inner, parts, bytes, read, &Looked::new())
+}
+
+/// The gate judges the body, knowing the owners of the tasks in `looked`.
+#[inline]
+fn judged<Inner, S, ReqBody, ResBody>(
+    gate: &Gate<S>,
+    inner: Inner,
+    parts: Parts,
+    bytes: Bytes,
+    read: Read,
+    looked: &Looked,
+) -> State<Inner, S, ReqBody, ResBody>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    S: CounterStore,
+{
+    let next = gate.judge(&parts, &bytes, read, looked);
+    match next {
+        Next::Look(future, looking) => State::Looking {
+            future,
+            rest: Some((looking, parts, bytes, inner, read)),
+        },
+        next => step(gate, inner, parts, bytes, next),
+    }
 }
 
 /// The state for what the gate said happens next.
@@ -151,6 +179,7 @@ where
             future,
             rest: Some((charging, parts, bytes, inner)),
         },
+        Next::Look(..) => unreachable!("a task's owner is looked up before any charge"),
     }
 }
 
@@ -207,6 +236,12 @@ where
                     let next = this.gate.charged(charging, result);
                     step(this.gate, inner, parts, bytes, next)
                 }
+                StateProj::Looking { future, rest } => {
+                    let found = ready!(future.as_mut().poll(cx));
+                    let (looking, parts, bytes, inner, read) = rest.take().expect("looked once");
+                    let looked = this.gate.looked(looking, found);
+                    judged(this.gate, inner, parts, bytes, read, &looked)
+                }
                 StateProj::Calling { future, forwarded } => {
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
@@ -239,6 +274,7 @@ where
         let state = match &self.state {
             State::Reading { .. } => "reading",
             State::Waiting { .. } => "waiting",
+            State::Looking { .. } => "looking",
             State::Calling { .. } => "calling",
             State::Answered { .. } => "answered",
         };

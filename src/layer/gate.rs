@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! admit (method, entity headers) ─▶ read (future.rs) ─▶ judge: snapshot ─▶ decode ─▶
-//!   headers ─▶ scope keys ─▶ rules ─▶ charge ─▶ Next::{Forward, Answer, Wait}
+//!   headers ─▶ scope keys ─▶ task owners ─▶ rules ─▶ charge ─▶ Next::{Forward, Answer, Wait, Look}
+//! Look ─▶ looked ─▶ judge again, knowing the task's owner
 //! Wait ─▶ charged ─▶ Next::{Forward, Answer}
 //! Forward ─▶ forward (headers for the inner service) ─▶ answered / failed
 //! ```
@@ -11,8 +12,10 @@
 //! the bodies. What the layer writes back lives in `answer.rs`, the facts it reports
 //! in `report.rs`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -25,17 +28,18 @@ use super::config::{Config, Mode, SharedObserver};
 use super::filter::Filter;
 use super::inflight::{Claim, InFlight};
 use super::params::ToolHeaders;
-use super::refund::{Charged, Refunder, Watch};
+use super::refund::{Charged, Ledger, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
     JudgedHeaders, MCP_SESSION_ID, Rejection, check_entity_headers, check_routing_headers,
     too_large,
 };
 use super::sessions::Sessions;
+use super::tasks::{Owned, Tasks};
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::Decision;
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
-use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind, TraceParent};
+use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind, TraceParent, UNKNOWN_TASK};
 use crate::observe::Event;
 use crate::policy::Policy;
 use crate::scope::{Grant, ScopeKeys, ScopeValue};
@@ -55,32 +59,39 @@ pub(crate) struct Gate<S> {
     pub engine: Arc<Engine<S>>,
     pub config: Config,
     pub sessions: Arc<Sessions>,
+    /// The grant that owns each task the server handed out.
+    tasks: Arc<Tasks>,
     /// The request ids pending, per caller.
     inflight: Arc<InFlight>,
     /// The `Mcp-Param-*` headers of the tools the server listed.
     tool_headers: Arc<ToolHeaders>,
     /// Gives charges back and reports it.
-    refunder: Arc<dyn Refunder>,
+    ledger: Arc<dyn Ledger>,
 }
 
-/// Refunds through the engine's store, each reported as an event.
-struct Refunds<S> {
+/// StoreLedger through the engine's store, each reported as an event, and task owners
+/// shared through it.
+struct StoreLedger<S> {
     engine: Arc<Engine<S>>,
     observer: SharedObserver,
 }
 
-impl<S: CounterStore> Refunder for Refunds<S> {
+impl<S: CounterStore> Ledger for StoreLedger<S> {
     fn refund(&self, charges: &[Charge]) {
         self.engine.counters().refund(charges);
         self.observer.0.observe(&Event::Refund {
             charges: charges.len(),
         });
     }
+
+    fn share_task(&self, task: ScopeValue, owner: ScopeValue, ttl: Option<Duration>) {
+        self.engine.counters().share_task(task, owner, ttl);
+    }
 }
 
-impl std::fmt::Debug for dyn Refunder + '_ {
+impl std::fmt::Debug for dyn Ledger + '_ {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Refunder")
+        f.write_str("Ledger")
     }
 }
 
@@ -94,6 +105,23 @@ pub(crate) enum Next<B, S: CounterStore> {
     Answer(Response<ResponseBody<B>>),
     /// Wait for the counter store to apply the charges, then ask [`Gate::charged`].
     Wait(S::Future, Charging),
+    /// Wait for the counter store to tell who owns a task, then ask [`Gate::looked`]
+    /// and judge the request again.
+    Look(TaskLookup, Looking),
+}
+
+/// A task's owner and remaining time to live, looked up in a store shared by replicas.
+pub(crate) type TaskLookup =
+    Pin<Box<dyn Future<Output = Option<(ScopeValue, Option<Duration>)>> + Send>>;
+
+/// The owners of tasks a request names that the store was asked about: the task's hash
+/// and its owner (`None`: the store does not know it).
+pub(crate) type Looked = SmallVec<[(ScopeValue, Option<ScopeValue>); 1]>;
+
+/// A request waiting for the owner of `task`.
+pub(crate) struct Looking {
+    task: ScopeValue,
+    looked: Looked,
 }
 
 /// How much of a request's body to read.
@@ -112,6 +140,11 @@ pub(crate) struct Holds {
     pub lists_tools: bool,
     /// An initialize request: a session id in the answer is issued by the server.
     pub initializes: bool,
+    /// A tools/call or a request about a task: the answer may hand out a task (or
+    /// renew one).
+    pub about_tasks: bool,
+    /// A tasks/list request: other grants' tasks are removed from its answer.
+    pub lists_tasks: bool,
 }
 
 /// What the layer keeps of a forwarded request to handle its answer.
@@ -126,6 +159,9 @@ pub(crate) struct Forwarded {
     charged: Option<Charged>,
     /// The request's `Mcp-Session-Id`, if any.
     session: Option<HeaderValue>,
+    /// The caller's grant (`None` for a request passed unjudged), which owns the tasks
+    /// its answer hands out.
+    grant: Option<ScopeValue>,
     /// A DELETE: a successful answer ends the session.
     deletes: bool,
     /// A GET: the server's event stream, which may replay tool lists.
@@ -155,6 +191,7 @@ impl Forwarded {
             holds,
             charged,
             session: None,
+            grant: None,
             deletes: false,
             streams: false,
             caches_lists: false,
@@ -213,6 +250,7 @@ impl<S: CounterStore> Gate<S> {
         engine: Arc<Engine<S>>,
         config: Config,
         sessions: Arc<Sessions>,
+        tasks: Arc<Tasks>,
         inflight: Arc<InFlight>,
         tool_headers: Arc<ToolHeaders>,
     ) -> Self {
@@ -234,7 +272,7 @@ impl<S: CounterStore> Gate<S> {
             ));
         }
         engine.counters().report_errors_to(Arc::new(report));
-        let refunder = Arc::new(Refunds {
+        let ledger = Arc::new(StoreLedger {
             engine: engine.clone(),
             observer: config.observer.clone(),
         });
@@ -242,9 +280,10 @@ impl<S: CounterStore> Gate<S> {
             engine,
             config,
             sessions,
+            tasks,
             inflight,
             tool_headers,
-            refunder,
+            ledger,
         }
     }
 
@@ -272,9 +311,16 @@ impl<S: CounterStore> Gate<S> {
         }
     }
 
-    /// The body has been read whole: judge it (or pass a bodiless request unjudged).
-    /// Nothing is charged until a [`Next::Wait`] future is polled.
-    pub(crate) fn judge<B>(&self, parts: &Parts, bytes: &Bytes, read: Read) -> Next<B, S> {
+    /// The body has been read whole: judge it (or pass a bodiless request unjudged),
+    /// knowing the owners of the tasks in `looked`. Nothing is charged until a
+    /// [`Next::Wait`] future is polled.
+    pub(crate) fn judge<B>(
+        &self,
+        parts: &Parts,
+        bytes: &Bytes,
+        read: Read,
+        looked: &Looked,
+    ) -> Next<B, S> {
         if !read.judge {
             return Next::Forward(Forwarded::unjudged(self.engine.policy()));
         }
@@ -289,6 +335,9 @@ impl<S: CounterStore> Gate<S> {
             Ok(inspected) => inspected,
             Err(answer) => return Next::Answer(answer),
         };
+        if let Some(next) = self.check_tasks(&inspected, looked) {
+            return next;
+        }
         let claim = inspected.claim.take();
         let calls = inspected.calls();
         let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
@@ -345,6 +394,72 @@ impl<S: CounterStore> Gate<S> {
         let decided = charging.pending.finish(self.reported(result));
         let (policy, inspected) = (&charging.policy, &charging.inspected);
         self.conclude(policy, inspected, claim, decided, charged, charging.started)
+    }
+
+    /// The store said who owns `looking.task` (`found`): remembered here, and known to
+    /// the request's next judgement.
+    pub(crate) fn looked(
+        &self,
+        looking: Looking,
+        found: Option<(ScopeValue, Option<Duration>)>,
+    ) -> Looked {
+        let Looking { task, mut looked } = looking;
+        if let Some((owner, ttl)) = found {
+            self.tasks.record(task, owner, ttl);
+        }
+        looked.push((task, found.map(|(owner, _)| owner)));
+        looked
+    }
+
+    /// Every message about a task must name one the caller's grant owns: another
+    /// grant's task and an id no server handed out through the layer get the same
+    /// answer, so it tells nothing of which ids exist. An owner this replica does not
+    /// know is asked of the store, when it shares tasks ([`Next::Look`]). `None`: every
+    /// task named is the caller's.
+    fn check_tasks<B>(&self, inspected: &Inspected<'_>, looked: &Looked) -> Option<Next<B, S>> {
+        for message in inspected.decoded.messages() {
+            let Some(task) = message.task() else {
+                continue;
+            };
+            let method = message.method().unwrap_or_default();
+            let answer_id = message_id(inspected, message);
+            let refuse = |status, code, text| {
+                let rejection = Rejection {
+                    status,
+                    code,
+                    message: text,
+                };
+                Some(Next::Answer(self.rejected(rejection, answer_id)))
+            };
+            let Some(id) = task else {
+                let text = format!("{method} needs params.taskId, a string");
+                return refuse(StatusCode::BAD_REQUEST, INVALID_REQUEST, text);
+            };
+            if message.kind() != MessageKind::Request {
+                let text = format!("{method} must be a request, with an id");
+                return refuse(StatusCode::BAD_REQUEST, INVALID_REQUEST, text);
+            }
+            let hash = self.config.hasher.task(id);
+            let owner = match looked.iter().find(|(task, _)| *task == hash) {
+                Some((_, owner)) => *owner,
+                None => match self.tasks.owner(hash) {
+                    Some(owner) => Some(owner),
+                    None => match self.engine.counters().find_task(hash) {
+                        Some(future) => {
+                            let looked = looked.clone();
+                            return Some(Next::Look(future, Looking { task: hash, looked }));
+                        }
+                        None => None,
+                    },
+                },
+            };
+            if owner != Some(inspected.keys.grant) {
+                // What a server answers for a task it does not know.
+                let text = format!("unknown task: {id}");
+                return refuse(StatusCode::OK, UNKNOWN_TASK, text);
+            }
+        }
+        None
     }
 
     /// Decodes the body and checks it against the headers; the error is the answer.
@@ -408,6 +523,8 @@ impl<S: CounterStore> Gate<S> {
             if message.kind() == MessageKind::Request {
                 holds.lists_tools |= message.method() == Some("tools/list");
                 holds.initializes |= message.method() == Some("initialize");
+                holds.about_tasks |= message.tool_call().is_some() || message.task().is_some();
+                holds.lists_tasks |= message.method() == Some("tasks/list");
             }
         }
         let requests = decoded
@@ -474,6 +591,7 @@ impl<S: CounterStore> Gate<S> {
                 let mut forwarded =
                     Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
                 forwarded.claim = claim;
+                forwarded.grant = Some(keys.grant);
                 if observer.wants_allowed() {
                     forwarded.allowed = report::allowed_calls(decoded, keys, inspected.trace);
                 }
@@ -485,6 +603,7 @@ impl<S: CounterStore> Gate<S> {
                 let outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
                 let mut forwarded = Forwarded::judged(policy, inspected.holds, None, outcome);
                 forwarded.claim = claim;
+                forwarded.grant = Some(keys.grant);
                 Next::Forward(forwarded)
             }
             Err(decisions) => {
@@ -506,11 +625,7 @@ impl<S: CounterStore> Gate<S> {
     ) -> Result<(ScopeKeys, Option<ScopeValue>), Rejection> {
         let hasher = &self.config.hasher;
         let (authorization, session) = headers.scope()?;
-        let grant = match (parts.extensions.get::<Grant>(), authorization) {
-            (Some(grant), _) => hasher.application(grant.as_str()),
-            (None, Some(credential)) => hasher.credential(credential.as_bytes()),
-            (None, None) => hasher.anonymous(),
-        };
+        let grant = self.grant(parts, authorization);
         // Only a session the server issued is a session; any other id counts per grant.
         let carried = session.map(|id| hasher.session(id.as_bytes()));
         let issued = carried.filter(|&session| self.sessions.is_issued(session));
@@ -527,6 +642,17 @@ impl<S: CounterStore> Gate<S> {
         Ok((ScopeKeys::new(grant, session), carried))
     }
 
+    /// The grant of a request that carries `authorization`: the application's
+    /// [`Grant`] first.
+    fn grant(&self, parts: &Parts, authorization: Option<&HeaderValue>) -> ScopeValue {
+        let hasher = &self.config.hasher;
+        match (parts.extensions.get::<Grant>(), authorization) {
+            (Some(grant), _) => hasher.application(grant.as_str()),
+            (None, Some(credential)) => hasher.credential(credential.as_bytes()),
+            (None, None) => hasher.anonymous(),
+        }
+    }
+
     /// The request as the inner service gets it. When answers may need filtering, it
     /// asks the server not to compress them: a compressed tool list could not be read,
     /// so it could not be filtered.
@@ -534,6 +660,13 @@ impl<S: CounterStore> Gate<S> {
         forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
         forwarded.deletes = parts.method == Method::DELETE;
         forwarded.streams = parts.method == Method::GET;
+        if forwarded.streams {
+            // The stream may resume a call's answer, and with it a task handle.
+            let headers = JudgedHeaders::read(&parts.headers);
+            if let Ok((authorization, _)) = headers.scope() {
+                forwarded.grant = Some(self.grant(&parts, authorization));
+            }
+        }
         forwarded.caches_lists = parts
             .headers
             .get(&MCP_PROTOCOL_VERSION)
@@ -542,7 +675,10 @@ impl<S: CounterStore> Gate<S> {
         if !forwarded.allowed.is_empty() {
             forwarded.sent = Some(Instant::now());
         }
-        if self.must_filter(forwarded) {
+        // A task list in a compressed answer could not be kept to the caller's tasks. (A
+        // call keeps its compression: a task handed out in a compressed answer is not
+        // bound, and stays unreachable through the layer.)
+        if self.must_filter(forwarded) || forwarded.holds.lists_tasks {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
@@ -572,7 +708,8 @@ impl<S: CounterStore> Gate<S> {
         response.extensions_mut().insert(forwarded.outcome.clone());
         // Boxed: the response body stays small for the answers that need no filtering.
         let hide = self.must_filter(&forwarded);
-        let filter = (hide || forwarded.holds.lists_tools).then(|| {
+        let lists = forwarded.holds.lists_tools || forwarded.holds.lists_tasks;
+        let filter = (hide || lists).then(|| {
             Box::new(Filter {
                 policy: forwarded.policy,
                 observer: self.config.observer.clone(),
@@ -582,6 +719,10 @@ impl<S: CounterStore> Gate<S> {
                     .holds
                     .lists_tools
                     .then(|| self.tool_headers.clone()),
+                own_tasks: forwarded
+                    .grant
+                    .filter(|_| forwarded.holds.lists_tasks)
+                    .map(|grant| self.owned(grant)),
             })
         });
         let mut charged = forwarded.charged;
@@ -589,14 +730,29 @@ impl<S: CounterStore> Gate<S> {
             && matches!(response.status().as_u16(), 502..=504)
         {
             // The server was not reached: nothing ran.
-            charged.refund_all(&*self.refunder);
+            charged.refund_all(&*self.ledger);
         }
-        let watch = charged.filter(|c| !c.is_empty()).map(|charged| Watch {
-            charged,
-            refunder: self.refunder.clone(),
+        let bind = forwarded
+            .grant
+            .filter(|_| forwarded.holds.about_tasks || forwarded.streams)
+            .map(|grant| self.owned(grant));
+        let charged = charged.filter(|c| !c.is_empty());
+        let watch = (charged.is_some() || bind.is_some()).then(|| Watch {
+            charged: charged.unwrap_or_default(),
+            ledger: self.ledger.clone(),
+            bind,
         });
         let limit = self.config.max_filtered_response;
         answer::read_back(response, filter, watch, limit, forwarded.claim)
+    }
+
+    /// What binds the tasks an answer to `grant` hands out, and reads its task lists.
+    fn owned(&self, grant: ScopeValue) -> Owned {
+        Owned {
+            grant,
+            tasks: self.tasks.clone(),
+            hasher: self.config.hasher.clone(),
+        }
     }
 
     /// True when answers must be filtered: the layer enforces a policy that hides tools
@@ -611,7 +767,7 @@ impl<S: CounterStore> Gate<S> {
     pub(crate) fn failed(&self, forwarded: &mut Forwarded) {
         self.report_allowed(forwarded, None);
         if let Some(charged) = &mut forwarded.charged {
-            charged.refund_all(&*self.refunder);
+            charged.refund_all(&*self.ledger);
         }
     }
 
@@ -708,4 +864,15 @@ impl<S: CounterStore> Gate<S> {
             report::refused(observer, &policy, &decoded, caller, &decisions, false, true);
         }
     }
+}
+
+/// The id to answer `message` of `inspected` with: its own, or in a batch (refused
+/// whole) the first request's.
+fn message_id<'a>(
+    inspected: &'a Inspected<'_>,
+    message: &'a jsonrpc::Message<'_>,
+) -> Option<&'a jsonrpc::Id> {
+    message
+        .id()
+        .or_else(|| inspected.decoded.messages().iter().find_map(|m| m.id()))
 }

@@ -14,6 +14,7 @@ use super::inflight::InFlight;
 use super::params::ToolHeaders;
 use super::service::PolicyService;
 use super::sessions::{DEFAULT_MAX_SESSIONS, Sessions};
+use super::tasks::{DEFAULT_MAX_TASKS, Tasks};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
 use crate::error::PolicyError;
@@ -31,6 +32,7 @@ pub struct PolicyLayer<S = MemoryCounters> {
     engine: Arc<Engine<S>>,
     config: Config,
     sessions: Arc<Sessions>,
+    tasks: Arc<Tasks>,
     inflight: Arc<InFlight>,
     tool_headers: Arc<ToolHeaders>,
 }
@@ -41,6 +43,7 @@ impl<S> Clone for PolicyLayer<S> {
             engine: self.engine.clone(),
             config: self.config.clone(),
             sessions: self.sessions.clone(),
+            tasks: self.tasks.clone(),
             inflight: self.inflight.clone(),
             tool_headers: self.tool_headers.clone(),
         }
@@ -55,6 +58,8 @@ impl PolicyLayer<MemoryCounters> {
     pub const DEFAULT_MAX_FILTERED_RESPONSE: usize = DEFAULT_MAX_FILTERED_RESPONSE;
     /// The default number of server-issued sessions remembered: about 7 MB.
     pub const DEFAULT_MAX_SESSIONS: usize = DEFAULT_MAX_SESSIONS;
+    /// The default number of task owners remembered: about 8 MB.
+    pub const DEFAULT_MAX_TASKS: usize = DEFAULT_MAX_TASKS;
     /// The default most messages in one JSON-RPC batch: 100.
     pub const DEFAULT_MAX_BATCH: usize = DEFAULT_MAX_BATCH;
     /// The default most charges one request may ask the counter store for: 1000.
@@ -125,6 +130,7 @@ impl<S> PolicyLayer<S> {
             engine: Arc::new(engine),
             config,
             sessions: Arc::new(Sessions::new(DEFAULT_MAX_SESSIONS)),
+            tasks: Arc::new(Tasks::new(DEFAULT_MAX_TASKS)),
             inflight: Arc::default(),
             tool_headers: Arc::default(),
         }
@@ -233,6 +239,25 @@ impl<S> PolicyLayer<S> {
         self.sessions = Arc::new(Sessions::new(sessions));
         self
     }
+
+    /// How many task owners to remember (default [`PolicyLayer::DEFAULT_MAX_TASKS`],
+    /// about 8 MB).
+    ///
+    /// A task id is bound to the grant whose request the server handed it out to (a
+    /// `CreateTaskResult`, or a task handle in any answer): `tasks/get`, `tasks/result`,
+    /// `tasks/update` and `tasks/cancel` pass only for that grant, until the task's
+    /// `ttlMs` runs out; any other caller, and any id the server did not hand out
+    /// through this layer, gets the answer a server gives for an unknown task
+    /// (`-32602`), and `tasks/list` answers keep only the caller's tasks. Past the
+    /// limit the oldest tasks are forgotten, and become unreachable through the layer
+    /// (a store shared by replicas, such as Redis, still knows them). Callers without a
+    /// credential are one grant: give them credentials (or a [`Grant`](crate::Grant))
+    /// when their tasks must be kept apart.
+    #[must_use]
+    pub fn max_tasks(mut self, tasks: usize) -> Self {
+        self.tasks = Arc::new(Tasks::new(tasks));
+        self
+    }
 }
 
 impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
@@ -243,6 +268,7 @@ impl<Inner, S: CounterStore> Layer<Inner> for PolicyLayer<S> {
             self.engine.clone(),
             self.config.clone(),
             self.sessions.clone(),
+            self.tasks.clone(),
             self.inflight.clone(),
             self.tool_headers.clone(),
         );

@@ -78,6 +78,7 @@ mod request;
 pub(crate) mod service;
 mod sessions;
 mod sse;
+mod tasks;
 
 pub use answer::Outcome;
 pub use body::{PolicyBody, ResponseBody};

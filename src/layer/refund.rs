@@ -8,6 +8,7 @@
 //! nobody gains quota this way. An answer the layer cannot read refunds nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -15,10 +16,17 @@ use smallvec::SmallVec;
 use crate::counter::Charge;
 use crate::engine::PendingCharges;
 use crate::jsonrpc::{Decoded, Id};
+use crate::scope::ScopeValue;
 
-/// Something that can give charges back: the layer's engine, whatever its store.
-pub(crate) trait Refunder: Send + Sync {
+use super::tasks::Owned;
+
+/// What the server's answers change in the counter store: charges given back, and the
+/// owners of the tasks it hands out (shared with the other replicas, when the store
+/// shares state). The layer's engine, whatever its store.
+pub(crate) trait Ledger: Send + Sync {
     fn refund(&self, charges: &[Charge]);
+    /// `owner` got `task`, which lives `ttl`.
+    fn share_task(&self, task: ScopeValue, owner: ScopeValue, ttl: Option<Duration>);
 }
 
 /// The charges a forwarded request paid, by the id of the call each paid for.
@@ -46,16 +54,16 @@ impl Charged {
     }
 
     /// Gives every charge back (the server was not reached).
-    pub fn refund_all(&mut self, refunder: &dyn Refunder) {
+    pub fn refund_all(&mut self, ledger: &dyn Ledger) {
         let charges: SmallVec<[Charge; 4]> = self.charges.drain(..).map(|(_, c)| c).collect();
         if !charges.is_empty() {
-            refunder.refund(&charges);
+            ledger.refund(&charges);
         }
     }
 
     /// Gives back the charges of every call that `message` (a JSON-RPC message or
     /// batch, as sent by the server) answers with an error.
-    pub fn refund_errors(&mut self, message: &[u8], refunder: &dyn Refunder) {
+    pub fn refund_errors(&mut self, message: &[u8], ledger: &dyn Ledger) {
         if self.charges.is_empty() || !(memchr_error(message) || input_required(message)) {
             return;
         }
@@ -89,7 +97,7 @@ impl Charged {
             });
         }
         if !back.is_empty() {
-            refunder.refund(&back);
+            ledger.refund(&back);
         }
     }
 
@@ -120,14 +128,34 @@ fn input_required(data: &[u8]) -> bool {
     INPUT.find(data).is_some()
 }
 
-/// What a response body needs to refund the calls the server answers with errors.
+/// A cheap test before parsing: a task handle names its `taskId`.
+fn mentions_task(data: &[u8]) -> bool {
+    static TASK: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"taskId\""));
+    TASK.find(data).is_some()
+}
+
+/// What a response body watches its messages for: the calls the server answers with
+/// errors (their charges are refunded), and the tasks it hands out (bound to `bind`'s
+/// grant). Each message is read before the client gets it.
 pub(crate) struct Watch {
     pub charged: Charged,
-    pub refunder: Arc<dyn Refunder>,
+    pub ledger: Arc<dyn Ledger>,
+    pub bind: Option<Owned>,
 }
 
 impl Watch {
     pub fn message(&mut self, data: &[u8]) {
-        self.charged.refund_errors(data, &*self.refunder);
+        self.charged.refund_errors(data, &*self.ledger);
+        if let Some(owned) = &self.bind
+            && mentions_task(data)
+            && let Ok(message) = serde_json::from_slice::<Value>(data)
+        {
+            // An answer the layer cannot read binds nothing: its tasks stay unreachable.
+            let ledger = &*self.ledger;
+            owned.bind(&message, &mut |task, ttl| {
+                ledger.share_task(task, owned.grant, ttl)
+            });
+        }
     }
 }
