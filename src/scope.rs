@@ -84,6 +84,12 @@ impl ScopeValue {
     pub fn as_u128(self) -> u128 {
         self.0
     }
+
+    /// The hash back from the number [`ScopeValue::as_u128`] gave (for stores that keep
+    /// task owners elsewhere: see [`CounterStore::find_task`](crate::counter::CounterStore::find_task)).
+    pub fn from_u128(value: u128) -> ScopeValue {
+        ScopeValue(value)
+    }
 }
 
 impl fmt::Debug for ScopeValue {

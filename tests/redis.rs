@@ -912,3 +912,77 @@ async fn a_session_issued_through_one_replica_counts_as_one_on_every_replica() {
     }
     assert_eq!(passed, 4, "one session, one budget across replicas");
 }
+
+/// A task handed out through one replica is bound to its owner on every replica: the
+/// owner reaches it through another replica at once, another grant through none, and
+/// Redis holds the binding for the task's time to live, as hashes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_bound_to_its_owner_on_every_replica() {
+    let redis = Redis::start();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let reached = reached.clone();
+        tower::service_fn(move |request: Request<PolicyBody>| {
+            let reached = reached.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let message: Value = serde_json::from_slice(&body).unwrap();
+                let result = match message["method"].as_str().unwrap() {
+                    "tools/call" => json!({"resultType": "task", "taskId": "task-secret-1",
+                        "status": "working", "ttlMs": 60_000}),
+                    _ => {
+                        reached.fetch_add(1, Ordering::SeqCst);
+                        json!({"resultType": "complete", "taskId": "task-secret-1",
+                            "status": "completed"})
+                    }
+                };
+                let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer.to_string()))))
+            }
+        })
+    };
+    let policy: Arc<Policy> = Arc::new(r#"{"version":"1","default":"allow"}"#.parse().unwrap());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = redis.builder().connect().await.unwrap();
+        let layer = PolicyLayer::from_engine(Engine::with_counters(policy.clone(), store));
+        replicas.push(tower::util::BoxCloneService::new(
+            layer.layer(server.clone()),
+        ));
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let get = |caller: &str| {
+        let request =
+            tower_mcp_policy::testing::request("tasks/get", json!({"taskId": "task-secret-1"}));
+        tower_mcp_policy::testing::as_caller(request, caller)
+    };
+
+    let created = a
+        .clone()
+        .oneshot(support::call_as("slow", json!({}), "Bearer alice"))
+        .await
+        .unwrap();
+    assert_eq!(answer(created).await["result"]["taskId"], "task-secret-1");
+    // At once, through the replica that did not see it handed out.
+    let polled = answer(b.clone().oneshot(get("Bearer alice")).await.unwrap()).await;
+    assert_eq!(polled["result"]["status"], "completed", "{polled}");
+    for replica in [a, b] {
+        let refused = answer(replica.clone().oneshot(get("Bearer bob")).await.unwrap()).await;
+        assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 1, "only Alice's poll ran");
+
+    let mut connection = redis.client().await;
+    let keys = redis.keys("*task:*").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].contains("secret"), "hashed: {keys:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        (1..=60_000).contains(&ttl),
+        "the task's time to live: {ttl}"
+    );
+}

@@ -279,10 +279,12 @@ async fn a_task_handed_out_in_a_stream_is_bound_too() {
 async fn a_task_is_unreachable_once_its_time_to_live_has_run_out() {
     let server = TaskServer::default();
     let service = allow_all().layer(server.clone());
-    let task = create(&service, ALICE, json!({"ttl": 1})).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let task = create(&service, ALICE, json!({"ttl": 500})).await;
+    // A status answer that does not state a time to live leaves it as it was.
+    assert_eq!(about(&service, ALICE, "tasks/get", &task).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_unknown(&task, about(&service, ALICE, "tasks/get", &task).await);
-    assert_eq!(server.reached(), Vec::<String>::new());
+    assert_eq!(server.reached(), [format!("tasks/get {task}")]);
 }
 
 #[tokio::test]

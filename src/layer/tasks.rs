@@ -55,9 +55,9 @@ impl Tasks {
         Some(owner.grant)
     }
 
-    /// The server handed `task` to `grant`, to live `ttl` from now. True when `grant`
-    /// owns it now (it was new, expired, or already `grant`'s: its time to live is
-    /// renewed); false when another grant owns it.
+    /// The server handed `task` to `grant`, to live `ttl` from now (`None`: no time to
+    /// live). True when `grant` owns it now (it was new, expired, or already `grant`'s:
+    /// its time to live is renewed); false when another grant owns it.
     pub fn record(&self, task: ScopeValue, grant: ScopeValue, ttl: Option<Duration>) -> bool {
         if self.owner(task).is_some_and(|owner| owner != grant) {
             return false;
@@ -68,10 +68,14 @@ impl Tasks {
     }
 }
 
+/// A task's time to live as an answer states it: `None` when the answer does not say
+/// (a status update may leave it out), `Some(None)` when it has none (`null`).
+pub(crate) type Stated = Option<Option<Duration>>;
+
 /// Calls `found` with the id and time to live of every task handle in `message` (a
 /// JSON-RPC message or batch from the server): a result that is a task (`taskId` at its
 /// top, MCP 2026-07-28) or holds one (`task.taskId`, 2025-11-25).
-pub(crate) fn handles(message: &Value, found: &mut impl FnMut(&str, Option<Duration>)) {
+pub(crate) fn handles(message: &Value, found: &mut impl FnMut(&str, Stated)) {
     match message {
         Value::Array(items) => items.iter().for_each(|item| handles(item, found)),
         Value::Object(object) => {
@@ -86,8 +90,7 @@ pub(crate) fn handles(message: &Value, found: &mut impl FnMut(&str, Option<Durat
                 let ttl = task
                     .get("ttlMs")
                     .or_else(|| task.get("ttl"))
-                    .and_then(Value::as_u64)
-                    .map(Duration::from_millis);
+                    .map(|ttl| ttl.as_u64().map(Duration::from_millis));
                 found(id, ttl);
             }
         }
@@ -135,11 +138,18 @@ impl Owned {
         self.tasks.owner(self.hasher.task(id)) == Some(self.grant)
     }
 
-    /// Binds the task handles in `message` to this grant; `share` is told each task
-    /// bound (its hash and time to live), for the other replicas.
+    /// Binds the task handles in `message` to this grant (a handle of one of its tasks
+    /// that states a time to live renews it); `share` is told each task bound (its hash
+    /// and time to live), for the other replicas.
     pub fn bind(&self, message: &Value, share: &mut impl FnMut(ScopeValue, Option<Duration>)) {
-        handles(message, &mut |id, ttl| {
+        handles(message, &mut |id, stated| {
             let task = self.hasher.task(id);
+            let ttl = match stated {
+                Some(ttl) => ttl,
+                // Silent on its time to live: a status update leaves it as it was.
+                None if self.tasks.owner(task).is_some() => return,
+                None => None,
+            };
             if self.tasks.record(task, self.grant, ttl) {
                 share(task, ttl);
             }
@@ -161,6 +171,8 @@ mod tests {
             {"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":"a","status":"working","ttlMs":60000}},
             // 2025-11-25: the result holds it.
             {"jsonrpc":"2.0","id":2,"result":{"task":{"taskId":"b","status":"working","ttl":null}}},
+            // A status that does not state its time to live.
+            {"jsonrpc":"2.0","id":7,"result":{"resultType":"complete","taskId":"d","status":"completed"}},
             // Not handles: a plain result, an error, a request.
             {"jsonrpc":"2.0","id":3,"result":{"content":[]}},
             {"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"taskId"}},
@@ -171,8 +183,9 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("a".to_owned(), Some(Duration::from_secs(60))),
-                ("b".to_owned(), None)
+                ("a".to_owned(), Some(Some(Duration::from_secs(60)))),
+                ("b".to_owned(), Some(None)),
+                ("d".to_owned(), None),
             ]
         );
     }

@@ -157,6 +157,23 @@ impl RedisCountersBuilder {
 /// `initialize` issuing it.
 const SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How long the owner of a task without a time to live is shared.
+const TASK_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How long a replica that does not find a task waits before it asks once more: the
+/// replica that saw the task handed out shares it as its answer goes to the client, so
+/// the client's next request can overtake the write by a little.
+const TASK_RECHECK: Duration = Duration::from_millis(50);
+
+/// Binds a task to an owner unless another owner has it (the first keeps it); the
+/// owner's own renewal sets the new time to live.
+const BIND_TASK: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
 impl RedisCounters {
     /// The default prefix of every key the store writes.
     pub const DEFAULT_PREFIX: &'static str = "mcp-policy:";
@@ -373,6 +390,65 @@ impl CounterStore for RedisCounters {
                 found();
             }
         });
+    }
+
+    /// `SET prefix + "task:" + hash` to the owner's hash, for the task's time to live
+    /// (seven days when it has none), unless another owner has it; in the background.
+    fn share_task(&self, task: ScopeValue, owner: ScopeValue, ttl: Option<Duration>) {
+        let shared = self.inner.shared.clone();
+        tokio::spawn(async move {
+            let key = wire::task_key(&shared.prefix, task);
+            let ttl = ttl.unwrap_or(TASK_TTL).as_millis().max(1);
+            let mut connection = shared.connection.clone();
+            let written: redis::RedisResult<i64> = redis::Script::new(BIND_TASK)
+                .key(&key)
+                .arg(wire::hex_u128(owner.as_u128()))
+                .arg(ttl as u64)
+                .invoke_async(&mut connection)
+                .await;
+            if let Err(error) = written {
+                let message = format!("could not share a task with the other replicas: {error}");
+                shared.report(StoreError::new(message));
+            }
+        });
+    }
+
+    /// `GET` and `PTTL` of the task's key, within the store's deadline; asked once more
+    /// after a short wait when the key is missing (the replica that saw the task handed
+    /// out may still be writing it). An error is reported, and finds nothing: the
+    /// request is refused.
+    fn find_task(
+        &self,
+        task: ScopeValue,
+    ) -> Option<Pin<Box<dyn Future<Output = Option<(ScopeValue, Option<Duration>)>> + Send>>> {
+        let shared = self.inner.shared.clone();
+        let deadline = self.inner.deadline;
+        Some(Box::pin(async move {
+            let key = wire::task_key(&shared.prefix, task);
+            for attempt in 0..2 {
+                if attempt > 0 {
+                    tokio::time::sleep(TASK_RECHECK).await;
+                }
+                let mut connection = shared.connection.clone();
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+                let query = pipe.query_async::<(Option<String>, i64)>(&mut connection);
+                let error = match tokio::time::timeout(deadline, query).await {
+                    Ok(Ok((Some(owner), ttl))) => {
+                        let owner = u128::from_str_radix(&owner, 16).ok()?;
+                        let ttl = u64::try_from(ttl).ok().map(Duration::from_millis);
+                        return Some((ScopeValue::from_u128(owner), ttl));
+                    }
+                    Ok(Ok((None, _))) => continue,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {deadline:?}"),
+                };
+                let message = format!("could not look up the owner of a task: {error}");
+                shared.report(StoreError::new(message));
+                return None;
+            }
+            None
+        }))
     }
 
     fn report_errors_to(&self, report: Arc<dyn Fn(&StoreError) + Send + Sync>) {

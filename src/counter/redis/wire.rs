@@ -181,6 +181,20 @@ pub(super) fn session_key(prefix: &str, session: crate::scope::ScopeValue) -> St
     String::from_utf8(key).expect("a text prefix and hex digits")
 }
 
+/// The key that names the grant owning `task`: `prefix` + `task:` + its hash in hex.
+pub(super) fn task_key(prefix: &str, task: crate::scope::ScopeValue) -> String {
+    let mut key = Vec::with_capacity(prefix.len() + 5 + 32);
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(b"task:");
+    push_hex_u128(&mut key, task.as_u128());
+    String::from_utf8(key).expect("a text prefix and hex digits")
+}
+
+/// `value` in 32 hex digits (a task's owner, as stored).
+pub(super) fn hex_u128(value: u128) -> String {
+    format!("{value:032x}")
+}
+
 /// The key of a counter's bucket, in place of what `key` held. Written by hand, as
 /// bytes: `format!` with two hex fields costs more than the rest of a request's share
 /// of a script call, and a `String` checks every character it is given.
