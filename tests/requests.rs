@@ -730,3 +730,78 @@ async fn a_filtered_list_is_private_on_the_revision_that_caches_lists() {
         assert_eq!(result["cacheScope"], scope, "{version}: {body}");
     }
 }
+
+/// MCP 2026-07-28: `server/discover` passes untouched, and a `subscriptions/listen`
+/// stream (which replaces the GET stream) is filtered like any answer: a notification
+/// passes byte for byte, a tool list in it loses its hidden tools.
+#[tokio::test]
+async fn discovery_passes_and_subscription_streams_are_filtered() {
+    let discovered = r#"{"jsonrpc":"2.0","id":1,"result":{"supportedVersions":["2026-07-28"],"capabilities":{"tools":{"listChanged":true}},"serverInfo":{"name":"s","version":"1"}}}"#;
+    let seen = Seen::default();
+    let upstream = scripted(&seen, Some("application/json"), None, discovered);
+    let mut request =
+        post(json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}));
+    request
+        .headers_mut()
+        .insert("mcp-protocol-version", "2026-07-28".parse().unwrap());
+    let response = layer().layer(upstream).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, discovered.as_bytes());
+    assert_eq!(seen.lock().unwrap().len(), 1, "the server answered it");
+
+    let notification = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+    let stream: &'static str = Box::leak(
+        format!(
+            "{notification}event: message\ndata: {}\n\n",
+            r#"{"jsonrpc":"2.0","id":9,"result":{"tools":[{"name":"echo"},{"name":"delete_all"}]}}"#
+        )
+        .into_boxed_str(),
+    );
+    let seen = Seen::default();
+    let upstream = scripted(&seen, Some("text/event-stream"), None, stream);
+    let mut request = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "subscriptions/listen",
+        "params": {"subscriptions": {"toolsListChanged": true}}}),
+    );
+    request
+        .headers_mut()
+        .insert("mcp-protocol-version", "2026-07-28".parse().unwrap());
+    let response = layer().layer(upstream).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    assert!(text.starts_with(notification), "{text}");
+    assert!(text.contains(r#""name":"echo""#), "{text}");
+    assert!(!text.contains("delete_all"), "{text}");
+    assert_eq!(seen.lock().unwrap()[0]["accept-encoding"], "identity");
+}
+
+/// Elicitation (MCP 2025-06-18 on): the client's answer to a server's
+/// `elicitation/create` is a JSON-RPC response, not a call: it reaches the server and
+/// charges nothing, so the call that asked is charged once, when it was made.
+#[tokio::test]
+async fn a_clients_answer_to_an_elicitation_passes_and_charges_nothing() {
+    let upstream = Upstream::default();
+    let service = layer().layer(upstream.clone());
+    let first = service
+        .clone()
+        .oneshot(post(call("write", json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(body_json(first.into_body()).await, json!({"ok": true}));
+    let answer = json!({"jsonrpc": "2.0", "id": "elicit-1",
+        "result": {"action": "accept", "content": {"confirm": true}}});
+    let response = service.clone().oneshot(post(answer)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response.into_body()).await, json!({"ok": true}));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+    // `write` allows one call a minute: the answer did not take it, the first call did.
+    let second = service
+        .oneshot(post(call("write", json!({}))))
+        .await
+        .unwrap();
+    let body = body_json(second.into_body()).await;
+    assert_eq!(body["result"]["isError"], true, "{body}");
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+}

@@ -120,3 +120,51 @@ async fn sse_progress_streams_through_the_gateway_as_it_happens() {
         "the first progress event came {first_progress:?} in, the result {done:?}: the stream was buffered"
     );
 }
+
+/// MCP 2025-11-25 tasks through the gateway, with the official TypeScript SDK client: a
+/// task-augmented call, polled and read by the client that made it; another client,
+/// with another credential, gets the layer's unknown-task answer for every request about
+/// it and an empty task list.
+#[tokio::test]
+async fn a_typescript_clients_task_is_its_own() {
+    let server = Everything::start().await;
+    let url = start_gateway(&server.url).await;
+    let out = servers::demo::node_script(
+        "tasks.mjs",
+        vec![url, "owner-token".into(), "other-token".into()],
+    )
+    .await;
+    let created = out
+        .iter()
+        .find_map(|line| line["created"].as_str())
+        .unwrap_or_else(|| panic!("no task created: {out:?}"))
+        .to_owned();
+    for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+        let attempt = out
+            .iter()
+            .find(|line| line["other"] == method)
+            .unwrap_or_else(|| panic!("no {method} attempt: {out:?}"));
+        // The layer's answer (the server words its own differently), so the server
+        // never saw the request.
+        assert_eq!(
+            attempt["error"],
+            json!({"code": -32602, "message": format!("MCP error -32602: unknown task: {created}")}),
+            "{out:?}"
+        );
+    }
+    let other_list = out.iter().find_map(|line| line.get("otherList")).unwrap();
+    assert_eq!(other_list, &json!([]), "{out:?}");
+    let result = out
+        .iter()
+        .find_map(|line| line.get("result"))
+        .unwrap_or_else(|| panic!("the owner gets the result: {out:?}"));
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("policy layers"),
+        "{result}"
+    );
+    let owner_list = out.iter().find_map(|line| line.get("ownerList")).unwrap();
+    assert_eq!(owner_list, &json!([created]), "{out:?}");
+}
