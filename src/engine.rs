@@ -132,9 +132,11 @@ impl<S> Engine<S> {
     }
 
     /// The policy in force now (a snapshot: it may be replaced while it is used; see
-    /// [`PolicyHandle`](crate::PolicyHandle)).
+    /// [`PolicyHandle`](crate::PolicyHandle)). Under [`Grants`](crate::Grants), the one
+    /// anonymous callers get, or one that denies everything: the layer judges each
+    /// request under its own grant's policy.
     pub fn policy(&self) -> Arc<Policy> {
-        self.source.snapshot()
+        self.source.snapshot().fallback()
     }
 
     pub(crate) fn source(&self) -> &Arc<Source> {

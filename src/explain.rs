@@ -360,19 +360,6 @@ pub struct ToolPolicy<'p> {
     pub counters: Vec<&'p CounterDef>,
 }
 
-/// An entry of a policy (a `hide` entry or a key under `tools`) that matches none of a
-/// server's tools; see [`Policy::unmatched`].
-///
-/// See the example on [`Policy::unmatched`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Unmatched<'p> {
-    /// The entry as written: a name or a pattern.
-    pub entry: &'p str,
-    /// Where it is and what is wrong, for people.
-    pub warning: PolicyWarning,
-}
-
 impl ToolPolicy<'_> {
     /// `hidden`, `denied by default`, `allowed`, `allowed with conditions`, or
     /// `limited` (with or without conditions).
@@ -436,7 +423,9 @@ impl Policy {
 
     /// The entries of `hide` and `tools` that match none of `tools` (a server's tool
     /// names): misspelt names, and rules for tools the server does not have. Under
-    /// `default: deny` a misspelt rule silently denies the real tool forever.
+    /// `default: deny` a misspelt rule silently denies the real tool forever. Each is
+    /// the entry as written (a name or a pattern) and a warning saying where it is and
+    /// what is wrong.
     ///
     /// ```
     /// use tower_mcp_policy::Policy;
@@ -445,11 +434,11 @@ impl Policy {
     ///     "tools": { "get_price": {}, "transfr": {} } }"#.parse()?;
     /// let unmatched = policy.unmatched(&["get_price", "transfer"]);
     /// let entries: Vec<(&str, &str)> =
-    ///     unmatched.iter().map(|u| (u.entry, u.warning.pointer())).collect();
+    ///     unmatched.iter().map(|(entry, warning)| (*entry, warning.pointer())).collect();
     /// assert_eq!(entries, [("debug_*", "/hide/0"), ("transfr", "/tools/transfr")]);
     /// # Ok::<(), tower_mcp_policy::PolicyError>(())
     /// ```
-    pub fn unmatched(&self, tools: &[&str]) -> Vec<Unmatched<'_>> {
+    pub fn unmatched(&self, tools: &[&str]) -> Vec<(&str, PolicyWarning)> {
         let matches_any = |key: &str| match Glob::new(key) {
             Some(glob) => tools.iter().any(|tool| glob.is_match(tool)),
             None => tools.contains(&key),
@@ -457,13 +446,13 @@ impl Policy {
         let mut unmatched = Vec::new();
         for (i, entry) in self.hide.iter().enumerate() {
             if !matches_any(entry) {
-                unmatched.push(Unmatched {
-                    entry,
-                    warning: PolicyWarning {
+                unmatched.push((
+                    &**entry,
+                    PolicyWarning {
                         pointer: pointer("/hide", &[&i.to_string()]),
                         message: format!("`{entry}` hides none of the server's tools"),
                     },
-                });
+                ));
             }
         }
         for rule in &self.tools {
@@ -473,13 +462,13 @@ impl Policy {
                 } else {
                     "the server has no tool of this name"
                 };
-                unmatched.push(Unmatched {
-                    entry: &rule.key,
-                    warning: PolicyWarning {
+                unmatched.push((
+                    &*rule.key,
+                    PolicyWarning {
                         pointer: pointer("/tools", &[&rule.key]),
                         message: format!("`{}`: {what}", rule.key),
                     },
-                });
+                ));
             }
         }
         unmatched

@@ -61,6 +61,7 @@ mod decision;
 mod engine;
 mod error;
 pub mod explain;
+mod grants;
 mod jsonrpc;
 pub mod layer;
 #[cfg(feature = "metrics")]
@@ -79,6 +80,7 @@ pub use counter::clock::FakeClock;
 pub use decision::{Decision, Denial, DenialKind};
 pub use engine::Engine;
 pub use error::{PolicyError, PolicyErrorKind};
+pub use grants::Grants;
 pub use layer::config::{DenialFormat, Mode};
 pub use layer::layer::PolicyLayer;
 pub use layer::service::PolicyService;

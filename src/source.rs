@@ -1,4 +1,5 @@
-//! The policy in force: replaced atomically while requests are served.
+//! The policies in force (one, or a set of [`Grants`]): replaced atomically while
+//! requests are served.
 //!
 //! Every request takes one snapshot ([`Source::snapshot`]) and is decoded, judged and
 //! (for tool lists) filtered under it from start to end, so a request never sees half
@@ -12,30 +13,31 @@ use arc_swap::ArcSwap;
 
 use crate::counter::{CounterId, CounterStore};
 use crate::error::PolicyError;
+use crate::grants::Grants;
 use crate::observe::{Event, Observer};
 use crate::policy::Policy;
 
-/// The current policy.
+/// The current policies.
 #[derive(Debug)]
 pub(crate) struct Source {
-    current: ArcSwap<Policy>,
+    current: ArcSwap<Grants>,
 }
 
 impl Source {
     pub fn new(policy: Arc<Policy>) -> Source {
         Source {
-            current: ArcSwap::new(policy),
+            current: ArcSwap::new(Arc::new(Grants::single(policy))),
         }
     }
 
-    /// The policy in force now, for one request.
-    pub fn snapshot(&self) -> Arc<Policy> {
+    /// The policies in force now, for one request.
+    pub fn snapshot(&self) -> Arc<Grants> {
         self.current.load_full()
     }
 
-    /// Puts `policy` in force; returns the one it replaces.
-    pub fn replace(&self, policy: Arc<Policy>) -> Arc<Policy> {
-        self.current.swap(policy)
+    /// Puts `grants` in force; returns what it replaces.
+    pub fn replace(&self, grants: Arc<Grants>) -> Arc<Grants> {
+        self.current.swap(grants)
     }
 }
 
@@ -88,21 +90,34 @@ impl PolicyHandle {
         }
     }
 
-    /// The policy in force.
+    /// The policy in force; with [`Grants`], the one anonymous callers get (or one
+    /// that denies everything).
     pub fn current(&self) -> Arc<Policy> {
+        self.source.snapshot().fallback()
+    }
+
+    /// The policies in force.
+    pub fn grants(&self) -> Arc<Grants> {
         self.source.snapshot()
     }
 
-    /// Puts `policy` in force for the next request.
+    /// Puts `policy` in force for the next request, for every caller (a set of grants
+    /// it replaces is gone).
     pub fn replace(&self, policy: impl Into<Arc<Policy>>) {
-        self.put(policy.into(), None);
+        self.put(Grants::single(policy.into()), None);
     }
 
-    fn put(&self, policy: Arc<Policy>, file: Option<&Path>) {
-        let keep: Vec<CounterId> = policy.counters().iter().map(|c| c.id()).collect();
-        let summary = policy.summary();
-        let fingerprint = policy.fingerprint().to_owned();
-        self.source.replace(policy);
+    /// Puts `grants` in force for the next request. Counters of unchanged policies
+    /// keep their state.
+    pub fn replace_grants(&self, grants: Grants) {
+        self.put(grants, None);
+    }
+
+    fn put(&self, grants: Grants, file: Option<&Path>) {
+        let keep = grants.counter_ids();
+        let summary = grants.summary();
+        let fingerprint = grants.fingerprint().to_owned();
+        self.source.replace(Arc::new(grants));
         (self.retain)(&keep);
         self.observer.observe(&Event::Reload {
             file,
@@ -115,18 +130,28 @@ impl PolicyHandle {
     /// error (file, JSON Pointer, line) is returned, and reported as a failed reload.
     pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
         let path = path.as_ref();
-        self.put_loaded(path, Policy::from_file(path))
+        self.put_loaded(
+            path,
+            Policy::from_file(path).map(|p| Grants::single(Arc::new(p))),
+        )
+    }
+
+    /// Loads the grants file `path` (and its policies) and puts it in force. On error
+    /// what is in force stays, and the error is returned and reported.
+    pub fn reload_grants_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
+        let path = path.as_ref();
+        self.put_loaded(path, Grants::from_file(path))
     }
 
     /// Puts a policy loaded from `path` in force, or reports why it did not load.
     pub(crate) fn put_loaded(
         &self,
         path: &Path,
-        loaded: Result<Policy, PolicyError>,
+        loaded: Result<Grants, PolicyError>,
     ) -> Result<(), PolicyError> {
         match loaded {
-            Ok(policy) => {
-                self.put(Arc::new(policy), Some(path));
+            Ok(grants) => {
+                self.put(grants, Some(path));
                 Ok(())
             }
             Err(error) => {

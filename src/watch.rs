@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
+use std::sync::Arc;
+
+use crate::grants::Grants;
 use crate::policy::Policy;
 use crate::source::PolicyHandle;
 
@@ -51,31 +54,95 @@ impl PolicyHandle {
     /// JSON Pointer and the line.
     pub fn watch(&self, path: impl AsRef<Path>) -> Result<PolicyWatcher, notify::Error> {
         let path = path.as_ref().to_path_buf();
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
+        let file = path.clone();
+        let mut last = std::fs::read(&file).ok();
+        self.watch_files(path, vec![file.clone()], move |handle| {
+            let Ok(bytes) = std::fs::read(&file) else {
+                return; // between a removal and a rename: the next event comes
+            };
+            changed(handle, &file, bytes, &mut last);
+        })
+    }
+
+    /// Reloads the grants file `path` whenever it or one of the policy files it names
+    /// changes, as [`PolicyHandle::watch`] does for a policy file: a version that does
+    /// not load (the grants file or any policy) leaves the last good set in force and
+    /// is reported. The policy files watched are those the file named when watching
+    /// started; a policy added later in another directory is seen once the grants
+    /// file changes again, or after a restart.
+    pub fn watch_grants(&self, path: impl AsRef<Path>) -> Result<PolicyWatcher, notify::Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut files = match Grants::from_file(&path) {
+            Ok(grants) => grants.files().to_vec(),
+            Err(_) => vec![path.clone()],
         };
+        files.dedup();
+        let grants_file = path.clone();
+        let read_all = {
+            let files = files.clone();
+            move || -> Option<Vec<u8>> {
+                let mut all = Vec::new();
+                for file in &files {
+                    all.extend(std::fs::read(file).ok()?);
+                    all.push(0);
+                }
+                Some(all)
+            }
+        };
+        let mut last = read_all();
+        self.watch_files(path, files, move |handle| {
+            let Some(now) = read_all() else {
+                return; // between a removal and a rename: the next event comes
+            };
+            if last.as_deref() == Some(&now[..]) {
+                return;
+            }
+            last = Some(now);
+            let _ = handle.put_loaded(&grants_file, Grants::from_file(&grants_file));
+        })
+    }
+
+    /// Watches the directories of `files` (and of their symlinks' targets), and calls
+    /// `reload` after each burst of events.
+    fn watch_files(
+        &self,
+        path: PathBuf,
+        files: Vec<PathBuf>,
+        mut reload: impl FnMut(&PolicyHandle) + Send + 'static,
+    ) -> Result<PolicyWatcher, notify::Error> {
         let (events, received) = channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = events.send(event);
         })?;
-        watcher.watch(&directory, RecursiveMode::NonRecursive)?;
-        // A symlink to a file elsewhere: the file it points to changes in its own
-        // directory, which is watched too.
-        if let Ok(target) = std::fs::canonicalize(&path)
-            && let Some(target_directory) = target.parent()
-            && std::fs::canonicalize(&directory).ok().as_deref() != Some(target_directory)
-        {
-            watcher.watch(target_directory, RecursiveMode::NonRecursive)?;
+        let mut watched: Vec<PathBuf> = Vec::new();
+        for file in &files {
+            let directory = match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let canonical = std::fs::canonicalize(&directory).ok();
+            if !watched.contains(&directory) {
+                watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+                watched.push(directory);
+            }
+            // A symlink to a file elsewhere: the file it points to changes in its own
+            // directory, which is watched too.
+            if let Ok(target) = std::fs::canonicalize(file)
+                && let Some(target_directory) = target.parent()
+                && canonical.as_deref() != Some(target_directory)
+                && !watched.iter().any(|w| w == target_directory)
+            {
+                watcher.watch(target_directory, RecursiveMode::NonRecursive)?;
+                watched.push(target_directory.to_path_buf());
+            }
         }
         let handle = self.clone();
-        let file = path.clone();
-        let mut last = std::fs::read(&file).ok();
         std::thread::Builder::new()
             .name("policy-watch".into())
             .spawn(move || {
                 // Ends when the watcher, and so the sender, is dropped.
                 while received.recv().is_ok() {
+                    // Collect the burst: editors write, rename and chmod in a row.
                     let quiet_from = Instant::now() + DEBOUNCE;
                     loop {
                         let wait = quiet_from.saturating_duration_since(Instant::now());
@@ -85,10 +152,7 @@ impl PolicyHandle {
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
-                    let Ok(bytes) = std::fs::read(&file) else {
-                        continue; // between a removal and a rename: the next event comes
-                    };
-                    changed(&handle, &file, bytes, &mut last);
+                    reload(&handle);
                 }
             })
             .map_err(notify::Error::io)?;
@@ -108,7 +172,8 @@ fn changed(handle: &PolicyHandle, file: &Path, bytes: Vec<u8>, last: &mut Option
         return;
     }
     *last = Some(bytes.clone());
-    let _ = handle.put_loaded(file, Policy::from_file_bytes(file, bytes));
+    let loaded = Policy::from_file_bytes(file, bytes).map(|p| Grants::single(Arc::new(p)));
+    let _ = handle.put_loaded(file, loaded);
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-use tower_mcp_policy::explain::{ToolPolicy, Unmatched};
+use tower_mcp_policy::explain::ToolPolicy;
 use tower_mcp_policy::{CounterDef, Policy, PolicyWarning};
 
 use crate::{Outcome, shown};
@@ -133,9 +133,11 @@ fn warning_json(warning: &PolicyWarning) -> Value {
 }
 
 /// An unmatched policy entry, with a suggestion when it looks like a typo.
-fn unmatched_text(unmatched: &Unmatched<'_>, server: &Server) -> (String, Option<String>) {
-    let warning = &unmatched.warning;
-    let suggestion = did_you_mean(unmatched.entry, &server.tools).map(str::to_owned);
+fn unmatched_text(
+    (entry, warning): &(&str, PolicyWarning),
+    server: &Server,
+) -> (String, Option<String>) {
+    let suggestion = did_you_mean(entry, &server.tools).map(str::to_owned);
     let text = match &suggestion {
         Some(name) => format!("{warning} (did you mean `{name}`?)"),
         None => warning.to_string(),
@@ -193,7 +195,7 @@ fn report(
             .iter()
             .map(|entry| {
                 let (_, suggestion) = unmatched_text(entry, server);
-                let mut unmatched = warning_json(&entry.warning);
+                let mut unmatched = warning_json(&entry.1);
                 unmatched["did_you_mean"] = json!(suggestion);
                 unmatched
             })
@@ -237,7 +239,7 @@ fn report(
         }
         if unmatched
             .iter()
-            .any(|u| u.warning.pointer().starts_with("/hide/"))
+            .any(|(_, warning)| warning.pointer().starts_with("/hide/"))
         {
             say!(
                 out,

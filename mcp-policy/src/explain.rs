@@ -129,8 +129,8 @@ pub async fn run(options: Options) -> Outcome {
         let names: Vec<String> = policy
             .unmatched(&[options.tool.as_str()])
             .into_iter()
-            .filter(|unmatched| !unmatched.entry.contains('*'))
-            .map(|unmatched| unmatched.entry.to_owned())
+            .filter(|(entry, _)| !entry.contains('*'))
+            .map(|(entry, _)| (*entry).to_owned())
             .collect();
         if let Some(name) = crate::check::did_you_mean(&options.tool, &names) {
             say!(

@@ -53,6 +53,16 @@ impl CounterId {
         CounterId(h.finish())
     }
 
+    /// The id of the same counter in the policy named `policy` of a set of grants: the
+    /// counters of two named policies never share state, whatever their names.
+    pub(crate) fn in_policy(self, policy: &str) -> CounterId {
+        let mut h = SipHasher13::new_with_keys(0x6d63_702d_706f_6c69, 0x6772_616e_7473_2d31);
+        h.write_u64(self.0);
+        h.write_u64(policy.len() as u64);
+        h.write(policy.as_bytes());
+        CounterId(h.finish())
+    }
+
     /// The id as a number (for stores that name counters in their keys).
     pub fn as_u64(self) -> u64 {
         self.0

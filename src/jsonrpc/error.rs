@@ -21,6 +21,9 @@ pub const UNKNOWN_TOOL: i64 = -32602;
 /// The JSON-RPC error code for a task the caller does not own, or that does not exist
 /// (the layer answers both alike): invalid params, as servers answer an unknown task.
 pub const UNKNOWN_TASK: i64 = -32602;
+/// The JSON-RPC error code of the 401 answer to a request whose grant is unknown,
+/// revoked or expired, or missing.
+pub const UNAUTHORIZED: i64 = -32052;
 /// The JSON-RPC error code for a tools/list result that could not be filtered.
 pub const INTERNAL_ERROR: i64 = -32603;
 

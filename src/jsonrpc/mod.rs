@@ -58,7 +58,7 @@ pub use crate::policy::ArgPlan;
 use crate::policy::Policy;
 pub use error::{
     DecodeError, DecodeErrorKind, HEADER_MISMATCH, INTERNAL_ERROR, INVALID_REQUEST, NOT_EXECUTED,
-    POLICY_DENIED, UNKNOWN_TASK, UNKNOWN_TOOL,
+    POLICY_DENIED, UNAUTHORIZED, UNKNOWN_TASK, UNKNOWN_TOOL,
 };
 pub(crate) use message::forges_text;
 pub use message::{Decoded, Id, Message, MessageKind, ToolCall, TraceParent};

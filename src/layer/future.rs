@@ -18,6 +18,7 @@ use super::body::{Buffer, PolicyBody, ResponseBody};
 use super::deadline::Deadline;
 use super::gate::{BoxError, Charging, Forwarded, Gate, Looked, Looking, Next, Read, TaskLookup};
 use crate::counter::CounterStore;
+use crate::grants::Caller;
 
 pin_project! {
     /// The response future of [`PolicyService`](super::PolicyService).
@@ -45,7 +46,7 @@ pin_project! {
         Reading {
             #[pin]
             body: ReqBody,
-            request: Option<(Parts, Inner)>,
+            request: Option<(Parts, Inner, Caller)>,
             buffer: Buffer,
             read: Read,
             deadline: Deadline,
@@ -59,7 +60,7 @@ pin_project! {
         // Waiting for the store to tell who owns a task the request names.
         Looking {
             future: TaskLookup,
-            rest: Option<(Looking, Parts, Bytes, Inner, Read)>,
+            rest: Option<(Looking, Parts, Bytes, Inner, Read, Caller)>,
         },
         // Waiting for the inner service.
         Calling {
@@ -83,14 +84,14 @@ where
     pub(crate) fn new(gate: Arc<Gate<S>>, inner: Inner, request: Request<ReqBody>) -> Self {
         let (parts, body) = request.into_parts();
         let state = match gate.admit(&parts) {
-            Ok(read) if !read.judge && body.is_end_stream() => {
+            Ok((read, caller)) if !read.judge && body.is_end_stream() => {
                 // A GET (the SSE stream), DELETE, HEAD or OPTIONS without a body passes
                 // at once.
-                next(&gate, inner, parts, Bytes::new(), read)
+                next(&gate, inner, parts, Bytes::new(), read, caller)
             }
-            Ok(read) => State::Reading {
+            Ok((read, caller)) => State::Reading {
                 body,
-                request: Some((parts, inner)),
+                request: Some((parts, inner, caller)),
                 buffer: Buffer::default(),
                 read,
                 deadline: Deadline::after(gate.config.body_read_timeout),
@@ -121,12 +122,13 @@ fn next<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     read: Read,
+    caller: Caller,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    judged(gate, inner, parts, bytes, read, &Looked::new())
+    judged(gate, inner, parts, bytes, read, caller, &Looked::new())
 }
 
 /// The gate judges the body, knowing the owners of the tasks in `looked`.
@@ -137,17 +139,18 @@ fn judged<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     read: Read,
+    caller: Caller,
     looked: &Looked,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    let next = gate.judge(&parts, &bytes, read, looked);
+    let next = gate.judge(&parts, &bytes, read, &caller, looked);
     match next {
         Next::Look(future, looking) => State::Looking {
             future,
-            rest: Some((looking, parts, bytes, inner, read)),
+            rest: Some((looking, parts, bytes, inner, read, caller)),
         },
         next => step(gate, inner, parts, bytes, next),
     }
@@ -211,7 +214,7 @@ where
                             continue; // trailers carry nothing the policy reads
                         };
                         if buffer.len() + data.remaining() > read.limit {
-                            let (parts, _) = request.as_ref().expect("read until answered");
+                            let (parts, ..) = request.as_ref().expect("read until answered");
                             answered(this.gate.oversized(parts, *read))
                         } else {
                             buffer.push(data);
@@ -220,14 +223,15 @@ where
                             }
                             // The body says it is complete (its length is reached): no
                             // further poll is needed to learn it.
-                            let (parts, inner) = request.take().expect("read until answered");
-                            next(this.gate, inner, parts, buffer.take(), *read)
+                            let (parts, inner, caller) =
+                                request.take().expect("read until answered");
+                            next(this.gate, inner, parts, buffer.take(), *read, caller)
                         }
                     }
                     Poll::Ready(Some(Err(err))) => answered(this.gate.unreadable(err.into())),
                     Poll::Ready(None) => {
-                        let (parts, inner) = request.take().expect("read until answered");
-                        next(this.gate, inner, parts, buffer.take(), *read)
+                        let (parts, inner, caller) = request.take().expect("read until answered");
+                        next(this.gate, inner, parts, buffer.take(), *read, caller)
                     }
                 },
                 StateProj::Waiting { future, rest } => {
@@ -238,9 +242,10 @@ where
                 }
                 StateProj::Looking { future, rest } => {
                     let found = ready!(future.as_mut().poll(cx));
-                    let (looking, parts, bytes, inner, read) = rest.take().expect("looked once");
+                    let (looking, parts, bytes, inner, read, caller) =
+                        rest.take().expect("looked once");
                     let looked = this.gate.looked(looking, found);
-                    judged(this.gate, inner, parts, bytes, read, &looked)
+                    judged(this.gate, inner, parts, bytes, read, caller, &looked)
                 }
                 StateProj::Calling { future, forwarded } => {
                     let response = match ready!(future.poll(cx)) {

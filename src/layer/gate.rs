@@ -39,7 +39,10 @@ use super::tasks::{Owned, Tasks};
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::Decision;
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
-use crate::jsonrpc::{self, Decoded, INVALID_REQUEST, MessageKind, TraceParent, UNKNOWN_TASK};
+use crate::grants::{Caller, Unknown};
+use crate::jsonrpc::{
+    self, Decoded, INVALID_REQUEST, MessageKind, TraceParent, UNAUTHORIZED, UNKNOWN_TASK,
+};
 use crate::observe::Event;
 use crate::policy::Policy;
 use crate::scope::{Grant, ScopeKeys, ScopeValue};
@@ -162,6 +165,8 @@ pub(crate) struct Forwarded {
     /// The caller's grant (`None` for a request passed unjudged), which owns the tasks
     /// its answer hands out.
     grant: Option<ScopeValue>,
+    /// The caller's grant in a grants file, told to the inner service.
+    grant_name: Option<Arc<str>>,
     /// A DELETE: a successful answer ends the session.
     deletes: bool,
     /// A GET: the server's event stream, which may replay tool lists.
@@ -192,6 +197,7 @@ impl Forwarded {
             charged,
             session: None,
             grant: None,
+            grant_name: None,
             deletes: false,
             streams: false,
             caches_lists: false,
@@ -237,7 +243,7 @@ impl Inspected<'_> {
 /// judged only once.
 pub(crate) struct Charging {
     started: Instant,
-    policy: Arc<Policy>,
+    caller: Caller,
     inspected: Inspected<'static>,
     pending: PendingCharges<'static>,
 }
@@ -290,7 +296,50 @@ impl<S: CounterStore> Gate<S> {
     /// How much of the body to read, or the answer to a request refused on its
     /// headers alone.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn admit<B>(&self, parts: &Parts) -> Result<Read, Response<ResponseBody<B>>> {
+    pub(crate) fn admit<B>(
+        &self,
+        parts: &Parts,
+    ) -> Result<(Read, Caller), Response<ResponseBody<B>>> {
+        let caller = self.caller(parts)?;
+        let read = self.read(parts)?;
+        Ok((read, caller))
+    }
+
+    /// Who the request is, under the policies in force: an unknown grant reaches
+    /// nothing, whatever the method.
+    #[allow(clippy::result_large_err)]
+    fn caller<B>(&self, parts: &Parts) -> Result<Caller, Response<ResponseBody<B>>> {
+        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = values.next();
+        if values.next().is_some() {
+            return Err(self.rejected(Rejection::repeated(&header::AUTHORIZATION), None));
+        }
+        let grants = self.engine.source().snapshot();
+        let extension = parts.extensions.get::<Grant>();
+        grants
+            .caller(&self.config.hasher, extension, authorization)
+            .map_err(|unknown| self.unauthorized(unknown))
+    }
+
+    /// The 401 answer to a request without a known grant (RFC 6750).
+    fn unauthorized<B>(&self, unknown: Unknown) -> Response<ResponseBody<B>> {
+        let rejection = Rejection {
+            status: StatusCode::UNAUTHORIZED,
+            code: UNAUTHORIZED,
+            message: unknown.message().to_owned(),
+        };
+        let mut response = self.rejected(rejection, None);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(unknown.challenge()),
+        );
+        response
+    }
+
+    /// How much of the body to read, or the answer to a request refused on its
+    /// entity headers.
+    #[allow(clippy::result_large_err)]
+    fn read<B>(&self, parts: &Parts) -> Result<Read, Response<ResponseBody<B>>> {
         let bodiless = matches!(
             parts.method,
             Method::GET | Method::DELETE | Method::HEAD | Method::OPTIONS
@@ -319,19 +368,24 @@ impl<S: CounterStore> Gate<S> {
         parts: &Parts,
         bytes: &Bytes,
         read: Read,
+        caller: &Caller,
         looked: &Looked,
     ) -> Next<B, S> {
         if !read.judge {
-            return Next::Forward(Forwarded::unjudged(self.engine.policy()));
+            let mut forwarded = Forwarded::unjudged(caller.policy.clone());
+            // A stream may resume a call's answer, and with it a task handle.
+            forwarded.grant = Some(caller.grant);
+            forwarded.grant_name = caller.name.clone();
+            return Next::Forward(forwarded);
         }
         let started = Instant::now();
         if let Some(candidate) = &self.config.candidate {
-            self.judge_candidate(candidate, parts, bytes);
+            self.judge_candidate(candidate, parts, bytes, caller);
         }
-        // One snapshot of the policy for the whole request: the decode plan, the rules,
-        // and the filtering of its answer.
-        let policy = self.engine.policy();
-        let mut inspected = match self.inspect(&policy, parts, bytes) {
+        // One snapshot of the policy for the whole request (taken when it was
+        // admitted): the decode plan, the rules, and the filtering of its answer.
+        let policy = &caller.policy;
+        let mut inspected = match self.inspect(policy, parts, bytes, caller) {
             Ok(inspected) => inspected,
             Err(answer) => return Next::Answer(answer),
         };
@@ -340,9 +394,9 @@ impl<S: CounterStore> Gate<S> {
         }
         let claim = inspected.claim.take();
         let calls = inspected.calls();
-        let pending = match self.engine.prepare(&policy, &calls, &inspected.keys) {
+        let pending = match self.engine.prepare(policy, &calls, &inspected.keys) {
             Prepared::Done(decided) => {
-                return self.conclude(&policy, &inspected, claim, decided, None, started);
+                return self.conclude(caller, &inspected, claim, decided, None, started);
             }
             Prepared::Charge(pending) => pending,
         };
@@ -364,7 +418,7 @@ impl<S: CounterStore> Gate<S> {
                 .is_ok()
                 .then(|| Charged::new(&pending, &inspected.decoded));
             let decided = pending.finish(self.reported(result));
-            return self.conclude(&policy, &inspected, claim, decided, charged, started);
+            return self.conclude(caller, &inspected, claim, decided, charged, started);
         }
         // Only stores that must be awaited get here.
         let future = counters.charge(pending.charges());
@@ -376,7 +430,7 @@ impl<S: CounterStore> Gate<S> {
             started,
             inspected,
             pending,
-            policy,
+            caller: caller.clone(),
         };
         Next::Wait(future, charging)
     }
@@ -392,8 +446,8 @@ impl<S: CounterStore> Gate<S> {
             .is_ok()
             .then(|| Charged::new(&charging.pending, &charging.inspected.decoded));
         let decided = charging.pending.finish(self.reported(result));
-        let (policy, inspected) = (&charging.policy, &charging.inspected);
-        self.conclude(policy, inspected, claim, decided, charged, charging.started)
+        let (caller, inspected) = (&charging.caller, &charging.inspected);
+        self.conclude(caller, inspected, claim, decided, charged, charging.started)
     }
 
     /// The store said who owns `looking.task` (`found`): remembered here, and known to
@@ -469,6 +523,7 @@ impl<S: CounterStore> Gate<S> {
         policy: &Policy,
         parts: &Parts,
         bytes: &'a Bytes,
+        caller: &Caller,
     ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
         let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
             let rejection = Rejection {
@@ -516,7 +571,7 @@ impl<S: CounterStore> Gate<S> {
                 })?;
         }
         let (keys, session) = self
-            .scope_keys(parts, &headers)
+            .scope_keys(caller, &headers)
             .map_err(|rejection| self.rejected(rejection, first_id))?;
         let mut holds = Holds::default();
         for message in decoded.messages() {
@@ -564,13 +619,14 @@ impl<S: CounterStore> Gate<S> {
     /// and one per allowed call once the server answers.
     fn conclude<B>(
         &self,
-        policy: &Arc<Policy>,
+        caller: &Caller,
         inspected: &Inspected<'_>,
         claim: Option<Box<Claim>>,
         decided: Result<(), Vec<Decision>>,
         charged: Option<Charged>,
         started: Instant,
     ) -> Next<B, S> {
+        let policy = &caller.policy;
         let monitor = self.config.mode == Mode::Monitor;
         let observer = &*self.config.observer.0;
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
@@ -592,6 +648,7 @@ impl<S: CounterStore> Gate<S> {
                     Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
                 forwarded.claim = claim;
                 forwarded.grant = Some(keys.grant);
+                forwarded.grant_name = caller.name.clone();
                 if observer.wants_allowed() {
                     forwarded.allowed = report::allowed_calls(decoded, keys, inspected.trace);
                 }
@@ -604,6 +661,7 @@ impl<S: CounterStore> Gate<S> {
                 let mut forwarded = Forwarded::judged(policy, inspected.holds, None, outcome);
                 forwarded.claim = claim;
                 forwarded.grant = Some(keys.grant);
+                forwarded.grant_name = caller.name.clone();
                 Next::Forward(forwarded)
             }
             Err(decisions) => {
@@ -620,12 +678,12 @@ impl<S: CounterStore> Gate<S> {
     /// not).
     fn scope_keys(
         &self,
-        parts: &Parts,
+        caller: &Caller,
         headers: &JudgedHeaders<'_>,
     ) -> Result<(ScopeKeys, Option<ScopeValue>), Rejection> {
         let hasher = &self.config.hasher;
-        let (authorization, session) = headers.scope()?;
-        let grant = self.grant(parts, authorization);
+        let (_, session) = headers.scope()?;
+        let grant = caller.grant;
         // Only a session the server issued is a session; any other id counts per grant.
         let carried = session.map(|id| hasher.session(id.as_bytes()));
         let issued = carried.filter(|&session| self.sessions.is_issued(session));
@@ -642,17 +700,6 @@ impl<S: CounterStore> Gate<S> {
         Ok((ScopeKeys::new(grant, session), carried))
     }
 
-    /// The grant of a request that carries `authorization`: the application's
-    /// [`Grant`] first.
-    fn grant(&self, parts: &Parts, authorization: Option<&HeaderValue>) -> ScopeValue {
-        let hasher = &self.config.hasher;
-        match (parts.extensions.get::<Grant>(), authorization) {
-            (Some(grant), _) => hasher.application(grant.as_str()),
-            (None, Some(credential)) => hasher.credential(credential.as_bytes()),
-            (None, None) => hasher.anonymous(),
-        }
-    }
-
     /// The request as the inner service gets it. When answers may need filtering, it
     /// asks the server not to compress them: a compressed tool list could not be read,
     /// so it could not be filtered.
@@ -660,12 +707,10 @@ impl<S: CounterStore> Gate<S> {
         forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
         forwarded.deletes = parts.method == Method::DELETE;
         forwarded.streams = parts.method == Method::GET;
-        if forwarded.streams {
-            // The stream may resume a call's answer, and with it a task handle.
-            let headers = JudgedHeaders::read(&parts.headers);
-            if let Ok((authorization, _)) = headers.scope() {
-                forwarded.grant = Some(self.grant(&parts, authorization));
-            }
+        if let Some(name) = &forwarded.grant_name {
+            // The inner service (a gateway choosing the upstream credential) learns
+            // which grant of the file the caller is.
+            parts.extensions.insert(Grant::new(name.clone()));
         }
         forwarded.caches_lists = parts
             .headers
@@ -840,12 +885,18 @@ impl<S: CounterStore> Gate<S> {
 
     /// Judges the body under the candidate policy, with its own counters, and reports
     /// what it would refuse. Nothing else comes of it.
-    fn judge_candidate(&self, candidate: &Engine<MemoryCounters>, parts: &Parts, bytes: &Bytes) {
+    fn judge_candidate(
+        &self,
+        candidate: &Engine<MemoryCounters>,
+        parts: &Parts,
+        bytes: &Bytes,
+        caller: &Caller,
+    ) {
         let policy = candidate.policy();
         let Ok(decoded) = jsonrpc::decode(bytes, &*policy) else {
             return; // the enforced policy's decoder answers it
         };
-        let Ok((keys, _)) = self.scope_keys(parts, &JudgedHeaders::read(&parts.headers)) else {
+        let Ok((keys, _)) = self.scope_keys(caller, &JudgedHeaders::read(&parts.headers)) else {
             return;
         };
         let calls = Call::all_in(&decoded);

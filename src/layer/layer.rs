@@ -18,6 +18,7 @@ use super::tasks::{DEFAULT_MAX_TASKS, Tasks};
 use crate::counter::{CounterStore, MemoryCounters};
 use crate::engine::Engine;
 use crate::error::PolicyError;
+use crate::grants::Grants;
 use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::scope::ScopeHasher;
@@ -74,6 +75,13 @@ impl PolicyLayer<MemoryCounters> {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         Ok(PolicyLayer::new(Policy::from_file(path)?))
     }
+
+    /// Loads a grants file and its policies (see [`Grants`]): each request is judged
+    /// under its own grant's policy, and a request without a known grant reaches
+    /// nothing.
+    pub fn from_grants_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        Ok(PolicyLayer::new(Policy::deny_all()).grants(Grants::from_file(path)?))
+    }
 }
 
 impl PolicyLayer<MemoryCounters> {
@@ -94,6 +102,17 @@ impl<S: CounterStore> PolicyLayer<S> {
     pub fn from_engine(engine: Engine<S>) -> Self {
         let hasher = engine.counters().scope_hasher();
         PolicyLayer::assemble(engine, hasher)
+    }
+
+    /// Judges each request under its own grant's policy instead of the layer's one
+    /// policy (see [`Grants`]): a request without a known grant is answered 401 and
+    /// reaches nothing. The layer's [`handle`](PolicyLayer::handle) replaces them.
+    #[must_use]
+    pub fn grants(self, grants: Grants) -> Self {
+        let keep = grants.counter_ids();
+        self.engine.source().replace(Arc::new(grants));
+        self.engine.counters().retain_counters(&keep);
+        self
     }
 
     /// A handle that replaces this layer's policy while it serves (hot reload); see

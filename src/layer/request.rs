@@ -144,6 +144,13 @@ impl<'h> Slot<'h> {
     }
 }
 
+impl Rejection {
+    /// A header that must be sent at most once came several times.
+    pub fn repeated(name: &HeaderName) -> Rejection {
+        repeated(name)
+    }
+}
+
 fn repeated(name: &HeaderName) -> Rejection {
     Rejection::new(
         StatusCode::BAD_REQUEST,

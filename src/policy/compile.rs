@@ -15,7 +15,7 @@ use crate::error::{PolicyError, pointer, push_token};
 use crate::value::Decimal;
 
 /// Parses the document, naming the JSON Pointer and position of any error.
-pub(super) fn parse(text: &str) -> Result<Document, PolicyError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, PolicyError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let doc = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let mut at = String::new();

@@ -6,6 +6,7 @@
 //! Requests only ever see the compiled form.
 
 mod compile;
+pub(crate) use compile::parse;
 pub(crate) mod condition;
 pub(crate) mod document;
 pub(crate) mod glob;
@@ -200,6 +201,12 @@ impl CounterDef {
         }
     }
 
+    /// The counter now belongs to the policy named `policy` in a set of grants.
+    fn place_in(&mut self, policy: &str) {
+        let quota = self.quota();
+        self.id = CounterId::new(&self.name, quota, self.scope).in_policy(policy);
+    }
+
     /// The counter's identity: the same name and definition give the same id in any
     /// version of any policy.
     pub fn id(&self) -> CounterId {
@@ -339,6 +346,23 @@ impl Policy {
     /// True when tools with no rule of their own are allowed.
     pub fn default_allows(&self) -> bool {
         self.default_allow
+    }
+
+    /// The policy as the one named `name` in a set of grants: its counters are its own
+    /// (see [`Grants`](crate::Grants)).
+    pub(crate) fn named(mut self, name: &str) -> Policy {
+        for counter in &mut self.counters {
+            counter.place_in(name);
+        }
+        self
+    }
+
+    /// A policy that denies every call and hides nothing:
+    /// `{"version":"1","default":"deny"}`.
+    pub fn deny_all() -> Policy {
+        r#"{"version":"1","default":"deny"}"#
+            .parse()
+            .expect("the deny-all policy is valid")
     }
 
     /// The counters the policy defines, in the order they first appear.
