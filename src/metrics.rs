@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced`, `monitor` for a dry run, or `candidate`) |
+//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced`, `monitor` for a dry run, or `candidate`), and under a grants file `grant` (the grant's name) |
 //! | `mcp_policy_decision_seconds` | histogram | |
 //! | `mcp_policy_store_errors_total` | counter | |
 //! | `mcp_policy_lists_withheld_total` | counter | |
@@ -14,7 +14,8 @@
 //!
 //! **Label values are bounded.** `tool` is [`Policy::tool_label`](crate::Policy::tool_label):
 //! a name or pattern the policy mentions, `hidden`, or `other`; rejected requests have
-//! `none`. However many tool names agents invent, the series are the policy's.
+//! `none`. However many tool names agents invent, the series are the policy's; `grant`
+//! names come from the grants file (or are `anonymous`).
 
 use metrics::{counter, gauge, histogram};
 
@@ -49,14 +50,28 @@ impl Observer for MetricsObserver {
                     // Monitor mode: reported, not enforced.
                     (false, false) => "monitor",
                 };
-                counter!(
-                    "mcp_policy_decisions_total",
-                    "decision" => call.decision_label(),
-                    "kind" => kind,
-                    "tool" => call.tool_label.to_owned(),
-                    "policy" => policy,
-                )
-                .increment(1);
+                let tool = call.tool_label.to_owned();
+                let decision = call.decision_label();
+                match call.grant_name {
+                    // Under a grants file, which grant: names come from the file.
+                    Some(grant) => counter!(
+                        "mcp_policy_decisions_total",
+                        "decision" => decision,
+                        "kind" => kind,
+                        "tool" => tool,
+                        "policy" => policy,
+                        "grant" => grant.to_owned(),
+                    )
+                    .increment(1),
+                    None => counter!(
+                        "mcp_policy_decisions_total",
+                        "decision" => decision,
+                        "kind" => kind,
+                        "tool" => tool,
+                        "policy" => policy,
+                    )
+                    .increment(1),
+                }
             }
             Event::Judged {
                 latency,

@@ -194,6 +194,10 @@ pub struct CallEvent<'a> {
     pub method: &'a str,
     /// The caller's grant, hashed.
     pub grant: ScopeValue,
+    /// The caller's grant by name, under [`Grants`](crate::Grants) (a name from the
+    /// grants file, or `anonymous`; bounded, so a fit metric label); `None` for a layer
+    /// with one policy, which knows callers only by their credential's hash.
+    pub grant_name: Option<&'a str>,
     /// The caller's session, hashed (the grant's own value when there is none).
     pub session: ScopeValue,
     /// The fingerprint of the policy that judged it.
@@ -401,6 +405,7 @@ fn trace_call(call: &CallEvent<'_>) {
             tool = call.tool,
             method = call.method,
             grant = %call.grant,
+            grant_name = call.grant_name,
             session = %call.session,
             jsonrpc_id = %id,
             policy = call.policy,
@@ -419,6 +424,7 @@ fn trace_call(call: &CallEvent<'_>) {
             rule = denial.rule(),
             retry_after_seconds = denial.retry_after(),
             grant = %call.grant,
+            grant_name = call.grant_name,
             session = %call.session,
             jsonrpc_id = %id,
             policy = call.policy,
@@ -434,6 +440,7 @@ fn trace_call(call: &CallEvent<'_>) {
             tool = call.tool,
             method = call.method,
             grant = %call.grant,
+            grant_name = call.grant_name,
             session = %call.session,
             jsonrpc_id = %id,
             policy = call.policy,

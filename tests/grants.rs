@@ -518,3 +518,48 @@ async fn a_reload_keeps_the_counters_of_unchanged_grants() {
         "ok"
     );
 }
+
+/// Records each call event's decision and grant name.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<Vec<(String, Option<String>)>>>);
+
+impl tower_mcp_policy::observe::Observer for Names {
+    fn observe(&self, event: &tower_mcp_policy::observe::Event<'_>) {
+        if let tower_mcp_policy::observe::Event::Call(call) = event {
+            let name = call.grant_name.map(str::to_owned);
+            self.0
+                .lock()
+                .unwrap()
+                .push((call.decision_label().to_owned(), name));
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_carry_the_grants_name() {
+    let names = Names::default();
+    let seen = Seen::default();
+    let service = PolicyLayer::new(Policy::deny_all())
+        .grants(two_grants())
+        .observer(names.clone())
+        .layer(upstream(&seen));
+    assert_eq!(
+        outcome(&service, as_grant(call("search"), "researcher")).await,
+        "ok"
+    );
+    outcome(&service, as_grant(call("transfer"), "researcher")).await;
+    assert_eq!(
+        *names.0.lock().unwrap(),
+        vec![
+            ("allow".to_owned(), Some("researcher".to_owned())),
+            ("deny".to_owned(), Some("researcher".to_owned())),
+        ]
+    );
+    // A layer with one policy knows callers only by their credential's hash.
+    let names = Names::default();
+    let service = PolicyLayer::new(Policy::deny_all())
+        .observer(names.clone())
+        .layer(upstream(&seen));
+    outcome(&service, as_grant(call("search"), "researcher")).await;
+    assert_eq!(*names.0.lock().unwrap(), vec![("deny".to_owned(), None)]);
+}

@@ -631,11 +631,8 @@ impl<S: CounterStore> Gate<S> {
         let observer = &*self.config.observer.0;
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
         if let Err(decisions) = &decided {
-            let trace = inspected.trace;
-            let caller = (keys, trace);
-            report::refused(
-                observer, policy, decoded, caller, decisions, !monitor, false,
-            );
+            let who = (keys, inspected.trace, caller.name.as_ref());
+            report::refused(observer, policy, decoded, who, decisions, !monitor, false);
         }
         observer.observe(&Event::Judged {
             policy: policy.fingerprint(),
@@ -650,7 +647,10 @@ impl<S: CounterStore> Gate<S> {
                 forwarded.grant = Some(keys.grant);
                 forwarded.grant_name = caller.name.clone();
                 if observer.wants_allowed() {
-                    forwarded.allowed = report::allowed_calls(decoded, keys, inspected.trace);
+                    forwarded.allowed = report::allowed_calls(
+                        decoded,
+                        (keys, inspected.trace, caller.name.as_ref()),
+                    );
                 }
                 Next::Forward(forwarded)
             }
@@ -911,8 +911,8 @@ impl<S: CounterStore> Gate<S> {
         if let Err(decisions) = decided {
             let observer = &*self.config.observer.0;
             let trace = JudgedHeaders::read(&parts.headers).trace();
-            let caller = (keys, trace);
-            report::refused(observer, &policy, &decoded, caller, &decisions, false, true);
+            let who = (keys, trace, caller.name.as_ref());
+            report::refused(observer, &policy, &decoded, who, &decisions, false, true);
         }
     }
 }

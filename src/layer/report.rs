@@ -1,6 +1,7 @@
 //! The events of judged calls: refused ones when they are judged, allowed ones once the
 //! server has answered.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::decision::Decision;
@@ -20,13 +21,17 @@ pub(crate) struct AllowedCall {
     arg_keys: Box<[Box<str>]>,
     keys: ScopeKeys,
     trace: Option<TraceParent>,
+    grant_name: Option<Arc<str>>,
 }
+
+/// Who made a request: its scope keys, its trace context, and its grant's name (under
+/// a grants file).
+pub(crate) type Who<'a> = (ScopeKeys, Option<TraceParent>, Option<&'a Arc<str>>);
 
 /// The allowed calls of `decoded`, owned, for their events after the answer.
 pub(crate) fn allowed_calls(
     decoded: &Decoded<'_>,
-    keys: ScopeKeys,
-    trace: Option<TraceParent>,
+    (keys, trace, grant_name): Who<'_>,
 ) -> Vec<AllowedCall> {
     decoded
         .messages()
@@ -44,6 +49,7 @@ pub(crate) fn allowed_calls(
                 .collect(),
             keys,
             trace: message.trace().copied().or(trace),
+            grant_name: grant_name.cloned(),
         })
         .collect()
 }
@@ -68,6 +74,7 @@ pub(crate) fn allowed(
             method: TOOLS_CALL,
             jsonrpc_id: call.id.as_ref(),
             grant: call.keys.grant,
+            grant_name: call.grant_name.as_deref(),
             session: call.keys.session,
             policy: policy.fingerprint(),
             candidate: false,
@@ -85,7 +92,7 @@ pub(crate) fn refused(
     observer: &dyn Observer,
     policy: &Policy,
     decoded: &Decoded<'_>,
-    (keys, trace): (ScopeKeys, Option<TraceParent>),
+    (keys, trace, grant_name): Who<'_>,
     decisions: &[Decision],
     enforced: bool,
     candidate: bool,
@@ -103,6 +110,7 @@ pub(crate) fn refused(
             method: TOOLS_CALL,
             jsonrpc_id: message.id(),
             grant: keys.grant,
+            grant_name: grant_name.map(|name| &**name),
             session: keys.session,
             policy: policy.fingerprint(),
             candidate,
