@@ -186,21 +186,21 @@ struct Options {
 async fn main() {
     serving::init_tracing();
     let options = <Options as clap::Parser>::parse();
-    match serving::load_layer("demo_server", &options.policy, &options.store).await {
+    match serving::load_layer("demo_server", Some(&options.policy), &options.store).await {
         serving::AnyLayer::Memory(layer) => run(layer, options).await,
         serving::AnyLayer::Redis(layer) => run(layer, options).await,
     }
 }
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
-    let _watcher = serving::watch("demo_server", &layer, &options.policy, &options.store);
-    let summary = layer.engine().policy().summary();
+    let _watcher = serving::watch("demo_server", &layer, Some(&options.policy), &options.store);
+    let banner = serving::banner(&layer, Some(&options.policy), &options.store);
     let listener = serving::bind("demo_server", options.listen).await;
     let address = listener
         .local_addr()
         .expect("a bound listener has an address");
     println!("demo MCP server listening on http://{address}/mcp");
-    println!("policy {}: {summary}", options.policy.display());
+    println!("{banner}");
     println!("{}", serving::describe(&options.store));
     println!("metrics on http://{address}/metrics");
     // `/metrics` is added after the policy layer, so it is outside it.

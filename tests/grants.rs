@@ -521,7 +521,10 @@ async fn a_reload_keeps_the_counters_of_unchanged_grants() {
 
 /// Records each call event's decision and grant name.
 #[derive(Clone, Default)]
-struct Names(Arc<Mutex<Vec<(String, Option<String>)>>>);
+struct Names(Arc<Mutex<Vec<Named>>>);
+
+/// A decision and the grant name its event carried.
+type Named = (String, Option<String>);
 
 impl tower_mcp_policy::observe::Observer for Names {
     fn observe(&self, event: &tower_mcp_policy::observe::Event<'_>) {

@@ -2,7 +2,7 @@
 //! Streamable HTTP.
 //!
 //! ```text
-//! mcp-policy gateway --policy PATH --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]
+//! mcp-policy gateway (--policy PATH | --grants PATH) --upstream http://127.0.0.1:3001/mcp [--listen 127.0.0.1:8080] [--redis URL [--fail-open]] [--watch] [--monitor] [--candidate FILE]
 //! ```
 //!
 //! `GET /metrics` answers Prometheus text, outside the policy.
@@ -13,7 +13,12 @@
 //! included) frame by frame as they arrive. Hop-by-hop headers are dropped, `Host` is
 //! set for the upstream, everything else passes both ways. An unreachable upstream gets
 //! a 502 with a JSON-RPC error; Ctrl-C or SIGTERM stops accepting and lets in-flight
-//! requests finish. No TLS and no authentication: put it behind your usual front proxy.
+//! requests finish. No TLS: put it behind your usual front proxy.
+//!
+//! With `--grants FILE` each agent presents its own bearer token and is judged under its
+//! grant's policy; an unknown or revoked token reaches nothing (401). The caller's
+//! `Authorization` and `Cookie` never reach the upstream: the grant's upstream
+//! credential (or the file's global one) is sent instead.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,7 +43,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_mcp_policy::layer::PolicyBody;
-use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
+use tower_mcp_policy::{Grant, PolicyHandle, PolicyLayer, counter::CounterStore};
 
 use super::serving;
 
@@ -102,6 +107,9 @@ impl std::fmt::Display for Upstream {
 pub struct Proxy {
     client: Client<HttpConnector, PolicyBody>,
     upstream: Arc<Upstream>,
+    /// Under a grants file: the grants in force, whose upstream credentials replace
+    /// the caller's.
+    grants: Option<PolicyHandle>,
 }
 
 impl Proxy {
@@ -115,6 +123,28 @@ impl Proxy {
         Proxy {
             client,
             upstream: Arc::new(upstream),
+            grants: None,
+        }
+    }
+
+    /// Under a grants file: the caller's `Authorization` and `Cookie` never reach the
+    /// upstream; the upstream credential of the caller's grant (or the file's global
+    /// one) is sent instead, as the grants in force through `handle` say.
+    pub fn with_grants(mut self, handle: PolicyHandle) -> Proxy {
+        self.grants = Some(handle);
+        self
+    }
+
+    /// The caller's credentials out, the grant's upstream credential in.
+    fn credentials(&self, parts: &mut http::request::Parts) {
+        let Some(handle) = &self.grants else {
+            return;
+        };
+        parts.headers.remove(header::AUTHORIZATION);
+        parts.headers.remove(header::COOKIE);
+        let grant = parts.extensions.get::<Grant>().map(Grant::as_str);
+        if let Some((name, value)) = handle.grants().upstream_credential(grant) {
+            parts.headers.insert(name.clone(), value.clone());
         }
     }
 }
@@ -174,6 +204,7 @@ impl tower_service::Service<Request<PolicyBody>> for Proxy {
         let (mut parts, body) = request.into_parts();
         let upstream = self.upstream.clone();
         let client = self.client.clone();
+        let proxy = self.clone();
         Box::pin(async move {
             if parts.uri.path() != upstream.path() {
                 let mut response =
@@ -182,6 +213,7 @@ impl tower_service::Service<Request<PolicyBody>> for Proxy {
                 return Ok(response);
             }
             parts.uri = upstream.target(&parts.uri);
+            proxy.credentials(&mut parts);
             parts.version = http::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             parts
@@ -214,7 +246,17 @@ pub async fn serve<S: CounterStore>(
     upstream: Upstream,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = WithMetrics(layer.layer(Proxy::new(upstream)));
+    serve_proxy(listener, layer, Proxy::new(upstream), shutdown).await;
+}
+
+/// [`serve`] with a proxy of one's own (one that swaps credentials, say).
+pub async fn serve_proxy<S: CounterStore>(
+    listener: TcpListener,
+    layer: PolicyLayer<S>,
+    proxy: Proxy,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = WithMetrics(layer.layer(proxy));
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -314,9 +356,9 @@ pub async fn signal() {
 /// `mcp-policy gateway`: the options.
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// The policy document.
-    #[arg(long, value_name = "FILE")]
-    pub policy: PathBuf,
+    /// The policy document, for every caller (or --grants: a policy per agent).
+    #[arg(long, value_name = "FILE", required_unless_present = "grants")]
+    pub policy: Option<PathBuf>,
     /// The MCP server's Streamable HTTP endpoint; the gateway serves the same path.
     #[arg(long, value_name = "URL", value_parser = Upstream::parse)]
     pub upstream: Upstream,
@@ -330,7 +372,8 @@ pub struct Options {
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub async fn main(options: Options) {
     serving::init_tracing();
-    match serving::load_layer("mcp-policy gateway", &options.policy, &options.store).await {
+    let policy = options.policy.as_deref();
+    match serving::load_layer("mcp-policy gateway", policy, &options.store).await {
         serving::AnyLayer::Memory(layer) => run(layer, options).await,
         serving::AnyLayer::Redis(layer) => run(layer, options).await,
     }
@@ -338,7 +381,7 @@ pub async fn main(options: Options) {
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     let program = "mcp-policy gateway";
-    let _watcher = serving::watch(program, &layer, &options.policy, &options.store);
+    let _watcher = serving::watch(program, &layer, options.policy.as_deref(), &options.store);
     let listener = serving::bind(program, options.listen).await;
     let address = listener
         .local_addr()
@@ -349,11 +392,14 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         options.upstream
     );
     println!(
-        "policy {}: {}",
-        options.policy.display(),
-        layer.engine().policy().summary()
+        "{}",
+        serving::banner(&layer, options.policy.as_deref(), &options.store)
     );
     println!("{}", serving::describe(&options.store));
-    serve(listener, layer, options.upstream, signal()).await;
+    let mut proxy = Proxy::new(options.upstream);
+    if options.store.grants.is_some() {
+        proxy = proxy.with_grants(layer.handle());
+    }
+    serve_proxy(listener, layer, proxy, signal()).await;
     println!("gateway stopped");
 }

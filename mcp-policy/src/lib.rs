@@ -19,6 +19,7 @@ macro_rules! say {
 pub mod check;
 pub mod explain;
 pub mod gateway;
+pub mod grant;
 pub mod serving;
 
 /// What a check or an explanation found: exit code 0, 1 or 2.

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mcp_policy::{check, explain, gateway, print};
+use mcp_policy::{check, explain, gateway, grant, print};
 
 /// Check, explain and serve PolicyLayer policies for MCP servers.
 #[derive(Debug, Parser)]
@@ -19,6 +19,8 @@ use mcp_policy::{check, explain, gateway, print};
   mcp-policy explain policy.json transfer '{\"to\": \"acct-1\", \"amount\": 5000}'
   mcp-policy schema > policy.schema.json
   mcp-policy gateway --policy policy.json --upstream http://127.0.0.1:3001/mcp
+  mcp-policy grant add trading-bot --policy trader.json --grants grants.json
+  mcp-policy gateway --grants grants.json --upstream http://127.0.0.1:3001/mcp
 
 Exit codes: 0 fine, 1 error, 2 warnings under --strict (and usage errors).
 `mcp-policy help COMMAND` shows each command's options and examples."
@@ -44,13 +46,32 @@ enum Command {
   mcp-policy explain policy.json get_price '{"symbol": "BTCUSD"}'
   mcp-policy explain policy.json transfer '{"to": "acct-1", "amount": 5000}'"#)]
     Explain(explain::Options),
-    /// Print the JSON Schema (2020-12) of the policy document.
+    /// Print the JSON Schema (2020-12) of the policy document, or of the grants file.
     #[command(after_help = "Examples:
   mcp-policy schema > policy.schema.json
   # then start policy.json with  \"$schema\": \"./policy.schema.json\",
-  # and editors complete and check it as you type")]
-    Schema,
-    /// Serve a policy in front of an MCP server (Streamable HTTP).
+  # and editors complete and check it as you type
+  mcp-policy schema --grants > grants.schema.json")]
+    Schema {
+        /// The schema of the grants file instead.
+        #[arg(long)]
+        grants: bool,
+    },
+    /// Add, list and revoke agents' grants: a token and a policy per agent.
+    #[command(after_help = "Examples:
+  mcp-policy grant add research-agent --policy read-only.json --grants grants.json
+  mcp-policy grant add trading-bot --policy trader.json --grants grants.json \\
+      --expires 2027-01-31T00:00:00Z
+  mcp-policy grant list --grants grants.json
+  mcp-policy grant revoke trading-bot --grants grants.json
+
+`grant add` prints the token alone on standard output, once: the file keeps its hash.")]
+    Grant {
+        #[command(subcommand)]
+        command: grant::Command,
+    },
+    /// Serve a policy (or a policy per agent, --grants) in front of an MCP server
+    /// (Streamable HTTP).
     #[command(after_help = "Examples:
   mcp-policy gateway --policy policy.json --upstream http://127.0.0.1:3001/mcp
   mcp-policy gateway --policy policy.json --upstream http://127.0.0.1:3001/mcp \\
@@ -73,8 +94,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(options) => runtime().block_on(check::run(options)).into(),
         Command::Explain(options) => runtime().block_on(explain::run(options)).into(),
-        Command::Schema => {
-            let schema = tower_mcp_policy::Policy::json_schema();
+        Command::Grant { command } => grant::run(command).into(),
+        Command::Schema { grants } => {
+            let schema = match grants {
+                true => tower_mcp_policy::Grants::json_schema(),
+                false => tower_mcp_policy::Policy::json_schema(),
+            };
             print(&(serde_json::to_string_pretty(&schema).expect("a schema is JSON") + "\n"));
             ExitCode::SUCCESS
         }

@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_mcp_policy::metrics::MetricsObserver;
 use tower_mcp_policy::observe::TracingObserver;
-use tower_mcp_policy::{Engine, Mode, Policy, PolicyLayer, counter::RedisCounters};
+use tower_mcp_policy::{Engine, Grants, Mode, Policy, PolicyLayer, counter::RedisCounters};
 
 /// Logs to stderr; `RUST_LOG` overrides the default (decisions at debug). Colours only
 /// when stderr is a terminal, so a log file or collector gets no escape sequences.
@@ -30,6 +30,10 @@ pub fn init_tracing() {
 /// in Redis), whether the policy file is watched, and whether it is enforced.
 #[derive(Debug, Default, clap::Args)]
 pub struct Serving {
+    /// A policy per agent: a grants file (see `mcp-policy grant add`). Each request's
+    /// bearer token picks its grant and policy; unknown or revoked tokens get 401.
+    #[arg(long, value_name = "FILE")]
+    pub grants: Option<PathBuf>,
     /// Keep counters in Redis or Valkey, shared by every replica (e.g.
     /// redis://127.0.0.1:6379/). Without it, counters live in this process.
     #[arg(long, value_name = "URL")]
@@ -55,16 +59,37 @@ pub enum AnyLayer {
     Redis(PolicyLayer<RedisCounters>),
 }
 
-/// The policy layer for `path` on `store`, or exit code 1 with the error (the policy's
-/// path and line, or why Redis cannot be reached).
-pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer {
-    let policy = Policy::from_file(path).unwrap_or_else(|err| {
-        eprintln!("{program}: cannot load the policy: {err}");
-        std::process::exit(1);
-    });
-    for warning in policy.warnings() {
-        eprintln!("{program}: warning: {}: {warning}", path.display());
-    }
+/// The policy layer for `path` (or the grants file of `store`) on `store`, or exit
+/// code 1 with the error (the file's path and line, or why Redis cannot be reached).
+pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> AnyLayer {
+    let (policy, grants) = match (&store.grants, path) {
+        (Some(file), _) => {
+            let grants = Grants::from_file(file).unwrap_or_else(|err| {
+                eprintln!("{program}: cannot load the grants: {err}");
+                std::process::exit(1);
+            });
+            for (name, policy) in grants.policies() {
+                for warning in policy.warnings() {
+                    eprintln!("{program}: warning: policy {name}: {warning}");
+                }
+            }
+            (Policy::deny_all(), Some(grants))
+        }
+        (None, Some(path)) => {
+            let policy = Policy::from_file(path).unwrap_or_else(|err| {
+                eprintln!("{program}: cannot load the policy: {err}");
+                std::process::exit(1);
+            });
+            for warning in policy.warnings() {
+                eprintln!("{program}: warning: {}: {warning}", path.display());
+            }
+            (policy, None)
+        }
+        (None, None) => {
+            eprintln!("{program}: name a policy (--policy FILE) or a grants file (--grants FILE)");
+            std::process::exit(2);
+        }
+    };
     let mode = if store.monitor {
         Mode::Monitor
     } else {
@@ -79,7 +104,8 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
     let Some(url) = &store.redis else {
-        return AnyLayer::Memory(configure(PolicyLayer::new(policy), mode, candidate));
+        let layer = configure(PolicyLayer::new(policy), mode, candidate);
+        return AnyLayer::Memory(with_grants(layer, grants));
     };
     let mut counters = RedisCounters::builder(url.as_str());
     if store.fail_open {
@@ -90,7 +116,32 @@ pub async fn load_layer(program: &str, path: &Path, store: &Serving) -> AnyLayer
         std::process::exit(1);
     });
     let engine = Engine::with_counters(policy, counters);
-    AnyLayer::Redis(configure(PolicyLayer::from_engine(engine), mode, candidate))
+    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate);
+    AnyLayer::Redis(with_grants(layer, grants))
+}
+
+fn with_grants<S: tower_mcp_policy::counter::CounterStore>(
+    layer: PolicyLayer<S>,
+    grants: Option<Grants>,
+) -> PolicyLayer<S> {
+    match grants {
+        Some(grants) => layer.grants(grants),
+        None => layer,
+    }
+}
+
+/// The start-up line naming what is enforced.
+pub fn banner<S: tower_mcp_policy::counter::CounterStore + Clone>(
+    layer: &PolicyLayer<S>,
+    policy: Option<&Path>,
+    store: &Serving,
+) -> String {
+    let grants = layer.handle().grants();
+    match (&store.grants, policy) {
+        (Some(file), _) => format!("grants {}: {}", file.display(), grants.summary()),
+        (None, Some(path)) => format!("policy {}: {}", path.display(), grants.summary()),
+        (None, None) => grants.summary(),
+    }
 }
 
 /// The mode, the observers (tracing lines and metrics) and the candidate policy.
@@ -114,11 +165,12 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Starts watching the policy file when asked to; keep the watcher alive.
+/// Starts watching the policy file (or the grants file and its policies) when asked
+/// to; keep the watcher alive.
 pub fn watch<S>(
     program: &str,
     layer: &PolicyLayer<S>,
-    path: &Path,
+    path: Option<&Path>,
     serving: &Serving,
 ) -> Option<tower_mcp_policy::PolicyWatcher>
 where
@@ -127,7 +179,12 @@ where
     if !serving.watch {
         return None;
     }
-    match layer.handle().watch(path) {
+    let (path, watched) = match (&serving.grants, path) {
+        (Some(file), _) => (file.as_path(), layer.handle().watch_grants(file)),
+        (None, Some(path)) => (path, layer.handle().watch(path)),
+        (None, None) => return None,
+    };
+    match watched {
         Ok(watcher) => Some(watcher),
         Err(err) => {
             eprintln!("{program}: cannot watch {}: {err}", path.display());
@@ -138,10 +195,10 @@ where
 
 /// Where the counters are, and whether the file is watched, for the start-up banner.
 pub fn describe(store: &Serving) -> String {
-    let watched = if store.watch {
-        "; the policy file is watched"
-    } else {
-        ""
+    let watched = match (store.watch, store.grants.is_some()) {
+        (true, false) => "; the policy file is watched",
+        (true, true) => "; the grants file and its policies are watched",
+        (false, _) => "",
     };
     let counters = match &store.redis {
         None => "counters in memory".to_owned(),
