@@ -230,3 +230,164 @@ fn the_demo_server_serves_its_decisions_as_prometheus_metrics() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Posts a tools/call of `tool` with `args`, as the bearer of `token` (none: no
+/// `Authorization`), to the demo server at `address` (JSON mode); the whole answer.
+fn call_as(address: &str, token: Option<&str>, tool: &str, args: serde_json::Value) -> String {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": args}})
+    .to_string();
+    let authorization = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{authorization}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(address, &request)
+}
+
+/// The README's walk-through of `examples/grants/`: two agents, two tokens, two
+/// policies, through one demo server; no token or a wrong one reaches nothing.
+#[test]
+fn the_grants_walkthrough_of_the_readme() {
+    let (mut child, address) = spawn_demo(
+        &["--grants".as_ref(), "examples/grants/grants.json".as_ref()],
+        Stdio::null(),
+    );
+    let transfer = serde_json::json!({"amount": 5000, "to": "bob"});
+    let research = Some("demo-research-token");
+    let trading = Some("demo-trading-token");
+    let answer = call_as(
+        &address,
+        research,
+        "get_price",
+        serde_json::json!({"symbol": "BTCUSD"}),
+    );
+    assert!(answer.contains("get_price ran"), "{answer}");
+    let answer = call_as(&address, research, "transfer", transfer.clone());
+    assert!(answer.contains("Unknown tool: transfer"), "{answer}");
+    let answer = call_as(&address, trading, "transfer", transfer.clone());
+    assert!(
+        answer.contains("Transfers above 1000 need human approval."),
+        "{answer}"
+    );
+    let small = serde_json::json!({"amount": 50, "to": "bob"});
+    let answer = call_as(&address, trading, "transfer", small);
+    assert!(answer.contains("transfer ran"), "{answer}");
+    for token in [None, Some("demo-stolen-token")] {
+        let answer = call_as(
+            &address,
+            token,
+            "get_price",
+            serde_json::json!({"symbol": "BTCUSD"}),
+        );
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            answer.to_lowercase().contains("www-authenticate: bearer"),
+            "{answer}"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn editing_the_grants_file_under_watch_changes_who_gets_in_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tmp-demo-grants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("steady.json"),
+        r#"{"version":"1","default":"deny","tools":{"get_price":{},
+            "echo":{"limits":[{"counter":"echoes","window":"hour","max":3,"scope":"grant"}]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("open.json"),
+        r#"{"version":"1","default":"allow"}"#,
+    )
+    .unwrap();
+    let hash = tower_mcp_policy::Grants::hash_token;
+    let grants = |entries: serde_json::Value| {
+        let doc = serde_json::json!({"version": "1",
+            "policies": {"steady": "steady.json", "open": "open.json"}, "grants": entries});
+        // Written whole and renamed, as an operator's tools do.
+        let temporary = dir.join("grants.json.tmp");
+        std::fs::write(&temporary, doc.to_string()).unwrap();
+        std::fs::rename(&temporary, dir.join("grants.json")).unwrap();
+    };
+    grants(serde_json::json!({
+        "steady": {"policy": "steady", "token_sha256": hash("t-steady")},
+        "leaving": {"policy": "open", "token_sha256": hash("t-leaving")},
+        "moving": {"policy": "open", "token_sha256": hash("t-moving")},
+    }));
+    let file = dir.join("grants.json");
+    let (mut child, address) = spawn_demo(
+        &["--grants".as_ref(), file.as_os_str(), "--watch".as_ref()],
+        Stdio::null(),
+    );
+    let hi = || serde_json::json!({"text": "hi"});
+    for _ in 0..2 {
+        assert!(call_as(&address, Some("t-steady"), "echo", hi()).contains("echo ran"));
+    }
+    assert!(
+        call_as(
+            &address,
+            Some("t-moving"),
+            "transfer",
+            serde_json::json!({"amount": 1, "to": "x"})
+        )
+        .contains("transfer ran")
+    );
+
+    // Under load: the steady grant keeps calling while the file changes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (address, stop) = (address.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut calls = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let args = serde_json::json!({"symbol": "BTCUSD"});
+                let answer = call_as(&address, Some("t-steady"), "get_price", args);
+                assert!(
+                    answer.contains("get_price ran"),
+                    "during the reload: {answer}"
+                );
+                calls += 1;
+            }
+            calls
+        })
+    };
+    // "leaving" revoked, "moving" moved to the steady policy, "arriving" added.
+    grants(serde_json::json!({
+        "steady": {"policy": "steady", "token_sha256": hash("t-steady")},
+        "leaving": {"policy": "open", "token_sha256": hash("t-leaving"), "revoked": true},
+        "moving": {"policy": "steady", "token_sha256": hash("t-moving")},
+        "arriving": {"policy": "open", "token_sha256": hash("t-arriving")},
+    }));
+    let started = std::time::Instant::now();
+    while !call_as(&address, Some("t-arriving"), "echo", hi()).contains("echo ran") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the edit was not picked up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(load.join().unwrap() > 0);
+    assert!(call_as(&address, Some("t-leaving"), "echo", hi()).starts_with("HTTP/1.1 401"));
+    let moved = call_as(
+        &address,
+        Some("t-moving"),
+        "transfer",
+        serde_json::json!({"amount": 1, "to": "x"}),
+    );
+    assert!(moved.contains("[POLICY DENIED]"), "{moved}");
+    // The steady grant's counter survived the reload: one echo of three is left.
+    assert!(call_as(&address, Some("t-steady"), "echo", hi()).contains("echo ran"));
+    let spent = call_as(&address, Some("t-steady"), "echo", hi());
+    assert!(spent.contains("Rate limit of 3 per hour"), "{spent}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -566,3 +566,54 @@ async fn events_carry_the_grants_name() {
     outcome(&service, as_grant(call("search"), "researcher")).await;
     assert_eq!(*names.0.lock().unwrap(), vec![("deny".to_owned(), None)]);
 }
+
+/// The library path: an axum app whose own authentication middleware inserts the
+/// caller's `Grant` (here from an API key it checked), in front of the policy layer.
+#[tokio::test]
+async fn an_axum_apps_own_authentication_picks_the_grant() {
+    use axum::extract::Request as AxumRequest;
+    use axum::middleware::{self, Next};
+
+    async fn authenticate(mut request: AxumRequest, next: Next) -> axum::response::Response {
+        let grant = match request.headers().get("x-api-key").map(|v| v.as_bytes()) {
+            Some(b"key-of-the-researcher") => Some("researcher"),
+            Some(b"key-of-the-bot") => Some("bot"),
+            _ => None,
+        };
+        if let Some(grant) = grant {
+            request.extensions_mut().insert(Grant::new(grant));
+        }
+        next.run(request).await
+    }
+
+    let seen = Seen::default();
+    let mcp = PolicyLayer::new(Policy::deny_all())
+        .grants(two_grants())
+        .layer(upstream(&seen));
+    // The middleware runs first: added after the policy, it is outside it.
+    let app = axum::Router::new()
+        .route_service("/mcp", mcp)
+        .layer(middleware::from_fn(authenticate));
+    let with_key = |request: Request<Full<Bytes>>, key: &str| {
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert("x-api-key", key.parse().unwrap());
+        Request::from_parts(parts, axum::body::Body::new(body))
+    };
+    let send = |request: Request<axum::body::Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            (response.status(), body(response).await)
+        }
+    };
+    let (_, answer) = send(with_key(call("transfer"), "key-of-the-bot")).await;
+    assert_eq!(answer, json!({"ok": true}));
+    let (_, answer) = send(with_key(call("transfer"), "key-of-the-researcher")).await;
+    assert_eq!(
+        answer["error"]["message"], "Unknown tool: transfer",
+        "{answer}"
+    );
+    let (status, answer) = send(with_key(call("search"), "no-such-key")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(*seen.lock().unwrap(), vec![Some("bot".to_owned())]);
+}

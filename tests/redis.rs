@@ -986,3 +986,64 @@ async fn a_task_is_bound_to_its_owner_on_every_replica() {
         "the task's time to live: {ttl}"
     );
 }
+
+/// Grants on two replicas sharing Redis: each grant's budget is one across replicas
+/// (keyed by its name, so two tokens of one grant would share it too), another grant's
+/// is its own, and a global counter is one budget for every grant of its policy.
+#[tokio::test]
+async fn two_replicas_with_grants_share_each_grants_budget() {
+    let redis = Redis::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let grants = || {
+        let trader: Policy = r#"{"version":"1","default":"deny","tools":{
+            "binance_us_close_listen_key":{"limits":[
+                {"counter":"per_grant","window":"minute","max":4,"scope":"grant"},
+                {"counter":"desk","window":"minute","max":6,"scope":"global"}]}}}"#
+            .parse()
+            .unwrap();
+        tower_mcp_policy::Grants::new()
+            .policy("trader", trader)
+            .grant("alice", "trader")
+            .grant("bob", "trader")
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let counters = redis.builder().connect().await.unwrap();
+        let engine = Engine::with_counters(Policy::deny_all(), counters);
+        let layer = PolicyLayer::from_engine(engine).grants(grants());
+        replicas.push(layer.layer(upstream(runs.clone())));
+    }
+    let as_grant = |name: &str| {
+        let mut request = call(SEED_TOOL, "ignored");
+        request.headers_mut().remove("authorization");
+        request
+            .extensions_mut()
+            .insert(tower_mcp_policy::Grant::new(name));
+        request
+    };
+    let passed = |grant: &'static str, tries: usize| {
+        let replicas = replicas.clone();
+        async move {
+            let mut passed = 0;
+            for i in 0..tries {
+                let replica = replicas[i % 2].clone();
+                let answer = answer(replica.oneshot(as_grant(grant)).await.unwrap()).await;
+                if !denied(&answer) {
+                    passed += 1;
+                }
+            }
+            passed
+        }
+    };
+    assert_eq!(
+        passed("alice", 8).await,
+        4,
+        "four a minute for alice, on both replicas"
+    );
+    assert_eq!(
+        passed("bob", 8).await,
+        2,
+        "bob has his own four, but the desk's six are shared"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 6);
+}
