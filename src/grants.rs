@@ -239,6 +239,14 @@ impl Grants {
             .map(|g| (&*g.name, &*self.policies[g.policy].0))
     }
 
+    /// Whether the grant `name` exists and is neither revoked nor expired.
+    pub fn is_active(&self, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|&i| {
+            let grant = &self.grants[i];
+            !grant.revoked && grant.expires.is_none_or(|at| at > SystemTime::now())
+        })
+    }
+
     /// The named policies, in the order they were added.
     pub fn policies(&self) -> impl Iterator<Item = (&str, &Arc<Policy>)> {
         self.policies.iter().map(|(name, policy)| (&**name, policy))

@@ -12,7 +12,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use tower_mcp_policy::explain::ToolPolicy;
-use tower_mcp_policy::{CounterDef, Policy, PolicyWarning};
+use tower_mcp_policy::{CounterDef, Grants, Policy, PolicyWarning};
 
 use crate::{Outcome, shown};
 
@@ -23,8 +23,12 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// The policy documents to check.
-    #[arg(required = true, value_name = "POLICY")]
+    #[arg(required_unless_present = "grants", value_name = "POLICY")]
     policies: Vec<PathBuf>,
+    /// A grants file: check each of its policies and, with --server, print what each
+    /// grant may do with each of the server's tools.
+    #[arg(long, value_name = "FILE")]
+    grants: Option<PathBuf>,
     /// An MCP server (Streamable HTTP endpoint) whose tools to compare the policies
     /// with: initialize, then every page of tools/list.
     #[arg(long, value_name = "URL")]
@@ -251,24 +255,108 @@ fn report(
     (entry, warnings)
 }
 
+fn error_json(path: &std::path::Path, err: &tower_mcp_policy::PolicyError) -> Value {
+    json!({
+        "file": shown(path),
+        "pointer": err.pointer(),
+        "line": err.line(),
+        "column": err.column(),
+        "message": err.message(),
+        "error": err.to_string(),
+    })
+}
+
+/// A tool's verdict in a grant × tool table: hidden, denied, allowed, conditional
+/// (allowed when its conditions hold) or limited.
+fn short_verdict(tool: &ToolPolicy<'_>) -> &'static str {
+    match tool.verdict() {
+        "hidden" => "hidden",
+        "denied by default" => "denied",
+        "allowed" => "allowed",
+        "allowed with conditions" => "conditional",
+        _ => "limited",
+    }
+}
+
+/// What each grant may do with each of the server's tools: one row per tool, one
+/// column per grant (a revoked or expired grant reaches nothing).
+fn grant_table(out: &mut String, grants: &Grants, server: &Server, json: bool) -> Value {
+    let mut tools: Vec<&str> = server.tools.iter().map(String::as_str).collect();
+    tools.sort_unstable();
+    let columns: Vec<(&str, &str, bool)> = grants
+        .names()
+        .map(|(grant, policy)| (grant, policy, grants.is_active(grant)))
+        .collect();
+    let cell = |grant: &str, active: bool, tool: &str| match (active, grants.policy_of(grant)) {
+        (true, Some(policy)) => short_verdict(&policy.tool_policy(tool)),
+        _ => "-",
+    };
+    if !json {
+        let headers: Vec<String> = columns
+            .iter()
+            .map(|(grant, policy, active)| match active {
+                true => format!("{grant} ({policy})"),
+                false => format!("{grant} (revoked or expired)"),
+            })
+            .collect();
+        let first = tools
+            .iter()
+            .map(|t| t.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let widths: Vec<usize> = headers.iter().map(|h| h.chars().count().max(11)).collect();
+        say!(out, "what each grant may do with the server's tools:");
+        let mut line = format!("{:first$}", "TOOL");
+        for (header, width) in headers.iter().zip(&widths) {
+            line.push_str(&format!("  {header:width$}"));
+        }
+        say!(out, "{}", line.trim_end());
+        for tool in &tools {
+            let mut line = format!("{tool:first$}");
+            for ((grant, _, active), width) in columns.iter().zip(&widths) {
+                line.push_str(&format!("  {:width$}", cell(grant, *active, tool)));
+            }
+            say!(out, "{}", line.trim_end());
+        }
+        say!(out);
+    }
+    columns
+        .iter()
+        .map(|(grant, policy, active)| {
+            let verdicts: serde_json::Map<String, Value> = tools
+                .iter()
+                .map(|tool| ((*tool).to_owned(), json!(cell(grant, *active, tool))))
+                .collect();
+            json!({"grant": grant, "policy": policy, "active": active, "tools": verdicts})
+        })
+        .collect()
+}
+
 /// Runs `mcp-policy check`.
 pub async fn run(options: Options) -> Outcome {
     let mut out = String::new();
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
-    for path in &options.policies {
-        match Policy::from_file(path) {
-            Ok(policy) => loaded.push((path, policy)),
+    let grants = match &options.grants {
+        None => None,
+        Some(path) => match Grants::from_file(path) {
+            Ok(grants) => Some(grants),
             Err(err) => {
                 eprintln!("mcp-policy: {err}");
-                errors.push(json!({
-                    "file": shown(path),
-                    "pointer": err.pointer(),
-                    "line": err.line(),
-                    "column": err.column(),
-                    "message": err.message(),
-                    "error": err.to_string(),
-                }));
+                errors.push(error_json(path, &err));
+                None
+            }
+        },
+    };
+    // A grants file's policies are checked like the files named on the command line.
+    let named = grants.iter().flat_map(|g| g.files()[1..].iter());
+    for path in named.chain(&options.policies) {
+        match Policy::from_file(path) {
+            Ok(policy) => loaded.push((path.clone(), policy)),
+            Err(err) => {
+                eprintln!("mcp-policy: {err}");
+                errors.push(error_json(path, &err));
             }
         }
     }
@@ -300,8 +388,15 @@ pub async fn run(options: Options) -> Outcome {
         warnings += count;
         reports.push(report);
     }
+    let table = match (&grants, &server) {
+        (Some(grants), Some(server)) => Some(grant_table(&mut out, grants, server, options.json)),
+        _ => None,
+    };
     if options.json {
         let mut json = json!({ "policies": reports, "errors": errors, "warnings": warnings });
+        if let Some(table) = table {
+            json["grants"] = table;
+        }
         if let Some(server) = &server {
             json["server"] = json!({
                 "url": server.url,

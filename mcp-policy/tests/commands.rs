@@ -692,3 +692,46 @@ fn explain_suggests_the_rule_a_misspelt_tool_name_probably_meant() {
     let text = explain(PAYMENTS, "drop_database", "{}");
     assert!(!text.contains("did you mean"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_with_grants_prints_what_each_grant_may_do_with_each_tool() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let demo = Demo::start(PolicyLayer::new(allow_all), false).await;
+    let args = [
+        "check",
+        "--grants",
+        "examples/grants/grants.json",
+        "--server",
+        &demo.url(),
+    ];
+    let output = mcp_policy(strings(&args)).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    // Each of the file's policies is checked, then the table.
+    assert!(
+        text.contains("examples/grants/read-only.json: loads"),
+        "{text}"
+    );
+    assert!(
+        text.contains("examples/grants/trader.json: loads"),
+        "{text}"
+    );
+    assert_has_lines(
+        &text,
+        &[
+            "TOOL                         research-agent (read-only)  trading-bot (trader)",
+            "binance_us_close_listen_key  hidden                      limited",
+            "delete_account               hidden                      hidden",
+            "echo                         allowed                     allowed",
+            "get_price                    limited                     allowed",
+            "transfer                     hidden                      conditional",
+        ],
+    );
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let output = mcp_policy(strings(&json_args)).await;
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["grants"][1]["grant"], "trading-bot");
+    assert_eq!(report["grants"][1]["tools"]["transfer"], "conditional");
+    assert_eq!(report["grants"][0]["tools"]["transfer"], "hidden");
+}
