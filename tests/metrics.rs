@@ -144,3 +144,41 @@ fn monitor_mode_is_labelled_in_the_metrics() {
         });
     });
 }
+
+#[test]
+fn under_grants_decisions_are_labelled_with_the_grants_name() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                    Full::new(Bytes::from_static(
+                        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                    )),
+                )))
+            });
+            let grants = tower_mcp_policy::Grants::new()
+                .policy("p", POLICY.parse().unwrap())
+                .grant("research-agent", "p");
+            let service = PolicyLayer::new(Policy::deny_all())
+                .grants(grants)
+                .observer(MetricsObserver)
+                .layer(upstream);
+            let mut request = tool_call("echo", json!({}));
+            request
+                .extensions_mut()
+                .insert(tower_mcp_policy::Grant::new("research-agent"));
+            service.oneshot(request).await.unwrap();
+            let text = handle.render();
+            assert_eq!(
+                series(&text, "mcp_policy_decisions_total"),
+                ["mcp_policy_decisions_total{decision=\"allow\",kind=\"none\",tool=\"echo\",policy=\"enforced\",grant=\"research-agent\"} 1"],
+                "{text}"
+            );
+        });
+    });
+}
