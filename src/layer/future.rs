@@ -32,6 +32,9 @@ pin_project! {
         #[pin]
         state: State<Inner, S, ReqBody, ResBody>,
         gate: Arc<Gate<S>>,
+        // Who the request is (`None` once refused): kept out of the state, which is
+        // moved at each step.
+        caller: Option<Caller>,
     }
 }
 
@@ -46,7 +49,7 @@ pin_project! {
         Reading {
             #[pin]
             body: ReqBody,
-            request: Option<(Parts, Inner, Caller)>,
+            request: Option<(Parts, Inner)>,
             buffer: Buffer,
             read: Read,
             deadline: Deadline,
@@ -60,7 +63,7 @@ pin_project! {
         // Waiting for the store to tell who owns a task the request names.
         Looking {
             future: TaskLookup,
-            rest: Option<(Looking, Parts, Bytes, Inner, Read, Caller)>,
+            rest: Option<(Looking, Parts, Bytes, Inner, Read)>,
         },
         // Waiting for the inner service.
         Calling {
@@ -83,22 +86,30 @@ where
 {
     pub(crate) fn new(gate: Arc<Gate<S>>, inner: Inner, request: Request<ReqBody>) -> Self {
         let (parts, body) = request.into_parts();
-        let state = match gate.admit(&parts) {
+        let (state, caller) = match gate.admit(&parts) {
             Ok((read, caller)) if !read.judge && body.is_end_stream() => {
                 // A GET (the SSE stream), DELETE, HEAD or OPTIONS without a body passes
                 // at once.
-                next(&gate, inner, parts, Bytes::new(), read, caller)
+                let state = next(&gate, inner, parts, Bytes::new(), read, &caller);
+                (state, Some(caller))
             }
-            Ok((read, caller)) => State::Reading {
-                body,
-                request: Some((parts, inner, caller)),
-                buffer: Buffer::default(),
-                read,
-                deadline: Deadline::after(gate.config.body_read_timeout),
-            },
-            Err(response) => answered(response),
+            Ok((read, caller)) => {
+                let state = State::Reading {
+                    body,
+                    request: Some((parts, inner)),
+                    buffer: Buffer::default(),
+                    read,
+                    deadline: Deadline::after(gate.config.body_read_timeout),
+                };
+                (state, Some(caller))
+            }
+            Err(response) => (answered(response), None),
         };
-        ResponseFuture { state, gate }
+        ResponseFuture {
+            state,
+            gate,
+            caller,
+        }
     }
 }
 
@@ -122,7 +133,7 @@ fn next<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     read: Read,
-    caller: Caller,
+    caller: &Caller,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
@@ -139,18 +150,18 @@ fn judged<Inner, S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     read: Read,
-    caller: Caller,
+    caller: &Caller,
     looked: &Looked,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
     Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
     S: CounterStore,
 {
-    let next = gate.judge(&parts, &bytes, read, &caller, looked);
+    let next = gate.judge(&parts, &bytes, read, caller, looked);
     match next {
         Next::Look(future, looking) => State::Looking {
             future,
-            rest: Some((looking, parts, bytes, inner, read, caller)),
+            rest: Some((looking, parts, bytes, inner, read)),
         },
         next => step(gate, inner, parts, bytes, next),
     }
@@ -214,7 +225,7 @@ where
                             continue; // trailers carry nothing the policy reads
                         };
                         if buffer.len() + data.remaining() > read.limit {
-                            let (parts, ..) = request.as_ref().expect("read until answered");
+                            let (parts, _) = request.as_ref().expect("read until answered");
                             answered(this.gate.oversized(parts, *read))
                         } else {
                             buffer.push(data);
@@ -223,14 +234,15 @@ where
                             }
                             // The body says it is complete (its length is reached): no
                             // further poll is needed to learn it.
-                            let (parts, inner, caller) =
-                                request.take().expect("read until answered");
+                            let (parts, inner) = request.take().expect("read until answered");
+                            let caller = this.caller.as_ref().expect("admitted");
                             next(this.gate, inner, parts, buffer.take(), *read, caller)
                         }
                     }
                     Poll::Ready(Some(Err(err))) => answered(this.gate.unreadable(err.into())),
                     Poll::Ready(None) => {
-                        let (parts, inner, caller) = request.take().expect("read until answered");
+                        let (parts, inner) = request.take().expect("read until answered");
+                        let caller = this.caller.as_ref().expect("admitted");
                         next(this.gate, inner, parts, buffer.take(), *read, caller)
                     }
                 },
@@ -242,9 +254,9 @@ where
                 }
                 StateProj::Looking { future, rest } => {
                     let found = ready!(future.as_mut().poll(cx));
-                    let (looking, parts, bytes, inner, read, caller) =
-                        rest.take().expect("looked once");
+                    let (looking, parts, bytes, inner, read) = rest.take().expect("looked once");
                     let looked = this.gate.looked(looking, found);
+                    let caller = this.caller.as_ref().expect("admitted");
                     judged(this.gate, inner, parts, bytes, read, caller, &looked)
                 }
                 StateProj::Calling { future, forwarded } => {
