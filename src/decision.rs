@@ -24,16 +24,19 @@ pub enum DenialKind {
     Limit,
     /// The counter store could not be reached; the call is denied (fail closed).
     CounterUnavailable,
+    /// The tool's definition changed since it was pinned, or it has no pin.
+    Unreviewed,
 }
 
 impl DenialKind {
-    const ALL: [DenialKind; 6] = [
+    const ALL: [DenialKind; 7] = [
         DenialKind::Hidden,
         DenialKind::NotAllowed,
         DenialKind::DenyIf,
         DenialKind::Require,
         DenialKind::Limit,
         DenialKind::CounterUnavailable,
+        DenialKind::Unreviewed,
     ];
 
     /// The kind named `name` ([`DenialKind::as_str`]'s names), if any.
@@ -44,7 +47,7 @@ impl DenialKind {
     }
 
     /// The name used in answers, logs and metrics: `hidden`, `not_allowed`, `deny_if`,
-    /// `require`, `limit`, `counter_unavailable`.
+    /// `require`, `limit`, `counter_unavailable`, `unreviewed`.
     pub fn as_str(self) -> &'static str {
         match self {
             DenialKind::Hidden => "hidden",
@@ -53,6 +56,7 @@ impl DenialKind {
             DenialKind::Require => "require",
             DenialKind::Limit => "limit",
             DenialKind::CounterUnavailable => "counter_unavailable",
+            DenialKind::Unreviewed => "unreviewed",
         }
     }
 }
@@ -121,6 +125,8 @@ impl Denial {
     pub const RULE_HIDDEN: &'static str = "(hidden)";
     /// The `rule` of a denial because the counter store failed.
     pub const RULE_COUNTER_STORE: &'static str = "(counter store)";
+    /// The `rule` of a denial because the tool's definition is not the pinned one.
+    pub const RULE_PINS: &'static str = "(pins)";
 
     pub(crate) fn new(kind: DenialKind, tool: &str, rule: &str, message: String) -> Denial {
         Denial {

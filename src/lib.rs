@@ -67,6 +67,7 @@ pub mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod observe;
+mod pins;
 mod policy;
 mod rules;
 mod scope;
@@ -99,5 +100,6 @@ pub mod unstable {
         ArgPlan, DecodeError, DecodeErrorKind, Decoded, Id, Message, MessageKind, PlanSource,
         ReadAll, ToolCall, TraceParent, decode,
     };
+    pub use crate::pins::{FIELDS, Pin, Pins, ToolDigest, canonical, hex};
     pub use crate::value::{ArgValue, Decimal, NotANumber};
 }

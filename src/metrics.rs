@@ -8,6 +8,7 @@
 //! | `mcp_policy_decision_seconds` | histogram | |
 //! | `mcp_policy_store_errors_total` | counter | |
 //! | `mcp_policy_lists_withheld_total` | counter | |
+//! | `mcp_policy_tool_drift_total` | counter | |
 //! | `mcp_policy_refunds_total` | counter | |
 //! | `mcp_policy_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `mcp_policy_counter_keys` | gauge | |
@@ -98,6 +99,7 @@ impl Observer for MetricsObserver {
             Event::ListWithheld { .. } => {
                 counter!("mcp_policy_lists_withheld_total").increment(1);
             }
+            Event::ToolDrift { .. } => counter!("mcp_policy_tool_drift_total").increment(1),
             Event::Reload { result, .. } => {
                 let result = if result.is_ok() { "ok" } else { "error" };
                 counter!("mcp_policy_reloads_total", "result" => result).increment(1);

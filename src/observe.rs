@@ -163,6 +163,23 @@ pub enum Event<'a> {
         /// [`CounterStore::report_errors_to`](crate::counter::CounterStore::report_errors_to)).
         background: bool,
     },
+    /// A tool was listed with a definition that differs from its pin, or it has no
+    /// pin (see [`PolicyLayer::pins_file`](crate::PolicyLayer::pins_file)): reported
+    /// once per tool and digest. Unless in monitor mode, the tool was withheld from the
+    /// list and its calls are denied.
+    ToolDrift {
+        /// The tool's name (unbounded: the server chose it).
+        tool: &'a str,
+        /// The pinned digest (64 hex digits), `None` when the tool has no pin.
+        pinned: Option<&'a str>,
+        /// The digest of the definition listed now.
+        current: &'a str,
+        /// The fields that differ from the pin (`description`, `inputSchema`, ...), or
+        /// every field present when there is no pin.
+        fields: &'a [&'a str],
+        /// False in monitor mode: reported, not withheld.
+        enforced: bool,
+    },
     /// A policy was put in force, or a reload failed and the last good one stays.
     Reload {
         /// The file, when the policy came from one.
@@ -304,6 +321,23 @@ impl fmt::Debug for KeysField<'_> {
 fn trace(event: &Event<'_>) {
     match event {
         Event::Call(call) => trace_call(call),
+        Event::ToolDrift {
+            tool,
+            pinned,
+            current,
+            fields,
+            enforced,
+        } => tracing::warn!(
+            target: "tower_mcp_policy",
+            decision = "tool_drift",
+            tool = %Escaped(tool),
+            pinned = pinned.unwrap_or("none"),
+            current,
+            fields = %fields.join(","),
+            enforced,
+            "the definition of a tool differs from its pin{}",
+            if *enforced { "; it is withheld and its calls denied until it is re-pinned" } else { " (monitor mode: not withheld)" }
+        ),
         Event::Judged {
             policy,
             latency,

@@ -9,25 +9,47 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::counter::{CounterId, CounterStore};
 use crate::error::PolicyError;
 use crate::grants::Grants;
 use crate::observe::{Event, Observer};
+use crate::pins::{Pins, Seen};
 use crate::policy::Policy;
 
 /// The current policies.
 #[derive(Debug)]
 pub(crate) struct Source {
     current: ArcSwap<Grants>,
+    /// The reviewed tool definitions, when the layer checks them.
+    pins: ArcSwapOption<Pins>,
+    /// The tool definitions listed through the layer.
+    seen: Seen,
 }
 
 impl Source {
     pub fn new(policy: Arc<Policy>) -> Source {
         Source {
             current: ArcSwap::new(Arc::new(Grants::single(policy))),
+            pins: ArcSwapOption::empty(),
+            seen: Seen::default(),
         }
+    }
+
+    /// The tool definitions listed through the layer.
+    pub fn seen(&self) -> &Seen {
+        &self.seen
+    }
+
+    /// The pins in force, if any.
+    pub fn pins(&self) -> Option<Arc<Pins>> {
+        self.pins.load_full()
+    }
+
+    /// Puts `pins` in force.
+    pub fn replace_pins(&self, pins: Option<Arc<Pins>>) {
+        self.pins.store(pins);
     }
 
     /// The policies in force now, for one request.
@@ -141,6 +163,33 @@ impl PolicyHandle {
     pub fn reload_grants_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
         let path = path.as_ref();
         self.put_loaded(path, Grants::from_file(path))
+    }
+
+    /// Loads the tool pins of `path` (a lock file `mcp-policy pin` writes) and puts them
+    /// in force for the next list and call. On error the pins in force stay, and the
+    /// error is returned and reported as a failed reload.
+    pub fn reload_pins_file(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
+        let path = path.as_ref();
+        match Pins::from_file(path) {
+            Ok(pins) => {
+                let summary = format!("{} pinned tools", pins.len());
+                self.source.replace_pins(Some(Arc::new(pins)));
+                self.observer.observe(&Event::Reload {
+                    file: Some(path),
+                    result: Ok(&summary),
+                    policy: self.source.snapshot().fingerprint(),
+                });
+                Ok(())
+            }
+            Err(error) => {
+                self.observer.observe(&Event::Reload {
+                    file: Some(path),
+                    result: Err(&error),
+                    policy: self.source.snapshot().fingerprint(),
+                });
+                Err(error)
+            }
+        }
     }
 
     /// Puts a policy loaded from `path` in force, or reports why it did not load.

@@ -102,6 +102,26 @@ impl PolicyHandle {
         })
     }
 
+    /// Reloads the tool pins of `path` (see
+    /// [`PolicyLayer::pins_file`](crate::PolicyLayer::pins_file)) whenever the file
+    /// changes, as [`PolicyHandle::watch`] does for a policy: a version that does not
+    /// load leaves the pins in force and is reported.
+    pub fn watch_pins(&self, path: impl AsRef<Path>) -> Result<PolicyWatcher, notify::Error> {
+        let path = path.as_ref().to_path_buf();
+        let file = path.clone();
+        let mut last = std::fs::read(&file).ok();
+        self.watch_files(path, vec![file.clone()], move |handle| {
+            let Ok(bytes) = std::fs::read(&file) else {
+                return; // between a removal and a rename: the next event comes
+            };
+            if last.as_deref() == Some(&bytes[..]) {
+                return;
+            }
+            last = Some(bytes);
+            let _ = handle.reload_pins_file(&file);
+        })
+    }
+
     /// Watches the directories of `files` (and of their symlinks' targets), and calls
     /// `reload` after each burst of events.
     fn watch_files(

@@ -12,6 +12,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use tower_mcp_policy::explain::ToolPolicy;
+use tower_mcp_policy::unstable::Pins;
 use tower_mcp_policy::{CounterDef, Grants, Policy, PolicyWarning};
 
 use crate::{Outcome, shown};
@@ -23,12 +24,16 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// The policy documents to check.
-    #[arg(required_unless_present = "grants", value_name = "POLICY")]
+    #[arg(required_unless_present_any = ["grants", "pins"], value_name = "POLICY")]
     policies: Vec<PathBuf>,
     /// A grants file: check each of its policies and, with --server, print what each
     /// grant may do with each of the server's tools.
     #[arg(long, value_name = "FILE")]
     grants: Option<PathBuf>,
+    /// Tool pins (`mcp-policy pin` writes them): with --server, fail (exit code 1) and
+    /// print the difference when a tool's definition is not the pinned one.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pins: Option<PathBuf>,
     /// An MCP server (Streamable HTTP endpoint) whose tools to compare the policies
     /// with: initialize, then every page of tools/list.
     #[arg(long, value_name = "URL")]
@@ -45,7 +50,7 @@ pub struct Options {
     json: bool,
 }
 
-fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+pub(crate) fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = text
         .split_once(':')
         .ok_or_else(|| format!("{text:?} is not 'Name: value'"))?;
@@ -63,16 +68,21 @@ fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-/// The server: its name and version, and its tools' names.
-struct Server {
-    url: String,
-    name: String,
-    version: String,
-    tools: Vec<String>,
+/// The server: its name and version, and its tools' names and definitions.
+pub(crate) struct Server {
+    pub url: String,
+    pub name: String,
+    pub version: String,
+    pub tools: Vec<String>,
+    /// Each tool's definition as listed.
+    pub definitions: Vec<Value>,
 }
 
 /// Initializes an MCP session with `url` and lists every page of its tools.
-async fn list_tools(url: &str, headers: &[(HeaderName, HeaderValue)]) -> Result<Server, String> {
+pub(crate) async fn list_tools(
+    url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<Server, String> {
     if url.starts_with("https://") {
         return Err(
             "this build of mcp-policy speaks plain http:// only; check through a local endpoint"
@@ -101,11 +111,16 @@ async fn list_tools(url: &str, headers: &[(HeaderName, HeaderValue)]) -> Result<
             .map(|server| (server.name, server.version))
             .unwrap_or_default();
         let _ = client.cancel().await;
+        let definitions = tools
+            .iter()
+            .map(|t| serde_json::to_value(t).expect("a tool is JSON"))
+            .collect();
         Ok::<_, String>(Server {
             url: url.to_owned(),
             name,
             version,
             tools: tools.into_iter().map(|t| t.name.to_string()).collect(),
+            definitions,
         })
     };
     tokio::time::timeout(SERVER_TIMEOUT, listing)
@@ -388,6 +403,40 @@ pub async fn run(options: Options) -> Outcome {
         warnings += count;
         reports.push(report);
     }
+    let mut drifted = false;
+    let mut pin_report = None;
+    if let (Some(path), Some(server)) = (&options.pins, &server) {
+        match Pins::from_file(path) {
+            Ok(pins) => {
+                let diff = pins.diff(&server.definitions);
+                drifted = !diff.is_empty();
+                if !options.json {
+                    match drifted {
+                        false => say!(out, "{}: every tool matches its pin\n", shown(path)),
+                        true => {
+                            say!(
+                                out,
+                                "{}: the server's tools differ from their pins:",
+                                shown(path)
+                            );
+                            for line in &diff {
+                                say!(out, "  {line}");
+                            }
+                            say!(
+                                out,
+                                "(+ not pinned, - pinned but not listed, ~ changed: the fields named)\n"
+                            );
+                        }
+                    }
+                }
+                pin_report = Some(json!({"file": shown(path), "drift": diff}));
+            }
+            Err(err) => {
+                eprintln!("mcp-policy: {err}");
+                errors.push(error_json(path, &err));
+            }
+        }
+    }
     let table = match (&grants, &server) {
         (Some(grants), Some(server)) => Some(grant_table(&mut out, grants, server, options.json)),
         _ => None,
@@ -396,6 +445,9 @@ pub async fn run(options: Options) -> Outcome {
         let mut json = json!({ "policies": reports, "errors": errors, "warnings": warnings });
         if let Some(table) = table {
             json["grants"] = table;
+        }
+        if let Some(pins) = pin_report {
+            json["pins"] = pins;
         }
         if let Some(server) = &server {
             json["server"] = json!({
@@ -412,6 +464,7 @@ pub async fn run(options: Options) -> Outcome {
         );
     }
     crate::print(&out);
+    let failed = failed || !errors.is_empty() || drifted;
     if failed {
         Outcome::Error
     } else if options.strict && warnings > 0 {

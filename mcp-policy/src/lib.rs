@@ -20,6 +20,7 @@ pub mod check;
 pub mod explain;
 pub mod gateway;
 pub mod grant;
+pub mod pin;
 pub mod serving;
 
 /// What a check or an explanation found: exit code 0, 1 or 2.

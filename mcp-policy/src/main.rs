@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mcp_policy::{check, explain, gateway, grant, print};
+use mcp_policy::{check, explain, gateway, grant, pin, print};
 
 /// Check, explain and serve PolicyLayer policies for MCP servers.
 #[derive(Debug, Parser)]
@@ -54,9 +54,21 @@ enum Command {
   mcp-policy schema --grants > grants.schema.json")]
     Schema {
         /// The schema of the grants file instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pins")]
         grants: bool,
+        /// The schema of the tool pins (tools.lock.json) instead.
+        #[arg(long)]
+        pins: bool,
     },
+    /// Record the tool definitions of a live server as reviewed (a lock file the
+    /// gateway's --pins enforces); shows what changed since the last pin.
+    #[command(after_help = "Examples:
+  mcp-policy pin --server http://127.0.0.1:3001/mcp
+  mcp-policy pin --server http://127.0.0.1:3001/mcp --out pins/payments.lock.json \\
+      --header \"Authorization: Bearer $TOKEN\"
+  mcp-policy check --pins tools.lock.json --server http://127.0.0.1:3001/mcp   # in CI
+  mcp-policy gateway --policy policy.json --pins tools.lock.json --upstream http://127.0.0.1:3001/mcp")]
+    Pin(pin::Options),
     /// Add, list and revoke agents' grants: a token and a policy per agent.
     #[command(after_help = "Examples:
   mcp-policy grant add research-agent --policy read-only.json --grants grants.json
@@ -95,10 +107,12 @@ fn main() -> ExitCode {
         Command::Check(options) => runtime().block_on(check::run(options)).into(),
         Command::Explain(options) => runtime().block_on(explain::run(options)).into(),
         Command::Grant { command } => grant::run(command).into(),
-        Command::Schema { grants } => {
-            let schema = match grants {
-                true => tower_mcp_policy::Grants::json_schema(),
-                false => tower_mcp_policy::Policy::json_schema(),
+        Command::Pin(options) => runtime().block_on(pin::run(options)).into(),
+        Command::Schema { grants, pins } => {
+            let schema = match (grants, pins) {
+                (true, _) => tower_mcp_policy::Grants::json_schema(),
+                (_, true) => tower_mcp_policy::unstable::Pins::json_schema(),
+                _ => tower_mcp_policy::Policy::json_schema(),
             };
             print(&(serde_json::to_string_pretty(&schema).expect("a schema is JSON") + "\n"));
             ExitCode::SUCCESS

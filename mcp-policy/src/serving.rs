@@ -34,6 +34,10 @@ pub struct Serving {
     /// bearer token picks its grant and policy; unknown or revoked tokens get 401.
     #[arg(long, value_name = "FILE")]
     pub grants: Option<PathBuf>,
+    /// Tool pins (a lock file `mcp-policy pin` writes): a tool whose definition
+    /// changed since it was pinned, or that has no pin, is withheld and denied.
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
     /// Keep counters in Redis or Valkey, shared by every replica (e.g.
     /// redis://127.0.0.1:6379/). Without it, counters live in this process.
     #[arg(long, value_name = "URL")]
@@ -105,7 +109,7 @@ pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> 
     metrics();
     let Some(url) = &store.redis else {
         let layer = configure(PolicyLayer::new(policy), mode, candidate);
-        return AnyLayer::Memory(with_grants(layer, grants));
+        return AnyLayer::Memory(with_pins(program, with_grants(layer, grants), store));
     };
     let mut counters = RedisCounters::builder(url.as_str());
     if store.fail_open {
@@ -117,7 +121,7 @@ pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> 
     });
     let engine = Engine::with_counters(policy, counters);
     let layer = configure(PolicyLayer::from_engine(engine), mode, candidate);
-    AnyLayer::Redis(with_grants(layer, grants))
+    AnyLayer::Redis(with_pins(program, with_grants(layer, grants), store))
 }
 
 fn with_grants<S: tower_mcp_policy::counter::CounterStore>(
@@ -126,6 +130,21 @@ fn with_grants<S: tower_mcp_policy::counter::CounterStore>(
 ) -> PolicyLayer<S> {
     match grants {
         Some(grants) => layer.grants(grants),
+        None => layer,
+    }
+}
+
+/// The layer with the tool pins of `store`, or exit code 1 with the error.
+fn with_pins<S: tower_mcp_policy::counter::CounterStore>(
+    program: &str,
+    layer: PolicyLayer<S>,
+    store: &Serving,
+) -> PolicyLayer<S> {
+    match &store.pins {
+        Some(file) => layer.pins_file(file).unwrap_or_else(|err| {
+            eprintln!("{program}: cannot load the tool pins: {err}");
+            std::process::exit(1);
+        }),
         None => layer,
     }
 }
@@ -165,32 +184,39 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Starts watching the policy file (or the grants file and its policies) when asked
-/// to; keep the watcher alive.
+/// Starts watching the policy file (or the grants file and its policies), and the
+/// tool pins, when asked to; keep the watchers alive.
 pub fn watch<S>(
     program: &str,
     layer: &PolicyLayer<S>,
     path: Option<&Path>,
     serving: &Serving,
-) -> Option<tower_mcp_policy::PolicyWatcher>
+) -> Vec<tower_mcp_policy::PolicyWatcher>
 where
     S: tower_mcp_policy::counter::CounterStore + Clone,
 {
     if !serving.watch {
-        return None;
+        return Vec::new();
     }
-    let (path, watched) = match (&serving.grants, path) {
-        (Some(file), _) => (file.as_path(), layer.handle().watch_grants(file)),
-        (None, Some(path)) => (path, layer.handle().watch(path)),
-        (None, None) => return None,
-    };
-    match watched {
-        Ok(watcher) => Some(watcher),
-        Err(err) => {
-            eprintln!("{program}: cannot watch {}: {err}", path.display());
-            std::process::exit(1);
-        }
+    let handle = layer.handle();
+    let mut watched = Vec::new();
+    match (&serving.grants, path) {
+        (Some(file), _) => watched.push((file.as_path(), handle.watch_grants(file))),
+        (None, Some(path)) => watched.push((path, handle.watch(path))),
+        (None, None) => {}
     }
+    if let Some(pins) = &serving.pins {
+        watched.push((pins.as_path(), handle.watch_pins(pins)));
+    }
+    watched
+        .into_iter()
+        .map(|(path, watcher)| {
+            watcher.unwrap_or_else(|err| {
+                eprintln!("{program}: cannot watch {}: {err}", path.display());
+                std::process::exit(1);
+            })
+        })
+        .collect()
 }
 
 /// Where the counters are, and whether the file is watched, for the start-up banner.
@@ -199,6 +225,11 @@ pub fn describe(store: &Serving) -> String {
         (true, false) => "; the policy file is watched",
         (true, true) => "; the grants file and its policies are watched",
         (false, _) => "",
+    };
+    let pins = match (&store.pins, store.watch) {
+        (Some(file), true) => format!("; tool pins {} (watched)", file.display()),
+        (Some(file), false) => format!("; tool pins {}", file.display()),
+        (None, _) => String::new(),
     };
     let counters = match &store.redis {
         None => "counters in memory".to_owned(),
@@ -216,7 +247,7 @@ pub fn describe(store: &Serving) -> String {
     } else {
         ""
     };
-    format!("{counters}{watched}{monitor}")
+    format!("{counters}{watched}{pins}{monitor}")
 }
 
 /// A listener on `address`, or exit code 1.

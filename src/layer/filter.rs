@@ -21,7 +21,9 @@ use super::sse::event_fields;
 use super::tasks::{Owned, strip_foreign};
 use crate::jsonrpc::INTERNAL_ERROR;
 use crate::observe::Event;
+use crate::pins::{Drift, Pins};
 use crate::policy::Policy;
+use crate::source::Source;
 
 /// What filtering an answer needs: the policy whose hidden tools are removed, and the
 /// observer told about every answer withheld instead of passed on unread.
@@ -39,12 +41,24 @@ pub(crate) struct Filter {
     pub learn: Option<Arc<ToolHeaders>>,
     /// Remove other grants' tasks from task lists (a `tasks/list` request's answer).
     pub own_tasks: Option<Owned>,
+    /// Check every listed tool against its pin.
+    pub pins: Option<PinFilter>,
+}
+
+/// The pins every listed tool is checked against.
+#[derive(Clone)]
+pub(crate) struct PinFilter {
+    pub pins: Arc<Pins>,
+    /// Where the layer records the definitions it saw listed.
+    pub source: Arc<Source>,
+    /// Withhold a tool that differs from its pin (false in monitor mode: report only).
+    pub withhold: bool,
 }
 
 impl Filter {
     /// True when the filter may rewrite an answer, and so withholds what it cannot read.
     pub fn rewrites(&self) -> bool {
-        self.hide || self.own_tasks.is_some()
+        self.hide || self.own_tasks.is_some() || self.pins.as_ref().is_some_and(|p| p.withhold)
     }
 
     /// Reports an answer that may list tools, withheld (replaced by an error) because
@@ -74,6 +88,9 @@ pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
             }
             if let Some(owned) = &filter.own_tasks {
                 removed += strip_foreign(&mut message, &|id| owned.owns(id));
+            }
+            if let Some(pins) = &filter.pins {
+                removed += strip_unreviewed(&mut message, pins, filter);
             }
             (removed > 0).then(|| message.to_string())
         }
@@ -223,6 +240,45 @@ pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy, private: bool) 
     }
 }
 
+/// Checks every tool of every tools/list-shaped result in `message` against its pin,
+/// reporting drift; removes those that differ (or have none) when `pins.withhold`.
+/// Returns how many tools were removed.
+fn strip_unreviewed(message: &mut Value, pins: &PinFilter, filter: &Filter) -> usize {
+    match message {
+        Value::Array(items) => items
+            .iter_mut()
+            .map(|m| strip_unreviewed(m, pins, filter))
+            .sum(),
+        Value::Object(object) => {
+            let Some(result) = object.get_mut("result").and_then(|r| r.as_object_mut()) else {
+                return 0;
+            };
+            let Some(Value::Array(tools)) = result.get_mut("tools") else {
+                return 0;
+            };
+            let before = tools.len();
+            let observer = &*filter.observer.0;
+            let mut report = |drift: &Drift<'_>| {
+                observer.observe(&Event::ToolDrift {
+                    tool: drift.tool,
+                    pinned: drift.pinned.as_deref(),
+                    current: &drift.current,
+                    fields: &drift.fields,
+                    enforced: pins.withhold,
+                });
+            };
+            let seen = pins.source.seen();
+            tools.retain(|tool| seen.listed(&pins.pins, tool, &mut report) || !pins.withhold);
+            let removed = before - tools.len();
+            if removed > 0 && filter.private {
+                result.insert("cacheScope".to_owned(), Value::from("private"));
+            }
+            removed
+        }
+        _ => 0,
+    }
+}
+
 /// True when a message might hold a tool list: it mentions `tools`, or has escapes
 /// that could spell it.
 pub(crate) fn might_list_tools(data: &[u8]) -> bool {
@@ -282,6 +338,7 @@ mod tests {
             hide: true,
             learn: None,
             own_tasks: None,
+            pins: None,
         };
         (filter, withheld.0)
     }

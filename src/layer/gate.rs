@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use super::answer::{self, Outcome};
 use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
-use super::filter::Filter;
+use super::filter::{Filter, PinFilter};
 use super::inflight::{Claim, InFlight};
 use super::params::ToolHeaders;
 use super::refund::{Charged, Ledger, Watch};
@@ -392,6 +392,12 @@ impl<S: CounterStore> Gate<S> {
         if let Some(next) = self.check_tasks(&inspected, looked) {
             return next;
         }
+        if let Some(pins) = self.engine.source().pins()
+            && let Some(decisions) = self.unreviewed(&pins, policy, &inspected)
+        {
+            let claim = inspected.claim.take();
+            return self.conclude(caller, &inspected, claim, Err(decisions), None, started);
+        }
         let claim = inspected.claim.take();
         let calls = inspected.calls();
         let pending = match self.engine.prepare(policy, &calls, &inspected.keys) {
@@ -470,6 +476,49 @@ impl<S: CounterStore> Gate<S> {
     /// answer, so it tells nothing of which ids exist. An owner this replica does not
     /// know is asked of the store, when it shares tasks ([`Next::Look`]). `None`: every
     /// task named is the caller's.
+    /// The decisions on a request that calls a tool whose definition is not the pinned
+    /// one (or that has no pin): a denial for each such call, the others not executed.
+    /// `None`: every call may go on to the policy. Hidden tools are the policy's to
+    /// answer (as unknown tools).
+    fn unreviewed(
+        &self,
+        pins: &crate::pins::Pins,
+        policy: &Policy,
+        inspected: &Inspected<'_>,
+    ) -> Option<Vec<Decision>> {
+        use crate::decision::{Denial, DenialKind};
+        use crate::pins::CallPin;
+        let seen = self.engine.source().seen();
+        let decisions: Vec<Option<Denial>> = inspected
+            .decoded
+            .messages()
+            .iter()
+            .filter_map(|m| m.tool_call())
+            .map(|call| {
+                let tool = call.name();
+                if policy.is_hidden(tool) {
+                    return None;
+                }
+                let message = match seen.call(pins, tool) {
+                    CallPin::Reviewed => return None,
+                    CallPin::Changed => format!(
+                        "The definition of \"{tool}\" changed since it was reviewed; ask the operator to re-pin it."
+                    ),
+                    CallPin::Unpinned => format!(
+                        "\"{tool}\" has not been reviewed (it has no pin); ask the operator to pin it."
+                    ),
+                };
+                Some(Denial::new(DenialKind::Unreviewed, tool, Denial::RULE_PINS, message))
+            })
+            .collect();
+        decisions.iter().any(Option::is_some).then(|| {
+            decisions
+                .into_iter()
+                .map(|d| d.map_or(Decision::NotExecuted, Decision::Deny))
+                .collect()
+        })
+    }
+
     fn check_tasks<B>(&self, inspected: &Inspected<'_>, looked: &Looked) -> Option<Next<B, S>> {
         for message in inspected.decoded.messages() {
             let Some(task) = message.task() else {
@@ -754,8 +803,14 @@ impl<S: CounterStore> Gate<S> {
         // Boxed: the response body stays small for the answers that need no filtering.
         let hide = self.must_filter(&forwarded);
         let lists = forwarded.holds.lists_tools || forwarded.holds.lists_tasks;
-        let filter = (hide || lists).then(|| {
+        let pins = self.engine.source().pins().map(|pins| PinFilter {
+            pins,
+            source: self.engine.source().clone(),
+            withhold: self.config.mode == Mode::Enforce,
+        });
+        let filter = (hide || lists || pins.is_some()).then(|| {
             Box::new(Filter {
+                pins,
                 policy: forwarded.policy,
                 observer: self.config.observer.clone(),
                 private: forwarded.caches_lists,
@@ -805,7 +860,8 @@ impl<S: CounterStore> Gate<S> {
     /// server may answer one request with another's result, and the GET stream may
     /// replay a tool list.
     fn must_filter(&self, forwarded: &Forwarded) -> bool {
-        self.config.mode == Mode::Enforce && forwarded.policy.hides_anything()
+        self.config.mode == Mode::Enforce
+            && (forwarded.policy.hides_anything() || self.engine.source().pins().is_some())
     }
 
     /// The inner service failed: nothing ran, so every charge is given back.

@@ -104,6 +104,26 @@ impl<S: CounterStore> PolicyLayer<S> {
         PolicyLayer::assemble(engine, hasher)
     }
 
+    /// Checks every tool list and call against the tool pins of `path` (a lock file
+    /// that `mcp-policy pin` writes): a tool whose definition differs from its pin, or
+    /// that has none, is withheld from every list and its calls are denied, until it is
+    /// re-pinned; each drift is reported once per tool and digest
+    /// ([`Event::ToolDrift`](crate::observe::Event::ToolDrift)). In monitor mode drift
+    /// is reported, not withheld. The layer's handle reloads them
+    /// ([`PolicyHandle::reload_pins_file`](crate::PolicyHandle::reload_pins_file)).
+    ///
+    /// ```no_run
+    /// use tower_mcp_policy::PolicyLayer;
+    ///
+    /// let layer = PolicyLayer::from_file("policy.json")?.pins_file("tools.lock.json")?;
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn pins_file(self, path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let pins = crate::pins::Pins::from_file(path)?;
+        self.engine.source().replace_pins(Some(Arc::new(pins)));
+        Ok(self)
+    }
+
     /// Judges each request under its own grant's policy instead of the layer's one
     /// policy (see [`Grants`]): a request without a known grant is answered 401 and
     /// reaches nothing. The layer's [`handle`](PolicyLayer::handle) replaces them.
