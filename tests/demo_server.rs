@@ -391,3 +391,65 @@ fn editing_the_grants_file_under_watch_changes_who_gets_in_without_a_restart() {
     child.wait().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The demo server's `tools/list` answer (JSON mode), as a value.
+fn list_demo(address: &str) -> serde_json::Value {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    // HTTP/1.0: a filtered answer has no length, and comes unchunked.
+    let request = format!(
+        "POST /mcp HTTP/1.0\r\nhost: {address}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(address, &request);
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// `--pins` with `--watch`: a tool without a pin is withheld and denied; once the
+/// operator pins it, the watched file lets it through without a restart.
+#[test]
+fn pins_on_the_demo_server_reload_under_watch() {
+    let dir = std::env::temp_dir().join(format!("tmp-demo-pins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pins = dir.join("tools.lock.json");
+    std::fs::write(&pins, r#"{"version":"1","tools":{}}"#).unwrap();
+    let (mut child, address) = spawn_demo(
+        &["--pins".as_ref(), pins.as_os_str(), "--watch".as_ref()],
+        Stdio::null(),
+    );
+    let denied = call_demo(&address, "echo");
+    assert!(
+        denied.contains("has not been reviewed (it has no pin)"),
+        "{denied}"
+    );
+    assert_eq!(
+        list_demo(&address)["result"]["tools"],
+        serde_json::json!([])
+    );
+
+    // The operator reviews the tools of an unpinned demo server, and pins them.
+    let (mut reference, reference_address) = spawn_demo(&[], Stdio::null());
+    let tools = list_demo(&reference_address)["result"]["tools"].clone();
+    reference.kill().unwrap();
+    reference.wait().unwrap();
+    let lock = tower_mcp_policy::unstable::Pins::lock(
+        ("demo", "1"),
+        tools.as_array().unwrap(),
+        "2026-12-04T00:00:00Z",
+    );
+    let temporary = dir.join("tools.lock.json.tmp");
+    std::fs::write(&temporary, lock.to_string()).unwrap();
+    std::fs::rename(&temporary, &pins).unwrap();
+    let started = std::time::Instant::now();
+    while !call_demo(&address, "echo").contains("echo ran") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the new pins were not picked up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(list_demo(&address)["result"]["tools"], tools);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
