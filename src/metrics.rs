@@ -18,7 +18,7 @@
 //! `none`. However many tool names agents invent, the series are the policy's; `grant`
 //! names come from the grants file (or are `anonymous`).
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 use crate::observe::{Event, Observer};
 
@@ -39,6 +39,49 @@ use crate::observe::{Event, Observer};
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsObserver;
+
+impl MetricsObserver {
+    /// Tells the installed recorder what each metric means (the `# HELP` lines of
+    /// Prometheus text). Call it once, after installing the recorder.
+    ///
+    /// ```
+    /// tower_mcp_policy::metrics::MetricsObserver::describe();
+    /// ```
+    pub fn describe() {
+        describe_counter!(
+            "mcp_policy_decisions_total",
+            "Tool-call decisions and rejected requests, by decision, kind, tool, policy (and grant)"
+        );
+        describe_histogram!(
+            "mcp_policy_decision_seconds",
+            "Time from a request body read in full to its decision, counters included"
+        );
+        describe_counter!(
+            "mcp_policy_store_errors_total",
+            "Counter store failures (calls denied, or allowed uncounted when failing open)"
+        );
+        describe_counter!(
+            "mcp_policy_lists_withheld_total",
+            "Answers that may list tools, withheld because the layer could not read them"
+        );
+        describe_counter!(
+            "mcp_policy_refunds_total",
+            "Charges given back because the calls they paid for did not run"
+        );
+        describe_counter!(
+            "mcp_policy_tool_drift_total",
+            "Tool definitions listed that differ from their pin, or have none"
+        );
+        describe_counter!(
+            "mcp_policy_reloads_total",
+            "Policy, grants and pins reloads, by result"
+        );
+        describe_gauge!(
+            "mcp_policy_counter_keys",
+            "Counter buckets the store tracks"
+        );
+    }
+}
 
 impl Observer for MetricsObserver {
     fn observe(&self, event: &Event<'_>) {

@@ -82,6 +82,29 @@ impl Upstream {
         self.uri.path()
     }
 
+    /// Whether the upstream accepts a TCP connection within two seconds; why not.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let authority = self.uri.authority().expect("checked in parse");
+        let port = authority.port_u16().unwrap_or(80);
+        let connect = tokio::net::TcpStream::connect((authority.host(), port));
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("no answer within 2s".to_owned()),
+        }
+    }
+
+    /// A warning for an upstream URL without a path: the gateway would serve `/`,
+    /// while MCP clients are usually given `/mcp`.
+    pub fn path_warning(&self) -> Option<String> {
+        (self.uri.path() == "/").then(|| {
+            format!(
+                "the upstream URL {self} has no path, so the gateway serves its MCP endpoint at / \
+                 (and answers 404 elsewhere); MCP servers usually serve /mcp: give the endpoint's full URL"
+            )
+        })
+    }
+
     fn target(&self, incoming: &Uri) -> Uri {
         let path_and_query = match incoming.query() {
             Some(query) => format!("{}?{query}", self.uri.path()),
@@ -106,7 +129,7 @@ impl std::fmt::Display for Upstream {
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, PolicyBody>,
-    upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// Under a grants file: the grants in force, whose upstream credentials replace
     /// the caller's.
     grants: Option<PolicyHandle>,
@@ -256,7 +279,8 @@ pub async fn serve_proxy<S: CounterStore>(
     proxy: Proxy,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = WithMetrics(layer.layer(proxy));
+    let upstream = proxy.upstream.clone();
+    let service = WithMetrics(layer.layer(proxy), upstream);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -294,10 +318,11 @@ pub async fn serve_proxy<S: CounterStore>(
     }
 }
 
-/// Answers `GET /metrics` (Prometheus text) itself, outside the policy; passes every
-/// other request to the policed proxy.
+/// Answers `GET /metrics` (Prometheus text), `GET /healthz` (liveness: the gateway
+/// runs) and `GET /readyz` (readiness: the upstream accepts connections) itself,
+/// outside the policy; passes every other request to the policed proxy.
 #[derive(Clone)]
-pub struct WithMetrics<S>(S);
+pub struct WithMetrics<S>(S, Arc<Upstream>);
 
 impl<S, B> tower_service::Service<Request<Incoming>> for WithMetrics<S>
 where
@@ -314,7 +339,23 @@ where
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        if request.method() == http::Method::GET && request.uri().path() == "/metrics" {
+        let get = request.method() == http::Method::GET;
+        if get && request.uri().path() == "/healthz" {
+            return Box::pin(std::future::ready(Ok(plain(StatusCode::OK, "ok\n"))));
+        }
+        if get && request.uri().path() == "/readyz" {
+            let upstream = self.1.clone();
+            return Box::pin(async move {
+                Ok(match upstream.reachable().await {
+                    Ok(()) => plain(StatusCode::OK, "ready\n"),
+                    Err(reason) => plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("not ready: upstream {upstream}: {reason}\n"),
+                    ),
+                })
+            });
+        }
+        if get && request.uri().path() == "/metrics" {
             let text = serving::metrics().render();
             let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
@@ -329,6 +370,17 @@ where
             Ok(response.map(Either::Right))
         })
     }
+}
+
+/// A plain-text answer of the gateway's own.
+fn plain<B>(status: StatusCode, text: &str) -> Response<Either<Full<Bytes>, B>> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(text.to_owned()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -357,13 +409,23 @@ pub async fn signal() {
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// The policy document, for every caller (or --grants: a policy per agent).
-    #[arg(long, value_name = "FILE", required_unless_present = "grants")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "grants",
+        env = "MCP_POLICY_POLICY"
+    )]
     pub policy: Option<PathBuf>,
     /// The MCP server's Streamable HTTP endpoint; the gateway serves the same path.
-    #[arg(long, value_name = "URL", value_parser = Upstream::parse)]
+    #[arg(long, value_name = "URL", value_parser = Upstream::parse, env = "MCP_POLICY_UPSTREAM")]
     pub upstream: Upstream,
     /// Where to listen.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        env = "MCP_POLICY_LISTEN"
+    )]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: serving::Serving,
@@ -381,6 +443,16 @@ pub async fn main(options: Options) {
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     let program = "mcp-policy gateway";
+    if let Some(warning) = options.upstream.path_warning() {
+        eprintln!("{program}: warning: {warning}");
+        tracing::warn!("{warning}");
+    }
+    if let Err(reason) = options.upstream.reachable().await {
+        eprintln!(
+            "{program}: warning: the upstream {} cannot be reached now ({reason}); requests get 502 until it can (GET /readyz tells)",
+            options.upstream
+        );
+    }
     let _watcher = serving::watch(program, &layer, options.policy.as_deref(), &options.store);
     let listener = serving::bind(program, options.listen).await;
     let address = listener

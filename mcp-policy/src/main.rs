@@ -39,7 +39,7 @@ enum Command {
   mcp-policy check policy.json staging.json --strict
   mcp-policy check policy.json --server http://127.0.0.1:3000/mcp
   mcp-policy check policy.json --server http://127.0.0.1:3000/mcp \\
-      --header 'Authorization: Bearer $TOKEN' --json")]
+      --header \"Authorization: Bearer $TOKEN\" --json")]
     Check(check::Options),
     /// Show the decision for one call, with every step that led to it.
     #[command(after_help = r#"Examples:

@@ -32,28 +32,28 @@ pub fn init_tracing() {
 pub struct Serving {
     /// A policy per agent: a grants file (see `mcp-policy grant add`). Each request's
     /// bearer token picks its grant and policy; unknown or revoked tokens get 401.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MCP_POLICY_GRANTS")]
     pub grants: Option<PathBuf>,
     /// Tool pins (a lock file `mcp-policy pin` writes): a tool whose definition
     /// changed since it was pinned, or that has no pin, is withheld and denied.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MCP_POLICY_PINS")]
     pub pins: Option<PathBuf>,
     /// Keep counters in Redis or Valkey, shared by every replica (e.g.
     /// redis://127.0.0.1:6379/). Without it, counters live in this process.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "MCP_POLICY_REDIS")]
     pub redis: Option<String>,
     /// While Redis is unreachable, allow limited calls uncounted (with a warning)
     /// instead of denying them.
-    #[arg(long, requires = "redis")]
+    #[arg(long, requires = "redis", env = "MCP_POLICY_FAIL_OPEN")]
     pub fail_open: bool,
     /// Reload the policy file when it changes; a broken edit keeps the last good policy.
-    #[arg(long)]
+    #[arg(long, env = "MCP_POLICY_WATCH")]
     pub watch: bool,
     /// A dry run: deny nothing, log what the policy would deny.
-    #[arg(long)]
+    #[arg(long, env = "MCP_POLICY_MONITOR")]
     pub monitor: bool,
     /// Judge every request under this policy too, and log what it would deny.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MCP_POLICY_CANDIDATE")]
     pub candidate: Option<PathBuf>,
 }
 
@@ -178,9 +178,11 @@ fn configure<S>(layer: PolicyLayer<S>, mode: Mode, candidate: Option<Policy>) ->
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .install_recorder()
-            .expect("the only metrics recorder of this process")
+            .expect("the only metrics recorder of this process");
+        MetricsObserver::describe();
+        handle
     })
 }
 

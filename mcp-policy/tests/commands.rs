@@ -677,6 +677,10 @@ async fn the_gateway_runs_from_the_binary() {
         metrics.contains(r#"decision="deny",kind="deny_if",tool="transfer""#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("# HELP mcp_policy_decisions_total Tool-call decisions"),
+        "{metrics}"
+    );
     gateway.kill().unwrap();
     gateway.wait().unwrap();
 }

@@ -468,3 +468,74 @@ fn bad_arguments_are_usage_errors() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("must be an http:// URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn health_and_readiness_are_answered_outside_the_policy() {
+    let get = |url: String| async move {
+        let response = reqwest::Client::new().get(url).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let upstream = unguarded_upstream().await;
+    let gateway = Gateway::start(example_layer(), &upstream.url()).await;
+    let base = format!("http://{}", gateway.address);
+    assert_eq!(get(format!("{base}/healthz")).await, (200, "ok\n".into()));
+    assert_eq!(get(format!("{base}/readyz")).await, (200, "ready\n".into()));
+    gateway.stop().await;
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/mcp", closed.local_addr().unwrap());
+    drop(closed);
+    let gateway = Gateway::start(example_layer(), &dead).await;
+    let base = format!("http://{}", gateway.address);
+    assert_eq!(
+        get(format!("{base}/healthz")).await.0,
+        200,
+        "alive all the same"
+    );
+    let (status, text) = get(format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.starts_with(&format!("not ready: upstream {dead}: ")),
+        "{text}"
+    );
+    gateway.stop().await;
+}
+
+/// `mcp-policy gateway` configured by environment variables alone, with an upstream
+/// URL that has no path and nothing listening: it starts, and warns about both.
+#[test]
+fn the_gateway_takes_its_options_from_the_environment_and_warns_about_its_upstream() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .current_dir(support::repository())
+        .arg("gateway")
+        .env("MCP_POLICY_POLICY", "examples/policy.json")
+        .env("MCP_POLICY_UPSTREAM", &dead)
+        .env("MCP_POLICY_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(gateway.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.starts_with("policy gateway listening on http://127.0.0.1:"),
+        "{first}"
+    );
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut gateway.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("the upstream URL {dead}/ has no path")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot be reached now"), "{stderr}");
+}
