@@ -453,3 +453,39 @@ fn pins_on_the_demo_server_reload_under_watch() {
     child.wait().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `--list-only-allowed`: under default deny, tools without a rule leave the list.
+#[test]
+fn list_only_allowed_leaves_tools_without_a_rule_out_of_the_list() {
+    let dir = std::env::temp_dir().join(format!("tmp-demo-listing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version":"1","default":"deny","tools":{"echo":{},"get_price":{}}}"#,
+    )
+    .unwrap();
+    let names = |args: &[&std::ffi::OsStr]| {
+        let (mut child, address) = spawn_demo(args, Stdio::null());
+        let tools = list_demo(&address)["result"]["tools"].clone();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut names: Vec<String> = tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let all = names(&["--policy".as_ref(), policy.as_os_str()]);
+    assert_eq!(all.len(), 5, "{all:?}");
+    let allowed = names(&[
+        "--policy".as_ref(),
+        policy.as_os_str(),
+        "--list-only-allowed".as_ref(),
+    ]);
+    assert_eq!(allowed, ["echo", "get_price"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

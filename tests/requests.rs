@@ -805,3 +805,35 @@ async fn a_clients_answer_to_an_elicitation_passes_and_charges_nothing() {
     assert_eq!(body["result"]["isError"], true, "{body}");
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
 }
+
+/// `list_only_allowed`: under `default: deny`, a tool without a rule is left out of
+/// lists too (an agent would only be refused), while tools with rules stay, conditions
+/// and limits included. Off by default.
+#[tokio::test]
+async fn lists_can_keep_only_the_tools_the_policy_may_allow() {
+    let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"write"},{"name":"transfer"},{"name":"delete_all"},{"name":"unruled"}]}}"#;
+    let names = |only: bool| async move {
+        let seen = Seen::default();
+        let upstream = scripted(&seen, Some("application/json"), None, list);
+        let request = post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+        let service = layer().list_only_allowed(only).layer(upstream);
+        let body = body_json(service.oneshot(request).await.unwrap().into_body()).await;
+        let names: Vec<String> = body["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names
+    };
+    assert_eq!(names(false).await, ["echo", "write", "transfer", "unruled"]);
+    assert_eq!(names(true).await, ["echo", "write", "transfer"]);
+    // A call to the unlisted tool is refused as before.
+    let service = layer().list_only_allowed(true).layer(Upstream::default());
+    let answer = service
+        .oneshot(post(call("unruled", json!({}))))
+        .await
+        .unwrap();
+    let body = body_json(answer.into_body()).await;
+    assert_eq!(body["result"]["isError"], true, "{body}");
+}

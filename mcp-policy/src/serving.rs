@@ -52,6 +52,10 @@ pub struct Serving {
     /// A dry run: deny nothing, log what the policy would deny.
     #[arg(long, env = "MCP_POLICY_MONITOR")]
     pub monitor: bool,
+    /// List only the tools the caller's policy may allow (under default deny, tools
+    /// without a rule are left out of tools/list, not only hidden ones).
+    #[arg(long, env = "MCP_POLICY_LIST_ONLY_ALLOWED")]
+    pub list_only_allowed: bool,
     /// Judge every request under this policy too, and log what it would deny.
     #[arg(long, value_name = "FILE", env = "MCP_POLICY_CANDIDATE")]
     pub candidate: Option<PathBuf>,
@@ -108,7 +112,8 @@ pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> 
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
     let Some(url) = &store.redis else {
-        let layer = configure(PolicyLayer::new(policy), mode, candidate);
+        let layer = configure(PolicyLayer::new(policy), mode, candidate)
+            .list_only_allowed(store.list_only_allowed);
         return AnyLayer::Memory(with_pins(program, with_grants(layer, grants), store));
     };
     let mut counters = RedisCounters::builder(url.as_str());
@@ -120,7 +125,8 @@ pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> 
         std::process::exit(1);
     });
     let engine = Engine::with_counters(policy, counters);
-    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate);
+    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate)
+        .list_only_allowed(store.list_only_allowed);
     AnyLayer::Redis(with_pins(program, with_grants(layer, grants), store))
 }
 

@@ -123,6 +123,8 @@ pub(crate) struct Config {
     pub hasher: ScopeHasher,
     pub body_read_timeout: Option<Duration>,
     pub mode: Mode,
+    /// Tool lists keep only the tools the caller's policy may allow.
+    pub list_only_allowed: bool,
 }
 
 impl Default for Config {
@@ -138,6 +140,7 @@ impl Default for Config {
             hasher: ScopeHasher::random(),
             body_read_timeout: None,
             mode: Mode::Enforce,
+            list_only_allowed: false,
         }
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Filter {
     pub own_tasks: Option<Owned>,
     /// Check every listed tool against its pin.
     pub pins: Option<PinFilter>,
+    /// Also remove tools the policy never allows (no rule under `default: deny`).
+    pub only_allowed: bool,
 }
 
 /// The pins every listed tool is checked against.
@@ -84,7 +86,12 @@ pub(crate) fn filter_message(data: &[u8], filter: &Filter) -> Option<String> {
             }
             let mut removed = 0;
             if filter.hide {
-                removed += strip_hidden(&mut message, &filter.policy, filter.private);
+                let policy = &*filter.policy;
+                let keep = |name: &str| match filter.only_allowed {
+                    true => !policy.never_allows(name),
+                    false => !policy.is_hidden(name),
+                };
+                removed += strip_hidden(&mut message, &keep, filter.private);
             }
             if let Some(owned) = &filter.own_tasks {
                 removed += strip_foreign(&mut message, &|id| owned.owns(id));
@@ -211,11 +218,15 @@ fn withheld(id: Value, err: &serde_json::Error) -> Value {
 
 /// Removes hidden tools from every tools/list-shaped result in `message` (a JSON-RPC
 /// message or a batch). Returns how many tools were removed.
-pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy, private: bool) -> usize {
+pub(crate) fn strip_hidden(
+    message: &mut Value,
+    keep: &dyn Fn(&str) -> bool,
+    private: bool,
+) -> usize {
     match message {
         Value::Array(items) => items
             .iter_mut()
-            .map(|m| strip_hidden(m, policy, private))
+            .map(|m| strip_hidden(m, keep, private))
             .sum(),
         Value::Object(object) => {
             let Some(result) = object.get_mut("result").and_then(|r| r.as_object_mut()) else {
@@ -226,7 +237,7 @@ pub(crate) fn strip_hidden(message: &mut Value, policy: &Policy, private: bool) 
             };
             let before = tools.len();
             tools.retain(|tool| match tool.get("name") {
-                Some(Value::String(name)) => !policy.is_hidden(name),
+                Some(Value::String(name)) => keep(name),
                 // A tool entry without a string name cannot be checked: drop it.
                 _ => false,
             });
@@ -339,6 +350,7 @@ mod tests {
             learn: None,
             own_tasks: None,
             pins: None,
+            only_allowed: false,
         };
         (filter, withheld.0)
     }

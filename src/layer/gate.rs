@@ -811,6 +811,7 @@ impl<S: CounterStore> Gate<S> {
         let filter = (hide || lists || pins.is_some()).then(|| {
             Box::new(Filter {
                 pins,
+                only_allowed: self.config.list_only_allowed,
                 policy: forwarded.policy,
                 observer: self.config.observer.clone(),
                 private: forwarded.caches_lists,
@@ -860,8 +861,11 @@ impl<S: CounterStore> Gate<S> {
     /// server may answer one request with another's result, and the GET stream may
     /// replay a tool list.
     fn must_filter(&self, forwarded: &Forwarded) -> bool {
+        let policy = &forwarded.policy;
         self.config.mode == Mode::Enforce
-            && (forwarded.policy.hides_anything() || self.engine.source().pins().is_some())
+            && (policy.hides_anything()
+                || (self.config.list_only_allowed && !policy.default_allows())
+                || self.engine.source().pins().is_some())
     }
 
     /// The inner service failed: nothing ran, so every charge is given back.

@@ -219,6 +219,26 @@ impl<S> PolicyLayer<S> {
         self.configure(|c| c.max_charges = charges)
     }
 
+    /// Tool lists keep only the tools the caller's policy may allow: besides hidden
+    /// tools, those without a rule under `default: deny` are left out, so an agent does
+    /// not spend calls on tools it will be refused. Tools with conditions or limits stay
+    /// listed (some calls to them pass). Off by default: the hosted PolicyLayer format
+    /// lists what is not hidden, and under `default: deny` this makes the layer read
+    /// (and, for JSON answers, buffer) every answer, uncompressed.
+    ///
+    /// ```
+    /// use tower_mcp_policy::{Policy, PolicyLayer};
+    ///
+    /// let policy: Policy = r#"{"version":"1","default":"deny","tools":{"search":{}}}"#.parse()?;
+    /// let layer = PolicyLayer::new(policy).list_only_allowed(true);
+    /// # let _ = layer;
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    #[must_use]
+    pub fn list_only_allowed(self, only: bool) -> Self {
+        self.configure(|c| c.list_only_allowed = only)
+    }
+
     /// Enforce the policy (the default), or only report what it would do
     /// ([`Mode::Monitor`], a dry run).
     #[must_use]

@@ -323,6 +323,12 @@ impl Policy {
         self.names.get(tool).is_some_and(|n| n.hidden) || self.hidden_patterns.is_match(tool)
     }
 
+    /// True when a call to `tool` is refused whatever its arguments: hidden, or without
+    /// a rule under `default: deny`.
+    pub(crate) fn never_allows(&self, tool: &str) -> bool {
+        !matches!(self.resolve(tool), Resolved::Rules(_))
+    }
+
     /// True when the policy hides at least one name or pattern.
     pub fn hides_anything(&self) -> bool {
         self.hidden_count > 0
