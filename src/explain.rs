@@ -421,6 +421,85 @@ impl Policy {
         policy
     }
 
+    /// The argument paths of the rules that apply to `tool` (its own and `all_tools`':
+    /// conditions, and limits' `increment_from`) that name an argument its
+    /// `input_schema` (the tool's `inputSchema` as a server lists it) does not have.
+    /// Such a path is always missing, so a `deny_if` or `require` on it denies every
+    /// call, usually a typo (`args.amout`). A schema that does not declare
+    /// `properties`, or allows others (`additionalProperties`), proves nothing.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tower_mcp_policy::Policy;
+    ///
+    /// let policy: Policy = r#"{ "version": "1", "default": "deny", "tools": { "transfer": {
+    ///     "deny_if": [ { "conditions": [ { "path": "args.amout", "op": "gt", "value": 1000 } ] } ] } } }"#.parse()?;
+    /// let schema = json!({"type": "object", "properties": {"amount": {"type": "number"}, "to": {}}});
+    /// let [warning] = &policy.unknown_arguments("transfer", &schema)[..] else { panic!() };
+    /// assert_eq!(warning.pointer(), "/tools/transfer/deny_if/0/conditions/0/path");
+    /// assert!(warning.message().contains("no argument `amout`"));
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    pub fn unknown_arguments(
+        &self,
+        tool: &str,
+        input_schema: &serde_json::Value,
+    ) -> Vec<PolicyWarning> {
+        let Resolved::Rules(own) = self.resolve(tool) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<(String, &crate::policy::path::ArgPath)> = Vec::new();
+        for rule in self.all_tools().into_iter().chain(own.map(|r| &r.rule)) {
+            for clause in rule.deny_if.iter().chain(&rule.require) {
+                for (i, condition) in clause.conditions.iter().enumerate() {
+                    let at = format!("{}/conditions/{i}/path", clause.pointer);
+                    paths.push((at, &condition.path));
+                }
+            }
+            for limit in &rule.limits {
+                if let Some(path) = &limit.increment_from {
+                    paths.push((format!("{}/increment_from", limit.meta.pointer), path));
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for (at, path) in paths {
+            let mut schema = input_schema;
+            for segment in path.segments() {
+                let step = match (schema.get("properties"), segment.index) {
+                    (Some(serde_json::Value::Object(properties)), _) => {
+                        match properties.get(&*segment.key) {
+                            Some(next) => next,
+                            None if open(schema) => break,
+                            None => {
+                                let mut known: Vec<&str> =
+                                    properties.keys().map(String::as_str).collect();
+                                known.sort_unstable();
+                                let known = match known.is_empty() {
+                                    true => "none".to_owned(),
+                                    false => known.join(", "),
+                                };
+                                warnings.push(PolicyWarning {
+                                    pointer: at.clone(),
+                                    message: format!(
+                                        "`{}`: the tool `{tool}` has no argument `{}` in its inputSchema (it has: {known}); calls are judged as if it were always missing",
+                                        path.as_str(),
+                                        segment.key
+                                    ),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    (_, Some(_)) if schema.get("items").is_some() => &schema["items"],
+                    _ => break, // nothing declared: nothing to compare with
+                };
+                schema = step;
+            }
+        }
+        warnings
+    }
+
     /// The entries of `hide` and `tools` that match none of `tools` (a server's tool
     /// names): misspelt names, and rules for tools the server does not have. Under
     /// `default: deny` a misspelt rule silently denies the real tool forever. Each is
@@ -472,5 +551,13 @@ impl Policy {
             }
         }
         unmatched
+    }
+}
+
+/// True when a JSON Schema object allows properties it does not declare.
+fn open(schema: &serde_json::Value) -> bool {
+    match schema.get("additionalProperties") {
+        Some(serde_json::Value::Bool(false)) | None => false,
+        Some(_) => true,
     }
 }

@@ -197,7 +197,21 @@ fn report(
     let names: Vec<&str> = server.tools.iter().map(String::as_str).collect();
     let unmatched = policy.unmatched(&names);
     warnings += unmatched.len();
+    // Argument paths no tool's schema has: typos that deny every call.
+    let mut unknown: Vec<PolicyWarning> = Vec::new();
+    for (name, definition) in server.tools.iter().zip(&server.definitions) {
+        for warning in policy.unknown_arguments(name, &definition["inputSchema"]) {
+            if !unknown
+                .iter()
+                .any(|w| w.pointer() == warning.pointer() && w.message() == warning.message())
+            {
+                unknown.push(warning);
+            }
+        }
+    }
+    warnings += unknown.len();
     if json {
+        entry["unknown_arguments"] = unknown.iter().map(warning_json).collect();
         entry["tools"] = tools
             .iter()
             .map(|(name, tool)| {
@@ -264,6 +278,12 @@ fn report(
                 out,
                 "(a server that is already behind this policy does not list the tools it hides)"
             );
+        }
+    }
+    if !unknown.is_empty() {
+        say!(out, "\nargument paths that name no argument of the tool:");
+        for warning in &unknown {
+            say!(out, "  {warning}");
         }
     }
     say!(out);

@@ -739,3 +739,39 @@ async fn check_with_grants_prints_what_each_grant_may_do_with_each_tool() {
     assert_eq!(report["grants"][1]["tools"]["transfer"], "conditional");
     assert_eq!(report["grants"][0]["tools"]["transfer"], "hidden");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_flags_an_argument_path_that_no_tool_schema_has() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let demo = Demo::start(PolicyLayer::new(allow_all), true).await;
+    // `args.amout`: a typo that would deny every transfer above nothing.
+    let typo = TempPolicy::new(
+        "typo",
+        r#"{ "version": "1", "default": "deny",
+             "tools": { "transfer": { "deny_if": [{ "conditions": [
+                 { "path": "args.amout", "op": "gt", "value": 1000 },
+                 { "path": "args.to", "op": "eq", "value": "x" }] }] } } }"#,
+    );
+    let args = strings(&["check", typo.path(), "--server", &demo.url()]);
+    let output = mcp_policy(args.clone()).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    assert!(
+        text.contains("argument paths that name no argument of the tool:\n  /tools/transfer/deny_if/0/conditions/0/path: `args.amout`: the tool `transfer` has no argument `amout` in its inputSchema (it has: amount, to)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("conditions/1/path"),
+        "args.to exists: {text}"
+    );
+    let mut strict = args.clone();
+    strict.push("--strict".into());
+    assert_eq!(mcp_policy(strict).await.status.code(), Some(2));
+    let mut json_args = args;
+    json_args.push("--json".into());
+    let report: Value = serde_json::from_slice(&mcp_policy(json_args).await.stdout).unwrap();
+    assert_eq!(
+        report["policies"][0]["unknown_arguments"][0]["pointer"],
+        "/tools/transfer/deny_if/0/conditions/0/path"
+    );
+}
