@@ -100,11 +100,11 @@ pub(crate) async fn list_tools(
         let client = info
             .serve(transport)
             .await
-            .map_err(|e| format!("the MCP handshake failed: {e}"))?;
+            .map_err(|e| format!("the MCP handshake failed: {}", readable(&e.to_string())))?;
         let tools = client
             .list_all_tools()
             .await
-            .map_err(|e| format!("tools/list failed: {e}"))?;
+            .map_err(|e| format!("tools/list failed: {}", readable(&e.to_string())))?;
         let (name, version) = client
             .peer_info()
             .and_then(|info| info.server_info.clone())
@@ -126,6 +126,36 @@ pub(crate) async fn list_tools(
     tokio::time::timeout(SERVER_TIMEOUT, listing)
         .await
         .map_err(|_| format!("no answer within {}s", SERVER_TIMEOUT.as_secs()))?
+}
+
+/// An MCP client error as a person reads it: without the SDK's internal type names,
+/// on one line, at most 300 characters (a server's error page is not printed whole),
+/// with a hint for the usual causes.
+pub(crate) fn readable(error: &str) -> String {
+    let mut text = error.to_owned();
+    // "Send message error Transport [rmcp::transport::worker::WorkerTransport<…>] error: "
+    if let Some(start) = text.find("Transport [")
+        && let Some(end) = text[start..].find("] error: ")
+    {
+        text.replace_range(..start + end + "] error: ".len(), "");
+    }
+    let text = text.replace(", when send initialize request", " (sending initialize)");
+    let mut line: String = text.lines().next().unwrap_or_default().trim().to_owned();
+    if line.chars().count() > 300 {
+        line = line.chars().take(300).collect::<String>() + "…";
+    }
+    let hint = if line.contains("error sending request") || line.contains("Connection refused") {
+        "; is the server running, and is this its MCP endpoint?"
+    } else if line.contains("HTTP 404") {
+        "; nothing at this path: MCP servers usually serve /mcp"
+    } else if line.contains("HTTP 401") || line.contains("HTTP 403") {
+        "; the server wants a credential: add --header \"Authorization: Bearer …\""
+    } else if line.contains("HTTP 405") || line.contains("HTTP 501") {
+        "; this endpoint does not take MCP's POST requests: is it the MCP endpoint?"
+    } else {
+        ""
+    };
+    format!("{line}{hint}")
 }
 
 /// The closest of `names` to `word`, when it is close enough to be a typo.

@@ -281,6 +281,30 @@ async fn check_reports_load_errors_and_unreachable_servers() {
         "{}",
         stderr(&output)
     );
+    // Readable: no SDK type names, one line, a hint.
+    let said = stderr(&output);
+    assert!(!said.contains("rmcp::"), "{said}");
+    assert!(said.contains("is the server running"), "{said}");
+    assert_eq!(said.trim_end().lines().count(), 1, "{said}");
+
+    // A server with nothing at that path.
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let demo = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let wrong = demo.url().replace("/mcp", "/nothing-here");
+    let output = mcp_policy(strings(&[
+        "check",
+        "examples/policy.json",
+        "--server",
+        &wrong,
+    ]))
+    .await;
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("HTTP 404") && said.contains("usually serve /mcp"),
+        "{said}"
+    );
+    assert!(!said.contains("rmcp::"), "{said}");
 
     let output = run(&["check", "examples/policy.json", "--header", "Accept: */*"]);
     assert_eq!(output.status.code(), Some(2));
