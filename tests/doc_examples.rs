@@ -215,3 +215,17 @@ fn the_checker_sees_a_missing_example() {
     assert!(target_docs(&sources, "Policy::explain").is_some_and(|d| has_example(&d)));
     assert!(target_docs(&sources, "crate::layer").is_some_and(|d| has_example(&d)));
 }
+
+/// The README's quick start is `examples/quick_start.rs`, which `cargo test` builds: the
+/// two never differ.
+#[test]
+fn the_readme_quick_start_is_the_example_that_builds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/quick_start.rs")).unwrap();
+    let body = &example[example.find("use std::sync::Arc;").unwrap()..];
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```rust,ignore\n{body}```")),
+        "the README's quick start differs from examples/quick_start.rs"
+    );
+}
