@@ -139,6 +139,33 @@ async fn main() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A server that keeps sessions refuses a call without one; the error says what
+    /// to do.
+    #[tokio::test]
+    async fn a_server_that_wants_a_session_gets_a_hint() {
+        let stateful: StreamableHttpService<Exchange, LocalSessionManager> =
+            StreamableHttpService::new(
+                || {
+                    Ok(Exchange {
+                        tool_router: Exchange::tool_router(),
+                    })
+                },
+                Arc::new(LocalSessionManager::default()),
+                StreamableHttpServerConfig::default(),
+            );
+        let policy: Policy = POLICY.parse().unwrap();
+        let service = PolicyLayer::new(policy).layer(stateful);
+        let request = testing::tool_call("close_listen_key", json!({"key": "k"}));
+        let error = testing::answer(service.oneshot(request).await.unwrap())
+            .await
+            .err()
+            .expect("refused for want of a session");
+        assert!(error.contains("stateless JSON mode"), "{error}");
+        assert!(error.contains("Mcp-Session-Id"), "{error}");
+    }
+
     #[tokio::test]
     async fn the_policy_holds_offline() {
         super::run_checks().await;

@@ -122,12 +122,25 @@ where
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim)
             .find(|d| d.contains("\"result\"") || d.contains("\"error\""))
-            .ok_or_else(|| format!("no JSON-RPC answer in: {text}"))?
+            .ok_or_else(|| format!("no JSON-RPC answer in: {text}{}", session_hint(&text)))?
             .to_owned()
     };
     let message: Value =
         serde_json::from_str(&json).map_err(|e| format!("not JSON ({e}): {json}"))?;
     read(&message).ok_or_else(|| format!("not a JSON-RPC answer: {json}"))
+}
+
+/// What to do when a server refused a request for want of a session.
+fn session_hint(text: &str) -> &'static str {
+    match text.contains("Session ID is required") || text.contains("session") {
+        true => {
+            "\n(the server keeps sessions: serve it in stateless JSON mode for offline tests \
+             (rmcp: `StreamableHttpServerConfig::default().with_legacy_session_mode(false)\
+             .with_json_response(true)`), or send `testing::request(\"initialize\", params)` \
+             first and copy its `Mcp-Session-Id` header onto every later request)"
+        }
+        false => "",
+    }
 }
 
 fn read(message: &Value) -> Option<Answer> {
