@@ -160,8 +160,7 @@ mod tests {
         let request = testing::tool_call("close_listen_key", json!({"key": "k"}));
         let error = testing::answer(service.oneshot(request).await.unwrap())
             .await
-            .err()
-            .expect("refused for want of a session");
+            .expect_err("refused for want of a session");
         assert!(error.contains("stateless JSON mode"), "{error}");
         assert!(error.contains("Mcp-Session-Id"), "{error}");
     }
