@@ -133,6 +133,8 @@ pub struct Proxy {
     /// Under a grants file: the grants in force, whose upstream credentials replace
     /// the caller's.
     grants: Option<PolicyHandle>,
+    /// Headers set on every request to the upstream.
+    headers: Arc<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl Proxy {
@@ -147,7 +149,15 @@ impl Proxy {
             client,
             upstream: Arc::new(upstream),
             grants: None,
+            headers: Arc::default(),
         }
+    }
+
+    /// Sets `headers` on every request to the upstream (replacing the client's, if it
+    /// sent the same ones).
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Proxy {
+        self.headers = Arc::new(headers);
+        self
     }
 
     /// Under a grants file: the caller's `Authorization` and `Cookie` never reach the
@@ -236,6 +246,9 @@ impl tower_service::Service<Request<PolicyBody>> for Proxy {
                 return Ok(response);
             }
             parts.uri = upstream.target(&parts.uri);
+            for (name, value) in proxy.headers.iter() {
+                parts.headers.insert(name.clone(), value.clone());
+            }
             proxy.credentials(&mut parts);
             parts.version = http::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
@@ -427,6 +440,10 @@ pub struct Options {
         env = "MCP_POLICY_LISTEN"
     )]
     pub listen: SocketAddr,
+    /// A header to set on every request to the upstream, e.g. "X-Tenant: acme";
+    /// repeatable. (Under --grants, credentials come from the grants file.)
+    #[arg(long = "upstream-header", value_name = "'NAME: VALUE'", value_parser = crate::check::header)]
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     #[command(flatten)]
     pub store: serving::Serving,
 }
@@ -468,7 +485,7 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         serving::banner(&layer, options.policy.as_deref(), &options.store)
     );
     println!("{}", serving::describe(&options.store));
-    let mut proxy = Proxy::new(options.upstream);
+    let mut proxy = Proxy::new(options.upstream).with_headers(options.upstream_headers);
     if options.store.grants.is_some() {
         proxy = proxy.with_grants(layer.handle());
     }

@@ -395,3 +395,46 @@ async fn two_typescript_agents_with_their_own_tokens_through_one_gateway() {
     .await;
     assert_eq!(missing.status(), 401);
 }
+
+/// `--upstream-header` sets a header on every request to the upstream, replacing the
+/// client's.
+#[tokio::test]
+async fn upstream_headers_are_set_on_every_forwarded_request() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let (upstream, received) = echo_headers().await;
+    let dir = Dir::new("headers");
+    let policy = dir.write("allow.json", ALLOW_ALL);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .arg("gateway")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--upstream", &upstream, "--listen", "127.0.0.1:0"])
+        .args(["--upstream-header", "X-Tenant: acme"])
+        .args(["--upstream-header", "X-Region: eu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    // Keep reading what it prints: with the pipe closed, its next line would kill it.
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = first
+        .strip_prefix("policy gateway listening on ")
+        .and_then(|rest| rest.split(" -> ").next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-tenant", "forged-by-the-client"),
+    ];
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let response = raw(reqwest::Method::POST, &url, &headers, ping).await;
+    let seen: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(seen["x-tenant"], "acme", "{seen}");
+    assert_eq!(seen["x-region"], "eu", "{seen}");
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
