@@ -530,6 +530,7 @@ impl Grants {
 
     /// The JSON Schema of the grants file, for editors and CI (feature `schema`).
     #[cfg(feature = "schema")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
     pub fn json_schema() -> serde_json::Value {
         let schema = schemars::schema_for!(GrantsDoc);
         serde_json::to_value(schema).expect("a schema is JSON")

@@ -55,6 +55,9 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// docs.rs builds with every feature and `--cfg docsrs` (see Cargo.toml), and marks each
+// gated item "Available on crate feature X only".
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod counter;
 mod decision;
@@ -65,6 +68,7 @@ mod grants;
 mod jsonrpc;
 pub mod layer;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod observe;
 mod pins;
@@ -89,6 +93,7 @@ pub use policy::{CounterDef, Policy, PolicyWarning};
 pub use scope::{Grant, Scope, ScopeHasher, ScopeKeys, ScopeValue};
 pub use source::PolicyHandle;
 #[cfg(feature = "watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
 pub use watch::PolicyWatcher;
 
 /// Unstable: the decoder and the two-phase decision, for this crate's own tests,

@@ -301,6 +301,7 @@ impl Pins {
 
     /// The JSON Schema of the lock file (feature `schema`).
     #[cfg(feature = "schema")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
     pub fn json_schema() -> Value {
         let schema = schemars::schema_for!(LockDoc);
         serde_json::to_value(schema).expect("a schema is JSON")

@@ -42,6 +42,7 @@ impl PolicyWatcher {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
 impl PolicyHandle {
     /// Reloads `path` whenever it changes, until the returned watcher is dropped.
     ///

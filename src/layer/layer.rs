@@ -277,6 +277,7 @@ impl<S> PolicyLayer<S> {
     /// sent, never more) for at most this long. Needs a tokio runtime's timer (feature
     /// `tokio`).
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[must_use]
     pub fn body_read_timeout(self, timeout: std::time::Duration) -> Self {
         self.configure(|c| c.body_read_timeout = Some(timeout))

@@ -421,6 +421,7 @@ impl Policy {
     /// assert_eq!(schema["required"], serde_json::json!(["version", "default"]));
     /// ```
     #[cfg(feature = "schema")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
     pub fn json_schema() -> serde_json::Value {
         let schema = schemars::schema_for!(document::Document);
         serde_json::to_value(schema).expect("a schema is JSON")
