@@ -48,6 +48,9 @@ pub struct PolicyError {
     pointer: String,
     message: String,
     position: Option<(usize, usize)>,
+    /// The other mistakes found in the same document, in order (boxed: the error
+    /// stays small for the `Result`s that carry it).
+    others: Option<Box<[PolicyError]>>,
 }
 
 impl PolicyError {
@@ -58,6 +61,7 @@ impl PolicyError {
             pointer: pointer.into(),
             message: message.into(),
             position: None,
+            others: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl PolicyError {
             pointer: String::new(),
             message: format!("cannot read the policy file: {err}"),
             position: None,
+            others: None,
         }
     }
 
@@ -95,12 +100,48 @@ impl PolicyError {
             pointer,
             message,
             position,
+            others: None,
         }
+    }
+
+    /// The first of `errors` (in document order), carrying the others; `None` when
+    /// there is none.
+    pub(crate) fn all(mut errors: Vec<PolicyError>) -> Option<PolicyError> {
+        if errors.is_empty() {
+            return None;
+        }
+        let mut first = errors.remove(0);
+        if !errors.is_empty() {
+            first.others = Some(errors.into_boxed_slice());
+        }
+        Some(first)
     }
 
     pub(crate) fn in_file(mut self, file: &Path) -> Self {
         self.file = Some(file.to_path_buf());
+        for other in self.others.iter_mut().flat_map(|others| others.iter_mut()) {
+            other.file = Some(file.to_path_buf());
+        }
         self
+    }
+
+    /// The other mistakes found in the same document, after this one, so one run
+    /// reports them all (each with its own pointer; only the first knows its line).
+    /// `Display` prints them all, one per line.
+    ///
+    /// ```
+    /// use tower_mcp_policy::Policy;
+    ///
+    /// let error = r#"{"version":"1","default":"deny","tools":{
+    ///     "a":{"limit":[]},
+    ///     "b":{"deny_if":[{"conditions":[{"path":"args.x","op":"gtt","value":1}]}]}}}"#
+    ///     .parse::<Policy>()
+    ///     .unwrap_err();
+    /// assert_eq!(error.others().len(), 1);
+    /// assert_eq!(error.to_string().lines().count(), 2);
+    /// ```
+    pub fn others(&self) -> &[PolicyError] {
+        self.others.as_deref().unwrap_or_default()
     }
 
     /// What kind of failure this is.
@@ -158,6 +199,9 @@ impl fmt::Display for PolicyError {
         f.write_str(&self.message)?;
         if let Some((line, column)) = self.position {
             write!(f, " (line {line}, column {column})")?;
+        }
+        for other in self.others() {
+            write!(f, "\n{other}")?;
         }
         Ok(())
     }

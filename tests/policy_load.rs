@@ -294,3 +294,46 @@ fn a_limit_no_call_can_pass_is_a_warning() {
         ]
     );
 }
+
+/// A document with several mistakes reports them all in one error, each with its
+/// pointer (the first with its line), so one run of the loader or `mcp-policy check`
+/// shows every fix to make.
+#[test]
+fn every_mistake_of_a_document_is_reported_at_once() {
+    // Three mistakes of the format: a default that does not exist, an unknown field,
+    // an unknown operator.
+    let error = r#"{"version":"1","default":"maybe","tools":{
+        "a":{"limit":[]},
+        "b":{"deny_if":[{"conditions":[{"path":"args.x","op":"gtt","value":1}]}]}}}"#
+        .parse::<Policy>()
+        .unwrap_err();
+    let mut pointers: Vec<&str> = std::iter::once(&error)
+        .chain(error.others())
+        .map(|e| e.pointer())
+        .collect();
+    pointers.sort_unstable();
+    assert_eq!(
+        pointers,
+        [
+            "/default",
+            "/tools/a/limit",
+            "/tools/b/deny_if/0/conditions/0/op"
+        ],
+        "{error}"
+    );
+    assert!(error.line().is_some(), "the first knows its line: {error}");
+    assert_eq!(error.to_string().lines().count(), 3, "{error}");
+
+    // Three mistakes the compiler finds: three windows that do not exist.
+    let error = r#"{"version":"1","default":"deny","tools":{
+        "a":{"limits":[{"counter":"a","window":"fortnight","max":1}]},
+        "b":{"limits":[{"counter":"b","window":"decade","max":1}]},
+        "c":{"limits":[{"counter":"c","window":"eon","max":1}]}}}"#
+        .parse::<Policy>()
+        .unwrap_err();
+    assert_eq!(error.others().len(), 2, "{error}");
+    let text = error.to_string();
+    for window in ["fortnight", "decade", "eon"] {
+        assert!(text.contains(window), "{text}");
+    }
+}

@@ -328,6 +328,10 @@ fn error_json(path: &std::path::Path, err: &tower_mcp_policy::PolicyError) -> Va
         "column": err.column(),
         "message": err.message(),
         "error": err.to_string(),
+        "others": err.others().iter().map(|other| json!({
+            "pointer": other.pointer(),
+            "message": other.message(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -36,6 +36,58 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Pol
     Ok(doc)
 }
 
+/// Parses a policy document; when it does not fit the format, every mistake found
+/// (each tool's rule checked on its own, and the rest of the document) comes in one
+/// error: the first with its line, the others after it.
+pub(super) fn parse_document(text: &str) -> Result<Document, PolicyError> {
+    let first = match parse::<Document>(text) {
+        Ok(doc) => return Ok(doc),
+        Err(first) => first,
+    };
+    if first.kind() == crate::error::PolicyErrorKind::Syntax {
+        return Err(first);
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Err(first);
+    };
+    let mut others = Vec::new();
+    let mut top = value.clone();
+    if let Some(object) = top.as_object_mut() {
+        object.insert("tools".to_owned(), serde_json::json!({}));
+    }
+    others.extend(parse_value::<Document>(top, "").err());
+    if let Some(serde_json::Value::Object(tools)) = value.get("tools") {
+        for (key, rule) in tools {
+            let at = pointer("/tools", &[key]);
+            others.extend(parse_value::<RuleDoc>(rule.clone(), &at).err());
+        }
+    }
+    others.retain(|other| other.pointer() != first.pointer());
+    others.insert(0, first);
+    Err(PolicyError::all(others).expect("the first error is there"))
+}
+
+/// `value` as a `T`, errors located under `base`.
+fn parse_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    base: &str,
+) -> Result<T, PolicyError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let mut at = base.to_owned();
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => {
+                    push_token(&mut at, &index.to_string())
+                }
+                serde_path_to_error::Segment::Map { key } => push_token(&mut at, key),
+                serde_path_to_error::Segment::Enum { variant } => push_token(&mut at, variant),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        PolicyError::from_json(at, err.inner())
+    })
+}
+
 /// Validates a document and builds the compiled policy.
 pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     if doc.version != "1" {
@@ -52,12 +104,15 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     let mut names = Names::default();
     let mut hidden_patterns = Vec::new();
     let hide_list = doc.hide.clone();
+    // Every mistake is collected, so one run reports them all.
+    let mut errors = Vec::new();
     for (i, name) in doc.hide.iter().enumerate() {
         if name.is_empty() {
-            return Err(PolicyError::invalid(
+            errors.push(PolicyError::invalid(
                 pointer("/hide", &[&i.to_string()]),
                 "a hidden tool name must not be empty",
             ));
+            continue;
         }
         match Glob::new(name) {
             Some(glob) => hidden_patterns.push(glob),
@@ -66,10 +121,17 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     }
 
     let hidden_count = names.values().filter(|n| n.hidden).count() + hidden_patterns.len();
-    let all_tools = doc
+    let all_tools = match doc
         .all_tools
         .map(|rule| compile_rule(rule, "/all_tools", &mut counters))
-        .transpose()?;
+        .transpose()
+    {
+        Ok(rule) => rule,
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
     let mut unlisted_plan = ArgPlan::empty();
     if let Some(rule) = &all_tools {
         add_paths(&mut unlisted_plan, rule);
@@ -80,9 +142,16 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
     for (key, rule_doc) in doc.tools.0 {
         let at = pointer("/tools", &[&key]);
         if key.is_empty() {
-            return Err(PolicyError::invalid(at, "a tool name must not be empty"));
+            errors.push(PolicyError::invalid(at, "a tool name must not be empty"));
+            continue;
         }
-        let rule = compile_rule(rule_doc, &at, &mut counters)?;
+        let rule = match compile_rule(rule_doc, &at, &mut counters) {
+            Ok(rule) => rule,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
         let mut plan = unlisted_plan.clone();
         add_paths(&mut plan, &rule);
         let index = tools.len();
@@ -95,6 +164,9 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
             rule,
             plan,
         });
+    }
+    if let Some(error) = PolicyError::all(errors) {
+        return Err(error);
     }
     let hidden_patterns = GlobSet::new(hidden_patterns);
     let mut warnings = hidden_rules(&tools, &hide_list, &names, &hidden_patterns);

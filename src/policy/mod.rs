@@ -477,7 +477,7 @@ impl FromStr for Policy {
     type Err = PolicyError;
 
     fn from_str(text: &str) -> Result<Policy, PolicyError> {
-        let mut policy = compile::compile(compile::parse(text)?)?;
+        let mut policy = compile::compile(compile::parse_document(text)?)?;
         policy.fingerprint = fingerprint(text);
         Ok(policy)
     }
