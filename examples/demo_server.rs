@@ -161,7 +161,8 @@ pub fn app<S: CounterStore>(
     let exchange = Exchange::new(executions);
     let mcp: StreamableHttpService<Exchange, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(exchange.clone()), Default::default(), config);
-    axum::Router::new().nest_service("/mcp", mcp).layer(layer)
+    // The layer around the MCP service only, the composition the README recommends.
+    axum::Router::new().nest_service("/mcp", tower::Layer::layer(&layer, mcp))
 }
 
 /// A demo MCP exchange (rmcp, Streamable HTTP) behind a policy.
