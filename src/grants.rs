@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use subtle::ConstantTimeEq;
 
 use crate::error::PolicyError;
+use crate::pins::{hex, unhex};
 use crate::policy::document::UniqueMap;
 use crate::policy::{Policy, parse};
 use crate::scope::{Grant, ScopeHasher, ScopeValue};
@@ -543,27 +544,6 @@ fn bearer(credential: &[u8]) -> Option<&[u8]> {
     let (scheme, token) = text.split_at(text.iter().position(|b| *b == b' ')?);
     let token = token.trim_ascii();
     (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[derive(Debug, Deserialize)]

@@ -117,16 +117,19 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// 64 hex digits.
-pub fn hex(digest: &[u8; 32]) -> String {
+/// `bytes` as lower-case hex digits.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    digest.iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
-fn unhex(text: &str) -> Option<[u8; 32]> {
+/// A SHA-256 written as 64 hex digits (either case).
+pub(crate) fn unhex(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;
