@@ -110,6 +110,8 @@ pub(crate) struct Caller {
     /// made from one policy, which knows callers only by their credential's hash.
     pub name: Option<Arc<str>>,
     pub policy: Arc<Policy>,
+    /// The tool pins in force when the request arrived, if any.
+    pub pins: Option<Arc<crate::pins::Pins>>,
 }
 
 /// Why a request has no grant: the text of the 401 answer.
@@ -343,6 +345,7 @@ impl Grants {
                 grant,
                 name: None,
                 policy,
+                pins: None,
             });
         }
         let entry = match (extension, authorization) {
@@ -357,6 +360,7 @@ impl Grants {
                     grant: hasher.anonymous(),
                     name: Some("anonymous".into()),
                     policy: self.policies[policy].1.clone(),
+                    pins: None,
                 });
             }
         };
@@ -369,6 +373,7 @@ impl Grants {
             grant: hasher.application(&entry.name),
             name: Some(Arc::from(&*entry.name)),
             policy: self.policies[entry.policy].1.clone(),
+            pins: None,
         })
     }
 

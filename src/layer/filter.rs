@@ -217,48 +217,47 @@ fn withheld(id: Value, err: &serde_json::Error) -> Value {
 }
 
 /// Removes hidden tools from every tools/list-shaped result in `message` (a JSON-RPC
-/// message or a batch). Returns how many tools were removed.
+/// message or a batch): those whose name `keep` refuses, and entries without a string
+/// name (they cannot be checked). Returns how many tools were removed.
 pub(crate) fn strip_hidden(
     message: &mut Value,
     keep: &dyn Fn(&str) -> bool,
     private: bool,
 ) -> usize {
-    match message {
-        Value::Array(items) => items
-            .iter_mut()
-            .map(|m| strip_hidden(m, keep, private))
-            .sum(),
-        Value::Object(object) => {
-            let Some(result) = object.get_mut("result").and_then(|r| r.as_object_mut()) else {
-                return 0;
-            };
-            let Some(Value::Array(tools)) = result.get_mut("tools") else {
-                return 0;
-            };
-            let before = tools.len();
-            tools.retain(|tool| match tool.get("name") {
-                Some(Value::String(name)) => keep(name),
-                // A tool entry without a string name cannot be checked: drop it.
-                _ => false,
-            });
-            let removed = before - tools.len();
-            if removed > 0 && private {
-                result.insert("cacheScope".to_owned(), Value::from("private"));
-            }
-            removed
-        }
-        _ => 0,
-    }
+    retain_tools(message, private, &mut |tool| match tool.get("name") {
+        Some(Value::String(name)) => keep(name),
+        _ => false,
+    })
 }
 
 /// Checks every tool of every tools/list-shaped result in `message` against its pin,
 /// reporting drift; removes those that differ (or have none) when `pins.withhold`.
 /// Returns how many tools were removed.
 fn strip_unreviewed(message: &mut Value, pins: &PinFilter, filter: &Filter) -> usize {
+    let observer = &*filter.observer.0;
+    let mut report = |drift: &Drift<'_>| {
+        observer.observe(&Event::ToolDrift {
+            tool: drift.tool,
+            pinned: drift.pinned.as_deref(),
+            current: &drift.current,
+            fields: &drift.fields,
+            enforced: pins.withhold,
+        });
+    };
+    let seen = pins.source.seen();
+    retain_tools(message, filter.private, &mut |tool| {
+        seen.listed(&pins.pins, tool, &mut report) || !pins.withhold
+    })
+}
+
+/// Keeps, in every tools/list-shaped result of `message` (a JSON-RPC message or a
+/// batch), the tools `keep` accepts; a result that lost any is marked
+/// `cacheScope: "private"` when `private`. Returns how many tools were removed.
+fn retain_tools(message: &mut Value, private: bool, keep: &mut dyn FnMut(&Value) -> bool) -> usize {
     match message {
         Value::Array(items) => items
             .iter_mut()
-            .map(|m| strip_unreviewed(m, pins, filter))
+            .map(|m| retain_tools(m, private, keep))
             .sum(),
         Value::Object(object) => {
             let Some(result) = object.get_mut("result").and_then(|r| r.as_object_mut()) else {
@@ -268,20 +267,9 @@ fn strip_unreviewed(message: &mut Value, pins: &PinFilter, filter: &Filter) -> u
                 return 0;
             };
             let before = tools.len();
-            let observer = &*filter.observer.0;
-            let mut report = |drift: &Drift<'_>| {
-                observer.observe(&Event::ToolDrift {
-                    tool: drift.tool,
-                    pinned: drift.pinned.as_deref(),
-                    current: &drift.current,
-                    fields: &drift.fields,
-                    enforced: pins.withhold,
-                });
-            };
-            let seen = pins.source.seen();
-            tools.retain(|tool| seen.listed(&pins.pins, tool, &mut report) || !pins.withhold);
+            tools.retain(|tool| keep(tool));
             let removed = before - tools.len();
-            if removed > 0 && filter.private {
+            if removed > 0 && private {
                 result.insert("cacheScope".to_owned(), Value::from("private"));
             }
             removed

@@ -155,6 +155,8 @@ pub(crate) struct Holds {
 pub(crate) struct Forwarded {
     /// The policy the request was judged by: its answer is filtered by the same one.
     policy: Arc<Policy>,
+    /// The tool pins in force when it arrived: its answer's lists are checked by them.
+    pins: Option<Arc<crate::pins::Pins>>,
     /// What became of the request, for the response's extensions.
     outcome: Outcome,
     holds: Holds,
@@ -183,21 +185,22 @@ pub(crate) struct Forwarded {
 }
 
 impl Forwarded {
-    /// A request judged under `policy`.
+    /// A request of `caller` judged under its policy.
     fn judged(
-        policy: &Arc<Policy>,
+        caller: &Caller,
         holds: Holds,
         charged: Option<Charged>,
         outcome: Outcome,
     ) -> Forwarded {
         Forwarded {
-            policy: policy.clone(),
+            policy: caller.policy.clone(),
+            pins: caller.pins.clone(),
             outcome,
             holds,
             charged,
             session: None,
-            grant: None,
-            grant_name: None,
+            grant: Some(caller.grant),
+            grant_name: caller.name.clone(),
             deletes: false,
             streams: false,
             caches_lists: false,
@@ -207,9 +210,10 @@ impl Forwarded {
         }
     }
 
-    /// A request without a body, passed through unjudged under `policy`.
-    fn unjudged(policy: Arc<Policy>) -> Forwarded {
-        Forwarded::judged(&policy, Holds::default(), None, Outcome::NotJudged)
+    /// A request of `caller` without a body, passed through unjudged (its answer is
+    /// still filtered under the caller's policy).
+    fn unjudged(caller: &Caller) -> Forwarded {
+        Forwarded::judged(caller, Holds::default(), None, Outcome::NotJudged)
     }
 }
 
@@ -314,11 +318,16 @@ impl<S: CounterStore> Gate<S> {
         if values.next().is_some() {
             return Err(self.rejected(Rejection::repeated(&header::AUTHORIZATION), None));
         }
-        let grants = self.engine.source().snapshot();
+        let source = self.engine.source();
         let extension = parts.extensions.get::<Grant>();
-        grants
+        let mut caller = source
+            .snapshot()
             .caller(&self.config.hasher, extension, authorization)
-            .map_err(|unknown| self.unauthorized(unknown))
+            .map_err(|unknown| self.unauthorized(unknown))?;
+        // The pins too are one snapshot for the whole request: its calls and the lists
+        // in its answer are checked against the same ones.
+        caller.pins = source.pins();
+        Ok(caller)
     }
 
     /// The 401 answer to a request without a known grant (RFC 6750).
@@ -372,11 +381,9 @@ impl<S: CounterStore> Gate<S> {
         looked: &Looked,
     ) -> Next<B, S> {
         if !read.judge {
-            let mut forwarded = Forwarded::unjudged(caller.policy.clone());
-            // A stream may resume a call's answer, and with it a task handle.
-            forwarded.grant = Some(caller.grant);
-            forwarded.grant_name = caller.name.clone();
-            return Next::Forward(forwarded);
+            // The caller's grant goes along: a stream may resume a call's answer, and
+            // with it a task handle.
+            return Next::Forward(Forwarded::unjudged(caller));
         }
         let started = Instant::now();
         if let Some(candidate) = &self.config.candidate {
@@ -392,8 +399,8 @@ impl<S: CounterStore> Gate<S> {
         if let Some(next) = self.check_tasks(&inspected, looked) {
             return next;
         }
-        if let Some(pins) = self.engine.source().pins()
-            && let Some(decisions) = self.unreviewed(&pins, policy, &inspected)
+        if let Some(pins) = &caller.pins
+            && let Some(decisions) = self.unreviewed(pins, policy, &inspected)
         {
             let claim = inspected.claim.take();
             return self.conclude(caller, &inspected, claim, Err(decisions), None, started);
@@ -691,10 +698,8 @@ impl<S: CounterStore> Gate<S> {
         match decided {
             Ok(()) => {
                 let mut forwarded =
-                    Forwarded::judged(policy, inspected.holds, charged, Outcome::Forwarded);
+                    Forwarded::judged(caller, inspected.holds, charged, Outcome::Forwarded);
                 forwarded.claim = claim;
-                forwarded.grant = Some(keys.grant);
-                forwarded.grant_name = caller.name.clone();
                 if observer.wants_allowed() {
                     forwarded.allowed = report::allowed_calls(
                         decoded,
@@ -707,10 +712,8 @@ impl<S: CounterStore> Gate<S> {
             // (enforcement would have charged nothing either).
             Err(decisions) if monitor => {
                 let outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
-                let mut forwarded = Forwarded::judged(policy, inspected.holds, None, outcome);
+                let mut forwarded = Forwarded::judged(caller, inspected.holds, None, outcome);
                 forwarded.claim = claim;
-                forwarded.grant = Some(keys.grant);
-                forwarded.grant_name = caller.name.clone();
                 Next::Forward(forwarded)
             }
             Err(decisions) => {
@@ -787,7 +790,7 @@ impl<S: CounterStore> Gate<S> {
     pub(crate) fn answered<B>(
         &self,
         mut response: Response<B>,
-        forwarded: Forwarded,
+        mut forwarded: Forwarded,
     ) -> Response<ResponseBody<B>> {
         let counters = self.engine.counters();
         self.sessions.track(
@@ -803,7 +806,7 @@ impl<S: CounterStore> Gate<S> {
         // Boxed: the response body stays small for the answers that need no filtering.
         let hide = self.must_filter(&forwarded);
         let lists = forwarded.holds.lists_tools || forwarded.holds.lists_tasks;
-        let pins = self.engine.source().pins().map(|pins| PinFilter {
+        let pins = forwarded.pins.take().map(|pins| PinFilter {
             pins,
             source: self.engine.source().clone(),
             withhold: self.config.mode == Mode::Enforce,
@@ -865,7 +868,7 @@ impl<S: CounterStore> Gate<S> {
         self.config.mode == Mode::Enforce
             && (policy.hides_anything()
                 || (self.config.list_only_allowed && !policy.default_allows())
-                || self.engine.source().pins().is_some())
+                || forwarded.pins.is_some())
     }
 
     /// The inner service failed: nothing ran, so every charge is given back.
