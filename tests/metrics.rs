@@ -112,10 +112,10 @@ fn exported_values_are_exact_and_invented_tools_add_no_series() {
     });
 }
 
-/// Monitor mode is visible in the metrics: what enforcement would deny is counted as
-/// `would_deny` under `policy="monitor"`, never as the enforced policy's.
-#[test]
-fn monitor_mode_is_labelled_in_the_metrics() {
+/// The `mcp_policy_decisions_total` series (and the whole rendered text) after
+/// `request` went through `layer`, observed by `MetricsObserver`, around an upstream
+/// that answers at once.
+fn decisions_after(layer: PolicyLayer, request: Request<Full<Bytes>>) -> (Vec<String>, String) {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
@@ -128,57 +128,46 @@ fn monitor_mode_is_labelled_in_the_metrics() {
                     Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
                 ))))
             });
-            let policy: Policy = POLICY.parse().unwrap();
-            let service = PolicyLayer::new(policy)
-                .mode(tower_mcp_policy::Mode::Monitor)
-                .observer(MetricsObserver)
-                .layer(upstream);
-            service.oneshot(tool_call("unknown", json!({}))).await.unwrap();
-            let text = handle.render();
-            let decisions = series(&text, "mcp_policy_decisions_total");
-            assert_eq!(
-                decisions,
-                ["mcp_policy_decisions_total{decision=\"would_deny\",kind=\"not_allowed\",tool=\"other\",policy=\"monitor\"} 1"],
-                "{text}"
-            );
+            let service = layer.observer(MetricsObserver).layer(upstream);
+            service.oneshot(request).await.unwrap();
         });
     });
+    let text = handle.render();
+    (series(&text, "mcp_policy_decisions_total"), text)
+}
+
+/// Monitor mode is visible in the metrics: what enforcement would deny is counted as
+/// `would_deny` under `policy="monitor"`, never as the enforced policy's.
+#[test]
+fn monitor_mode_is_labelled_in_the_metrics() {
+    let policy: Policy = POLICY.parse().unwrap();
+    let layer = PolicyLayer::new(policy).mode(tower_mcp_policy::Mode::Monitor);
+    let (decisions, text) = decisions_after(layer, tool_call("unknown", json!({})));
+    assert_eq!(
+        decisions,
+        [
+            "mcp_policy_decisions_total{decision=\"would_deny\",kind=\"not_allowed\",tool=\"other\",policy=\"monitor\"} 1"
+        ],
+        "{text}"
+    );
 }
 
 #[test]
 fn under_grants_decisions_are_labelled_with_the_grants_name() {
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let upstream = tower::service_fn(move |_: Request<PolicyBody>| {
-                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
-                    Full::new(Bytes::from_static(
-                        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
-                    )),
-                )))
-            });
-            let grants = tower_mcp_policy::Grants::new()
-                .policy("p", POLICY.parse().unwrap())
-                .grant("research-agent", "p");
-            let service = PolicyLayer::new(Policy::deny_all())
-                .grants(grants)
-                .observer(MetricsObserver)
-                .layer(upstream);
-            let mut request = tool_call("echo", json!({}));
-            request
-                .extensions_mut()
-                .insert(tower_mcp_policy::Grant::new("research-agent"));
-            service.oneshot(request).await.unwrap();
-            let text = handle.render();
-            assert_eq!(
-                series(&text, "mcp_policy_decisions_total"),
-                ["mcp_policy_decisions_total{decision=\"allow\",kind=\"none\",tool=\"echo\",policy=\"enforced\",grant=\"research-agent\"} 1"],
-                "{text}"
-            );
-        });
-    });
+    let grants = tower_mcp_policy::Grants::new()
+        .policy("p", POLICY.parse().unwrap())
+        .grant("research-agent", "p");
+    let layer = PolicyLayer::new(Policy::deny_all()).grants(grants);
+    let mut request = tool_call("echo", json!({}));
+    request
+        .extensions_mut()
+        .insert(tower_mcp_policy::Grant::new("research-agent"));
+    let (decisions, text) = decisions_after(layer, request);
+    assert_eq!(
+        decisions,
+        [
+            "mcp_policy_decisions_total{decision=\"allow\",kind=\"none\",tool=\"echo\",policy=\"enforced\",grant=\"research-agent\"} 1"
+        ],
+        "{text}"
+    );
 }

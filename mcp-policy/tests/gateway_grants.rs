@@ -49,15 +49,7 @@ async fn gateway(grants: &Path, upstream: &str) -> String {
     let proxy =
         mcp_policy::gateway::Proxy::new(mcp_policy::gateway::Upstream::parse(upstream).unwrap())
             .with_grants(layer.handle());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(mcp_policy::gateway::serve_proxy(
-        listener,
-        layer,
-        proxy,
-        std::future::pending(),
-    ));
-    format!("http://{address}/mcp")
+    servers::gateway::start_proxy(layer, proxy).await
 }
 
 /// An upstream that answers every request with the headers it received, and counts

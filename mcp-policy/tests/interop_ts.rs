@@ -21,16 +21,7 @@ use tower_mcp_policy::PolicyLayer;
 async fn start_gateway(upstream: &str) -> String {
     let policy = support::repository().join("tests/fixtures/everything-policy.json");
     let layer = PolicyLayer::from_file(policy).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let upstream = mcp_policy::gateway::Upstream::parse(upstream).unwrap();
-    tokio::spawn(mcp_policy::gateway::serve(
-        listener,
-        layer,
-        upstream,
-        std::future::pending(),
-    ));
-    format!("http://{address}/mcp")
+    servers::gateway::start(layer, upstream).await
 }
 
 #[tokio::test]

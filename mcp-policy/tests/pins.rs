@@ -36,16 +36,7 @@ fn args(list: &[&str]) -> Vec<String> {
 async fn gateway(pins: &Path, upstream: &str) -> String {
     let allow: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
     let layer = PolicyLayer::new(allow).pins_file(pins).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let upstream = mcp_policy::gateway::Upstream::parse(upstream).unwrap();
-    tokio::spawn(mcp_policy::gateway::serve(
-        listener,
-        layer,
-        upstream,
-        std::future::pending(),
-    ));
-    format!("http://{address}/mcp")
+    servers::gateway::start(layer, upstream).await
 }
 
 async fn typescript(url: &str, steps: Value) -> Vec<Value> {
