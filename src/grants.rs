@@ -380,8 +380,7 @@ impl Grants {
     /// The grant whose token hashes to the same digest as `token`.
     fn by_token(&self, token: &[u8]) -> Option<&Entry> {
         let digest: [u8; 32] = Sha256::digest(token).into();
-        let prefix = u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"));
-        let candidates = self.by_token.get(&prefix)?;
+        let candidates = self.by_token.get(&prefix(&digest))?;
         // Compared whole in constant time: the time taken tells nothing of how much
         // of a stored hash a guess matched.
         let mut found = None;
@@ -402,8 +401,7 @@ impl Grants {
         let index = self.grants.len();
         self.by_name.insert(entry.name.clone(), index);
         if let Some(token) = &entry.token {
-            let prefix = u64::from_le_bytes(token[..8].try_into().expect("eight bytes"));
-            self.by_token.entry(prefix).or_default().push(index);
+            self.by_token.entry(prefix(token)).or_default().push(index);
         }
         self.grants.push(entry);
         self.refingerprint();
@@ -541,6 +539,11 @@ impl Grants {
         let schema = schemars::schema_for!(GrantsDoc);
         serde_json::to_value(schema).expect("a schema is JSON")
     }
+}
+
+/// The key a token hash is looked up by: its first eight bytes.
+fn prefix(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("eight bytes"))
 }
 
 /// The token of a `Bearer` credential (the scheme in any case), or `None`.
