@@ -26,10 +26,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
 
-#[path = "../examples/demo_server.rs"]
-#[allow(dead_code)]
-mod demo_server;
-
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
     "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
 

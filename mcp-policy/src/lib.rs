@@ -2,10 +2,14 @@
 //! start-up the gateway and the demo server share (`serving`: logging, the policy, its
 //! counters, metrics, the listener). `src/main.rs` is only the command line.
 //!
+//! The commands sit behind the default `commands` feature; without it the library is
+//! `serving` alone, which is all the demo server (`demo/`) needs.
+//!
 //! Exit codes: 0 fine, 1 an error (a policy that does not load, a server that cannot
 //! be reached), 2 warnings under `--strict`, or a usage error.
 
 /// Appends a line to the report `out` (printed at the end; see [`print()`]).
+#[cfg(feature = "commands")]
 macro_rules! say {
     ($out:expr) => {
         $out.push('\n')
@@ -16,10 +20,15 @@ macro_rules! say {
     }};
 }
 
+#[cfg(feature = "commands")]
 pub mod check;
+#[cfg(feature = "commands")]
 pub mod explain;
+#[cfg(feature = "commands")]
 pub mod gateway;
+#[cfg(feature = "commands")]
 pub mod grant;
+#[cfg(feature = "commands")]
 pub mod pin;
 pub mod serving;
 
@@ -60,6 +69,7 @@ pub fn print(report: &str) {
 }
 
 /// A policy's path as the user wrote it, for messages.
+#[cfg(feature = "commands")]
 pub(crate) fn shown(path: &std::path::Path) -> String {
     path.display().to_string()
 }

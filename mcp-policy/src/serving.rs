@@ -1,5 +1,5 @@
-//! Start-up shared by `mcp-policy gateway` and the demo server example (which includes
-//! this file): logging, the policy, its counters, the listener. Every failure ends the
+//! Start-up shared by `mcp-policy gateway` and the demo server (`demo/`, which uses this
+//! crate without its `commands` feature): logging, the policy, its counters, the listener. Every failure ends the
 //! program with a one-line message and exit code 1, never a panic.
 
 use std::net::SocketAddr;

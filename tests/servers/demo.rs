@@ -1,8 +1,6 @@
 //! The demo server in-process on an ephemeral loopback port, and rmcp's client to it.
 
-#[path = "../../examples/demo_server.rs"]
-#[allow(dead_code, unreachable_pub)]
-pub mod demo_server;
+pub use demo_server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +36,7 @@ impl Demo {
         }
     }
 
-    /// The demo app under the example policy, as `cargo run --example demo_server` runs it.
+    /// The demo app under the example policy, as `cargo run -p demo` runs it.
     pub async fn example(json: bool) -> Demo {
         Demo::start(PolicyLayer::from_file(example_policy()).unwrap(), json).await
     }

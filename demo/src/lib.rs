@@ -1,15 +1,16 @@
-//! A crypto/DeFi exchange MCP server (rmcp, Streamable HTTP, inside axum) guarded by
-//! `PolicyLayer::from_file`.
+//! The demo: a crypto/DeFi exchange MCP server (rmcp, Streamable HTTP, inside axum)
+//! guarded by `PolicyLayer::from_file`. Run it from the repository's root:
 //!
 //! ```text
-//! cargo run --example demo_server -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]] [--watch] [--monitor]
+//! cargo run -p demo -- [--policy examples/policy.json] [--listen 127.0.0.1:3000] [--json] [--redis URL [--fail-open]] [--watch] [--monitor]
 //! ```
 //!
-//! The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`
+//! It is a package of its own so that its first build compiles only what it uses, not
+//! the library's test and benchmark dependencies. The MCP endpoint is `/mcp`. `--json` makes the server answer with `application/json`
 //! instead of SSE streams (stateless mode). The tools are `get_price`,
 //! `binance_us_close_listen_key`, `transfer`, `delete_account` and `echo`; each returns a
-//! text naming the tool and its arguments. The tests include this file as a module and
-//! count executions through [`Executions`].
+//! text naming the tool and its arguments. The tests use this library and count
+//! executions through [`Executions`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -162,7 +163,7 @@ pub fn app<S: CounterStore>(
     let mcp: StreamableHttpService<Exchange, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(exchange.clone()), Default::default(), config);
     // The layer around the MCP service only, the composition the README recommends.
-    axum::Router::new().nest_service("/mcp", tower::Layer::layer(&layer, mcp))
+    axum::Router::new().nest_service("/mcp", tower_layer::Layer::layer(&layer, mcp))
 }
 
 /// A demo MCP exchange (rmcp, Streamable HTTP) behind a policy.
@@ -182,9 +183,9 @@ struct Options {
     store: serving::Serving,
 }
 
-#[allow(dead_code)]
-#[tokio::main]
-async fn main() {
+/// The demo server's `main`: parses the command line, loads the policy and serves until
+/// Ctrl-C.
+pub async fn main() {
     serving::init_tracing();
     let options = <Options as clap::Parser>::parse();
     match serving::load_layer("demo_server", Some(&options.policy), &options.store).await {

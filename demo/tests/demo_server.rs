@@ -6,25 +6,20 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps.parent().unwrap().join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo test`",
-        path.display()
-    );
-    path
+/// The demo server's binary, which cargo builds for these tests.
+fn demo_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_demo_server"))
+}
+
+/// The repository's root, where the demo's default paths (`examples/policy.json`) are.
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Starts the demo server with `args` on a free port; returns it and its address.
 fn spawn_demo(args: &[&std::ffi::OsStr], stderr: Stdio) -> (std::process::Child, String) {
-    let mut child = Command::new(example("demo_server"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let mut child = Command::new(demo_binary())
+        .current_dir(repository())
         .args(args)
         .args(["--listen", "127.0.0.1:0", "--json"])
         .env("RUST_LOG", "info")
@@ -58,7 +53,7 @@ fn bad_policy() -> PathBuf {
 fn a_bad_policy_stops_the_demo_server_with_its_path_and_line() {
     let policy = bad_policy();
     {
-        let binary = example("demo_server");
+        let binary = demo_binary();
         let output = Command::new(&binary)
             .arg("--policy")
             .arg(&policy)
@@ -78,8 +73,8 @@ fn a_bad_policy_stops_the_demo_server_with_its_path_and_line() {
 
 #[test]
 fn the_demo_server_starts_and_prints_its_address_and_policy() {
-    let mut child = Command::new(example("demo_server"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let mut child = Command::new(demo_binary())
+        .current_dir(repository())
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -103,7 +98,7 @@ fn the_demo_server_starts_and_prints_its_address_and_policy() {
 
 #[test]
 fn bad_arguments_are_usage_errors() {
-    let output = Command::new(example("demo_server"))
+    let output = Command::new(demo_binary())
         .args(["--listen", "nowhere"])
         .output()
         .unwrap();
