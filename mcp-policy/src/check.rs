@@ -41,6 +41,10 @@ pub struct Options {
     /// A header to send to the server, e.g. 'Authorization: Bearer TOKEN'; repeatable.
     #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = header)]
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// For an https server signed by a private CA: that CA's certificate (PEM), trusted
+    /// besides the system's roots.
+    #[arg(long = "server-ca", value_name = "FILE", requires = "server")]
+    server_ca: Option<PathBuf>,
     /// Exit with code 2 when there is any warning (load-time warnings, or policy
     /// entries that match no server tool).
     #[arg(long)]
@@ -82,16 +86,16 @@ pub(crate) struct Server {
 pub(crate) async fn list_tools(
     url: &str,
     headers: &[(HeaderName, HeaderValue)],
+    ca: Option<&std::path::Path>,
 ) -> Result<Server, String> {
-    if url.starts_with("https://") {
-        return Err(
-            "this build of mcp-policy speaks plain http:// only; check through a local endpoint"
-                .to_owned(),
-        );
-    }
+    let tls = crate::tls::client_config(ca)?;
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .build()
+        .map_err(|e| format!("the HTTP client: {e}"))?;
     let custom: HashMap<HeaderName, HeaderValue> = headers.iter().cloned().collect();
     let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
-    let transport = StreamableHttpClientTransport::from_config(config);
+    let transport = StreamableHttpClientTransport::with_client(http, config);
     let info = ClientConfig::new(
         ClientCapabilities::default(),
         Implementation::new("mcp-policy", env!("CARGO_PKG_VERSION")),
@@ -123,9 +127,16 @@ pub(crate) async fn list_tools(
             definitions,
         })
     };
-    tokio::time::timeout(SERVER_TIMEOUT, listing)
+    let listed = tokio::time::timeout(SERVER_TIMEOUT, listing)
         .await
-        .map_err(|_| format!("no answer within {}s", SERVER_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("no answer within {}s", SERVER_TIMEOUT.as_secs()))?;
+    match listed {
+        // The MCP client keeps only its error's text: a TLS failure is found again.
+        Err(err) => Err(crate::tls::diagnose(url, tls, "--server-ca")
+            .await
+            .unwrap_or(err)),
+        Ok(server) => Ok(server),
+    }
 }
 
 /// An MCP client error as a person reads it: without the SDK's internal type names,
@@ -432,7 +443,7 @@ pub async fn run(options: Options) -> Outcome {
     let failed = !errors.is_empty();
     let server = match &options.server {
         None => None,
-        Some(url) => match list_tools(url, &options.headers).await {
+        Some(url) => match list_tools(url, &options.headers, options.server_ca.as_deref()).await {
             Ok(server) => Some(server),
             Err(err) => {
                 eprintln!("mcp-policy: cannot list the tools of {url}: {err}");

@@ -31,6 +31,8 @@ pub mod grant;
 #[cfg(feature = "commands")]
 pub mod pin;
 pub mod serving;
+#[cfg(feature = "commands")]
+pub mod tls;
 
 /// What a check or an explanation found: exit code 0, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

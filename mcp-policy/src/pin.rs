@@ -25,6 +25,10 @@ pub struct Options {
     /// A header to send to the server, e.g. "Authorization: Bearer $TOKEN"; repeatable.
     #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = header)]
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// For an https server signed by a private CA: that CA's certificate (PEM), trusted
+    /// besides the system's roots.
+    #[arg(long = "server-ca", value_name = "FILE")]
+    server_ca: Option<std::path::PathBuf>,
     /// The lock file to write.
     #[arg(long, value_name = "FILE", default_value = "tools.lock.json")]
     out: PathBuf,
@@ -32,7 +36,13 @@ pub struct Options {
 
 /// Runs `mcp-policy pin`.
 pub async fn run(options: Options) -> Outcome {
-    let server = match list_tools(&options.server, &options.headers).await {
+    let server = match list_tools(
+        &options.server,
+        &options.headers,
+        options.server_ca.as_deref(),
+    )
+    .await
+    {
         Ok(server) => server,
         Err(err) => {
             eprintln!(

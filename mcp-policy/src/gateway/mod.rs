@@ -13,7 +13,9 @@
 //! included) frame by frame as they arrive. Hop-by-hop headers are dropped, `Host` is
 //! set for the upstream, everything else passes both ways. An unreachable upstream gets
 //! a 502 with a JSON-RPC error; Ctrl-C or SIGTERM stops accepting and lets in-flight
-//! requests finish. No TLS: put it behind your usual front proxy.
+//! requests finish. The upstream may be `https://` (rustls; the system's roots, and
+//! `--upstream-ca FILE` for a private CA); the gateway itself listens on plain HTTP:
+//! put it behind your usual front proxy for TLS to the clients.
 //!
 //! With `--grants FILE` each agent presents its own bearer token and is judged under its
 //! grant's policy; an unknown or revoked token reaches nothing (401). The caller's
@@ -218,6 +220,14 @@ pub struct Options {
     /// repeatable. (Under --grants, credentials come from the grants file.)
     #[arg(long = "upstream-header", value_name = "'NAME: VALUE'", value_parser = crate::check::header)]
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// For an https upstream signed by a private CA: that CA's certificate (PEM),
+    /// trusted besides the system's roots.
+    #[arg(
+        long = "upstream-ca",
+        value_name = "FILE",
+        env = "MCP_POLICY_UPSTREAM_CA"
+    )]
+    pub upstream_ca: Option<PathBuf>,
     #[command(flatten)]
     pub store: serving::Serving,
 }
@@ -234,6 +244,13 @@ pub async fn main(options: Options) {
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     let program = "mcp-policy gateway";
+    let tls = match crate::tls::client_config(options.upstream_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            std::process::exit(1);
+        }
+    };
     if let Some(warning) = options.upstream.path_warning() {
         eprintln!("{program}: warning: {warning}");
         tracing::warn!("{warning}");
@@ -259,7 +276,7 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         serving::banner(&layer, options.policy.as_deref(), &options.store)
     );
     println!("{}", serving::describe(&options.store));
-    let mut proxy = Proxy::new(options.upstream).with_headers(options.upstream_headers);
+    let mut proxy = Proxy::with_tls(options.upstream, tls).with_headers(options.upstream_headers);
     if options.store.grants.is_some() {
         proxy = proxy.with_grants(layer.handle());
     }

@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +23,7 @@ use tower_mcp_policy::{Grant, PolicyHandle};
 /// The response body the proxy hands back: the upstream's, streamed, or its own error.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// Where requests go: `http://host:port/path`.
+/// Where requests go: `http://host:port/path` or `https://…`.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     uri: Uri,
@@ -30,14 +31,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Parses an `http://` URL with a path (the MCP endpoint).
+    /// Parses an `http://` or `https://` URL with a path (the MCP endpoint).
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("invalid upstream URL {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(format!(
-                "upstream {url:?} must be an http:// URL (the gateway does not speak TLS; terminate TLS in front of it)"
+                "upstream {url:?} must be an http:// or https:// URL (or, for a server started as a command, give the command after --)"
             ));
         }
         let authority = uri
@@ -57,7 +58,8 @@ impl Upstream {
     /// Whether the upstream accepts a TCP connection within two seconds; why not.
     pub async fn reachable(&self) -> Result<(), String> {
         let authority = self.uri.authority().expect("checked in parse");
-        let port = authority.port_u16().unwrap_or(80);
+        let default = if self.is_https() { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default);
         let connect = tokio::net::TcpStream::connect((authority.host(), port));
         match tokio::time::timeout(Duration::from_secs(2), connect).await {
             Ok(Ok(_)) => Ok(()),
@@ -77,13 +79,22 @@ impl Upstream {
         })
     }
 
+    fn is_https(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
+    }
+
+    /// The upstream's host name, for messages.
+    fn host(&self) -> &str {
+        self.uri.host().unwrap_or_default()
+    }
+
     fn target(&self, incoming: &Uri) -> Uri {
         let path_and_query = match incoming.query() {
             Some(query) => format!("{}?{query}", self.uri.path()),
             None => self.uri.path().to_owned(),
         };
         Uri::builder()
-            .scheme("http")
+            .scheme(self.uri.scheme_str().unwrap_or("http"))
             .authority(self.uri.authority().expect("checked in parse").clone())
             .path_and_query(path_and_query)
             .build()
@@ -100,7 +111,7 @@ impl std::fmt::Display for Upstream {
 /// The forwarding service that `PolicyLayer` wraps.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, PolicyBody>,
+    client: Client<HttpsConnector<HttpConnector>, PolicyBody>,
     pub(crate) upstream: Arc<Upstream>,
     /// Under a grants file: the grants in force, whose upstream credentials replace
     /// the caller's.
@@ -110,10 +121,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy to `upstream`, trusting the system's root certificates for https.
     pub fn new(upstream: Upstream) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let tls = crate::tls::client_config(None).expect("the system's roots alone always load");
+        Proxy::with_tls(upstream, tls)
+    }
+
+    /// A proxy to `upstream` with TLS settings of one's own (a private CA: see
+    /// [`crate::tls::client_config`]).
+    pub fn with_tls(upstream: Upstream, tls: rustls::ClientConfig) -> Proxy {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -234,10 +259,11 @@ impl tower_service::Service<Request<PolicyBody>> for Proxy {
                     Ok(Response::from_parts(parts, Either::Left(body)))
                 }
                 Err(err) => {
-                    let reason = match std::error::Error::source(&err) {
-                        Some(source) => format!("{err}: {source}"),
-                        None => err.to_string(),
-                    };
+                    let reason = crate::tls::explain(upstream.host(), &err, "--upstream-ca")
+                        .unwrap_or_else(|| match std::error::Error::source(&err) {
+                            Some(source) => format!("{err}: {source}"),
+                            None => err.to_string(),
+                        });
                     tracing::warn!(upstream = %upstream, "{reason}");
                     Ok(bad_gateway(&upstream, &reason))
                 }
