@@ -33,6 +33,8 @@ pub mod pin;
 pub mod serving;
 #[cfg(feature = "commands")]
 pub mod tls;
+#[cfg(feature = "commands")]
+pub mod wrap;
 
 /// What a check or an explanation found: exit code 0, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

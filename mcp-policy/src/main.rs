@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mcp_policy::{check, explain, gateway, grant, pin, print};
+use mcp_policy::{check, explain, gateway, grant, pin, print, wrap};
 
 /// Check, explain and serve PolicyLayer policies for MCP servers.
 #[derive(Debug, Parser)]
@@ -90,8 +90,21 @@ enum Command {
       --listen 0.0.0.0:8080 --redis redis://127.0.0.1:6379/ --watch
   mcp-policy gateway --policy policy.json --upstream http://127.0.0.1:3001/mcp --monitor
 
-GET /metrics on the listen address answers Prometheus text, outside the policy.")]
-    Gateway(gateway::Options),
+  mcp-policy gateway --policy policy.json --upstream https://mcp.internal/mcp --upstream-ca ca.pem
+  mcp-policy gateway --policy policy.json --env-file server.env -- \\
+      npx -y @modelcontextprotocol/server-filesystem /srv/shared
+
+GET /metrics on the listen address answers Prometheus text, outside the policy;
+GET /healthz and GET /readyz answer liveness and readiness.")]
+    Gateway(Box<gateway::Options>),
+    /// Put a policy in front of a stdio MCP server, as a stdio MCP server: a desktop
+    /// client starts this command instead of the server's.
+    #[command(after_help = "Examples:
+  mcp-policy wrap --policy policy.json -- npx -y @modelcontextprotocol/server-filesystem ~/notes
+  mcp-policy wrap --policy policy.json --watch --env GITHUB_TOKEN=... -- github-mcp-server stdio
+
+stdout carries only MCP messages; the log goes to stderr (RUST_LOG sets its level).")]
+    Wrap(Box<wrap::Options>),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -118,7 +131,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Gateway(options) => {
-            runtime().block_on(gateway::main(options));
+            runtime().block_on(gateway::main(*options));
+            ExitCode::SUCCESS
+        }
+        Command::Wrap(options) => {
+            runtime().block_on(wrap::main(*options));
             ExitCode::SUCCESS
         }
     }

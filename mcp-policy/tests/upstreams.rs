@@ -1,6 +1,13 @@
-//! Every kind of upstream behind the gateway: an https server with a certificate made
-//! for the test (trusted through `--upstream-ca`, refused with a readable reason
-//! without it), and `check --server https://…`.
+//! Every kind of upstream behind the gateway, with real servers and clients:
+//!
+//! * an https server with a certificate made for the test (trusted through
+//!   `--upstream-ca`, refused with a readable reason without it), and `check --server
+//!   https://…`;
+//! * the TypeScript reference server in stdio mode behind `mcp-policy gateway --
+//!   node …`, called by the TypeScript SDK's HTTP client; a stdio server that crashes
+//!   mid-call and is restarted;
+//! * the official filesystem server behind `mcp-policy wrap`, driven by the TypeScript
+//!   SDK's stdio client as a desktop client would.
 
 #[path = "../../tests/servers/mod.rs"]
 mod servers;
@@ -207,4 +214,299 @@ fn a_ca_file_that_cannot_be_used_stops_the_gateway_with_the_reason() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     std::fs::remove_file(not_pem).unwrap();
+}
+
+/// `mcp-policy gateway ARGS` as a user runs it, on a free port; the child (killed when
+/// dropped) and the gateway's URL.
+struct GatewayProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl GatewayProcess {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+            .arg("gateway")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = stdout.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("policy gateway listening on ")
+            .and_then(|rest| rest.split(" -> ").next())
+            .unwrap_or_else(|| panic!("{first}"))
+            .to_owned();
+        // Keep reading what it prints: with the pipe closed, its next line would kill it.
+        std::thread::spawn(move || stdout.for_each(drop));
+        GatewayProcess { child, url }
+    }
+
+    /// `GET PATH` on the gateway: status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let url = self.url.replace("/mcp", path);
+        let response = reqwest::get(url).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tmp-{name}-{}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The reference server's entry point (`node ENTRY stdio`).
+fn everything_entry() -> String {
+    servers::demo::ensure_npm_packages()
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_stdio_server_behind_the_gateway_with_the_typescript_client() {
+    let policy = write_temp(
+        "stdio-policy.json",
+        r#"{"version":"1","default":"allow","hide":["get-tiny-image"],
+            "tools":{
+              "echo":{"deny_if":[{"conditions":[{"path":"args.message","op":"eq","value":"rm -rf /"}],
+                      "on_deny":"No."}]},
+              "get-sum":{"limits":[{"counter":"sums","window":"minute","max":2,"scope":"global"}]}}}"#,
+    );
+    let entry = everything_entry();
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            "GREETING=hello from the gateway",
+            "--",
+            "node",
+            &entry,
+            "stdio",
+        ],
+        &[("SECRET_OF_THE_GATEWAY", "must-not-leak")],
+    );
+
+    let steps = json!([
+        {"list": true},
+        {"call": "echo", "args": {"message": "hi"}},
+        {"call": "echo", "args": {"message": "rm -rf /"}},
+        {"call": "get-sum", "args": {"a": 1, "b": 2}},
+        {"call": "get-sum", "args": {"a": 3, "b": 4}},
+        {"call": "get-sum", "args": {"a": 5, "b": 6}},
+        {"call": "trigger-long-running-operation", "args": {"duration": 1, "steps": 2}, "progress": true},
+        {"call": "get-env", "args": {}},
+        {"call": "get-tiny-image", "args": {}},
+    ]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec![gateway.url.clone(), "t".to_owned(), steps.to_string()],
+    )
+    .await;
+    let [list, echo, denied, sum1, sum2, limited, long, env, hidden] = &lines[..] else {
+        panic!("{lines:?}")
+    };
+    let tools = list["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!("echo")), "{list}");
+    assert!(!tools.contains(&json!("get-tiny-image")), "{list}");
+
+    assert_eq!(echo["result"]["content"][0]["text"], "Echo: hi", "{echo}");
+    assert_eq!(denied["result"]["isError"], true, "{denied}");
+    assert_eq!(
+        denied["result"]["content"][0]["text"], "[POLICY DENIED] No.",
+        "{denied}"
+    );
+    assert!(
+        sum1["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains('3'),
+        "{sum1}"
+    );
+    assert!(
+        sum2["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains('7'),
+        "{sum2}"
+    );
+    let text = limited["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("[POLICY DENIED] Rate limit"), "{limited}");
+
+    // Progress comes back through the gateway, with the client's own token.
+    let progress = long["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 2, "{long}");
+    assert_eq!(progress[1]["progress"], 2, "{long}");
+    assert!(
+        long["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Long running operation completed"),
+        "{long}"
+    );
+
+    // The child's environment is what was given, not the gateway's.
+    let env = env["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(env.contains("hello from the gateway"), "{env}");
+    assert!(!env.contains("must-not-leak"), "{env}");
+
+    // A hidden tool is refused by the layer.
+    assert!(
+        hidden["error"].is_object() || hidden["result"]["isError"] == true,
+        "{hidden}"
+    );
+    std::fs::remove_file(policy).unwrap();
+}
+
+#[tokio::test]
+async fn a_stdio_server_that_crashes_is_restarted_and_its_call_in_flight_gets_an_error() {
+    let policy = write_temp("crashy-policy.json", r#"{"version":"1","default":"allow"}"#);
+    let starts = std::env::temp_dir().join(format!("tmp-crashy-starts-{}", std::process::id()));
+    let _ = std::fs::remove_file(&starts);
+    let script = servers::demo::ensure_npm_packages().join("crashy.mjs");
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            &format!("STARTS_FILE={}", starts.display()),
+            "--",
+            "node",
+            script.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(gateway.get("/readyz").await, (200, "ready\n".to_owned()));
+
+    let steps =
+        json!([{"call": "echo", "args": {"text": "before"}}, {"call": "crash", "args": {}}]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec![gateway.url.clone(), "t".to_owned(), steps.to_string()],
+    )
+    .await;
+    assert_eq!(lines[0]["result"]["content"][0]["text"], "echo: before");
+    let message = lines[1]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stopped before answering") && message.contains("being restarted"),
+        "{}",
+        lines[1]
+    );
+
+    // It comes back by itself; the next call works.
+    let mut ready = false;
+    for _ in 0..100 {
+        if gateway.get("/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "{:?}", gateway.get("/readyz").await);
+    let steps = json!([{"call": "echo", "args": {"text": "after"}}]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec![gateway.url.clone(), "t".to_owned(), steps.to_string()],
+    )
+    .await;
+    assert_eq!(lines[0]["result"]["content"][0]["text"], "echo: after");
+    assert_eq!(
+        std::fs::read_to_string(&starts).unwrap(),
+        "started\nstarted\n"
+    );
+    std::fs::remove_file(policy).unwrap();
+    std::fs::remove_file(starts).unwrap();
+}
+
+#[tokio::test]
+async fn the_filesystem_server_wrapped_for_a_desktop_client() {
+    let dir = std::env::temp_dir().join(format!("tmp-wrapped-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "the notes").unwrap();
+    let policy = write_temp(
+        "wrap-policy.json",
+        r#"{"version":"1","default":"deny","hide":["move_file"],
+            "tools":{
+              "read_text_file":{}, "read_file":{}, "list_allowed_directories":{},
+              "write_file":{"deny_if":[{"conditions":[{"path":"args.path","op":"regex","value":"\\.env$"}],
+                            "on_deny":"Agents do not write .env files."}]}}}"#,
+    );
+    let server = servers::demo::ensure_npm_packages()
+        .join("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
+    // What a desktop client's configuration starts: mcp-policy wrap … -- node SERVER DIR.
+    let command = json!([
+        env!("CARGO_BIN_EXE_mcp-policy"),
+        "wrap",
+        "--policy",
+        policy,
+        "--",
+        "node",
+        server,
+        dir
+    ]);
+    let secret = dir.join(".env");
+    let notes = dir.join("notes.txt");
+    let other = dir.join("other.txt");
+    let steps = json!([
+        {"list": true},
+        {"call": "read_text_file", "args": {"path": notes}},
+        {"call": "write_file", "args": {"path": secret, "content": "TOKEN=stolen"}},
+        {"call": "write_file", "args": {"path": other, "content": "fine"}},
+        {"call": "move_file", "args": {"source": notes, "destination": secret}},
+        {"call": "search_files", "args": {"path": dir, "pattern": "notes"}},
+    ]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec!["stdio".to_owned(), command.to_string(), steps.to_string()],
+    )
+    .await;
+    let [list, read, denied, written, hidden, unlisted] = &lines[..] else {
+        panic!("{lines:?}")
+    };
+    let tools = list["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!("write_file")), "{list}");
+    assert!(!tools.contains(&json!("move_file")), "{list}");
+
+    assert_eq!(read["result"]["content"][0]["text"], "the notes", "{read}");
+    assert_eq!(
+        denied["result"]["content"][0]["text"], "[POLICY DENIED] Agents do not write .env files.",
+        "{denied}"
+    );
+    assert_ne!(written["result"]["isError"], true, "{written}");
+    assert!(
+        written["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Successfully wrote"),
+        "{written}"
+    );
+    let hidden = hidden["error"]["message"].as_str().unwrap_or_default();
+    assert!(hidden.contains("Unknown tool: move_file"), "{hidden}");
+    assert_eq!(
+        unlisted["result"]["content"][0]["text"],
+        "[POLICY DENIED] Tool \"search_files\" is not allowed by this policy.",
+        "{unlisted}"
+    );
+
+    // The disk says what ran: the denied write and the hidden move never happened.
+    assert!(!secret.exists(), "the denied write happened");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "the notes");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "fine");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(policy).unwrap();
 }

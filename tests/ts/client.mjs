@@ -2,15 +2,26 @@
 // would see, one JSON line per step. Used by tests/ts_client.rs.
 //
 //   node client.mjs URL TOKEN STEPS_JSON
+//   node client.mjs stdio COMMAND_JSON STEPS_JSON   (COMMAND_JSON: ["program", "arg", …];
+//                                                   the SDK's stdio client starts it)
 //
-// STEPS_JSON is an array of {"list": true} or {"call": NAME, "args": {...}}.
+// STEPS_JSON is an array of {"list": true} or {"call": NAME, "args": {...}}; a call
+// with "progress": true asks for progress and prints the updates it got beside its
+// result.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 
 const [url, token, stepsJson] = process.argv.slice(2);
-const transport = new StreamableHTTPClientTransport(new URL(url), {
-  requestInit: { headers: { Authorization: `Bearer ${token}` } },
-});
+let transport;
+if (url === "stdio") {
+  const [command, ...args] = JSON.parse(token);
+  transport = new StdioClientTransport({ command, args, stderr: "inherit" });
+} else {
+  transport = new StreamableHTTPClientTransport(new URL(url), {
+    requestInit: { headers: { Authorization: `Bearer ${token}` } },
+  });
+}
 const client = new Client({ name: "ts-sdk-client", version: "1.0.0" });
 await client.connect(transport);
 
@@ -20,8 +31,10 @@ for (const step of JSON.parse(stepsJson)) {
       const { tools } = await client.listTools();
       console.log(JSON.stringify({ tools: tools.map((t) => t.name).sort() }));
     } else {
-      const result = await client.callTool({ name: step.call, arguments: step.args });
-      console.log(JSON.stringify({ result }));
+      const progress = [];
+      const options = step.progress ? { onprogress: (update) => progress.push(update) } : undefined;
+      const result = await client.callTool({ name: step.call, arguments: step.args }, undefined, options);
+      console.log(JSON.stringify(step.progress ? { result, progress } : { result }));
     }
   } catch (error) {
     console.log(JSON.stringify({ error: { code: error.code ?? null, message: String(error.message) } }));

@@ -42,13 +42,40 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_layer::Layer;
+use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 use super::serving;
 
+mod stdio;
 mod upstream;
 
+pub use stdio::{
+    Clients, ENDPOINT as STDIO_ENDPOINT, ServerArgs, ServerCommand, StdioBody, StdioServer,
+};
 pub use upstream::{Proxy, ProxyBody, Upstream};
+
+/// What `GET /readyz` asks: whether the upstream accepts connections, or whether the
+/// stdio server runs.
+#[derive(Clone)]
+pub enum Readiness {
+    Http(Arc<Upstream>),
+    Stdio(StdioServer),
+}
+
+impl Readiness {
+    async fn check(&self) -> Result<(), String> {
+        match self {
+            Readiness::Http(upstream) => upstream
+                .reachable()
+                .await
+                .map_err(|why| format!("upstream {upstream}: {why}")),
+            Readiness::Stdio(server) => server
+                .readiness()
+                .map_err(|why| format!("server {}: {why}", server.command())),
+        }
+    }
+}
 
 /// Serves `layer` around a [`Proxy`] to `upstream` on `listener` until `shutdown`
 /// resolves, then waits (up to 30 s) for in-flight connections to finish.
@@ -68,8 +95,39 @@ pub async fn serve_proxy<S: CounterStore>(
     proxy: Proxy,
     shutdown: impl Future<Output = ()>,
 ) {
-    let upstream = proxy.upstream.clone();
-    let service = WithMetrics(layer.layer(proxy), upstream);
+    let readiness = Readiness::Http(proxy.upstream.clone());
+    serve_backend(listener, layer, proxy, readiness, shutdown).await;
+}
+
+/// Serves `layer` around a stdio server (see [`StdioServer`]) at `/mcp`.
+pub async fn serve_stdio<S: CounterStore>(
+    listener: TcpListener,
+    layer: PolicyLayer<S>,
+    server: StdioServer,
+    shutdown: impl Future<Output = ()>,
+) {
+    let readiness = Readiness::Stdio(server.clone());
+    serve_backend(listener, layer, server, readiness, shutdown).await;
+}
+
+async fn serve_backend<S, P, B>(
+    listener: TcpListener,
+    layer: PolicyLayer<S>,
+    backend: P,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: CounterStore,
+    P: tower_service::Service<Request<PolicyBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    P::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = WithMetrics(layer.layer(backend), readiness);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -111,7 +169,7 @@ pub async fn serve_proxy<S: CounterStore>(
 /// runs) and `GET /readyz` (readiness: the upstream accepts connections) itself,
 /// outside the policy; passes every other request to the policed proxy.
 #[derive(Clone)]
-pub struct WithMetrics<S>(S, Arc<Upstream>);
+pub struct WithMetrics<S>(S, Readiness);
 
 impl<S, B> tower_service::Service<Request<Incoming>> for WithMetrics<S>
 where
@@ -133,13 +191,13 @@ where
             return Box::pin(std::future::ready(Ok(plain(StatusCode::OK, "ok\n"))));
         }
         if get && request.uri().path() == "/readyz" {
-            let upstream = self.1.clone();
+            let readiness = self.1.clone();
             return Box::pin(async move {
-                Ok(match upstream.reachable().await {
+                Ok(match readiness.check().await {
                     Ok(()) => plain(StatusCode::OK, "ready\n"),
                     Err(reason) => plain(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("not ready: upstream {upstream}: {reason}\n"),
+                        &format!("not ready: {reason}\n"),
                     ),
                 })
             });
@@ -205,9 +263,14 @@ pub struct Options {
         env = "MCP_POLICY_POLICY"
     )]
     pub policy: Option<PathBuf>,
-    /// The MCP server's Streamable HTTP endpoint; the gateway serves the same path.
-    #[arg(long, value_name = "URL", value_parser = Upstream::parse, env = "MCP_POLICY_UPSTREAM")]
-    pub upstream: Upstream,
+    /// The MCP server's Streamable HTTP endpoint (http:// or https://); the gateway
+    /// serves the same path. Or, instead, the command that starts a stdio server,
+    /// after `--`.
+    #[arg(long, value_name = "URL", value_parser = Upstream::parse, env = "MCP_POLICY_UPSTREAM",
+          required_unless_present = "command", conflicts_with = "command")]
+    pub upstream: Option<Upstream>,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Where to listen.
     #[arg(
         long,
@@ -244,42 +307,76 @@ pub async fn main(options: Options) {
 
 async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     let program = "mcp-policy gateway";
-    let tls = match crate::tls::client_config(options.upstream_ca.as_deref()) {
-        Ok(tls) => tls,
-        Err(err) => {
-            eprintln!("{program}: {err}");
-            std::process::exit(1);
-        }
+    let fail = |err: String| -> ! {
+        eprintln!("{program}: {err}");
+        std::process::exit(1);
     };
-    if let Some(warning) = options.upstream.path_warning() {
-        eprintln!("{program}: warning: {warning}");
-        tracing::warn!("{warning}");
-    }
-    if let Err(reason) = options.upstream.reachable().await {
-        eprintln!(
-            "{program}: warning: the upstream {} cannot be reached now ({reason}); requests get 502 until it can (GET /readyz tells)",
-            options.upstream
-        );
-    }
+    let upstream = match (&options.upstream, options.server.command.is_empty()) {
+        (Some(upstream), true) => Ok(upstream.clone()),
+        (None, false) => Err(options
+            .server
+            .server_command()
+            .unwrap_or_else(|err| fail(err))),
+        _ => fail("give either --upstream URL or a command after --".to_owned()),
+    };
     let _watcher = serving::watch(program, &layer, options.policy.as_deref(), &options.store);
-    let listener = serving::bind(program, options.listen).await;
-    let address = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    println!(
-        "policy gateway listening on http://{address}{} -> {}",
-        options.upstream.path(),
-        options.upstream
-    );
+    match upstream {
+        Ok(upstream) => {
+            let tls = crate::tls::client_config(options.upstream_ca.as_deref())
+                .unwrap_or_else(|err| fail(err));
+            if let Some(warning) = upstream.path_warning() {
+                eprintln!("{program}: warning: {warning}");
+                tracing::warn!("{warning}");
+            }
+            if let Err(reason) = upstream.reachable().await {
+                eprintln!(
+                    "{program}: warning: the upstream {upstream} cannot be reached now ({reason}); requests get 502 until it can (GET /readyz tells)"
+                );
+            }
+            let listener = serving::bind(program, options.listen).await;
+            let address = listener
+                .local_addr()
+                .expect("a bound listener has an address");
+            println!(
+                "policy gateway listening on http://{address}{} -> {upstream}",
+                upstream.path()
+            );
+            print_banner(&layer, &options);
+            let mut proxy =
+                Proxy::with_tls(upstream, tls).with_headers(options.upstream_headers.clone());
+            if options.store.grants.is_some() {
+                proxy = proxy.with_grants(layer.handle());
+            }
+            serve_proxy(listener, layer, proxy, signal()).await;
+        }
+        Err(command) => {
+            let listener = serving::bind(program, options.listen).await;
+            let address = listener
+                .local_addr()
+                .expect("a bound listener has an address");
+            let (server, _) = StdioServer::start(command, Clients::Many);
+            if let Err(why) = server.wait_ready(Duration::from_secs(60)).await {
+                eprintln!(
+                    "{program}: warning: the server {} is not ready ({why}); calls get an error until it is (GET /readyz tells)",
+                    server.command()
+                );
+            }
+            println!(
+                "policy gateway listening on http://{address}{} -> {}",
+                STDIO_ENDPOINT,
+                server.command()
+            );
+            print_banner(&layer, &options);
+            serve_stdio(listener, layer, server, signal()).await;
+        }
+    }
+    println!("gateway stopped");
+}
+
+fn print_banner<S: CounterStore + Clone>(layer: &PolicyLayer<S>, options: &Options) {
     println!(
         "{}",
-        serving::banner(&layer, options.policy.as_deref(), &options.store)
+        serving::banner(layer, options.policy.as_deref(), &options.store)
     );
     println!("{}", serving::describe(&options.store));
-    let mut proxy = Proxy::with_tls(options.upstream, tls).with_headers(options.upstream_headers);
-    if options.store.grants.is_some() {
-        proxy = proxy.with_grants(layer.handle());
-    }
-    serve_proxy(listener, layer, proxy, signal()).await;
-    println!("gateway stopped");
 }
