@@ -451,7 +451,8 @@ fn bad_arguments_are_usage_errors() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("the following required arguments were not provided")
-            && stderr.contains("--upstream <URL>"),
+            && stderr.contains("--upstream <URL>")
+            && stderr.contains("COMMAND"),
         "{stderr}"
     );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
@@ -460,13 +461,16 @@ fn bad_arguments_are_usage_errors() {
             "--policy",
             "x.json",
             "--upstream",
-            "https://example.com/mcp",
+            "ftp://example.com/mcp",
         ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("must be an http:// URL"), "{stderr}");
+    assert!(
+        stderr.contains("must be an http:// or https:// URL"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
