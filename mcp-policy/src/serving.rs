@@ -28,7 +28,7 @@ pub fn init_tracing() {
 
 /// How the policy is served: where the counters live (in this process by default, or
 /// in Redis), whether the policy file is watched, and whether it is enforced.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Serving {
     /// A policy per agent: a grants file (see `mcp-policy grant add`). Each request's
     /// bearer token picks its grant and policy; unknown or revoked tokens get 401.
@@ -70,12 +70,29 @@ pub enum AnyLayer {
 /// The policy layer for `path` (or the grants file of `store`) on `store`, or exit
 /// code 1 with the error (the file's path and line, or why Redis cannot be reached).
 pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> AnyLayer {
+    if path.is_none() && store.grants.is_none() {
+        eprintln!("{program}: name a policy (--policy FILE) or a grants file (--grants FILE)");
+        std::process::exit(2);
+    }
+    build_layer(program, path, store)
+        .await
+        .unwrap_or_else(|err| {
+            eprintln!("{program}: {err}");
+            std::process::exit(1);
+        })
+}
+
+/// [`load_layer`] without ending the program: the error, for a caller that keeps
+/// running (the gateway reloading its configuration file). Warnings go to stderr.
+pub async fn build_layer(
+    program: &str,
+    path: Option<&Path>,
+    store: &Serving,
+) -> Result<AnyLayer, String> {
     let (policy, grants) = match (&store.grants, path) {
         (Some(file), _) => {
-            let grants = Grants::from_file(file).unwrap_or_else(|err| {
-                eprintln!("{program}: cannot load the grants: {err}");
-                std::process::exit(1);
-            });
+            let grants =
+                Grants::from_file(file).map_err(|err| format!("cannot load the grants: {err}"))?;
             for (name, policy) in grants.policies() {
                 for warning in policy.warnings() {
                     eprintln!("{program}: warning: policy {name}: {warning}");
@@ -84,50 +101,52 @@ pub async fn load_layer(program: &str, path: Option<&Path>, store: &Serving) -> 
             (Policy::deny_all(), Some(grants))
         }
         (None, Some(path)) => {
-            let policy = Policy::from_file(path).unwrap_or_else(|err| {
-                eprintln!("{program}: cannot load the policy: {err}");
-                std::process::exit(1);
-            });
+            let policy =
+                Policy::from_file(path).map_err(|err| format!("cannot load the policy: {err}"))?;
             for warning in policy.warnings() {
                 eprintln!("{program}: warning: {}: {warning}", path.display());
             }
             (policy, None)
         }
-        (None, None) => {
-            eprintln!("{program}: name a policy (--policy FILE) or a grants file (--grants FILE)");
-            std::process::exit(2);
-        }
+        (None, None) => return Err("name a policy or a grants file".to_owned()),
     };
     let mode = if store.monitor {
         Mode::Monitor
     } else {
         Mode::Enforce
     };
-    let candidate = store.candidate.as_ref().map(|path| {
-        Policy::from_file(path).unwrap_or_else(|err| {
-            eprintln!("{program}: cannot load the candidate policy: {err}");
-            std::process::exit(1);
-        })
-    });
+    let candidate = match &store.candidate {
+        Some(path) => Some(
+            Policy::from_file(path)
+                .map_err(|err| format!("cannot load the candidate policy: {err}"))?,
+        ),
+        None => None,
+    };
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
     let Some(url) = &store.redis else {
         let layer = configure(PolicyLayer::new(policy), mode, candidate)
             .list_only_allowed(store.list_only_allowed);
-        return AnyLayer::Memory(with_pins(program, with_grants(layer, grants), store));
+        return Ok(AnyLayer::Memory(with_pins(
+            with_grants(layer, grants),
+            store,
+        )?));
     };
     let mut counters = RedisCounters::builder(url.as_str());
     if store.fail_open {
         counters = counters.fail_open();
     }
-    let counters = counters.connect().await.unwrap_or_else(|err| {
-        eprintln!("{program}: cannot use Redis at {url}: {err}");
-        std::process::exit(1);
-    });
+    let counters = counters
+        .connect()
+        .await
+        .map_err(|err| format!("cannot use Redis at {url}: {err}"))?;
     let engine = Engine::with_counters(policy, counters);
     let layer = configure(PolicyLayer::from_engine(engine), mode, candidate)
         .list_only_allowed(store.list_only_allowed);
-    AnyLayer::Redis(with_pins(program, with_grants(layer, grants), store))
+    Ok(AnyLayer::Redis(with_pins(
+        with_grants(layer, grants),
+        store,
+    )?))
 }
 
 fn with_grants<S: tower_mcp_policy::counter::CounterStore>(
@@ -140,18 +159,16 @@ fn with_grants<S: tower_mcp_policy::counter::CounterStore>(
     }
 }
 
-/// The layer with the tool pins of `store`, or exit code 1 with the error.
+/// The layer with the tool pins of `store`.
 fn with_pins<S: tower_mcp_policy::counter::CounterStore>(
-    program: &str,
     layer: PolicyLayer<S>,
     store: &Serving,
-) -> PolicyLayer<S> {
+) -> Result<PolicyLayer<S>, String> {
     match &store.pins {
-        Some(file) => layer.pins_file(file).unwrap_or_else(|err| {
-            eprintln!("{program}: cannot load the tool pins: {err}");
-            std::process::exit(1);
-        }),
-        None => layer,
+        Some(file) => layer
+            .pins_file(file)
+            .map_err(|err| format!("cannot load the tool pins: {err}")),
+        None => Ok(layer),
     }
 }
 
