@@ -51,14 +51,18 @@ enum Command {
   mcp-policy schema > policy.schema.json
   # then start policy.json with  \"$schema\": \"./policy.schema.json\",
   # and editors complete and check it as you type
-  mcp-policy schema --grants > grants.schema.json")]
+  mcp-policy schema --grants > grants.schema.json
+  mcp-policy schema --gateway > gateway.schema.json")]
     Schema {
         /// The schema of the grants file instead.
-        #[arg(long, conflicts_with = "pins")]
+        #[arg(long, conflicts_with_all = ["pins", "gateway"])]
         grants: bool,
         /// The schema of the tool pins (tools.lock.json) instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gateway")]
         pins: bool,
+        /// The schema of the gateway's configuration file (several servers) instead.
+        #[arg(long)]
+        gateway: bool,
     },
     /// Record the tool definitions of a live server as reviewed (a lock file the
     /// gateway's --pins enforces); shows what changed since the last pin.
@@ -93,6 +97,7 @@ enum Command {
   mcp-policy gateway --policy policy.json --upstream https://mcp.internal/mcp --upstream-ca ca.pem
   mcp-policy gateway --policy policy.json --env-file server.env -- \\
       npx -y @modelcontextprotocol/server-filesystem /srv/shared
+  mcp-policy gateway --config gateway.json --watch    # several servers, at /NAME/mcp
 
 GET /metrics on the listen address answers Prometheus text, outside the policy;
 GET /healthz and GET /readyz answer liveness and readiness.")]
@@ -121,10 +126,15 @@ fn main() -> ExitCode {
         Command::Explain(options) => runtime().block_on(explain::run(options)).into(),
         Command::Grant { command } => grant::run(command).into(),
         Command::Pin(options) => runtime().block_on(pin::run(options)).into(),
-        Command::Schema { grants, pins } => {
-            let schema = match (grants, pins) {
-                (true, _) => tower_mcp_policy::Grants::json_schema(),
-                (_, true) => tower_mcp_policy::unstable::Pins::json_schema(),
+        Command::Schema {
+            grants,
+            pins,
+            gateway,
+        } => {
+            let schema = match (grants, pins, gateway) {
+                (true, _, _) => tower_mcp_policy::Grants::json_schema(),
+                (_, true, _) => tower_mcp_policy::unstable::Pins::json_schema(),
+                (_, _, true) => gateway::GatewayFile::json_schema(),
                 _ => tower_mcp_policy::Policy::json_schema(),
             };
             print(&(serde_json::to_string_pretty(&schema).expect("a schema is JSON") + "\n"));

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::net::TcpListener;
 use tower_mcp_policy::metrics::MetricsObserver;
 use tower_mcp_policy::observe::TracingObserver;
@@ -59,6 +59,10 @@ pub struct Serving {
     /// Judge every request under this policy too, and log what it would deny.
     #[arg(long, value_name = "FILE", env = "MCP_POLICY_CANDIDATE")]
     pub candidate: Option<PathBuf>,
+    /// Behind a gateway of several servers: this server's name, which labels its
+    /// metrics (`server`) and prefixes its Redis keys, so servers never share a counter.
+    #[arg(skip)]
+    pub server: Option<String>,
 }
 
 /// The policy layer, on in-memory or Redis counters.
@@ -124,8 +128,9 @@ pub async fn build_layer(
     };
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
+    let server = store.server.as_deref();
     let Some(url) = &store.redis else {
-        let layer = configure(PolicyLayer::new(policy), mode, candidate)
+        let layer = configure(PolicyLayer::new(policy), mode, candidate, server)
             .list_only_allowed(store.list_only_allowed);
         return Ok(AnyLayer::Memory(with_pins(
             with_grants(layer, grants),
@@ -133,6 +138,9 @@ pub async fn build_layer(
         )?));
     };
     let mut counters = RedisCounters::builder(url.as_str());
+    if let Some(server) = server {
+        counters = counters.prefix(format!("{}{server}:", RedisCounters::DEFAULT_PREFIX));
+    }
     if store.fail_open {
         counters = counters.fail_open();
     }
@@ -141,7 +149,7 @@ pub async fn build_layer(
         .await
         .map_err(|err| format!("cannot use Redis at {url}: {err}"))?;
     let engine = Engine::with_counters(policy, counters);
-    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate)
+    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate, server)
         .list_only_allowed(store.list_only_allowed);
     Ok(AnyLayer::Redis(with_pins(
         with_grants(layer, grants),
@@ -186,11 +194,19 @@ pub fn banner<S: tower_mcp_policy::counter::CounterStore + Clone>(
     }
 }
 
-/// The mode, the observers (tracing lines and metrics) and the candidate policy.
-fn configure<S>(layer: PolicyLayer<S>, mode: Mode, candidate: Option<Policy>) -> PolicyLayer<S> {
-    let layer = layer
-        .mode(mode)
-        .observer((TracingObserver, MetricsObserver));
+/// The mode, the observers (tracing lines and metrics, labelled with the server's name
+/// behind a gateway of several) and the candidate policy.
+fn configure<S>(
+    layer: PolicyLayer<S>,
+    mode: Mode,
+    candidate: Option<Policy>,
+    server: Option<&str>,
+) -> PolicyLayer<S> {
+    let layer = layer.mode(mode);
+    let layer = match server {
+        Some(server) => layer.observer((TracingObserver, ServerMetrics::new(server))),
+        None => layer.observer((TracingObserver, MetricsObserver)),
+    };
     match candidate {
         Some(candidate) => layer.candidate(candidate),
         None => layer,
@@ -201,12 +217,87 @@ fn configure<S>(layer: PolicyLayer<S>, mode: Mode, candidate: Option<Policy>) ->
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
-            .install_recorder()
-            .expect("the only metrics recorder of this process");
+        let recorder = recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("the only metrics recorder of this process");
         MetricsObserver::describe();
         handle
     })
+}
+
+fn recorder() -> &'static PrometheusRecorder {
+    static RECORDER: OnceLock<PrometheusRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| PrometheusBuilder::new().build_recorder())
+}
+
+/// The metrics of one server behind a gateway of several: [`MetricsObserver`]'s, each
+/// with a `server` label.
+#[derive(Debug, Clone)]
+struct ServerMetrics {
+    label: metrics::Label,
+}
+
+impl ServerMetrics {
+    fn new(server: &str) -> ServerMetrics {
+        metrics();
+        ServerMetrics {
+            label: metrics::Label::new("server", server.to_owned()),
+        }
+    }
+}
+
+impl tower_mcp_policy::observe::Observer for ServerMetrics {
+    fn observe(&self, event: &tower_mcp_policy::observe::Event<'_>) {
+        metrics::with_local_recorder(self, || MetricsObserver.observe(event));
+    }
+}
+
+impl metrics::Recorder for ServerMetrics {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        text: metrics::SharedString,
+    ) {
+        recorder().describe_counter(key, unit, text);
+    }
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        text: metrics::SharedString,
+    ) {
+        recorder().describe_gauge(key, unit, text);
+    }
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        text: metrics::SharedString,
+    ) {
+        recorder().describe_histogram(key, unit, text);
+    }
+    fn register_counter(
+        &self,
+        key: &metrics::Key,
+        metadata: &metrics::Metadata<'_>,
+    ) -> metrics::Counter {
+        recorder().register_counter(&key.with_extra_labels(vec![self.label.clone()]), metadata)
+    }
+    fn register_gauge(
+        &self,
+        key: &metrics::Key,
+        metadata: &metrics::Metadata<'_>,
+    ) -> metrics::Gauge {
+        recorder().register_gauge(&key.with_extra_labels(vec![self.label.clone()]), metadata)
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        metadata: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        recorder().register_histogram(&key.with_extra_labels(vec![self.label.clone()]), metadata)
+    }
 }
 
 /// Starts watching the policy file (or the grants file and its policies), and the
@@ -220,8 +311,23 @@ pub fn watch<S>(
 where
     S: tower_mcp_policy::counter::CounterStore + Clone,
 {
+    try_watch(layer, path, serving).unwrap_or_else(|err| {
+        eprintln!("{program}: {err}");
+        std::process::exit(1);
+    })
+}
+
+/// [`watch`] without ending the program.
+pub fn try_watch<S>(
+    layer: &PolicyLayer<S>,
+    path: Option<&Path>,
+    serving: &Serving,
+) -> Result<Vec<tower_mcp_policy::PolicyWatcher>, String>
+where
+    S: tower_mcp_policy::counter::CounterStore + Clone,
+{
     if !serving.watch {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let handle = layer.handle();
     let mut watched = Vec::new();
@@ -236,10 +342,7 @@ where
     watched
         .into_iter()
         .map(|(path, watcher)| {
-            watcher.unwrap_or_else(|err| {
-                eprintln!("{program}: cannot watch {}: {err}", path.display());
-                std::process::exit(1);
-            })
+            watcher.map_err(|err| format!("cannot watch {}: {err}", path.display()))
         })
         .collect()
 }

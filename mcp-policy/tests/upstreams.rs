@@ -510,3 +510,157 @@ async fn the_filesystem_server_wrapped_for_a_desktop_client() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_file(policy).unwrap();
 }
+
+#[tokio::test]
+async fn two_servers_behind_one_gateway_from_a_configuration_file() {
+    let upstream = servers::demo::Demo::start(
+        PolicyLayer::new(r#"{"version":"1","default":"allow"}"#.parse::<Policy>().unwrap()),
+        true,
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("tmp-several-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(servers::demo::example_policy(), dir.join("exchange.json")).unwrap();
+    std::fs::write(
+        dir.join("everything.json"),
+        r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#,
+    )
+    .unwrap();
+    let config = json!({"servers": {
+        "exchange": {"url": upstream.url(), "policy": "exchange.json"},
+        // The last argument, ignored by the server, finds its process in /proc.
+        "everything": {"command": ["node", everything_entry(), "stdio", dir], "policy": "everything.json"}
+    }});
+    let path = dir.join("gateway.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+
+    // The file is valid under the schema `mcp-policy schema --gateway` prints.
+    let schema = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .args(["schema", "--gateway"])
+        .output()
+        .unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&config));
+    assert!(!validator.is_valid(&json!({"servers": {"x": {"url": "http://h/mcp", "polic": "p"}}})));
+
+    let file = mcp_policy::gateway::GatewayFile::load(&path).unwrap();
+    let options = mcp_policy::serving::Serving::default();
+    let several = mcp_policy::gateway::Servers::build(&file, &options)
+        .await
+        .unwrap();
+    several.watch(path.clone(), options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(mcp_policy::gateway::serve_servers(
+        listener,
+        several,
+        std::future::pending(),
+    ));
+
+    // The exchange, over http, under its own policy.
+    let client = connect(format!("{base}/exchange/mcp"), "alice").await;
+    assert_eq!(
+        servers::demo::tool_names(&client).await,
+        servers::demo::VISIBLE_TOOLS
+    );
+    let denied = call(&client, "transfer", json!({"amount": 2500, "to": "x"})).await;
+    assert_eq!(
+        denied["content"][0]["text"],
+        "[POLICY DENIED] Transfers above 1000 need human approval."
+    );
+    let price = call(&client, "get_price", json!({"symbol": "ETHUSD"})).await;
+    assert_eq!(price["isError"], false);
+    assert_eq!(upstream.executions.of("transfer"), 0);
+    assert_eq!(upstream.executions.of("get_price"), 1);
+    client.cancel().await.unwrap();
+
+    // The reference server, over stdio, under its own.
+    let steps = json!([
+        {"call": "echo", "args": {"message": "hi"}},
+        {"call": "get-sum", "args": {"a": 1, "b": 2}},
+    ]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec![
+            format!("{base}/everything/mcp"),
+            "t".to_owned(),
+            steps.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        lines[0]["result"]["content"][0]["text"], "Echo: hi",
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1]["result"]["content"][0]["text"],
+        "[POLICY DENIED] Tool \"get-sum\" is not allowed by this policy.",
+        "{}",
+        lines[1]
+    );
+
+    // One /metrics, a server label; one /readyz; unknown names are 404.
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (_, metrics) = get("/metrics").await;
+    assert!(metrics.contains(r#"server="exchange""#), "{metrics}");
+    assert!(metrics.contains(r#"server="everything""#), "{metrics}");
+    assert_eq!(get("/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(get("/nope/mcp").await.0, 404);
+
+    let marker = dir.display().to_string();
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&marker))
+        })
+    };
+    assert!(running(), "the stdio server's process is not found");
+
+    // Removing a server from the file takes it away without a restart.
+    let config =
+        json!({"servers": {"exchange": {"url": upstream.url(), "policy": "exchange.json"}}});
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
+        let response = raw(
+            reqwest::Method::POST,
+            &format!("{base}/everything/mcp"),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+        if response.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the removed server is still served");
+    // And its process is stopped.
+    let mut stopped = false;
+    for _ in 0..50 {
+        if !running() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the removed server's process still runs");
+    let client = connect(format!("{base}/exchange/mcp"), "alice").await;
+    assert_eq!(
+        servers::demo::tool_names(&client).await,
+        servers::demo::VISIBLE_TOOLS
+    );
+    client.cancel().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

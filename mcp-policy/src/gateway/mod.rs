@@ -47,9 +47,11 @@ use tower_mcp_policy::{PolicyLayer, counter::CounterStore};
 
 use super::serving;
 
+mod servers;
 mod stdio;
 mod upstream;
 
+pub use servers::{GatewayFile, Servers};
 pub use stdio::{
     Clients, ENDPOINT as STDIO_ENDPOINT, ServerArgs, ServerCommand, StdioBody, StdioServer,
 };
@@ -61,6 +63,7 @@ pub use upstream::{Proxy, ProxyBody, Upstream};
 pub enum Readiness {
     Http(Arc<Upstream>),
     Stdio(StdioServer),
+    Several(Servers),
 }
 
 impl Readiness {
@@ -73,6 +76,8 @@ impl Readiness {
             Readiness::Stdio(server) => server
                 .readiness()
                 .map_err(|why| format!("server {}: {why}", server.command())),
+            // Boxed: a server's own readiness is one of the other two kinds.
+            Readiness::Several(servers) => Box::pin(servers.readiness()).await,
         }
     }
 }
@@ -127,7 +132,38 @@ async fn serve_backend<S, P, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = WithMetrics(layer.layer(backend), readiness);
+    serve_http(
+        listener,
+        WithMetrics(layer.layer(backend), readiness),
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves several servers (see [`Servers`]), each at `/NAME/mcp`.
+pub async fn serve_servers(
+    listener: TcpListener,
+    servers: Servers,
+    shutdown: impl Future<Output = ()>,
+) {
+    let readiness = Readiness::Several(servers.clone());
+    serve_http(listener, WithMetrics(servers, readiness), shutdown).await;
+}
+
+async fn serve_http<T, B>(
+    listener: TcpListener,
+    service: WithMetrics<T>,
+    shutdown: impl Future<Output = ()>,
+) where
+    T: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    T::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -259,15 +295,22 @@ pub struct Options {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "grants",
+        required_unless_present_any = ["grants", "config"],
+        conflicts_with = "config",
         env = "MCP_POLICY_POLICY"
     )]
     pub policy: Option<PathBuf>,
+    /// Several servers behind this gateway, each with its own policy, from a
+    /// configuration file (`mcp-policy schema --gateway`); each is served at
+    /// /NAME/mcp. With --watch the file is reloaded when it changes.
+    #[arg(long, value_name = "FILE", env = "MCP_POLICY_CONFIG",
+          conflicts_with_all = ["upstream", "command", "grants", "pins"])]
+    pub config: Option<PathBuf>,
     /// The MCP server's Streamable HTTP endpoint (http:// or https://); the gateway
     /// serves the same path. Or, instead, the command that starts a stdio server,
     /// after `--`.
     #[arg(long, value_name = "URL", value_parser = Upstream::parse, env = "MCP_POLICY_UPSTREAM",
-          required_unless_present = "command", conflicts_with = "command")]
+          required_unless_present_any = ["command", "config"], conflicts_with = "command")]
     pub upstream: Option<Upstream>,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -298,6 +341,9 @@ pub struct Options {
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub async fn main(options: Options) {
     serving::init_tracing();
+    if let Some(config) = &options.config {
+        return several(config, &options).await;
+    }
     let policy = options.policy.as_deref();
     match serving::load_layer("mcp-policy gateway", policy, &options.store).await {
         serving::AnyLayer::Memory(layer) => run(layer, options).await,
@@ -370,6 +416,37 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
             serve_stdio(listener, layer, server, signal()).await;
         }
     }
+    println!("gateway stopped");
+}
+
+/// The gateway of several servers, from the configuration file `path`.
+async fn several(path: &std::path::Path, options: &Options) {
+    let program = "mcp-policy gateway";
+    let fail = |err: String| -> ! {
+        eprintln!("{program}: {err}");
+        std::process::exit(1);
+    };
+    let file = GatewayFile::load(path).unwrap_or_else(|err| fail(err));
+    let servers = Servers::build(&file, &options.store)
+        .await
+        .unwrap_or_else(|err| fail(err));
+    if options.store.watch {
+        servers.watch(path.to_owned(), options.store.clone());
+    }
+    let listener = serving::bind(program, options.listen).await;
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    println!(
+        "policy gateway listening on http://{address} for {} servers of {}",
+        file.servers.len(),
+        path.display()
+    );
+    for line in servers.describe(address) {
+        println!("{line}");
+    }
+    println!("{}", serving::describe(&options.store));
+    serve_servers(listener, servers, signal()).await;
     println!("gateway stopped");
 }
 

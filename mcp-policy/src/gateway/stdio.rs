@@ -200,10 +200,21 @@ struct Shared {
     ready: watch::Sender<u64>,
 }
 
-/// The stdio server as a tower service (what `PolicyLayer` wraps). Cheap to clone.
+/// The stdio server as a tower service (what `PolicyLayer` wraps). Cheap to clone; the
+/// child is stopped when the last clone is dropped.
 #[derive(Clone)]
 pub struct StdioServer {
     shared: Arc<Shared>,
+    _running: Arc<Running>,
+}
+
+/// Stops the child (and its restarts) when dropped.
+struct Running(watch::Sender<bool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// The answer body: one JSON message, or an SSE stream of them.
@@ -249,8 +260,13 @@ impl StdioServer {
             unsolicited: (clients == Clients::One).then_some(unsolicited),
             ready: watch::channel(0).0,
         });
-        tokio::spawn(supervise(Arc::downgrade(&shared)));
-        (StdioServer { shared }, receiver)
+        let (running, stopped) = watch::channel(false);
+        tokio::spawn(supervise(Arc::downgrade(&shared), stopped));
+        let server = StdioServer {
+            shared,
+            _running: Arc::new(Running(running)),
+        };
+        (server, receiver)
     }
 
     /// The command, for messages.
@@ -474,15 +490,19 @@ impl tower_service::Service<Request<PolicyBody>> for StdioServer {
     }
 }
 
-/// Runs the child, again and again, while the service lives.
-async fn supervise(shared: std::sync::Weak<Shared>) {
+/// Runs the child, again and again, until the service is dropped.
+async fn supervise(shared: std::sync::Weak<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
         };
         let started = Instant::now();
-        let why = run_child(&strong).await;
+        // Dropping the child's future kills the child (`kill_on_drop`).
+        let why = tokio::select! {
+            why = run_child(&strong) => why,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
         tracing::warn!(command = %strong.command, "the MCP server stopped: {why}; starting it again in {backoff:?}");
         {
             let mut state = strong.state.lock().expect("not poisoned");
@@ -502,7 +522,10 @@ async fn supervise(shared: std::sync::Weak<Shared>) {
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_millis(500);
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
