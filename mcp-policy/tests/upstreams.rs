@@ -5,9 +5,11 @@
 //!   https://…`;
 //! * the TypeScript reference server in stdio mode behind `mcp-policy gateway --
 //!   node …`, called by the TypeScript SDK's HTTP client; a stdio server that crashes
-//!   mid-call and is restarted;
+//!   mid-call and is restarted; a call the client cancels reaches the child as its own
+//!   cancellation; the `gateway` command itself in front of an https upstream;
 //! * the official filesystem server behind `mcp-policy wrap`, driven by the TypeScript
-//!   SDK's stdio client as a desktop client would.
+//!   SDK's stdio client as a desktop client would;
+//! * two servers (one http, one stdio) behind one gateway from a configuration file.
 
 #[path = "../../tests/servers/mod.rs"]
 mod servers;
@@ -663,4 +665,83 @@ async fn two_servers_behind_one_gateway_from_a_configuration_file() {
     );
     client.cancel().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_call_reaches_the_stdio_server_as_its_own() {
+    let policy = write_temp("cancel-policy.json", r#"{"version":"1","default":"allow"}"#);
+    let log = std::env::temp_dir().join(format!("tmp-cancel-log-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let script = servers::demo::ensure_npm_packages().join("crashy.mjs");
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            &format!("STARTS_FILE={}", log.display()),
+            "--",
+            "node",
+            script.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    // The client gives up on `slow` and sends notifications/cancelled with its own
+    // request id; the gateway maps it to the id the child knows, so the child's handler
+    // is aborted. The next call on the same child works.
+    let steps = json!([
+        {"call": "slow", "args": {}, "abortAfterMs": 300},
+        {"call": "echo", "args": {"text": "after"}},
+    ]);
+    let lines = servers::demo::node_script(
+        "client.mjs",
+        vec![gateway.url.clone(), "t".to_owned(), steps.to_string()],
+    )
+    .await;
+    assert!(lines[0]["error"].is_object(), "{}", lines[0]);
+    assert_eq!(
+        lines[1]["result"]["content"][0]["text"], "echo: after",
+        "{}",
+        lines[1]
+    );
+    let mut written = String::new();
+    for _ in 0..50 {
+        written = std::fs::read_to_string(&log).unwrap_or_default();
+        if written.contains("cancelled") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(written, "started\ncancelled\n");
+    std::fs::remove_file(policy).unwrap();
+    std::fs::remove_file(log).unwrap();
+}
+
+#[tokio::test]
+async fn the_gateway_command_trusts_an_https_upstream_through_upstream_ca() {
+    let upstream = https_upstream("https-command").await;
+    let policy = servers::demo::example_policy();
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url,
+            "--upstream-ca",
+            upstream.ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(gateway.get("/readyz").await.0, 200);
+    let client = connect(gateway.url.clone(), "alice").await;
+    let result = call(&client, "get_price", json!({"symbol": "BTCUSD"})).await;
+    assert_eq!(
+        result["content"][0]["text"],
+        r#"get_price ran with {"symbol":"BTCUSD"}"#
+    );
+    let denied = call(&client, "transfer", json!({"amount": 2500, "to": "x"})).await;
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert_eq!(upstream.executions.of("get_price"), 1);
+    assert_eq!(upstream.executions.of("transfer"), 0);
+    client.cancel().await.unwrap();
 }

@@ -7,7 +7,8 @@
 //
 // STEPS_JSON is an array of {"list": true} or {"call": NAME, "args": {...}}; a call
 // with "progress": true asks for progress and prints the updates it got beside its
-// result.
+// result; with "abortAfterMs": N the client gives up on the call after N ms (the SDK then
+// sends notifications/cancelled).
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -32,7 +33,9 @@ for (const step of JSON.parse(stepsJson)) {
       console.log(JSON.stringify({ tools: tools.map((t) => t.name).sort() }));
     } else {
       const progress = [];
-      const options = step.progress ? { onprogress: (update) => progress.push(update) } : undefined;
+      const options = {};
+      if (step.progress) options.onprogress = (update) => progress.push(update);
+      if (step.abortAfterMs) options.signal = AbortSignal.timeout(step.abortAfterMs);
       const result = await client.callTool({ name: step.call, arguments: step.args }, undefined, options);
       console.log(JSON.stringify(step.progress ? { result, progress } : { result }));
     }
