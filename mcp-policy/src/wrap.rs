@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, header};
@@ -101,8 +102,17 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         let lines = lines.clone();
         calls.spawn(async move { exchange(&mut service, line, &lines).await });
     }
-    // The client is gone: answer what is in flight, then stop (the child with us).
-    while calls.join_next().await.is_some() {}
+    // The client is gone: answer what is in flight, then stop (the child with us). A
+    // call the server never answers does not keep the process alive.
+    let drained = async { while calls.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the client closed its input; calls still in flight after 10s are abandoned"
+        );
+    }
     drop(lines);
     let _ = writer.await;
 }

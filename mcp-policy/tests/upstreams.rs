@@ -745,3 +745,35 @@ async fn the_gateway_command_trusts_an_https_upstream_through_upstream_ca() {
     assert_eq!(upstream.executions.of("transfer"), 0);
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_sent_while_the_stdio_server_starts_waits_for_it() {
+    // On this single-threaded runtime the call below runs before the task that
+    // starts the child: the message must wait for the child, not be written nowhere
+    // (its caller would wait forever; what `wrap` did under load).
+    use mcp_policy::gateway::{Clients, ServerCommand, StdioServer};
+    use tower::ServiceExt;
+    let script = servers::demo::ensure_npm_packages().join("crashy.mjs");
+    let command = ServerCommand::new(&["node".to_owned(), script.display().to_string()]).unwrap();
+    let (server, _unsolicited) = StdioServer::start(command, Clients::One);
+    assert!(server.readiness().is_err(), "not running yet");
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let service = tower::Layer::layer(&PolicyLayer::new(allow_all), server.clone());
+    let request = tower_mcp_policy::testing::request(
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "test", "version": "1"}}),
+    );
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let response = service.oneshot(request).await.unwrap();
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+    })
+    .await
+    .expect("answered within 30s");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+}

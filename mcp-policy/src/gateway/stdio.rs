@@ -277,11 +277,20 @@ impl StdioServer {
     /// Whether the child is running (and, for many clients, initialized); why not.
     pub fn readiness(&self) -> Result<(), String> {
         let state = self.shared.state.lock().expect("not poisoned");
-        match (&state.down, &state.initialized, self.shared.clients) {
-            (Some(why), _, _) => Err(why.clone()),
-            (None, None, Clients::Many) => Err("the server is starting".to_owned()),
-            _ => Ok(()),
+        // Its stdin is there once it runs (and, for many clients, once the gateway
+        // initialized it).
+        match (&state.down, &state.stdin) {
+            (Some(why), _) => Err(why.clone()),
+            (None, None) => Err("the server is starting".to_owned()),
+            (None, Some(_)) => Ok(()),
         }
+    }
+
+    /// True while the child is started for the first time (not yet running, and not
+    /// down).
+    fn starting(&self) -> bool {
+        let state = self.shared.state.lock().expect("not poisoned");
+        state.down.is_none() && state.stdin.is_none()
     }
 
     /// Waits (up to `timeout`) until the child is ready.
@@ -328,6 +337,15 @@ impl StdioServer {
         let Ok(Value::Object(mut message)) = serde_json::from_slice::<Value>(&body) else {
             return error_answer(Value::Null, -32700, "not one JSON-RPC message");
         };
+        // A message that arrives while the child starts waits for it: written before,
+        // it would be lost, and its caller would wait for an answer forever.
+        if self.starting()
+            && let Err(why) = self.wait_ready(Duration::from_secs(30)).await
+            && let Some(id) = message.get("id").filter(|_| message.contains_key("method"))
+        {
+            let text = format!("the MCP server is not running: {why}");
+            return error_answer(id.clone(), -32603, &text);
+        }
         let method = message
             .get("method")
             .and_then(Value::as_str)
