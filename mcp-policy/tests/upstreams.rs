@@ -11,10 +11,13 @@
 //!   SDK's stdio client as a desktop client would;
 //! * two servers (one http, one stdio) behind one gateway from a configuration file.
 
+mod process;
 #[path = "../../tests/servers/mod.rs"]
 mod servers;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+
+use process::{GatewayProcess, write_temp};
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -216,58 +219,6 @@ fn a_ca_file_that_cannot_be_used_stops_the_gateway_with_the_reason() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     std::fs::remove_file(not_pem).unwrap();
-}
-
-/// `mcp-policy gateway ARGS` as a user runs it, on a free port; the child (killed when
-/// dropped) and the gateway's URL.
-struct GatewayProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl GatewayProcess {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-            .arg("gateway")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = stdout.next().unwrap().unwrap();
-        let url = first
-            .strip_prefix("policy gateway listening on ")
-            .and_then(|rest| rest.split(" -> ").next())
-            .unwrap_or_else(|| panic!("{first}"))
-            .to_owned();
-        // Keep reading what it prints: with the pipe closed, its next line would kill it.
-        std::thread::spawn(move || stdout.for_each(drop));
-        GatewayProcess { child, url }
-    }
-
-    /// `GET PATH` on the gateway: status and body.
-    async fn get(&self, path: &str) -> (u16, String) {
-        let url = self.url.replace("/mcp", path);
-        let response = reqwest::get(url).await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_temp(name: &str, text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("tmp-{name}-{}", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// The reference server's entry point (`node ENTRY stdio`).
