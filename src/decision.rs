@@ -26,10 +26,13 @@ pub enum DenialKind {
     CounterUnavailable,
     /// The tool's definition changed since it was pinned, or it has no pin.
     Unreviewed,
+    /// The call needs a person's approval (`require_approval`) and has none yet, or
+    /// the person declined it.
+    Approval,
 }
 
 impl DenialKind {
-    const ALL: [DenialKind; 7] = [
+    const ALL: [DenialKind; 8] = [
         DenialKind::Hidden,
         DenialKind::NotAllowed,
         DenialKind::DenyIf,
@@ -37,6 +40,7 @@ impl DenialKind {
         DenialKind::Limit,
         DenialKind::CounterUnavailable,
         DenialKind::Unreviewed,
+        DenialKind::Approval,
     ];
 
     /// The kind named `name` ([`DenialKind::as_str`]'s names), if any.
@@ -47,7 +51,7 @@ impl DenialKind {
     }
 
     /// The name used in answers, logs and metrics: `hidden`, `not_allowed`, `deny_if`,
-    /// `require`, `limit`, `counter_unavailable`, `unreviewed`.
+    /// `require`, `limit`, `counter_unavailable`, `unreviewed`, `approval`.
     pub fn as_str(self) -> &'static str {
         match self {
             DenialKind::Hidden => "hidden",
@@ -57,6 +61,7 @@ impl DenialKind {
             DenialKind::Limit => "limit",
             DenialKind::CounterUnavailable => "counter_unavailable",
             DenialKind::Unreviewed => "unreviewed",
+            DenialKind::Approval => "approval",
         }
     }
 }
@@ -136,6 +141,12 @@ impl Denial {
             message,
             retry_after: None,
         }
+    }
+
+    /// The same denial with another message.
+    pub(crate) fn with_message(mut self, message: String) -> Denial {
+        self.message = message;
+        self
     }
 
     /// A denial as an agent reads it in an answer (the testing kit's reading).

@@ -16,7 +16,7 @@ use crate::decision::{Decision, Denial, DenialKind};
 use crate::error::pointer;
 use crate::policy::condition::Truth;
 use crate::policy::glob::Glob;
-use crate::policy::{Clause, CounterDef, Limit, Policy, PolicyWarning, Resolved};
+use crate::policy::{ApprovalRule, Clause, CounterDef, Limit, Policy, PolicyWarning, Resolved};
 use crate::rules::Tracer;
 use crate::scope::{ScopeHasher, ScopeKeys};
 use crate::value::ArgValue;
@@ -66,6 +66,8 @@ enum StepKind {
     Require,
     /// A limit: what the call would be charged.
     Limit,
+    /// A `require_approval`: whether the call needs a person's approval.
+    Approval,
 }
 
 /// One condition of a `deny_if` or `require` item, evaluated.
@@ -141,7 +143,12 @@ impl Policy {
                 let charges: Vec<Charge> = allowed.charges().collect();
                 // Fresh counters: only their starting state matters, so no real clock.
                 match MemoryCounters::with_clock(FakeClock::new()).try_charge(&charges) {
-                    Ok(()) => Decision::Allow,
+                    // A call that would run is then asked for a person's approval; with
+                    // none given, the layer refuses it and asks for one.
+                    Ok(()) => match self.approval(tool, args, &mut steps) {
+                        Some(approval) => Decision::Deny(approval.denial(tool)),
+                        None => Decision::Allow,
+                    },
                     Err(ChargeError::Exceeded { index, retry_after }) => {
                         Decision::Deny(allowed.exceeded(index, retry_after))
                     }
@@ -240,27 +247,40 @@ impl Tracer for Steps<'_> {
         } else {
             summary.to_owned()
         };
-        let conditions = clause
-            .conditions
-            .iter()
-            .map(|condition| ConditionCheck {
-                condition: condition.describe(),
-                value: condition.path.lookup(args).map(ToString::to_string),
-                truth: match condition.eval(args) {
-                    Truth::True => Ok(true),
-                    Truth::False => Ok(false),
-                    Truth::Unknown(reason) => Err(reason),
-                },
-            })
-            .collect();
         self.steps.push(Step {
             kind: step,
             rule: clause.pointer.to_string(),
             summary,
-            conditions,
+            conditions: checks(clause, args),
         });
     }
 
+    fn approval(
+        &mut self,
+        approval: &ApprovalRule,
+        clause: Option<(&Clause, Option<&ArgValue>, &Truth)>,
+    ) {
+        let wait = humantime::format_duration(approval.timeout);
+        let Some((clause, args, truth)) = clause else {
+            let summary = format!("every call needs a person's approval (waited for {wait})");
+            return self.push(StepKind::Approval, approval.pointer.to_string(), summary);
+        };
+        let summary = match truth {
+            Truth::True => {
+                format!("all conditions hold: a person must approve (waited for {wait})")
+            }
+            Truth::False => "a condition is false: no approval needed".to_owned(),
+            Truth::Unknown(_) => format!(
+                "a condition cannot be evaluated: a person must approve (fail closed; waited for {wait})"
+            ),
+        };
+        self.steps.push(Step {
+            kind: StepKind::Approval,
+            rule: clause.pointer.to_string(),
+            summary,
+            conditions: checks(clause, args),
+        });
+    }
     fn limit(
         &mut self,
         limit: &Limit,
@@ -287,14 +307,16 @@ impl Tracer for Steps<'_> {
 
 impl Step {
     /// What the step is: `tool` (how the tool's name resolved: hidden, no rule, or the
-    /// rule that governs it), `deny_if` or `require` (an item, with its conditions), or
-    /// `limit` (what the call would be charged).
+    /// rule that governs it), `deny_if` or `require` (an item, with its conditions),
+    /// `limit` (what the call would be charged), or `approval` (whether it needs a
+    /// person's approval, with the conditions of a `when` item).
     pub fn kind(&self) -> &'static str {
         match self.kind {
             StepKind::Resolve => "tool",
             StepKind::DenyIf => "deny_if",
             StepKind::Require => "require",
             StepKind::Limit => "limit",
+            StepKind::Approval => "approval",
         }
     }
 }
@@ -324,6 +346,12 @@ impl fmt::Display for Explanation {
             }
         }
         match &self.decision {
+            Decision::Deny(denial) if denial.kind() == DenialKind::Approval => write!(
+                f,
+                "decision APPROVAL REQUIRED ({}): {} The call runs once a person approves it.",
+                denial.rule(),
+                denial.message()
+            ),
             Decision::Deny(denial) => {
                 write!(
                     f,
@@ -358,19 +386,30 @@ pub struct ToolPolicy<'p> {
     pub conditions: usize,
     /// The counters every call is charged to (`all_tools` included), in order.
     pub counters: Vec<&'p CounterDef>,
+    /// Whether calls need a person's approval (`require_approval`, in the tool's rule or
+    /// `all_tools`; some calls only, when it has `when` items).
+    pub approval: bool,
 }
 
 impl ToolPolicy<'_> {
     /// `hidden`, `denied by default`, `allowed`, `allowed with conditions`, or
-    /// `limited` (with or without conditions).
+    /// `limited` (with or without conditions); `approval`, `approval, with conditions`,
+    /// `limited, approval`, `limited, with conditions, approval` when calls need a
+    /// person's approval.
     pub fn verdict(&self) -> &'static str {
-        match (self.denied, self.conditions > 0, !self.counters.is_empty()) {
+        let conditions = self.conditions > 0;
+        let limited = !self.counters.is_empty();
+        match (self.denied, conditions, limited, self.approval) {
             (Some(DenialKind::Hidden), ..) => "hidden",
             (Some(_), ..) => "denied by default",
-            (None, false, false) => "allowed",
-            (None, true, false) => "allowed with conditions",
-            (None, false, true) => "limited",
-            (None, true, true) => "limited, with conditions",
+            (None, false, false, false) => "allowed",
+            (None, true, false, false) => "allowed with conditions",
+            (None, false, true, false) => "limited",
+            (None, true, true, false) => "limited, with conditions",
+            (None, false, false, true) => "approval",
+            (None, true, false, true) => "approval, with conditions",
+            (None, false, true, true) => "limited, approval",
+            (None, true, true, true) => "limited, with conditions, approval",
         }
     }
 }
@@ -405,12 +444,14 @@ impl Policy {
             rule: own.map(|rule| &*rule.key),
             conditions: 0,
             counters: Vec::new(),
+            approval: false,
         };
         if denied.is_some() {
             return policy;
         }
         for rule in self.all_tools().into_iter().chain(own.map(|r| &r.rule)) {
             policy.conditions += rule.deny_if.len() + rule.require.len();
+            policy.approval |= rule.approval.is_some();
             for limit in &rule.limits {
                 let counter = self.counter(limit.counter);
                 if !policy.counters.contains(&counter) {
@@ -450,7 +491,8 @@ impl Policy {
         };
         let mut paths: Vec<(String, &crate::policy::path::ArgPath)> = Vec::new();
         for rule in self.all_tools().into_iter().chain(own.map(|r| &r.rule)) {
-            for clause in rule.deny_if.iter().chain(&rule.require) {
+            let when = rule.approval.iter().flat_map(|approval| &approval.when);
+            for clause in rule.deny_if.iter().chain(&rule.require).chain(when) {
                 for (i, condition) in clause.conditions.iter().enumerate() {
                     let at = format!("{}/conditions/{i}/path", clause.pointer);
                     paths.push((at, &condition.path));
@@ -560,4 +602,21 @@ fn open(schema: &serde_json::Value) -> bool {
         Some(serde_json::Value::Bool(false)) | None => false,
         Some(_) => true,
     }
+}
+
+/// Every condition of `clause`, evaluated on `args`.
+fn checks(clause: &Clause, args: Option<&ArgValue>) -> Vec<ConditionCheck> {
+    clause
+        .conditions
+        .iter()
+        .map(|condition| ConditionCheck {
+            condition: condition.describe(),
+            value: condition.path.lookup(args).map(ToString::to_string),
+            truth: match condition.eval(args) {
+                Truth::True => Ok(true),
+                Truth::False => Ok(false),
+                Truth::Unknown(reason) => Err(reason),
+            },
+        })
+        .collect()
 }

@@ -59,6 +59,7 @@
 // gated item "Available on crate feature X only".
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod approval;
 pub mod counter;
 mod decision;
 mod engine;

@@ -4,13 +4,14 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced`, `monitor` for a dry run, or `candidate`), and under a grants file `grant` (the grant's name) |
+//! | `mcp_policy_decisions_total` | counter | `decision` (`allow`, `deny`, `would_deny`, `would_require_approval`, `not_executed`, `would_not_execute`, `reject`), `kind` (the denial's kind, `protocol` for rejections, `none`), `tool`, `policy` (`enforced`, `monitor` for a dry run, or `candidate`), and under a grants file `grant` (the grant's name) |
 //! | `mcp_policy_decision_seconds` | histogram | |
 //! | `mcp_policy_store_errors_total` | counter | |
 //! | `mcp_policy_lists_withheld_total` | counter | |
 //! | `mcp_policy_tool_drift_total` | counter | |
 //! | `mcp_policy_refunds_total` | counter | |
 //! | `mcp_policy_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `mcp_policy_approvals_total` | counter | `result` (`requested`, `approved`, `declined`, `expired`, `used`) |
 //! | `mcp_policy_counter_keys` | gauge | |
 //!
 //! **Label values are bounded.** `tool` is [`Policy::tool_label`](crate::Policy::tool_label):
@@ -71,6 +72,10 @@ impl MetricsObserver {
         describe_counter!(
             "mcp_policy_tool_drift_total",
             "Tool definitions listed that differ from their pin, or have none"
+        );
+        describe_counter!(
+            "mcp_policy_approvals_total",
+            "Calls that need a person's approval: requested, approved, declined, expired, used"
         );
         describe_counter!(
             "mcp_policy_reloads_total",
@@ -143,6 +148,9 @@ impl Observer for MetricsObserver {
                 counter!("mcp_policy_lists_withheld_total").increment(1);
             }
             Event::ToolDrift { .. } => counter!("mcp_policy_tool_drift_total").increment(1),
+            Event::Approval { step, .. } => {
+                counter!("mcp_policy_approvals_total", "result" => step.to_string()).increment(1);
+            }
             Event::Reload { result, .. } => {
                 let result = if result.is_ok() { "ok" } else { "error" };
                 counter!("mcp_policy_reloads_total", "result" => result).increment(1);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::counter::StoreError;
-use crate::decision::Decision;
+use crate::decision::{Decision, DenialKind};
 use crate::error::PolicyError;
 use crate::jsonrpc::{Id, forges_text};
 use crate::scope::ScopeValue;
@@ -180,6 +180,22 @@ pub enum Event<'a> {
         /// False in monitor mode: reported, not withheld.
         enforced: bool,
     },
+    /// A call that needs a person's approval (`require_approval`): approval was
+    /// requested, a person approved or declined it, it expired unanswered, or the
+    /// approved call ran (`used`).
+    Approval {
+        /// `requested`, `approved`, `declined`, `expired` or `used`.
+        step: &'a str,
+        /// The request's id (32 hex digits), as the approvals API and the agent name it.
+        id: &'a str,
+        /// The tool (unbounded: the agent chose it).
+        tool: &'a str,
+        /// The caller's grant by name, under [`Grants`](crate::Grants).
+        grant: Option<&'a str>,
+        /// Who approved or declined it (the approver's name), for `approved`,
+        /// `declined` and `used`.
+        by: Option<&'a str>,
+    },
     /// A policy was put in force, or a reload failed and the last good one stays.
     Reload {
         /// The file, when the policy came from one.
@@ -236,10 +252,14 @@ pub struct CallEvent<'a> {
 
 impl<'a> CallEvent<'a> {
     /// The name of the decision in logs and metrics: `allow`, `deny`, `not_executed`,
-    /// or for a dry run `would_deny` and `would_not_execute`.
+    /// or for a dry run `would_deny`, `would_require_approval` (a call that needs a
+    /// person's approval and has none) and `would_not_execute`.
     pub fn decision_label(&self) -> &'static str {
         match (self.decision, self.enforced) {
             (Decision::Allow, _) => "allow",
+            (Decision::Deny(denial), false) if denial.kind() == DenialKind::Approval => {
+                "would_require_approval"
+            }
             (Decision::Deny(_), true) => "deny",
             (Decision::Deny(_), false) => "would_deny",
             (_, true) => "not_executed",
@@ -403,6 +423,22 @@ fn trace(event: &Event<'_>) {
             decision = "store_error",
             "counter store unavailable, call allowed uncounted (fail open): {}",
             Escaped(&error.to_string())
+        ),
+        Event::Approval {
+            step,
+            id,
+            tool,
+            grant,
+            by,
+        } => tracing::info!(
+            target: "tower_mcp_policy",
+            decision = "approval",
+            step,
+            approval = id,
+            tool = %Escaped(tool),
+            grant,
+            by,
+            "approval {step}"
         ),
         Event::Reload {
             file,

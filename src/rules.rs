@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 use crate::counter::Charge;
 use crate::decision::{Denial, DenialKind, retry_seconds};
 use crate::policy::condition::{Truth, kind};
-use crate::policy::{Clause, CounterDef, Limit, LimitMeta, Policy, Resolved, Rule};
+use crate::policy::{ApprovalRule, Clause, CounterDef, Limit, LimitMeta, Policy, Resolved, Rule};
 use crate::scope::ScopeKeys;
 use crate::value::ArgValue;
 
@@ -235,6 +235,57 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Whether some rule of the policy has `require_approval`.
+    pub(crate) fn asks_approval(&self) -> bool {
+        self.asks_approval
+    }
+
+    /// The `require_approval` a call of `tool` with `args` is subject to, if any: the
+    /// first (`all_tools`' before the tool's own) with no `when`, or with a `when` item
+    /// that holds or cannot be evaluated (fail closed). Asked only of a call the rules
+    /// and limits let run.
+    pub(crate) fn approval<'p>(
+        &'p self,
+        tool: &str,
+        args: Option<&ArgValue>,
+        tracer: &mut impl Tracer,
+    ) -> Option<&'p ApprovalRule> {
+        if !self.asks_approval {
+            return None;
+        }
+        let Resolved::Rules(own) = self.resolve(tool) else {
+            return None;
+        };
+        let rules = self.all_tools().into_iter().chain(own.map(|t| &t.rule));
+        for approval in rules.filter_map(|rule| rule.approval.as_ref()) {
+            if approval.when.is_empty() {
+                tracer.approval(approval, None);
+                return Some(approval);
+            }
+            for clause in &approval.when {
+                let truth = clause_truth(clause, args);
+                tracer.approval(approval, Some((clause, args, &truth)));
+                if !matches!(truth, Truth::False) {
+                    return Some(approval);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl ApprovalRule {
+    /// The denial of a call that needs this approval and has none.
+    pub(crate) fn denial(&self, tool: &str) -> Denial {
+        let message = match &self.reason {
+            Some(reason) => reason.to_string(),
+            None => format!("A person must approve this call to \"{tool}\" before it runs."),
+        };
+        Denial::new(DenialKind::Approval, tool, &self.pointer, message)
+    }
+}
+
 /// Told each step of an evaluation; every method does nothing by default.
 pub(crate) trait Tracer {
     /// How the tool's name resolved.
@@ -261,6 +312,15 @@ pub(crate) trait Tracer {
         cost: &Result<Option<NonZeroU64>, Denial>,
     ) {
         let _ = (limit, counter, cost);
+    }
+
+    /// A `require_approval` and, when it has `when` items, one of them and its truth.
+    fn approval(
+        &mut self,
+        approval: &ApprovalRule,
+        clause: Option<(&Clause, Option<&ArgValue>, &Truth)>,
+    ) {
+        let _ = (approval, clause);
     }
 }
 

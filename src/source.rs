@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::approval::{Approvals, Change};
 use crate::counter::{CounterId, CounterStore};
 use crate::error::PolicyError;
 use crate::grants::Grants;
@@ -26,6 +27,8 @@ pub(crate) struct Source {
     pins: ArcSwapOption<Pins>,
     /// The tool definitions listed through the layer.
     seen: Seen,
+    /// The calls waiting for a person's approval, and the answers given.
+    approvals: Approvals,
 }
 
 impl Source {
@@ -34,7 +37,13 @@ impl Source {
             current: ArcSwap::new(Arc::new(Grants::single(policy))),
             pins: ArcSwapOption::empty(),
             seen: Seen::default(),
+            approvals: Approvals::default(),
         }
+    }
+
+    /// The calls waiting for a person's approval, and the answers given.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
     }
 
     /// The tool definitions listed through the layer.
@@ -121,6 +130,79 @@ impl PolicyHandle {
     /// The policies in force.
     pub fn grants(&self) -> Arc<Grants> {
         self.source.snapshot()
+    }
+
+    /// The calls waiting for a person's approval (`require_approval`), oldest first,
+    /// each a JSON object: `id`, `tool`, `arguments` (canonical: keys sorted, numbers
+    /// as the policy reads them), `grant` (its name under a grants file, else `null`),
+    /// `reason`, `rule` (a JSON Pointer into the policy), `requested_at` (RFC 3339),
+    /// `expires_in_seconds`. What an approvals page or API shows an operator.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_mcp_policy::testing::{self, Answer};
+    /// use tower_mcp_policy::{DenialKind, Policy, PolicyLayer};
+    ///
+    /// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let my_mcp_service = tower::service_fn(|_: http::Request<tower_mcp_policy::layer::PolicyBody>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+    /// #         br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))))
+    /// # });
+    /// let policy: Policy = r#"{ "version": "1", "default": "allow", "tools": {
+    ///     "transfer": { "require_approval": { "reason": "Transfers need a person." } } } }"#.parse()?;
+    /// let layer = PolicyLayer::new(policy);
+    /// let handle = layer.handle();
+    /// let service = layer.layer(my_mcp_service);
+    /// let call = || testing::tool_call("transfer", json!({ "amount": 500 }));
+    ///
+    /// // The first call waits for a person; the agent is told so.
+    /// let Answer::Denied(denial) = testing::answer(service.clone().oneshot(call()).await?).await?
+    /// else { panic!() };
+    /// assert_eq!(denial.kind(), DenialKind::Approval);
+    /// let [pending] = &handle.pending_approvals()[..] else { panic!() };
+    /// assert_eq!(pending["arguments"], json!({ "amount": 500 }));
+    /// assert!(denial.message().contains(pending["id"].as_str().unwrap()));
+    ///
+    /// assert!(handle.approve(pending["id"].as_str().unwrap(), "ops").is_some());
+    /// // The same call now runs, once.
+    /// let ran = testing::answer(service.clone().oneshot(call()).await?).await?;
+    /// assert!(matches!(ran, Answer::Result(_)));
+    /// let again = testing::answer(service.clone().oneshot(call()).await?).await?;
+    /// assert!(matches!(again, Answer::Denied(_)));
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
+    /// ```
+    pub fn pending_approvals(&self) -> Vec<serde_json::Value> {
+        let mut changes = Vec::new();
+        let pending = self.source.approvals().pending(&mut changes);
+        crate::approval::report(&*self.observer, &changes);
+        pending
+    }
+
+    /// `approver` approves the call waiting under `id`: the next call of the same
+    /// grant, tool and arguments (under the same policy) runs, once, within the rule's
+    /// `timeout`. The request as [`PolicyHandle::pending_approvals`] showed it, or
+    /// `None` when no call waits under `id` (unknown, expired, or already answered).
+    pub fn approve(&self, id: &str, approver: &str) -> Option<serde_json::Value> {
+        self.decide(id, approver, true)
+    }
+
+    /// `approver` declines the call waiting under `id`: its next attempt is told so
+    /// (and the one after asks again). `None` as for [`PolicyHandle::approve`].
+    pub fn decline(&self, id: &str, approver: &str) -> Option<serde_json::Value> {
+        self.decide(id, approver, false)
+    }
+
+    fn decide(&self, id: &str, approver: &str, approved: bool) -> Option<serde_json::Value> {
+        let mut changes: Vec<Change> = Vec::new();
+        let decided = self
+            .source
+            .approvals()
+            .decide(id, approver, approved, &mut changes);
+        crate::approval::report(&*self.observer, &changes);
+        decided
     }
 
     /// Puts `policy` in force for the next request, for every caller (a set of grants

@@ -70,6 +70,31 @@ fn syntax_errors_have_line_and_column() {
 fn invalid_documents_name_the_json_pointer() {
     let cases: &[(&str, &str, &str)] = &[
         (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require_approval":{"when":[]}}}}"#,
+            "/tools/t/require_approval/when",
+            "`when` lists no item",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require_approval":{"timeout":"soon"}}}}"#,
+            "/tools/t/require_approval/timeout",
+            "expected \"second\"",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require_approval":{"reason":"  "}}}}"#,
+            "/tools/t/require_approval/reason",
+            "must not be empty",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require_approval":{"when":[{"conditions":[{"path":"args.a","op":"gt","value":"x"}]}]}}}}"#,
+            "/tools/t/require_approval/when/0/conditions/0/value",
+            "must be a number",
+        ),
+        (
+            r#"{"version":"1","default":"deny","tools":{"t":{"require_approval":{"approver":"me"}}}}"#,
+            "/tools/t/require_approval/approver",
+            "unknown field `approver`",
+        ),
+        (
             r#"{"version":"2","default":"deny"}"#,
             "/version",
             "only \"1\"",
@@ -336,4 +361,52 @@ fn every_mistake_of_a_document_is_reported_at_once() {
     for window in ["fortnight", "decade", "eon"] {
         assert!(text.contains(window), "{text}");
     }
+}
+
+#[test]
+fn require_approval_is_explained_and_summarized() {
+    let policy: Policy = r#"{"version":"1","default":"deny","tools":{
+        "transfer":{"limits":[{"counter":"t","window":"minute","max":5}],
+          "require_approval":{"when":[{"conditions":[{"path":"args.amount","op":"gt","value":100}]}],
+            "timeout":"15m","reason":"Big transfers need a person."}},
+        "delete":{"require_approval":{}}}}"#
+        .parse()
+        .unwrap();
+    let small = policy.explain("transfer", Some(r#"{"amount":5}"#)).unwrap();
+    assert_eq!(small.decision, tower_mcp_policy::Decision::Allow);
+    let step = small.steps.last().unwrap();
+    assert_eq!(step.kind(), "approval");
+    assert_eq!(step.rule, "/tools/transfer/require_approval/when/0");
+    assert_eq!(step.summary, "a condition is false: no approval needed");
+
+    let big = policy
+        .explain("transfer", Some(r#"{"amount":500}"#))
+        .unwrap();
+    let denial = big.decision.denial().unwrap();
+    assert_eq!(denial.kind(), tower_mcp_policy::DenialKind::Approval);
+    assert_eq!(denial.message(), "Big transfers need a person.");
+    let shown = big.to_string();
+    assert!(
+        shown.contains("approval /tools/transfer/require_approval/when/0: all conditions hold: a person must approve (waited for 15m)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("decision APPROVAL REQUIRED (/tools/transfer/require_approval)"),
+        "{shown}"
+    );
+
+    let delete = policy.explain("delete", None).unwrap();
+    assert!(
+        delete
+            .to_string()
+            .contains("every call needs a person's approval (waited for 10m)"),
+        "{delete}"
+    );
+    assert_eq!(
+        policy.tool_policy("transfer").verdict(),
+        "limited, approval"
+    );
+    assert_eq!(policy.tool_policy("delete").verdict(), "approval");
+    assert!(policy.tool_policy("delete").approval);
+    assert!(!policy.tool_policy("get").approval);
 }

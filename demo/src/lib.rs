@@ -205,11 +205,27 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
     println!("{banner}");
     println!("{}", serving::describe(&options.store));
     println!("metrics on http://{address}/metrics");
+    // The approvals API (calls that need a person's approval), outside the policy.
+    let approvers =
+        mcp_policy::approvals::Approvers::load(options.store.approver_token_file.as_deref())
+            .unwrap_or_else(|err| {
+                eprintln!("demo_server: {err}");
+                std::process::exit(1);
+            });
+    let api = mcp_policy::approvals::Api::new(layer.handle(), approvers);
+    let approvals = move |method: http::Method, uri: http::Uri, headers: http::HeaderMap| {
+        let (status, content_type, body) = api.answer(&method, uri.path(), &headers);
+        std::future::ready((status, [(http::header::CONTENT_TYPE, content_type)], body))
+    };
+    println!("approvals on http://{address}/approvals");
     // `/metrics` is added after the policy layer, so it is outside it.
-    let app = app(layer, Executions::default(), server_config(options.json)).route(
-        "/metrics",
-        axum::routing::get(|| async { serving::metrics().render() }),
-    );
+    let app = app(layer, Executions::default(), server_config(options.json))
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { serving::metrics().render() }),
+        )
+        .route("/approvals", axum::routing::any(approvals.clone()))
+        .route("/approvals/{*rest}", axum::routing::any(approvals));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

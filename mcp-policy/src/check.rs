@@ -347,8 +347,11 @@ fn error_json(path: &std::path::Path, err: &tower_mcp_policy::PolicyError) -> Va
 }
 
 /// A tool's verdict in a grant × tool table: hidden, denied, allowed, conditional
-/// (allowed when its conditions hold) or limited.
+/// (allowed when its conditions hold), limited, or approval (a person approves calls).
 fn short_verdict(tool: &ToolPolicy<'_>) -> &'static str {
+    if tool.denied.is_none() && tool.approval {
+        return "approval";
+    }
     match tool.verdict() {
         "hidden" => "hidden",
         "denied by default" => "denied",

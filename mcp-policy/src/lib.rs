@@ -20,6 +20,7 @@ macro_rules! say {
     }};
 }
 
+pub mod approvals;
 #[cfg(feature = "commands")]
 pub mod check;
 #[cfg(feature = "commands")]

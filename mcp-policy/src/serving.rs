@@ -59,6 +59,11 @@ pub struct Serving {
     /// Judge every request under this policy too, and log what it would deny.
     #[arg(long, value_name = "FILE", env = "MCP_POLICY_CANDIDATE")]
     pub candidate: Option<PathBuf>,
+    /// Approvers of calls that need a person's approval (`require_approval`): a file
+    /// of NAME:TOKEN lines. MCP_POLICY_APPROVER_TOKEN names one more, `operator`.
+    /// They use GET /approvals and POST /approvals/ID/approve|decline.
+    #[arg(long, value_name = "FILE", env = "MCP_POLICY_APPROVER_TOKEN_FILE")]
+    pub approver_token_file: Option<PathBuf>,
     /// Behind a gateway of several servers: this server's name, which labels its
     /// metrics (`server`) and prefixes its Redis keys, so servers never share a counter.
     #[arg(skip)]

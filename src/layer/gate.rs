@@ -36,8 +36,9 @@ use super::request::{
 };
 use super::sessions::Sessions;
 use super::tasks::{Owned, Tasks};
+use crate::approval::{self, Ask, Asked, CallKey};
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
-use crate::decision::Decision;
+use crate::decision::{Decision, Denial, DenialKind};
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
 use crate::grants::{Caller, Unknown};
 use crate::jsonrpc::{
@@ -225,6 +226,8 @@ struct Inspected<'a> {
     claim: Option<Box<Claim>>,
     /// The `traceparent` header's trace context (a call's `_meta` one comes first).
     trace: Option<TraceParent>,
+    /// The calls that need a person's approval, by their index among the calls.
+    asks: Vec<(usize, Ask)>,
 }
 
 impl Inspected<'_> {
@@ -235,6 +238,7 @@ impl Inspected<'_> {
             holds: self.holds,
             claim: self.claim,
             trace: self.trace,
+            asks: self.asks,
         }
     }
 
@@ -405,6 +409,12 @@ impl<S: CounterStore> Gate<S> {
             let claim = inspected.claim.take();
             return self.conclude(caller, &inspected, claim, Err(decisions), None, started);
         }
+        if policy.asks_approval() {
+            match self.asks(caller, bytes, &inspected) {
+                Ok(asks) => inspected.asks = asks,
+                Err(answer) => return Next::Answer(answer),
+            }
+        }
         let claim = inspected.claim.take();
         let calls = inspected.calls();
         let pending = match self.engine.prepare(policy, &calls, &inspected.keys) {
@@ -493,7 +503,6 @@ impl<S: CounterStore> Gate<S> {
         policy: &Policy,
         inspected: &Inspected<'_>,
     ) -> Option<Vec<Decision>> {
-        use crate::decision::{Denial, DenialKind};
         use crate::pins::CallPin;
         let seen = self.engine.source().seen();
         let decisions: Vec<Option<Denial>> = inspected
@@ -668,6 +677,7 @@ impl<S: CounterStore> Gate<S> {
             holds,
             claim,
             trace: headers.trace(),
+            asks: Vec::new(),
         })
     }
 
@@ -686,6 +696,26 @@ impl<S: CounterStore> Gate<S> {
         let monitor = self.config.mode == Mode::Monitor;
         let observer = &*self.config.observer.0;
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
+        let (mut decided, mut charged) = (decided, charged);
+        let mut outcome = Outcome::Forwarded;
+        if decided.is_ok()
+            && !inspected.asks.is_empty()
+            && let Some(decisions) = self.approved(inspected, monitor)
+        {
+            if monitor {
+                // A dry run: reported, and the calls run (and stay charged).
+                let who = (keys, inspected.trace, caller.name.as_ref());
+                report::refused(observer, policy, decoded, who, &decisions, false, false);
+                outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
+            } else {
+                // Limits are charged only for a call that is forwarded.
+                if let Some(charged) = &mut charged {
+                    charged.refund_all(&*self.ledger);
+                }
+                charged = None;
+                decided = Err(decisions);
+            }
+        }
         if let Err(decisions) = &decided {
             let who = (keys, inspected.trace, caller.name.as_ref());
             report::refused(observer, policy, decoded, who, decisions, !monitor, false);
@@ -698,9 +728,12 @@ impl<S: CounterStore> Gate<S> {
         match decided {
             Ok(()) => {
                 let mut forwarded =
-                    Forwarded::judged(caller, inspected.holds, charged, Outcome::Forwarded);
+                    Forwarded::judged(caller, inspected.holds, charged, outcome.clone());
                 forwarded.claim = claim;
-                if observer.wants_allowed() {
+                // A dry run's call that would need approval is reported as that alone,
+                // like one that would be denied.
+                let would_ask = matches!(outcome, Outcome::WouldDeny(_));
+                if observer.wants_allowed() && !would_ask {
                     forwarded.allowed = report::allowed_calls(
                         decoded,
                         (keys, inspected.trace, caller.name.as_ref()),
@@ -724,6 +757,101 @@ impl<S: CounterStore> Gate<S> {
                 Next::Answer(response)
             }
         }
+    }
+
+    /// The calls of a request that need a person's approval under `caller`'s policy,
+    /// each bound to its whole arguments: the body is read again in full for them (the
+    /// rules read only the arguments they name). Empty when no call needs approval.
+    #[allow(clippy::result_large_err)]
+    fn asks<B>(
+        &self,
+        caller: &Caller,
+        bytes: &Bytes,
+        inspected: &Inspected<'_>,
+    ) -> Result<Vec<(usize, Ask)>, Response<ResponseBody<B>>> {
+        let policy = &caller.policy;
+        let any = inspected
+            .decoded
+            .messages()
+            .iter()
+            .filter_map(|m| m.tool_call())
+            .any(|call| {
+                policy
+                    .approval(call.name(), call.arguments(), &mut ())
+                    .is_some()
+            });
+        if !any {
+            return Ok(Vec::new());
+        }
+        let full = jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| {
+            let rejection = Rejection {
+                status: StatusCode::BAD_REQUEST,
+                code: err.code(),
+                message: err.message().to_owned(),
+            };
+            self.rejected(rejection, err.id())
+        })?;
+        let calls = full.messages().iter().filter_map(|m| m.tool_call());
+        let mut asks = Vec::new();
+        for (index, call) in calls.enumerate() {
+            let (tool, args) = (call.name(), call.arguments());
+            let Some(approval) = policy.approval(tool, args, &mut ()) else {
+                continue;
+            };
+            let arguments = args.map_or_else(|| "{}".to_owned(), ToString::to_string);
+            let key = CallKey::new(inspected.keys.grant, tool, policy.fingerprint(), &arguments);
+            let denial = approval.denial(tool);
+            asks.push((
+                index,
+                Ask {
+                    key,
+                    tool: tool.into(),
+                    arguments: arguments.into(),
+                    grant: caller.name.clone(),
+                    reason: denial.message().into(),
+                    rule: denial.rule().into(),
+                    timeout: approval.timeout,
+                },
+            ));
+        }
+        Ok(asks)
+    }
+
+    /// Whether every call of `inspected` that needs a person's approval has one (then
+    /// they are used up): `None`. Otherwise the decision on each call: a call without
+    /// an approval is refused, with a request for one recorded (or told a person
+    /// declined it), and the others are not executed. A dry run asks nobody: each such
+    /// call is reported as needing approval.
+    fn approved(&self, inspected: &Inspected<'_>, monitor: bool) -> Option<Vec<Decision>> {
+        let count = inspected.calls().len();
+        let mut decisions = vec![Decision::NotExecuted; count];
+        let base = |ask: &Ask| {
+            Denial::new(
+                DenialKind::Approval,
+                &ask.tool,
+                &ask.rule,
+                ask.reason.to_string(),
+            )
+        };
+        if monitor {
+            for (index, ask) in &inspected.asks {
+                decisions[*index] = Decision::Deny(base(ask));
+            }
+            return Some(decisions);
+        }
+        let asks: Vec<Ask> = inspected.asks.iter().map(|(_, ask)| ask.clone()).collect();
+        let mut changes = Vec::new();
+        let asked = self.engine.source().approvals().ask(&asks, &mut changes);
+        approval::report(&*self.config.observer.0, &changes);
+        if asked.iter().all(|a| matches!(a, Asked::Approved { .. })) {
+            return None;
+        }
+        for ((index, ask), asked) in inspected.asks.iter().zip(&asked) {
+            if !matches!(asked, Asked::Approved { .. }) {
+                decisions[*index] = Decision::Deny(asked.denial(base(ask)));
+            }
+        }
+        Some(decisions)
     }
 
     /// The request's scope keys, and the hash of the session id it carries (issued or

@@ -2,14 +2,18 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use super::condition::{Condition, Op};
-use super::document::{ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, ScopeDoc};
+use super::document::{
+    ApprovalDoc, ClauseDoc, DefaultAction, Document, LimitDoc, RuleDoc, ScopeDoc, WhenDoc,
+};
 use super::glob::{Glob, GlobSet};
 use super::path::{ArgPath, ArgPlan};
 use super::window::Window;
 use super::{
-    Clause, CounterDef, Limit, LimitMeta, Names, Policy, PolicyWarning, Rule, Scope, ToolRule,
+    ApprovalRule, Clause, CounterDef, Limit, LimitMeta, Names, Policy, PolicyWarning, Rule, Scope,
+    ToolRule,
 };
 use crate::error::{PolicyError, pointer, push_token};
 use crate::value::Decimal;
@@ -183,7 +187,10 @@ pub(super) fn compile(doc: Document) -> Result<Policy, PolicyError> {
         warnings.extend(impossible_limits(rule, &counters.defs));
     }
 
+    let asks_approval = all_tools.iter().any(|rule| rule.approval.is_some())
+        || tools.iter().any(|tool| tool.rule.approval.is_some());
     Ok(Policy {
+        asks_approval,
         default_allow: matches!(doc.default, DefaultAction::Allow),
         names,
         hidden_patterns,
@@ -305,7 +312,8 @@ fn hidden_rules(
 }
 
 fn add_paths(plan: &mut ArgPlan, rule: &Rule) {
-    for clause in rule.deny_if.iter().chain(&rule.require) {
+    let when = rule.approval.iter().flat_map(|approval| &approval.when);
+    for clause in rule.deny_if.iter().chain(&rule.require).chain(when) {
         for condition in &clause.conditions {
             plan.add(&condition.path);
         }
@@ -332,10 +340,59 @@ fn compile_rule(doc: RuleDoc, at: &str, counters: &mut Counters) -> Result<Rule,
         .enumerate()
         .map(|(i, limit)| compile_limit(limit, &pointer(at, &["limits", &i.to_string()]), counters))
         .collect::<Result<_, _>>()?;
+    let approval = doc
+        .require_approval
+        .map(|approval| compile_approval(approval, &pointer(at, &["require_approval"])))
+        .transpose()?;
     Ok(Rule {
         deny_if,
         require,
         limits,
+        approval,
+    })
+}
+
+/// How long an approval is waited for, and usable, when the rule does not say.
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn compile_approval(doc: ApprovalDoc, at: &str) -> Result<ApprovalRule, PolicyError> {
+    let when = match doc.when {
+        None => Vec::new(),
+        Some(items) if items.is_empty() => {
+            return Err(PolicyError::invalid(
+                pointer(at, &["when"]),
+                "`when` lists no item, so no call would ever need approval; list at least one, or leave `when` out so that every call needs approval",
+            ));
+        }
+        Some(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, WhenDoc { conditions })| {
+                let clause = ClauseDoc {
+                    conditions,
+                    on_deny: None,
+                };
+                compile_clause(clause, &pointer(at, &["when", &i.to_string()]))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let timeout = match &doc.timeout {
+        None => DEFAULT_APPROVAL_TIMEOUT,
+        Some(value) => Window::parse(value)
+            .map(|window| Duration::from_secs(window.seconds))
+            .map_err(|m| PolicyError::invalid(pointer(at, &["timeout"]), m))?,
+    };
+    if doc.reason.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return Err(PolicyError::invalid(
+            pointer(at, &["reason"]),
+            "the reason must not be empty: it is what the person asked to approve reads",
+        ));
+    }
+    Ok(ApprovalRule {
+        pointer: at.into(),
+        when,
+        timeout,
+        reason: doc.reason.map(Into::into),
     })
 }
 

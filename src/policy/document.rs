@@ -71,6 +71,39 @@ pub(crate) struct RuleDoc {
     /// Rate limits: every one must have room, or the call is denied.
     #[serde(default)]
     pub limits: Vec<LimitDoc>,
+    /// A person must approve the call (every call, or those `when` matches) before it
+    /// runs. Asked only of a call the rest of the rule would let run.
+    #[serde(default)]
+    pub require_approval: Option<ApprovalDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Approval"))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApprovalDoc {
+    /// Items any of which makes the call need approval when it holds (absent: every
+    /// call needs it). A condition that cannot be evaluated makes the item hold (fail
+    /// closed).
+    #[serde(default)]
+    pub when: Option<Vec<WhenDoc>>,
+    /// How long a request waits for a person, and how long an approval stays usable:
+    /// seconds, or `"90s"`, `"10m"`, `"2h"`, `"1d"` (default `"10m"`).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "window_schema"))]
+    pub timeout: Option<Value>,
+    /// What the person who approves reads: why this call needs a person.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "When"))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WhenDoc {
+    /// Conditions that hold together (AND).
+    pub conditions: Vec<ConditionDoc>,
 }
 
 #[derive(Debug, Deserialize)]

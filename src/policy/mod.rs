@@ -52,6 +52,8 @@ use window::Window;
 #[derive(Debug)]
 pub struct Policy {
     default_allow: bool,
+    /// Some rule has `require_approval`.
+    pub(crate) asks_approval: bool,
     /// Exact names, hidden or governed by a rule: one hash per lookup.
     names: Names,
     hidden_patterns: GlobSet,
@@ -133,6 +135,19 @@ pub(crate) struct Rule {
     pub deny_if: Vec<Clause>,
     pub require: Vec<Clause>,
     pub limits: Vec<Limit>,
+    pub approval: Option<ApprovalRule>,
+}
+
+/// A `require_approval` item: which calls need a person's approval, for how long it is
+/// waited for and usable, and what the person reads.
+#[derive(Debug)]
+pub(crate) struct ApprovalRule {
+    /// `/tools/transfer/require_approval`.
+    pub pointer: Box<str>,
+    /// Any item true (or that cannot be evaluated): approval needed. Empty: always.
+    pub when: Vec<Clause>,
+    pub timeout: std::time::Duration,
+    pub reason: Option<Box<str>>,
 }
 
 /// One `deny_if` or `require` item.

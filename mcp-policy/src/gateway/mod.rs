@@ -84,7 +84,7 @@ impl Readiness {
 
 /// Serves `layer` around a [`Proxy`] to `upstream` on `listener` until `shutdown`
 /// resolves, then waits (up to 30 s) for in-flight connections to finish.
-pub async fn serve<S: CounterStore>(
+pub async fn serve<S: CounterStore + Clone>(
     listener: TcpListener,
     layer: PolicyLayer<S>,
     upstream: Upstream,
@@ -94,7 +94,7 @@ pub async fn serve<S: CounterStore>(
 }
 
 /// [`serve`] with a proxy of one's own (one that swaps credentials, say).
-pub async fn serve_proxy<S: CounterStore>(
+pub async fn serve_proxy<S: CounterStore + Clone>(
     listener: TcpListener,
     layer: PolicyLayer<S>,
     proxy: Proxy,
@@ -105,7 +105,7 @@ pub async fn serve_proxy<S: CounterStore>(
 }
 
 /// Serves `layer` around a stdio server (see [`StdioServer`]) at `/mcp`.
-pub async fn serve_stdio<S: CounterStore>(
+pub async fn serve_stdio<S: CounterStore + Clone>(
     listener: TcpListener,
     layer: PolicyLayer<S>,
     server: StdioServer,
@@ -122,7 +122,7 @@ async fn serve_backend<S, P, B>(
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: CounterStore,
+    S: CounterStore + Clone,
     P: tower_service::Service<Request<PolicyBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -132,9 +132,10 @@ async fn serve_backend<S, P, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let approvals = approvals_api(&layer);
     serve_http(
         listener,
-        WithMetrics(layer.layer(backend), readiness),
+        WithMetrics(layer.layer(backend), readiness, approvals),
         shutdown,
     )
     .await;
@@ -147,7 +148,7 @@ pub async fn serve_servers(
     shutdown: impl Future<Output = ()>,
 ) {
     let readiness = Readiness::Several(servers.clone());
-    serve_http(listener, WithMetrics(servers, readiness), shutdown).await;
+    serve_http(listener, WithMetrics(servers, readiness, None), shutdown).await;
 }
 
 async fn serve_http<T, B>(
@@ -205,7 +206,31 @@ async fn serve_http<T, B>(
 /// runs) and `GET /readyz` (readiness: the upstream accepts connections) itself,
 /// outside the policy; passes every other request to the policed proxy.
 #[derive(Clone)]
-pub struct WithMetrics<S>(S, Readiness);
+pub struct WithMetrics<S>(S, Readiness, Option<crate::approvals::Api>);
+
+/// The approvals API over `layer`, with the approvers [`load_approvers`] loaded (none:
+/// the API says no approver is configured).
+fn approvals_api<S: CounterStore + Clone>(layer: &PolicyLayer<S>) -> Option<crate::approvals::Api> {
+    let approvers = APPROVERS.get().cloned().unwrap_or_default();
+    Some(crate::approvals::Api::new(layer.handle(), approvers))
+}
+
+/// The approvers of this process, loaded once at start-up.
+static APPROVERS: std::sync::OnceLock<crate::approvals::Approvers> = std::sync::OnceLock::new();
+
+/// Loads the approvers (`MCP_POLICY_APPROVER_TOKEN`, `--approver-token-file`) for the
+/// approvals API, or ends the program with what is wrong.
+pub fn load_approvers(program: &str, file: Option<&std::path::Path>) {
+    match crate::approvals::Approvers::load(file) {
+        Ok(approvers) => {
+            let _ = APPROVERS.set(approvers);
+        }
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            std::process::exit(1);
+        }
+    }
+}
 
 impl<S, B> tower_service::Service<Request<Incoming>> for WithMetrics<S>
 where
@@ -237,6 +262,23 @@ where
                     ),
                 })
             });
+        }
+        if let Some(api) = &self.2
+            && crate::approvals::Api::serves(request.uri().path())
+        {
+            let (status, content_type, body) =
+                api.answer(request.method(), request.uri().path(), request.headers());
+            let mut response = plain(status, &body);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"mcp-policy approvals\""),
+                );
+            }
+            return Box::pin(std::future::ready(Ok(response)));
         }
         if get && request.uri().path() == "/metrics" {
             let text = serving::metrics().render();
@@ -366,6 +408,7 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
         _ => fail("give either --upstream URL or a command after --".to_owned()),
     };
     let _watcher = serving::watch(program, &layer, options.policy.as_deref(), &options.store);
+    load_approvers(program, options.store.approver_token_file.as_deref());
     match upstream {
         Ok(upstream) => {
             let tls = crate::tls::client_config(options.upstream_ca.as_deref())

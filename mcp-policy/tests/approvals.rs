@@ -1,0 +1,126 @@
+//! `require_approval` out of band through `mcp-policy gateway`: rmcp's client calls a
+//! tool that needs a person's approval, an operator approves or declines it through the
+//! gateway's approvals API, and the demo exchange behind it records what ran.
+
+mod process;
+#[path = "../../tests/servers/mod.rs"]
+mod servers;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use process::{GatewayProcess, write_temp};
+use serde_json::{Value, json};
+use servers::demo::{Demo, call, connect, raw, text};
+use tower_mcp_policy::{Policy, PolicyLayer};
+
+const TOKEN: &str = "approver-token-0123456789abcdef";
+
+const POLICY: &str = r#"{"version":"1","default":"allow","tools":{
+    "transfer":{"require_approval":{
+        "when":[{"conditions":[{"path":"args.amount","op":"gt","value":100}]}],
+        "reason":"Transfers above 100 need a person's approval."}}}}"#;
+
+async fn api(
+    gateway: &GatewayProcess,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let url = gateway.url.replace("/mcp", path);
+    let response = raw(method, &url, headers, "").await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_approves_one_call_through_the_gateway_api() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-policy.json", POLICY);
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url(),
+        ],
+        &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let operator = [("authorization", bearer.as_str())];
+    let client = connect(gateway.url.clone(), "agent-token").await;
+    let args = json!({"amount": 500, "to": "bob"});
+
+    let asked = call(&client, "transfer", args.clone()).await;
+    assert_eq!(asked["isError"], true, "{asked}");
+    assert!(text(&asked).contains("is pending"), "{asked}");
+    assert_eq!(upstream.executions.of("transfer"), 0);
+
+    // Only an approver sees or answers requests; the agent's own token is not one.
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let (status, _) = api(&gateway, get.clone(), "/approvals", &[]).await;
+    assert_eq!(status, 401);
+    let agent = [("authorization", "Bearer agent-token")];
+    assert_eq!(
+        api(&gateway, get.clone(), "/approvals", &agent).await.0,
+        401
+    );
+    let (status, listed) = api(&gateway, get.clone(), "/approvals", &operator).await;
+    assert_eq!(status, 200, "{listed}");
+    let pending = listed["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{listed}");
+    assert_eq!(pending[0]["arguments"], args);
+    assert_eq!(pending[0]["tool"], "transfer");
+    let id = pending[0]["id"].as_str().unwrap().to_owned();
+    assert!(text(&asked).contains(&id), "{asked}");
+
+    // A page of another site cannot make the operator's browser approve.
+    let path = format!("/approvals/{id}/approve");
+    let forged = [operator[0], ("origin", "https://evil.example")];
+    assert_eq!(api(&gateway, post.clone(), &path, &forged).await.0, 403);
+    let (status, unknown) = api(&gateway, post.clone(), "/approvals/nope/approve", &operator).await;
+    assert_eq!(status, 404, "{unknown}");
+
+    let (status, approved) = api(&gateway, post.clone(), &path, &operator).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["by"], "operator");
+    assert_eq!(upstream.executions.of("transfer"), 0);
+    // Answered once only.
+    assert_eq!(api(&gateway, post.clone(), &path, &operator).await.0, 404);
+
+    let ran = call(&client, "transfer", args.clone()).await;
+    assert_eq!(ran["isError"], false, "{ran}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    let again = call(&client, "transfer", args.clone()).await;
+    assert!(text(&again).contains("is pending"), "{again}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+
+    // Declined: told so, and it never runs.
+    let (_, listed) = api(&gateway, get, "/approvals", &operator).await;
+    let id = listed["pending"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = api(
+        &gateway,
+        post,
+        &format!("/approvals/{id}/decline"),
+        &operator,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let declined = call(&client, "transfer", args).await;
+    assert!(
+        text(&declined).contains(&format!("operator declined approval {id}")),
+        "{declined}"
+    );
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    // A call the rule does not name runs at once.
+    let small = call(&client, "transfer", json!({"amount": 5, "to": "bob"})).await;
+    assert_eq!(small["isError"], false, "{small}");
+    assert_eq!(upstream.executions.of("transfer"), 2);
+    client.cancel().await.unwrap();
+    std::fs::remove_file(policy).unwrap();
+}

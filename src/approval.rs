@@ -1,0 +1,475 @@
+//! Approvals: a person approves one exact call before it runs (`require_approval`).
+//!
+//! A call a rule says needs approval, and that would otherwise run, is bound to a
+//! [`CallKey`]: the digest of the caller's grant, the tool, the fingerprint of the
+//! policy that asked, and the call's canonical arguments (keys sorted, numbers exactly
+//! as the engine reads them, no whitespace). Without an approval for that key the call
+//! is refused and a request for approval is recorded (one per key while it waits). A
+//! person approves or declines the request by its id ([`PolicyHandle`]); the next call
+//! with the same key then runs once (the approval is used up) or is told it was
+//! declined. Requests and approvals expire after the rule's `timeout`.
+//!
+//! [`PolicyHandle`]: crate::PolicyHandle
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::decision::Denial;
+use crate::scope::ScopeValue;
+
+/// What an approval is bound to: one grant's call of one tool with exactly these
+/// arguments, under one version of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CallKey([u8; 32]);
+
+impl CallKey {
+    pub(crate) fn new(grant: ScopeValue, tool: &str, policy: &str, arguments: &str) -> CallKey {
+        let mut hash = Sha256::new();
+        hash.update(grant.as_u128().to_be_bytes());
+        // Each part with its length: no two different calls write the same bytes.
+        for part in [tool, policy, arguments] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        CallKey(hash.finalize().into())
+    }
+}
+
+/// A call waiting for a person.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub id: Arc<str>,
+    pub key: CallKey,
+    pub tool: Box<str>,
+    /// The canonical arguments (JSON).
+    pub arguments: Box<str>,
+    /// The caller's grant by name, under a grants file.
+    pub grant: Option<Arc<str>>,
+    /// What the person reads.
+    pub reason: Box<str>,
+    /// The rule that asked (`/tools/transfer/require_approval`).
+    pub rule: Box<str>,
+    pub timeout: Duration,
+    pub requested: SystemTime,
+    pub expires: Instant,
+}
+
+impl Request {
+    /// The request as the approvals API shows it.
+    pub(crate) fn to_json(&self, now: Instant) -> Value {
+        let arguments: Value = serde_json::from_str(&self.arguments)
+            .unwrap_or(Value::String(self.arguments.to_string()));
+        json!({
+            "id": &*self.id,
+            "tool": &*self.tool,
+            "arguments": arguments,
+            "grant": self.grant.as_deref(),
+            "reason": &*self.reason,
+            "rule": &*self.rule,
+            "requested_at": humantime::format_rfc3339_seconds(self.requested).to_string(),
+            "expires_in_seconds": self.expires.saturating_duration_since(now).as_secs(),
+        })
+    }
+}
+
+/// A person's answer, waiting for the call to come again.
+#[derive(Debug, Clone)]
+struct Verdict {
+    id: Arc<str>,
+    by: Arc<str>,
+    approved: bool,
+    expires: Instant,
+}
+
+/// What became of a call that needs approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// Approved by `by`: the call runs (the approval is used up).
+    Approved { id: Arc<str>, by: Arc<str> },
+    /// Declined by `by`: the call is refused; the next one asks again.
+    Declined { id: Arc<str>, by: Arc<str> },
+    /// Waiting for a person (`new`: the request was recorded by this call).
+    Pending {
+        id: Arc<str>,
+        new: bool,
+        expires_in: Duration,
+    },
+}
+
+impl Asked {
+    /// The denial of a call that cannot run yet, from the rule's own (`base`).
+    pub(crate) fn denial(&self, base: Denial) -> Denial {
+        let text = match self {
+            Asked::Approved { .. } => return base,
+            Asked::Declined { id, by } => format!(
+                "{} {by} declined approval {id}; calling again asks for a new approval.",
+                base.message()
+            ),
+            Asked::Pending { id, expires_in, .. } => format!(
+                "{} Approval {id} is pending: once a person approves it, call again with exactly the same arguments and the call runs once. The request expires in {}.",
+                base.message(),
+                humantime::format_duration(Duration::from_secs(expires_in.as_secs().max(1)))
+            ),
+        };
+        base.with_message(text)
+    }
+}
+
+/// One call to ask about, in a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask {
+    pub key: CallKey,
+    pub tool: Box<str>,
+    pub arguments: Box<str>,
+    pub grant: Option<Arc<str>>,
+    pub reason: Box<str>,
+    pub rule: Box<str>,
+    pub timeout: Duration,
+}
+
+/// The requests and verdicts of one layer (shared by every service it makes).
+#[derive(Debug, Default)]
+pub(crate) struct Approvals {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Waiting for a person, by id.
+    pending: HashMap<Arc<str>, Request>,
+    /// The id of the request waiting for each call.
+    by_call: HashMap<CallKey, Arc<str>>,
+    /// Answers waiting for the call's retry.
+    decided: HashMap<CallKey, Verdict>,
+}
+
+/// What happened to a request, for events.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub request: Request,
+    /// `requested`, `approved`, `declined`, `expired`, `used`.
+    pub step: &'static str,
+    pub by: Option<Arc<str>>,
+}
+
+impl Approvals {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent maps: keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks about every call of a request at once: either all are approved (and
+    /// their approvals used up), or none is used and each call not approved gets a
+    /// pending request (or is told it was declined). `changes` gets what happened.
+    pub(crate) fn ask(&self, calls: &[Ask], changes: &mut Vec<Change>) -> Vec<Asked> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.expire(now, changes);
+        let approved = |state: &State, call: &Ask| {
+            state
+                .decided
+                .get(&call.key)
+                .is_some_and(|verdict| verdict.approved)
+        };
+        if calls.iter().all(|call| approved(&state, call)) {
+            return calls
+                .iter()
+                .map(|call| {
+                    let verdict = state.decided.remove(&call.key).expect("checked");
+                    changes.push(Change {
+                        request: call.request(verdict.id.clone(), now),
+                        step: "used",
+                        by: Some(verdict.by.clone()),
+                    });
+                    Asked::Approved {
+                        id: verdict.id,
+                        by: verdict.by,
+                    }
+                })
+                .collect();
+        }
+        calls
+            .iter()
+            .map(|call| {
+                if let Some(verdict) = state.decided.get(&call.key) {
+                    if verdict.approved {
+                        // Kept for when the whole request can run.
+                        return Asked::Approved {
+                            id: verdict.id.clone(),
+                            by: verdict.by.clone(),
+                        };
+                    }
+                    let verdict = state.decided.remove(&call.key).expect("just found");
+                    return Asked::Declined {
+                        id: verdict.id,
+                        by: verdict.by,
+                    };
+                }
+                if let Some(id) = state.by_call.get(&call.key) {
+                    let expires = state.pending[id].expires;
+                    return Asked::Pending {
+                        id: id.clone(),
+                        new: false,
+                        expires_in: expires.saturating_duration_since(now),
+                    };
+                }
+                let id: Arc<str> = new_id().into();
+                let request = call.request(id.clone(), now);
+                state.by_call.insert(call.key, id.clone());
+                state.pending.insert(id.clone(), request.clone());
+                changes.push(Change {
+                    request,
+                    step: "requested",
+                    by: None,
+                });
+                Asked::Pending {
+                    id,
+                    new: true,
+                    expires_in: call.timeout,
+                }
+            })
+            .collect()
+    }
+
+    /// The requests waiting for a person, oldest first.
+    pub(crate) fn pending(&self, changes: &mut Vec<Change>) -> Vec<Value> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.expire(now, changes);
+        let mut requests: Vec<&Request> = state.pending.values().collect();
+        requests.sort_by_key(|request| (request.requested, request.id.clone()));
+        requests
+            .iter()
+            .map(|request| request.to_json(now))
+            .collect()
+    }
+
+    /// `by` approves (or declines) the request `id`: the next call it names runs once
+    /// (or is refused). `None`: no request waits with that id (never made, expired, or
+    /// already answered).
+    pub(crate) fn decide(
+        &self,
+        id: &str,
+        by: &str,
+        approved: bool,
+        changes: &mut Vec<Change>,
+    ) -> Option<Value> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.expire(now, changes);
+        let request = state.pending.remove(id)?;
+        state.by_call.remove(&request.key);
+        let by: Arc<str> = by.into();
+        state.decided.insert(
+            request.key,
+            Verdict {
+                id: request.id.clone(),
+                by: by.clone(),
+                approved,
+                // An answer is good for as long as the request could wait.
+                expires: now + request.timeout,
+            },
+        );
+        let shown = request.to_json(now);
+        changes.push(Change {
+            request,
+            step: if approved { "approved" } else { "declined" },
+            by: Some(by),
+        });
+        Some(shown)
+    }
+}
+
+impl State {
+    /// Drops what has expired; expired requests are reported.
+    fn expire(&mut self, now: Instant, changes: &mut Vec<Change>) {
+        self.decided.retain(|_, verdict| verdict.expires > now);
+        let expired: Vec<Arc<str>> = self
+            .pending
+            .values()
+            .filter(|request| request.expires <= now)
+            .map(|request| request.id.clone())
+            .collect();
+        for id in expired {
+            let request = self.pending.remove(&id).expect("listed");
+            self.by_call.remove(&request.key);
+            changes.push(Change {
+                request,
+                step: "expired",
+                by: None,
+            });
+        }
+    }
+}
+
+impl Ask {
+    fn request(&self, id: Arc<str>, now: Instant) -> Request {
+        Request {
+            id,
+            key: self.key,
+            tool: self.tool.clone(),
+            arguments: self.arguments.clone(),
+            grant: self.grant.clone(),
+            reason: self.reason.clone(),
+            rule: self.rule.clone(),
+            timeout: self.timeout,
+            requested: SystemTime::now(),
+            expires: now + self.timeout,
+        }
+    }
+}
+
+/// Reports each change as an [`Event::Approval`](crate::observe::Event::Approval).
+pub(crate) fn report(observer: &dyn crate::observe::Observer, changes: &[Change]) {
+    for change in changes {
+        observer.observe(&crate::observe::Event::Approval {
+            step: change.step,
+            id: &change.request.id,
+            tool: &change.request.tool,
+            grant: change.request.grant.as_deref(),
+            by: change.by.as_deref(),
+        });
+    }
+}
+
+/// 32 random hex digits.
+fn new_id() -> String {
+    let key = crate::scope::random_key();
+    crate::pins::hex(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(arguments: &str) -> Ask {
+        Ask {
+            key: CallKey::new(ScopeValue::from_u128(7), "transfer", "policy-1", arguments),
+            tool: "transfer".into(),
+            arguments: arguments.into(),
+            grant: Some("alice".into()),
+            reason: "Transfers need a person.".into(),
+            rule: "/tools/transfer/require_approval".into(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    fn pending_id(asked: &Asked) -> Arc<str> {
+        match asked {
+            Asked::Pending { id, .. } => id.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_approval_covers_exactly_one_call_once() {
+        let approvals = Approvals::default();
+        let mut changes = Vec::new();
+        let first = approvals.ask(&[ask(r#"{"amount":500}"#)], &mut changes);
+        let id = pending_id(&first[0]);
+        // Asking again while it waits names the same request.
+        let again = approvals.ask(&[ask(r#"{"amount":500}"#)], &mut changes);
+        assert_eq!(pending_id(&again[0]), id);
+        assert_eq!(approvals.pending(&mut changes).len(), 1);
+
+        assert!(approvals.decide(&id, "ops", true, &mut changes).is_some());
+        assert!(approvals.pending(&mut changes).is_empty());
+        // Another argument is another call: it asks anew.
+        let other = approvals.ask(&[ask(r#"{"amount":501}"#)], &mut changes);
+        assert_ne!(pending_id(&other[0]), id);
+        // The approved call runs once, then asks again.
+        let used = approvals.ask(&[ask(r#"{"amount":500}"#)], &mut changes);
+        assert_eq!(
+            used,
+            vec![Asked::Approved {
+                id: id.clone(),
+                by: "ops".into()
+            }]
+        );
+        let after = approvals.ask(&[ask(r#"{"amount":500}"#)], &mut changes);
+        assert_ne!(pending_id(&after[0]), id);
+        let steps: Vec<&str> = changes.iter().map(|c| c.step).collect();
+        assert_eq!(
+            steps,
+            ["requested", "approved", "requested", "used", "requested"]
+        );
+    }
+
+    #[test]
+    fn a_declined_call_is_told_once_then_asks_again() {
+        let approvals = Approvals::default();
+        let mut changes = Vec::new();
+        let id = pending_id(&approvals.ask(&[ask("{}")], &mut changes)[0]);
+        approvals.decide(&id, "ops", false, &mut changes).unwrap();
+        // Answered requests are no longer there to answer.
+        assert!(approvals.decide(&id, "ops", true, &mut changes).is_none());
+        let told = approvals.ask(&[ask("{}")], &mut changes);
+        assert_eq!(
+            told,
+            vec![Asked::Declined {
+                id: id.clone(),
+                by: "ops".into()
+            }]
+        );
+        let again = approvals.ask(&[ask("{}")], &mut changes);
+        assert_ne!(pending_id(&again[0]), id);
+    }
+
+    #[test]
+    fn a_batch_uses_its_approvals_only_when_every_call_has_one() {
+        let approvals = Approvals::default();
+        let mut changes = Vec::new();
+        let a = pending_id(&approvals.ask(&[ask(r#"{"a":1}"#)], &mut changes)[0]);
+        approvals.decide(&a, "ops", true, &mut changes).unwrap();
+        let batch = [ask(r#"{"a":1}"#), ask(r#"{"b":2}"#)];
+        let asked = approvals.ask(&batch, &mut changes);
+        assert!(matches!(asked[0], Asked::Approved { .. }));
+        let b = pending_id(&asked[1]);
+        // Not used: the first call's approval is still there.
+        approvals.decide(&b, "ops", true, &mut changes).unwrap();
+        let asked = approvals.ask(&batch, &mut changes);
+        assert!(asked.iter().all(|a| matches!(a, Asked::Approved { .. })));
+        let asked = approvals.ask(&batch, &mut changes);
+        assert!(asked.iter().all(|a| matches!(a, Asked::Pending { .. })));
+    }
+
+    #[test]
+    fn requests_and_approvals_expire() {
+        let approvals = Approvals::default();
+        let mut changes = Vec::new();
+        let mut short = ask("{}");
+        short.timeout = Duration::from_millis(30);
+        let id = pending_id(&approvals.ask(std::slice::from_ref(&short), &mut changes)[0]);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(approvals.decide(&id, "ops", true, &mut changes).is_none());
+        assert_eq!(changes.last().unwrap().step, "expired");
+
+        let id = pending_id(&approvals.ask(std::slice::from_ref(&short), &mut changes)[0]);
+        approvals.decide(&id, "ops", true, &mut changes).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let asked = approvals.ask(std::slice::from_ref(&short), &mut changes);
+        assert_ne!(pending_id(&asked[0]), id);
+    }
+
+    #[test]
+    fn the_key_binds_grant_tool_policy_and_arguments() {
+        let grant = ScopeValue::from_u128(1);
+        let base = CallKey::new(grant, "t", "p", "{}");
+        assert_eq!(base, CallKey::new(grant, "t", "p", "{}"));
+        assert_ne!(base, CallKey::new(ScopeValue::from_u128(2), "t", "p", "{}"));
+        assert_ne!(base, CallKey::new(grant, "u", "p", "{}"));
+        assert_ne!(base, CallKey::new(grant, "t", "q", "{}"));
+        assert_ne!(base, CallKey::new(grant, "t", "p", "{ }"));
+        // Lengths keep the parts apart.
+        assert_ne!(
+            CallKey::new(grant, "ab", "c", "{}"),
+            CallKey::new(grant, "a", "bc", "{}")
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! `require_approval` through the layer (oneshot, in-memory): a call that needs a
+//! person's approval is refused with a pending request until one is given through the
+//! handle; the approval covers exactly one call of the same grant, tool and arguments.
+//! Each test checks the answer and what the tool ran.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+use tower_mcp_policy::layer::PolicyBody;
+use tower_mcp_policy::observe::{Event, Observer};
+use tower_mcp_policy::testing::{self, Answer};
+use tower_mcp_policy::{DenialKind, Mode, Policy, PolicyHandle, PolicyLayer};
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
+    "get_price":{},
+    "wire":{"require_approval":{"when":[{"conditions":[{"path":"args.amount","op":"gt","value":100}]}]}},
+    "transfer":{
+      "deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":10000}],"on_deny":"Too much."}],
+      "limits":[{"counter":"transfers","window":"minute","max":2}],
+      "require_approval":{
+        "when":[{"conditions":[{"path":"args.amount","op":"gt","value":100}]}],
+        "reason":"Transfers above 100 need a person's approval."}}}}"#;
+
+/// The arguments of every call the tool server ran, in order.
+type Ran = Arc<Mutex<Vec<Value>>>;
+
+type Service = tower::util::BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, String>;
+
+/// A tool server behind the layer; every call it runs is recorded.
+fn service(layer: &PolicyLayer) -> (Service, Ran) {
+    let ran: Ran = Arc::default();
+    let record = ran.clone();
+    let server = tower::service_fn(move |request: Request<PolicyBody>| {
+        let record = record.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let message: Value = serde_json::from_slice(&body).unwrap();
+            let calls: Vec<Value> = match message {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            let mut answers = Vec::new();
+            for call in calls {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(call["params"]["arguments"].clone());
+                answers.push(json!({"jsonrpc":"2.0","id":call["id"],
+                    "result":{"content":[{"type":"text","text":"ran"}]}}));
+            }
+            let body = if answers.len() == 1 {
+                answers.pop().unwrap()
+            } else {
+                Value::Array(answers)
+            };
+            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+            response
+                .headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let inner = layer.layer(server);
+    let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let inner = inner.clone();
+        async move {
+            let response = inner.oneshot(request).await.map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>(Response::from_parts(parts, bytes))
+        }
+    });
+    (tower::util::BoxCloneService::new(service), ran)
+}
+
+fn layer() -> PolicyLayer {
+    PolicyLayer::new(POLICY.parse::<Policy>().unwrap())
+}
+
+async fn call(service: &Service, credential: &str, tool: &str, args: Value) -> Answer {
+    let request = testing::as_caller(testing::tool_call(tool, args), credential);
+    let response = service.clone().oneshot(request).await.unwrap();
+    testing::answer(response.map(Full::new)).await.unwrap()
+}
+
+/// The id of the only pending request.
+fn only_pending(handle: &PolicyHandle) -> String {
+    let pending = handle.pending_approvals();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    pending[0]["id"].as_str().unwrap().to_owned()
+}
+
+fn denied(answer: &Answer) -> &tower_mcp_policy::Denial {
+    match answer {
+        Answer::Denied(denial) => denial,
+        other => panic!("not denied: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_approved_call_runs_once_with_exactly_those_arguments() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+
+    let asked = call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": 500, "to": "bob"}),
+    )
+    .await;
+    let denial = denied(&asked);
+    assert_eq!(denial.kind(), DenialKind::Approval);
+    assert_eq!(denial.rule(), "/tools/transfer/require_approval");
+    let id = only_pending(&handle);
+    assert!(
+        denial
+            .message()
+            .starts_with("Transfers above 100 need a person's approval.")
+            && denial
+                .message()
+                .contains(&format!("Approval {id} is pending")),
+        "{denial}"
+    );
+    let pending = &handle.pending_approvals()[0];
+    assert_eq!(pending["tool"], "transfer");
+    assert_eq!(pending["arguments"], json!({"amount": 500, "to": "bob"}));
+    assert_eq!(
+        pending["reason"],
+        "Transfers above 100 need a person's approval."
+    );
+    assert!(pending["expires_in_seconds"].as_u64().unwrap() > 590);
+
+    // Asking again while it waits adds no request.
+    call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": 500, "to": "bob"}),
+    )
+    .await;
+    assert_eq!(only_pending(&handle), id);
+    assert!(ran.lock().unwrap().is_empty());
+
+    let approved = handle.approve(&id, "ops").unwrap();
+    assert_eq!(approved["id"], id.as_str());
+    assert!(handle.pending_approvals().is_empty());
+    // An approval is for that call only: another amount asks anew, and does not run.
+    let other = call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": 501, "to": "bob"}),
+    )
+    .await;
+    assert_eq!(denied(&other).kind(), DenialKind::Approval);
+    assert!(ran.lock().unwrap().is_empty());
+    // Another caller cannot use it.
+    let mallory = call(
+        &service,
+        "Bearer mallory",
+        "transfer",
+        json!({"amount": 500, "to": "bob"}),
+    )
+    .await;
+    assert_eq!(denied(&mallory).kind(), DenialKind::Approval);
+    assert!(ran.lock().unwrap().is_empty());
+
+    // The same call, keys in another order and other whitespace: the same arguments.
+    let request = testing::as_caller(
+        Request::post("http://localhost/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Full::new(Bytes::from(
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"transfer",
+                    "arguments":{ "to" : "bob", "amount" : 500.0 }}}"#,
+            )))
+            .unwrap(),
+        "Bearer alice",
+    );
+    let response = service.clone().oneshot(request).await.unwrap();
+    let answer = testing::answer(response.map(Full::new)).await.unwrap();
+    assert!(matches!(answer, Answer::Result(_)), "{answer:?}");
+    assert_eq!(ran.lock().unwrap().len(), 1);
+
+    // Used up: the next identical call asks again.
+    let again = call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": 500, "to": "bob"}),
+    )
+    .await;
+    assert_eq!(denied(&again).kind(), DenialKind::Approval);
+    assert_eq!(ran.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_declined_call_never_runs_and_the_next_attempt_asks_again() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    let args = json!({"amount": 900, "to": "eve"});
+    call(&service, "Bearer alice", "transfer", args.clone()).await;
+    let id = only_pending(&handle);
+    assert!(handle.decline(&id, "ops").is_some());
+    // Answered: it can no longer be approved.
+    assert!(handle.approve(&id, "ops").is_none());
+    let told = call(&service, "Bearer alice", "transfer", args.clone()).await;
+    let message = denied(&told).message().to_owned();
+    assert!(
+        message.contains(&format!("ops declined approval {id}")),
+        "{message}"
+    );
+    let again = call(&service, "Bearer alice", "transfer", args).await;
+    assert!(denied(&again).message().contains("is pending"));
+    assert_ne!(only_pending(&handle), id);
+    assert!(ran.lock().unwrap().is_empty());
+    assert!(handle.approve("no-such-id", "ops").is_none());
+}
+
+#[tokio::test]
+async fn only_calls_the_rule_names_need_approval_and_refusals_come_first() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    // `when` is false: no approval needed.
+    let small = call(&service, "Bearer alice", "transfer", json!({"amount": 50})).await;
+    assert!(matches!(small, Answer::Result(_)), "{small:?}");
+    // A deny_if refuses before any approval is asked for.
+    let huge = call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": 20000}),
+    )
+    .await;
+    assert_eq!(denied(&huge).kind(), DenialKind::DenyIf);
+    // An argument the deny_if cannot read is refused by it (fail closed), first.
+    let odd = call(
+        &service,
+        "Bearer alice",
+        "transfer",
+        json!({"amount": "lots"}),
+    )
+    .await;
+    assert_eq!(denied(&odd).kind(), DenialKind::DenyIf);
+    // A `when` that cannot be evaluated asks (fail closed), with the default reason.
+    let odd = call(&service, "Bearer alice", "wire", json!({"amount": "lots"})).await;
+    let denial = denied(&odd);
+    assert_eq!(denial.kind(), DenialKind::Approval);
+    assert!(
+        denial
+            .message()
+            .starts_with("A person must approve this call to \"wire\" before it runs."),
+        "{denial}"
+    );
+    assert_eq!(handle.pending_approvals().len(), 1);
+    assert_eq!(*ran.lock().unwrap(), vec![json!({"amount": 50})]);
+}
+
+#[tokio::test]
+async fn limits_are_charged_only_when_the_approved_call_is_forwarded() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    // The limit is 2 a minute. Waiting for approval charges nothing, however often.
+    for _ in 0..3 {
+        let asked = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+        assert_eq!(denied(&asked).kind(), DenialKind::Approval);
+    }
+    handle.approve(&only_pending(&handle), "ops").unwrap();
+    let ran_once = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    assert!(matches!(ran_once, Answer::Result(_)));
+    let small = call(&service, "Bearer alice", "transfer", json!({"amount": 5})).await;
+    assert!(matches!(small, Answer::Result(_)));
+    // Now the limit refuses, before asking anyone.
+    let limited = call(&service, "Bearer alice", "transfer", json!({"amount": 700})).await;
+    assert_eq!(denied(&limited).kind(), DenialKind::Limit);
+    assert!(handle.pending_approvals().is_empty());
+    assert_eq!(ran.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_batch_runs_only_when_every_call_in_it_is_approved() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    let batch = || {
+        testing::as_caller(
+            Request::post("http://localhost/mcp")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(Full::new(Bytes::from(
+                    json!([
+                        {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer","arguments":{"amount":200}}},
+                        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_price","arguments":{}}},
+                        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"transfer","arguments":{"amount":300}}}
+                    ])
+                    .to_string(),
+                )))
+                .unwrap(),
+            "Bearer alice",
+        )
+    };
+    let response = service.clone().oneshot(batch()).await.unwrap();
+    let answers: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(answers.as_array().unwrap().len(), 3, "{answers}");
+    assert!(ran.lock().unwrap().is_empty());
+    let ids: Vec<String> = handle
+        .pending_approvals()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    handle.approve(&ids[0], "ops").unwrap();
+    // One of two approved: nothing runs, and the approval given is kept.
+    service.clone().oneshot(batch()).await.unwrap();
+    assert!(ran.lock().unwrap().is_empty());
+    handle.approve(&ids[1], "ops").unwrap();
+    let response = service.clone().oneshot(batch()).await.unwrap();
+    let answers: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(answers.as_array().unwrap().len(), 3, "{answers}");
+    assert_eq!(ran.lock().unwrap().len(), 3);
+}
+
+#[derive(Default)]
+struct Seen(Mutex<Vec<String>>);
+
+impl Observer for Seen {
+    fn observe(&self, event: &Event<'_>) {
+        let line = match event {
+            Event::Approval { step, by, .. } => format!("approval {step} {}", by.unwrap_or("-")),
+            Event::Call(call) => format!("call {} {}", call.decision_label(), call.tool),
+            _ => return,
+        };
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+#[tokio::test]
+async fn every_step_of_an_approval_is_an_event() {
+    let seen = Arc::new(Seen::default());
+    let layer = layer().observer(seen.clone());
+    let handle = layer.handle();
+    let (service, _ran) = service(&layer);
+    call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    handle.approve(&only_pending(&handle), "ops").unwrap();
+    call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    call(&service, "Bearer alice", "transfer", json!({"amount": 600})).await;
+    handle.decline(&only_pending(&handle), "ops").unwrap();
+    let lines = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        lines,
+        [
+            "approval requested -",
+            "call deny transfer",
+            "approval approved ops",
+            "approval used ops",
+            "call allow transfer",
+            "approval requested -",
+            "call deny transfer",
+            "approval declined ops",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn monitor_mode_runs_the_call_and_reports_that_it_would_need_approval() {
+    let seen = Arc::new(Seen::default());
+    let layer = layer().mode(Mode::Monitor).observer(seen.clone());
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    let answer = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    assert!(matches!(answer, Answer::Result(_)), "{answer:?}");
+    assert_eq!(ran.lock().unwrap().len(), 1);
+    assert!(handle.pending_approvals().is_empty());
+    let lines = seen.0.lock().unwrap().clone();
+    assert_eq!(lines, ["call would_require_approval transfer"]);
+}
+
+#[tokio::test]
+async fn a_new_policy_version_needs_a_new_approval() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    handle.approve(&only_pending(&handle), "ops").unwrap();
+    // The policy changes (another reason): what was approved under the old one is not
+    // carried over.
+    let changed = POLICY.replace("need a person's approval", "need a second look");
+    handle.replace(changed.parse::<Policy>().unwrap());
+    let asked = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
+    assert!(
+        denied(&asked)
+            .message()
+            .starts_with("Transfers above 100 need a second look.")
+    );
+    assert!(ran.lock().unwrap().is_empty());
+}
