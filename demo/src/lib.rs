@@ -214,8 +214,8 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
             });
     let api = mcp_policy::approvals::Api::new(layer.handle(), approvers);
     let approvals = move |method: http::Method, uri: http::Uri, headers: http::HeaderMap| {
-        let (status, content_type, body) = api.answer(&method, uri.path(), &headers);
-        std::future::ready((status, [(http::header::CONTENT_TYPE, content_type)], body))
+        let reply = api.answer(&method, uri.path(), &headers);
+        std::future::ready(reply.into_response::<axum::body::Body>())
     };
     println!("approvals on http://{address}/approvals");
     // `/metrics` is added after the policy layer, so it is outside it.

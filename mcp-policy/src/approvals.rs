@@ -139,8 +139,34 @@ pub struct Api {
     approvers: Approvers,
 }
 
-/// An answer of the API: status, content type, body.
-pub type Reply = (StatusCode, &'static str, String);
+/// An answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+    /// Headers to add: `WWW-Authenticate` on a 401, `Location` after a form's POST.
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl Reply {
+    /// The reply as an HTTP response with `body` made of its text.
+    pub fn into_response<B: From<String>>(self) -> http::Response<B> {
+        let mut response = http::Response::new(B::from(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(self.content_type),
+        );
+        for (name, value) in self.headers {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        response
+    }
+}
 
 impl Api {
     /// The API over the layer `handle` belongs to.
@@ -153,8 +179,13 @@ impl Api {
         path == "/approvals" || path.starts_with("/approvals/")
     }
 
-    /// The answer to `method path` with `headers`.
+    /// The answer to `method path` with `headers`. A browser (`Accept: text/html`)
+    /// gets the approvals page, and its forms' POSTs are sent back to it.
     pub fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+        let html = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
         if self.approvers.is_empty() {
             return error(
                 StatusCode::NOT_FOUND,
@@ -164,9 +195,13 @@ impl Api {
         let Some(approver) = self.approvers.who(headers) else {
             let mut reply = error(
                 StatusCode::UNAUTHORIZED,
-                "an approver's token is needed: Authorization: Bearer TOKEN",
+                "an approver's token is needed: Authorization: Bearer TOKEN (or Basic NAME:TOKEN)",
             );
-            reply.1 = "application/json";
+            // A browser asks for the approver's name and token.
+            reply.headers.push((
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"mcp-policy approvals\", charset=\"UTF-8\"".to_owned(),
+            ));
             return reply;
         };
         if *method == Method::POST && cross_site(headers) {
@@ -177,6 +212,19 @@ impl Api {
         }
         let rest = path.trim_start_matches("/approvals").trim_matches('/');
         match (method, rest.split('/').collect::<Vec<_>>().as_slice()) {
+            (&Method::GET, [""]) if html => Reply {
+                status: StatusCode::OK,
+                content_type: "text/html; charset=utf-8",
+                body: page(&self.handle.pending_approvals(), approver),
+                headers: vec![
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                    (header::X_FRAME_OPTIONS, "DENY".to_owned()),
+                    (
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'".to_owned(),
+                    ),
+                ],
+            },
             (&Method::GET, [""]) => ok(json!({ "pending": self.handle.pending_approvals() })),
             (&Method::POST, [id, verb @ ("approve" | "decline")]) => {
                 let decided = match *verb {
@@ -184,19 +232,19 @@ impl Api {
                     _ => self.handle.decline(id, approver),
                 };
                 match decided {
+                    Some(_) if html => Reply {
+                        status: StatusCode::SEE_OTHER,
+                        content_type: "text/plain; charset=utf-8",
+                        body: String::new(),
+                        headers: vec![(header::LOCATION, "/approvals".to_owned())],
+                    },
                     Some(request) => {
-                        let key = if *verb == "approve" {
-                            "approved"
-                        } else {
-                            "declined"
-                        };
+                        let key = if *verb == "approve" { "approved" } else { "declined" };
                         ok(json!({ key: request, "by": approver }))
                     }
                     None => error(
                         StatusCode::NOT_FOUND,
-                        &format!(
-                            "no call waits for approval under {id}: it expired, was answered, or never existed"
-                        ),
+                        &format!("no call waits for approval under {id}: it expired, was answered, or never existed"),
                     ),
                 }
             }
@@ -207,6 +255,65 @@ impl Api {
             ),
         }
     }
+}
+
+/// The approvals page: each pending call with its tool, arguments, grant and reason,
+/// and an Approve and a Decline button. Server-rendered, no script.
+fn page(pending: &[Value], approver: &str) -> String {
+    use std::fmt::Write as _;
+    let mut html = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Approvals</title><style>\
+         body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}\
+         li{border:1px solid #ccc;border-radius:6px;padding:1rem;margin:1rem 0;list-style:none}\
+         pre{background:#f5f5f5;padding:.5rem;overflow:auto}form{display:inline}\
+         button{margin-right:.5rem;padding:.3rem 1rem}</style></head><body>\n<h1>Calls waiting for approval</h1>\n",
+    );
+    let _ = writeln!(html, "<p>Signed in as <b>{}</b>.</p>", escape(approver));
+    if pending.is_empty() {
+        html.push_str("<p id=\"none\">No call is waiting for approval.</p>\n");
+    }
+    html.push_str("<ul>\n");
+    for request in pending {
+        let text = |key: &str| request[key].as_str().unwrap_or("").to_owned();
+        let id = escape(&text("id"));
+        let arguments = serde_json::to_string_pretty(&request["arguments"]).unwrap_or_default();
+        let grant = request["grant"]
+            .as_str()
+            .unwrap_or("(one policy for every caller)");
+        let _ = writeln!(
+            html,
+            "<li id=\"{id}\"><h2>{tool}</h2><p class=\"reason\">{reason}</p>\
+             <pre class=\"arguments\">{arguments}</pre>\
+             <p>Grant: {grant} &middot; requested {requested} &middot; expires in {expires}s &middot; id {id}</p>\
+             <form method=\"post\" action=\"/approvals/{id}/approve\"><button name=\"approve\">Approve</button></form>\
+             <form method=\"post\" action=\"/approvals/{id}/decline\"><button name=\"decline\">Decline</button></form></li>",
+            tool = escape(&text("tool")),
+            reason = escape(&text("reason")),
+            arguments = escape(&arguments),
+            grant = escape(grant),
+            requested = escape(&text("requested_at")),
+            expires = request["expires_in_seconds"].as_u64().unwrap_or(0),
+        );
+    }
+    html.push_str("</ul>\n</body></html>\n");
+    html
+}
+
+/// `text` safe inside HTML text and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A browser's request from a page of another site (its `Origin` or
@@ -227,15 +334,21 @@ fn cross_site(headers: &HeaderMap) -> bool {
 }
 
 fn ok(body: Value) -> Reply {
-    (StatusCode::OK, "application/json", body.to_string())
+    Reply {
+        status: StatusCode::OK,
+        content_type: "application/json",
+        body: body.to_string(),
+        headers: Vec::new(),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Reply {
-    (
+    Reply {
         status,
-        "application/json",
-        json!({ "error": message }).to_string(),
-    )
+        content_type: "application/json",
+        body: json!({ "error": message }).to_string(),
+        headers: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +414,25 @@ mod tests {
                 .unwrap_err()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn the_page_escapes_what_the_agent_chose() {
+        let pending = [
+            json!({"id": "abc", "tool": "<script>", "arguments": {"to": "\"><img>"},
+            "grant": null, "reason": "R & D", "requested_at": "2026-12-05T00:00:00Z",
+            "expires_in_seconds": 60}),
+        ];
+        let html = page(&pending, "ana");
+        assert!(
+            !html.contains("<script>") && !html.contains("<img>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;script&gt;") && html.contains("R &amp; D"),
+            "{html}"
+        );
+        assert!(html.contains("action=\"/approvals/abc/approve\""), "{html}");
     }
 
     #[test]

@@ -124,3 +124,111 @@ async fn an_operator_approves_one_call_through_the_gateway_api() {
     client.cancel().await.unwrap();
     std::fs::remove_file(policy).unwrap();
 }
+
+#[tokio::test]
+async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-page-policy.json", POLICY);
+    let approvers = write_temp(
+        "approvers.txt",
+        "# who may approve\nana:ana-token-0123456789abcdef\n",
+    );
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url(),
+            "--approver-token-file",
+            approvers.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let client = connect(gateway.url.clone(), "agent-token").await;
+    let args = json!({"amount": 750, "to": "<b>carol</b>"});
+    let asked = call(&client, "transfer", args.clone()).await;
+    assert!(text(&asked).contains("is pending"), "{asked}");
+
+    // A browser: first asked who it is, then shown the page.
+    let page = gateway.url.replace("/mcp", "/approvals");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let anonymous = browser
+        .get(&page)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let challenge = anonymous.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Basic "), "{challenge}");
+
+    let shown = browser
+        .get(&page)
+        .header("accept", "text/html")
+        .basic_auth("ana", Some("ana-token-0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 200);
+    assert!(
+        shown.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = shown.text().await.unwrap();
+    assert!(html.contains("<h2>transfer</h2>"), "{html}");
+    assert!(
+        html.contains("Transfers above 100 need a person&#39;s approval."),
+        "{html}"
+    );
+    assert!(
+        html.contains("&lt;b&gt;carol&lt;/b&gt;") && !html.contains("<b>carol"),
+        "{html}"
+    );
+    assert!(html.contains("Signed in as <b>ana</b>"), "{html}");
+    let start = html.find("action=\"/approvals/").unwrap() + "action=\"".len();
+    let action = &html[start..start + html[start..].find('"').unwrap()];
+    assert!(action.ends_with("/approve"), "{action}");
+
+    // The Approve button: a form POST from the page itself.
+    let host = gateway.url.split('/').nth(2).unwrap().to_owned();
+    let pressed = browser
+        .post(gateway.url.replace("/mcp", action))
+        .header("accept", "text/html")
+        .header("origin", format!("http://{host}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .basic_auth("ana", Some("ana-token-0123456789abcdef"))
+        .body("approve=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 303);
+    assert_eq!(pressed.headers()["location"], "/approvals");
+    assert_eq!(upstream.executions.of("transfer"), 0);
+
+    let ran = call(&client, "transfer", args).await;
+    assert_eq!(ran["isError"], false, "{ran}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    let empty = browser
+        .get(&page)
+        .header("accept", "text/html")
+        .basic_auth("ana", Some("ana-token-0123456789abcdef"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        empty.contains("No call is waiting for approval."),
+        "{empty}"
+    );
+    client.cancel().await.unwrap();
+    std::fs::remove_file(policy).unwrap();
+    std::fs::remove_file(approvers).unwrap();
+}

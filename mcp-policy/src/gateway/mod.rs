@@ -266,18 +266,8 @@ where
         if let Some(api) = &self.2
             && crate::approvals::Api::serves(request.uri().path())
         {
-            let (status, content_type, body) =
-                api.answer(request.method(), request.uri().path(), request.headers());
-            let mut response = plain(status, &body);
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            if status == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"mcp-policy approvals\""),
-                );
-            }
+            let reply = api.answer(request.method(), request.uri().path(), request.headers());
+            let response = reply.into_response::<Full<Bytes>>().map(Either::Left);
             return Box::pin(std::future::ready(Ok(response)));
         }
         if get && request.uri().path() == "/metrics" {
