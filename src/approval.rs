@@ -115,7 +115,12 @@ impl Asked {
                 humantime::format_duration(Duration::from_secs(expires_in.as_secs().max(1)))
             ),
         };
-        base.with_message(text)
+        let mut denial = base.with_message(text);
+        denial.approval = match self {
+            Asked::Declined { id, .. } | Asked::Pending { id, .. } => Some(id.clone()),
+            Asked::Approved { .. } => None,
+        };
+        denial
     }
 }
 
@@ -334,6 +339,8 @@ pub(crate) fn report(observer: &dyn crate::observe::Observer, changes: &[Change]
             tool: &change.request.tool,
             grant: change.request.grant.as_deref(),
             by: change.by.as_deref(),
+            arguments: &change.request.arguments,
+            reason: &change.request.reason,
         });
     }
 }

@@ -121,6 +121,8 @@ pub struct Denial {
     rule: String,
     message: String,
     pub(crate) retry_after: Option<u64>,
+    /// For a call waiting for a person's approval: the request's id.
+    pub(crate) approval: Option<std::sync::Arc<str>>,
 }
 
 impl Denial {
@@ -140,6 +142,7 @@ impl Denial {
             rule: rule.to_owned(),
             message,
             retry_after: None,
+            approval: None,
         }
     }
 

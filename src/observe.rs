@@ -195,6 +195,11 @@ pub enum Event<'a> {
         /// Who approved or declined it (the approver's name), for `approved`,
         /// `declined` and `used`.
         by: Option<&'a str>,
+        /// The call's canonical arguments (JSON): what the person approves. The
+        /// tracing lines never print them.
+        arguments: &'a str,
+        /// What the person reads: the rule's `reason`.
+        reason: &'a str,
     },
     /// A policy was put in force, or a reload failed and the last good one stays.
     Reload {
@@ -430,6 +435,7 @@ fn trace(event: &Event<'_>) {
             tool,
             grant,
             by,
+            ..
         } => tracing::info!(
             target: "tower_mcp_policy",
             decision = "approval",

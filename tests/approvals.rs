@@ -403,3 +403,24 @@ async fn a_new_policy_version_needs_a_new_approval() {
     );
     assert!(ran.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_denial_names_the_approval_request_for_clients_that_read_it() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, _ran) = service(&layer);
+    let request = testing::as_caller(
+        testing::tool_call("transfer", json!({"amount": 400})),
+        "Bearer alice",
+    );
+    let response = service.clone().oneshot(request).await.unwrap();
+    let answer: Value = serde_json::from_slice(response.body()).unwrap();
+    let details = &answer["result"]["_meta"]["tower-mcp-policy/denial"];
+    assert_eq!(details["kind"], "approval", "{answer}");
+    assert_eq!(details["rule"], "/tools/transfer/require_approval");
+    assert_eq!(
+        details["approvalId"],
+        only_pending(&handle).as_str(),
+        "{answer}"
+    );
+}

@@ -316,6 +316,96 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// Posts each new request for approval to a URL (`--approval-webhook`): JSON with a
+/// Slack-compatible `text` and the request under `approval`. Delivery never holds up
+/// a request; a failure is logged. `Webhook::default()` posts nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Webhook(Option<tokio::sync::mpsc::UnboundedSender<Value>>);
+
+impl Webhook {
+    /// A webhook posting to `url` from a task of its own (call within a Tokio runtime).
+    pub fn start(url: &str) -> Result<Webhook, String> {
+        #[cfg(feature = "commands")]
+        {
+            let parsed: http::Uri = url
+                .parse()
+                .map_err(|err| format!("--approval-webhook {url}: not a URL ({err})"))?;
+            if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+                return Err(format!(
+                    "--approval-webhook {url}: expected an http:// or https:// URL"
+                ));
+            }
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|err| format!("--approval-webhook: {err}"))?;
+            let (sender, mut requests) = tokio::sync::mpsc::unbounded_channel::<Value>();
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                while let Some(body) = requests.recv().await {
+                    let request = client
+                        .post(&url)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(body.to_string());
+                    match request.send().await {
+                        Ok(response) if response.status().is_success() => {}
+                        Ok(response) => tracing::warn!(
+                            "approval webhook {url} answered {}: request {} not delivered",
+                            response.status(),
+                            body["approval"]["id"]
+                        ),
+                        Err(err) => tracing::warn!(
+                            "approval webhook {url} failed: {err}: request {} not delivered",
+                            body["approval"]["id"]
+                        ),
+                    }
+                }
+            });
+            Ok(Webhook(Some(sender)))
+        }
+        #[cfg(not(feature = "commands"))]
+        {
+            Err(format!(
+                "--approval-webhook {url}: this program does not send webhooks (mcp-policy gateway does)"
+            ))
+        }
+    }
+}
+
+impl tower_mcp_policy::observe::Observer for Webhook {
+    fn observe(&self, event: &tower_mcp_policy::observe::Event<'_>) {
+        use tower_mcp_policy::observe::Event;
+        let (
+            Some(sender),
+            Event::Approval {
+                step: "requested",
+                id,
+                tool,
+                grant,
+                arguments,
+                reason,
+                ..
+            },
+        ) = (&self.0, event)
+        else {
+            return;
+        };
+        let parsed: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
+        let who = grant.map(|g| format!(" by grant {g}")).unwrap_or_default();
+        let text = format!(
+            "Approval needed{who}: {tool} {arguments}. {reason} Approve: POST /approvals/{id}/approve, decline: POST /approvals/{id}/decline (or open /approvals)."
+        );
+        let _ = sender.send(json!({
+            "text": text,
+            "approval": { "id": id, "tool": tool, "arguments": parsed, "grant": grant, "reason": reason },
+        }));
+    }
+
+    fn wants_allowed(&self) -> bool {
+        false
+    }
+}
+
 /// A browser's request from a page of another site (its `Origin` or
 /// `Sec-Fetch-Site` says so).
 fn cross_site(headers: &HeaderMap) -> bool {

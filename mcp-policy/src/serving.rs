@@ -64,6 +64,10 @@ pub struct Serving {
     /// They use GET /approvals and POST /approvals/ID/approve|decline.
     #[arg(long, value_name = "FILE", env = "MCP_POLICY_APPROVER_TOKEN_FILE")]
     pub approver_token_file: Option<PathBuf>,
+    /// POST each new request for approval to this URL as JSON (a Slack-compatible
+    /// incoming webhook: `text`, and the request under `approval`).
+    #[arg(long, value_name = "URL", env = "MCP_POLICY_APPROVAL_WEBHOOK")]
+    pub approval_webhook: Option<String>,
     /// Behind a gateway of several servers: this server's name, which labels its
     /// metrics (`server`) and prefixes its Redis keys, so servers never share a counter.
     #[arg(skip)]
@@ -131,11 +135,15 @@ pub async fn build_layer(
         ),
         None => None,
     };
+    let webhook = match &store.approval_webhook {
+        Some(url) => crate::approvals::Webhook::start(url)?,
+        None => crate::approvals::Webhook::default(),
+    };
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
     let server = store.server.as_deref();
     let Some(url) = &store.redis else {
-        let layer = configure(PolicyLayer::new(policy), mode, candidate, server)
+        let layer = configure(PolicyLayer::new(policy), mode, candidate, server, webhook)
             .list_only_allowed(store.list_only_allowed);
         return Ok(AnyLayer::Memory(with_pins(
             with_grants(layer, grants),
@@ -154,8 +162,14 @@ pub async fn build_layer(
         .await
         .map_err(|err| format!("cannot use Redis at {url}: {err}"))?;
     let engine = Engine::with_counters(policy, counters);
-    let layer = configure(PolicyLayer::from_engine(engine), mode, candidate, server)
-        .list_only_allowed(store.list_only_allowed);
+    let layer = configure(
+        PolicyLayer::from_engine(engine),
+        mode,
+        candidate,
+        server,
+        webhook,
+    )
+    .list_only_allowed(store.list_only_allowed);
     Ok(AnyLayer::Redis(with_pins(
         with_grants(layer, grants),
         store,
@@ -206,11 +220,12 @@ fn configure<S>(
     mode: Mode,
     candidate: Option<Policy>,
     server: Option<&str>,
+    webhook: crate::approvals::Webhook,
 ) -> PolicyLayer<S> {
     let layer = layer.mode(mode);
     let layer = match server {
-        Some(server) => layer.observer((TracingObserver, ServerMetrics::new(server))),
-        None => layer.observer((TracingObserver, MetricsObserver)),
+        Some(server) => layer.observer(((TracingObserver, ServerMetrics::new(server)), webhook)),
+        None => layer.observer(((TracingObserver, MetricsObserver), webhook)),
     };
     match candidate {
         Some(candidate) => layer.candidate(candidate),

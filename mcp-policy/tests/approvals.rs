@@ -232,3 +232,93 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
     std::fs::remove_file(policy).unwrap();
     std::fs::remove_file(approvers).unwrap();
 }
+
+#[tokio::test]
+async fn each_new_request_is_posted_to_the_approval_webhook() {
+    // A webhook receiver on loopback that keeps what it is sent.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let keep = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            keep.lock()
+                .unwrap()
+                .push(serde_json::from_str(&body).unwrap());
+            std::future::ready("ok")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-hook-policy.json", POLICY);
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url(),
+            "--approval-webhook",
+            &hook,
+        ],
+        &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
+    );
+    let client = connect(gateway.url.clone(), "agent-token").await;
+    let args = json!({"amount": 300, "to": "dan"});
+    call(&client, "transfer", args.clone()).await;
+    // The same call again is the same request: not posted twice.
+    call(&client, "transfer", args.clone()).await;
+    let mut posted = Vec::new();
+    for _ in 0..50 {
+        posted = received.lock().unwrap().clone();
+        if !posted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(received.lock().unwrap().len(), 1, "{posted:?}");
+    let approval = &posted[0]["approval"];
+    assert_eq!(approval["tool"], "transfer");
+    assert_eq!(approval["arguments"], args);
+    assert_eq!(
+        approval["reason"],
+        "Transfers above 100 need a person's approval."
+    );
+    let id = approval["id"].as_str().unwrap();
+    let text = posted[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("transfer") && text.contains(&format!("/approvals/{id}/approve")),
+        "{text}"
+    );
+    assert_eq!(upstream.executions.of("transfer"), 0);
+    client.cancel().await.unwrap();
+    std::fs::remove_file(policy).unwrap();
+}
+
+#[test]
+fn a_webhook_that_is_not_an_http_url_stops_the_gateway() {
+    let policy = write_temp("approval-bad-hook-policy.json", POLICY);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .arg("gateway")
+        .arg("--policy")
+        .arg(&policy)
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9/mcp",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--approval-webhook", "ftp://example/hook"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("expected an http:// or https:// URL"),
+        "{stderr}"
+    );
+    std::fs::remove_file(policy).unwrap();
+}

@@ -71,6 +71,9 @@ fn details(denial: &Denial) -> Value {
     if let Some(seconds) = denial.retry_after() {
         details["retryAfterSeconds"] = json!(seconds);
     }
+    if let Some(id) = &denial.approval {
+        details["approvalId"] = json!(&**id);
+    }
     details
 }
 
