@@ -210,6 +210,15 @@ impl Api {
                 "a request from another site cannot approve or decline",
             );
         }
+        if html && *method == Method::GET && path.ends_with("/approvals/") {
+            // The page's links are relative to /approvals (or /NAME/approvals).
+            return Reply {
+                status: StatusCode::SEE_OTHER,
+                content_type: "text/plain; charset=utf-8",
+                body: String::new(),
+                headers: vec![(header::LOCATION, "../approvals".to_owned())],
+            };
+        }
         let rest = path.trim_start_matches("/approvals").trim_matches('/');
         match (method, rest.split('/').collect::<Vec<_>>().as_slice()) {
             (&Method::GET, [""]) if html => Reply {
@@ -236,7 +245,9 @@ impl Api {
                         status: StatusCode::SEE_OTHER,
                         content_type: "text/plain; charset=utf-8",
                         body: String::new(),
-                        headers: vec![(header::LOCATION, "/approvals".to_owned())],
+                        // Relative: behind a gateway of several servers the page is
+                        // /NAME/approvals.
+                        headers: vec![(header::LOCATION, "../../approvals".to_owned())],
                     },
                     Some(request) => {
                         let key = if *verb == "approve" { "approved" } else { "declined" };
@@ -286,8 +297,8 @@ fn page(pending: &[Value], approver: &str) -> String {
             "<li id=\"{id}\"><h2>{tool}</h2><p class=\"reason\">{reason}</p>\
              <pre class=\"arguments\">{arguments}</pre>\
              <p>Grant: {grant} &middot; requested {requested} &middot; expires in {expires}s &middot; id {id}</p>\
-             <form method=\"post\" action=\"/approvals/{id}/approve\"><button name=\"approve\">Approve</button></form>\
-             <form method=\"post\" action=\"/approvals/{id}/decline\"><button name=\"decline\">Decline</button></form></li>",
+             <form method=\"post\" action=\"approvals/{id}/approve\"><button name=\"approve\">Approve</button></form>\
+             <form method=\"post\" action=\"approvals/{id}/decline\"><button name=\"decline\">Decline</button></form></li>",
             tool = escape(&text("tool")),
             reason = escape(&text("reason")),
             arguments = escape(&arguments),
@@ -522,7 +533,7 @@ mod tests {
             html.contains("&lt;script&gt;") && html.contains("R &amp; D"),
             "{html}"
         );
-        assert!(html.contains("action=\"/approvals/abc/approve\""), "{html}");
+        assert!(html.contains("action=\"approvals/abc/approve\""), "{html}");
     }
 
     #[test]

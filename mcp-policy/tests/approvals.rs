@@ -191,14 +191,14 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
         "{html}"
     );
     assert!(html.contains("Signed in as <b>ana</b>"), "{html}");
-    let start = html.find("action=\"/approvals/").unwrap() + "action=\"".len();
+    let start = html.find("action=\"approvals/").unwrap() + "action=\"".len();
     let action = &html[start..start + html[start..].find('"').unwrap()];
     assert!(action.ends_with("/approve"), "{action}");
 
     // The Approve button: a form POST from the page itself.
     let host = gateway.url.split('/').nth(2).unwrap().to_owned();
     let pressed = browser
-        .post(gateway.url.replace("/mcp", action))
+        .post(gateway.url.replace("/mcp", &format!("/{action}")))
         .header("accept", "text/html")
         .header("origin", format!("http://{host}"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -208,7 +208,8 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
         .await
         .unwrap();
     assert_eq!(pressed.status(), 303);
-    assert_eq!(pressed.headers()["location"], "/approvals");
+    // Back to the page (relative: the page may be /NAME/approvals).
+    assert_eq!(pressed.headers()["location"], "../../approvals");
     assert_eq!(upstream.executions.of("transfer"), 0);
 
     let ran = call(&client, "transfer", args).await;
@@ -228,6 +229,16 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
         empty.contains("No call is waiting for approval."),
         "{empty}"
     );
+    // With a trailing slash the page's relative links would miss: sent back.
+    let slash = browser
+        .get(format!("{page}/"))
+        .header("accept", "text/html")
+        .basic_auth("ana", Some("ana-token-0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slash.status(), 303);
+    assert_eq!(slash.headers()["location"], "../approvals");
     client.cancel().await.unwrap();
     std::fs::remove_file(policy).unwrap();
     std::fs::remove_file(approvers).unwrap();
@@ -321,4 +332,63 @@ fn a_webhook_that_is_not_an_http_url_stops_the_gateway() {
         "{stderr}"
     );
     std::fs::remove_file(policy).unwrap();
+}
+
+#[tokio::test]
+async fn each_server_behind_one_gateway_has_its_approvals_at_its_own_path() {
+    let approvers = write_temp("several-approvers.txt", "ana:ana-token-0123456789abcdef\n");
+    mcp_policy::gateway::load_approvers("test", Some(&approvers));
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("several-approval-policy.json", POLICY);
+    let config = write_temp(
+        "several-approvals.json",
+        &json!({"servers": {"bank": {"url": upstream.url(), "policy": policy}}}).to_string(),
+    );
+    let file = mcp_policy::gateway::GatewayFile::load(&config).unwrap();
+    let options = mcp_policy::serving::Serving::default();
+    let several = mcp_policy::gateway::Servers::build(&file, &options)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(mcp_policy::gateway::serve_servers(
+        listener,
+        several,
+        std::future::pending(),
+    ));
+
+    let client = connect(format!("{base}/bank/mcp"), "agent-token").await;
+    let args = json!({"amount": 1000, "to": "erin"});
+    let asked = call(&client, "transfer", args.clone()).await;
+    assert!(text(&asked).contains("is pending"), "{asked}");
+    let operator = [("authorization", "Bearer ana-token-0123456789abcdef")];
+    let listed = raw(
+        reqwest::Method::GET,
+        &format!("{base}/bank/approvals"),
+        &operator,
+        "",
+    )
+    .await;
+    assert_eq!(listed.status(), 200);
+    let listed: Value = serde_json::from_str(&listed.text().await.unwrap()).unwrap();
+    let id = listed["pending"][0]["id"].as_str().unwrap().to_owned();
+    // Another server's path does not know it.
+    let elsewhere = format!("{base}/other/approvals/{id}/approve");
+    assert_eq!(
+        raw(reqwest::Method::POST, &elsewhere, &operator, "")
+            .await
+            .status(),
+        404
+    );
+    let approve = format!("{base}/bank/approvals/{id}/approve");
+    let approved = raw(reqwest::Method::POST, &approve, &operator, "").await;
+    assert_eq!(approved.status(), 200);
+    let ran = call(&client, "transfer", args).await;
+    assert_eq!(ran["isError"], false, "{ran}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    client.cancel().await.unwrap();
+    for file in [approvers, policy, config] {
+        std::fs::remove_file(file).unwrap();
+    }
 }

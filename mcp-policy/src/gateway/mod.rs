@@ -210,7 +210,9 @@ pub struct WithMetrics<S>(S, Readiness, Option<crate::approvals::Api>);
 
 /// The approvals API over `layer`, with the approvers [`load_approvers`] loaded (none:
 /// the API says no approver is configured).
-fn approvals_api<S: CounterStore + Clone>(layer: &PolicyLayer<S>) -> Option<crate::approvals::Api> {
+pub(crate) fn approvals_api<S: CounterStore + Clone>(
+    layer: &PolicyLayer<S>,
+) -> Option<crate::approvals::Api> {
     let approvers = APPROVERS.get().cloned().unwrap_or_default();
     Some(crate::approvals::Api::new(layer.handle(), approvers))
 }
@@ -460,6 +462,7 @@ async fn several(path: &std::path::Path, options: &Options) {
         std::process::exit(1);
     };
     let file = GatewayFile::load(path).unwrap_or_else(|err| fail(err));
+    load_approvers(program, options.store.approver_token_file.as_deref());
     let servers = Servers::build(&file, &options.store)
         .await
         .unwrap_or_else(|err| fail(err));

@@ -150,6 +150,8 @@ struct Built {
     path: String,
     call: Box<dyn Fn(Request<Incoming>) -> AnyFuture + Send + Sync>,
     readiness: Readiness,
+    /// Its approvals API, at `/NAME/approvals`.
+    approvals: Option<crate::approvals::Api>,
     _watchers: Vec<tower_mcp_policy::PolicyWatcher>,
 }
 
@@ -174,6 +176,7 @@ async fn finish<S: CounterStore + Clone>(
     store: &Serving,
 ) -> Result<Built, String> {
     let watchers = serving::try_watch(&layer, entry.policy.as_deref(), store)?;
+    let approvals = super::approvals_api(&layer);
     if let Some(url) = &entry.url {
         let upstream = Upstream::parse(url)?;
         let tls = crate::tls::client_config(entry.ca.as_deref())?;
@@ -200,6 +203,7 @@ async fn finish<S: CounterStore + Clone>(
             path,
             call: boxed(layer.layer(proxy)),
             readiness,
+            approvals,
             _watchers: watchers,
         });
     }
@@ -217,6 +221,7 @@ async fn finish<S: CounterStore + Clone>(
         path: super::STDIO_ENDPOINT.to_owned(),
         readiness: Readiness::Stdio(server.clone()),
         call: boxed(layer.layer(server)),
+        approvals,
         _watchers: watchers,
     })
 }
@@ -366,9 +371,21 @@ impl Service<Request<Incoming>> for Servers {
         Poll::Ready(Ok(()))
     }
 
-    /// `/NAME/mcp` goes to server NAME, at the path its backend serves.
+    /// `/NAME/mcp` goes to server NAME, at the path its backend serves;
+    /// `/NAME/approvals` is server NAME's approvals API.
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         let path = request.uri().path();
+        let approvals = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(_, rest)| crate::approvals::Api::serves(&format!("/{rest}")))
+            .and_then(|(name, rest)| Some((self.snapshot().get(name)?.approvals.clone()?, rest)));
+        if let Some((api, rest)) = approvals {
+            let reply = api.answer(request.method(), &format!("/{rest}"), request.headers());
+            let response = reply.into_response::<http_body_util::Full<Bytes>>();
+            let response = response.map(|body| body.map_err(|never| match never {}).boxed_unsync());
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         let found = path
             .strip_prefix('/')
             .and_then(|rest| rest.split_once('/'))
