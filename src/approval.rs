@@ -44,6 +44,8 @@ impl CallKey {
 pub(crate) struct Request {
     pub id: Arc<str>,
     pub key: CallKey,
+    /// The caller's grant (hashed), whose waiting requests are bounded.
+    pub owner: ScopeValue,
     pub tool: Box<str>,
     /// The canonical arguments (JSON).
     pub arguments: Box<str>,
@@ -98,7 +100,16 @@ pub(crate) enum Asked {
         new: bool,
         expires_in: Duration,
     },
+    /// Not recorded: the caller already has `waiting` requests waiting for a person (or
+    /// the layer has as many as it keeps).
+    Full { waiting: usize },
 }
+
+/// How many requests one caller may have waiting for a person: an agent in a loop, or
+/// one told to, cannot bury the operators (each distinct call would be one more).
+pub(crate) const MAX_WAITING_PER_CALLER: usize = 20;
+/// How many requests the layer keeps waiting, all callers together.
+pub(crate) const MAX_WAITING: usize = 10_000;
 
 impl Asked {
     /// The denial of a call that cannot run yet, from the rule's own (`base`).
@@ -107,6 +118,10 @@ impl Asked {
             Asked::Approved { .. } => return base,
             Asked::Declined { id, by } => format!(
                 "{} {by} declined approval {id}; calling again asks for a new approval.",
+                base.message()
+            ),
+            Asked::Full { waiting } => format!(
+                "{} {waiting} calls already wait for a person's approval, so this one was not recorded; call again once they are answered or have expired.",
                 base.message()
             ),
             Asked::Pending { id, expires_in, .. } => format!(
@@ -118,7 +133,7 @@ impl Asked {
         let mut denial = base.with_message(text);
         denial.approval = match self {
             Asked::Declined { id, .. } | Asked::Pending { id, .. } => Some(id.clone()),
-            Asked::Approved { .. } => None,
+            Asked::Approved { .. } | Asked::Full { .. } => None,
         };
         denial
     }
@@ -128,6 +143,7 @@ impl Asked {
 #[derive(Debug, Clone)]
 pub(crate) struct Ask {
     pub key: CallKey,
+    pub owner: ScopeValue,
     pub tool: Box<str>,
     pub arguments: Box<str>,
     pub grant: Option<Arc<str>>,
@@ -148,6 +164,8 @@ struct State {
     pending: HashMap<Arc<str>, Request>,
     /// The id of the request waiting for each call.
     by_call: HashMap<CallKey, Arc<str>>,
+    /// How many requests each caller has waiting.
+    per_owner: HashMap<ScopeValue, usize>,
     /// Answers waiting for the call's retry.
     decided: HashMap<CallKey, Verdict>,
 }
@@ -224,9 +242,16 @@ impl Approvals {
                         expires_in: expires.saturating_duration_since(now),
                     };
                 }
+                let waiting = state.per_owner.get(&call.owner).copied().unwrap_or(0);
+                if waiting >= MAX_WAITING_PER_CALLER || state.pending.len() >= MAX_WAITING {
+                    return Asked::Full {
+                        waiting: waiting.max(state.pending.len().min(MAX_WAITING)),
+                    };
+                }
                 let id: Arc<str> = new_id().into();
                 let request = call.request(id.clone(), now);
                 state.by_call.insert(call.key, id.clone());
+                *state.per_owner.entry(call.owner).or_default() += 1;
                 state.pending.insert(id.clone(), request.clone());
                 changes.push(Change {
                     request,
@@ -268,8 +293,7 @@ impl Approvals {
         let now = Instant::now();
         let mut state = self.lock();
         state.expire(now, changes);
-        let request = state.pending.remove(id)?;
-        state.by_call.remove(&request.key);
+        let request = state.remove(id)?;
         let by: Arc<str> = by.into();
         state.decided.insert(
             request.key,
@@ -292,6 +316,19 @@ impl Approvals {
 }
 
 impl State {
+    /// Takes the waiting request `id` out of every index.
+    fn remove(&mut self, id: &str) -> Option<Request> {
+        let request = self.pending.remove(id)?;
+        self.by_call.remove(&request.key);
+        if let Some(count) = self.per_owner.get_mut(&request.owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_owner.remove(&request.owner);
+            }
+        }
+        Some(request)
+    }
+
     /// Drops what has expired; expired requests are reported.
     fn expire(&mut self, now: Instant, changes: &mut Vec<Change>) {
         self.decided.retain(|_, verdict| verdict.expires > now);
@@ -302,8 +339,7 @@ impl State {
             .map(|request| request.id.clone())
             .collect();
         for id in expired {
-            let request = self.pending.remove(&id).expect("listed");
-            self.by_call.remove(&request.key);
+            let request = self.remove(&id).expect("listed");
             changes.push(Change {
                 request,
                 step: "expired",
@@ -318,6 +354,7 @@ impl Ask {
         Request {
             id,
             key: self.key,
+            owner: self.owner,
             tool: self.tool.clone(),
             arguments: self.arguments.clone(),
             grant: self.grant.clone(),
@@ -358,6 +395,7 @@ mod tests {
     fn ask(arguments: &str) -> Ask {
         Ask {
             key: CallKey::new(ScopeValue::from_u128(7), "transfer", "policy-1", arguments),
+            owner: ScopeValue::from_u128(7),
             tool: "transfer".into(),
             arguments: arguments.into(),
             grant: Some("alice".into()),
@@ -462,6 +500,37 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         let asked = approvals.ask(std::slice::from_ref(&short), &mut changes);
         assert_ne!(pending_id(&asked[0]), id);
+    }
+
+    #[test]
+    fn a_caller_cannot_keep_more_than_its_share_of_requests_waiting() {
+        let approvals = Approvals::default();
+        let mut changes = Vec::new();
+        let mut first = None;
+        for i in 0..MAX_WAITING_PER_CALLER {
+            let asked = approvals.ask(&[ask(&format!("{{\"n\":{i}}}"))], &mut changes);
+            first.get_or_insert_with(|| pending_id(&asked[0]));
+        }
+        let full = approvals.ask(&[ask(r#"{"n":"one more"}"#)], &mut changes);
+        assert_eq!(
+            full,
+            vec![Asked::Full {
+                waiting: MAX_WAITING_PER_CALLER
+            }]
+        );
+        // Another caller still can.
+        let mut other = ask("{}");
+        other.owner = ScopeValue::from_u128(8);
+        assert!(matches!(
+            approvals.ask(&[other], &mut changes)[0],
+            Asked::Pending { .. }
+        ));
+        // An answered request makes room.
+        approvals
+            .decide(&first.unwrap(), "ops", false, &mut changes)
+            .unwrap();
+        let room = approvals.ask(&[ask(r#"{"n":"one more"}"#)], &mut changes);
+        assert!(matches!(room[0], Asked::Pending { new: true, .. }));
     }
 
     #[test]

@@ -424,3 +424,34 @@ async fn the_denial_names_the_approval_request_for_clients_that_read_it() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_cannot_bury_the_operators_in_requests() {
+    let layer = layer();
+    let handle = layer.handle();
+    let (service, ran) = service(&layer);
+    for amount in 0..20 {
+        let asked = call(
+            &service,
+            "Bearer alice",
+            "transfer",
+            json!({"amount": 200 + amount}),
+        )
+        .await;
+        assert!(denied(&asked).message().contains("is pending"));
+    }
+    let refused = call(&service, "Bearer alice", "transfer", json!({"amount": 999})).await;
+    let denial = denied(&refused);
+    assert_eq!(denial.kind(), DenialKind::Approval);
+    assert!(
+        denial.message().contains(
+            "20 calls already wait for a person's approval, so this one was not recorded"
+        ),
+        "{denial}"
+    );
+    assert_eq!(handle.pending_approvals().len(), 20);
+    // Another caller is not held up by it.
+    let bob = call(&service, "Bearer bob", "transfer", json!({"amount": 999})).await;
+    assert!(denied(&bob).message().contains("is pending"));
+    assert!(ran.lock().unwrap().is_empty());
+}

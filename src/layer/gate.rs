@@ -805,6 +805,7 @@ impl<S: CounterStore> Gate<S> {
                 index,
                 Ask {
                     key,
+                    owner: inspected.keys.grant,
                     tool: tool.into(),
                     arguments: arguments.into(),
                     grant: caller.name.clone(),
