@@ -799,3 +799,30 @@ async fn check_flags_an_argument_path_that_no_tool_schema_has() {
         "/tools/transfer/deny_if/0/conditions/0/path"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_marks_the_tools_that_need_a_persons_approval() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let demo = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = TempPolicy::new(
+        "approval",
+        r#"{"version":"1","default":"allow","tools":{
+            "transfer":{"require_approval":{"when":[{"conditions":[{"path":"args.amont","op":"gt","value":100}]}]}},
+            "echo":{"require_approval":{}}}}"#,
+    );
+    let output = mcp_policy(strings(&["check", policy.path(), "--server", &demo.url()])).await;
+    let text = stdout(&output);
+    // (A `when` is part of the approval: "with conditions" counts deny_if and require.)
+    for tool in ["echo ", "transfer "] {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(tool) && line.contains(" approval ")),
+            "{text}"
+        );
+    }
+    // A `when` path no argument has is flagged like any condition's.
+    assert!(
+        text.contains("/tools/transfer/require_approval/when/0/conditions/0/path"),
+        "{text}"
+    );
+}
