@@ -590,14 +590,7 @@ impl<S: CounterStore> Gate<S> {
         bytes: &'a Bytes,
         caller: &Caller,
     ) -> Result<Inspected<'a>, Response<ResponseBody<B>>> {
-        let decoded = jsonrpc::decode(bytes, policy).map_err(|err| {
-            let rejection = Rejection {
-                status: StatusCode::BAD_REQUEST,
-                code: err.code(),
-                message: err.message().to_owned(),
-            };
-            self.rejected(rejection, err.id())
-        })?;
+        let decoded = jsonrpc::decode(bytes, policy).map_err(|err| self.undecodable(&err))?;
         let first_id = decoded.messages().first().and_then(|m| m.id());
         let messages = decoded.messages().len();
         if messages > self.config.max_batch {
@@ -616,14 +609,8 @@ impl<S: CounterStore> Gate<S> {
             .map_err(|rejection| self.rejected(rejection, first_id))?;
         if headers.params {
             // The body decoded whole: the headers may name arguments no rule reads.
-            let full = jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| {
-                let rejection = Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    code: err.code(),
-                    message: err.message().to_owned(),
-                };
-                self.rejected(rejection, err.id())
-            })?;
+            let full =
+                jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| self.undecodable(&err))?;
             self.tool_headers
                 .check(&parts.headers, &full)
                 .map_err(|message| {
@@ -783,14 +770,8 @@ impl<S: CounterStore> Gate<S> {
         if !any {
             return Ok(Vec::new());
         }
-        let full = jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| {
-            let rejection = Rejection {
-                status: StatusCode::BAD_REQUEST,
-                code: err.code(),
-                message: err.message().to_owned(),
-            };
-            self.rejected(rejection, err.id())
-        })?;
+        let full =
+            jsonrpc::decode(bytes, &jsonrpc::ReadAll).map_err(|err| self.undecodable(&err))?;
         let calls = full.messages().iter().filter_map(|m| m.tool_call());
         let mut asks = Vec::new();
         for (index, call) in calls.enumerate() {
@@ -1036,6 +1017,16 @@ impl<S: CounterStore> Gate<S> {
         };
         self.config.observer.0.observe(&event);
         result
+    }
+
+    /// The answer to a body the decoder refused, reported.
+    fn undecodable<B>(&self, err: &jsonrpc::DecodeError) -> Response<ResponseBody<B>> {
+        let rejection = Rejection {
+            status: StatusCode::BAD_REQUEST,
+            code: err.code(),
+            message: err.message().to_owned(),
+        };
+        self.rejected(rejection, err.id())
     }
 
     /// The answer to a request refused before any decision, reported.
