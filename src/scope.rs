@@ -142,6 +142,12 @@ impl ScopeHasher {
         ScopeHasher { key, no_session }
     }
 
+    /// The secret key, from which the layer derives its other keys (the approval
+    /// states' seal): replicas that share a hasher share them too.
+    pub(crate) fn secret(&self) -> &[u8; 16] {
+        &self.key
+    }
+
     fn hash(&self, tag: u8, bytes: &[u8]) -> ScopeValue {
         ScopeValue(keyed_hash(&self.key, tag, bytes))
     }

@@ -94,6 +94,12 @@ impl ServerHandler for Modern {
             ),
             Tool::new("confirm", "Asks twice, then runs", schema(json!({}))),
             Tool::new("report", "Runs as a task", schema(json!({}))),
+            Tool::new(
+                "transfer",
+                "Moves money",
+                schema(json!({"amount": {"type": "number"}, "to": {"type": "string"}})),
+            ),
+            Tool::new("refund", "Gives money back", schema(json!({}))),
         ]))
     }
 
@@ -118,6 +124,14 @@ impl ServerHandler for Modern {
                     Ok(text("confirmed").into())
                 }
             },
+            "transfer" | "refund" => {
+                let arguments = Value::Object(request.arguments.unwrap_or_default());
+                let done = format!("{} {arguments}", request.name);
+                ran.tools.lock().unwrap().push(done.clone());
+                // The layer's approval state never reaches the server.
+                assert!(request.request_state.is_none() && request.input_responses.is_none());
+                Ok(text(done).into())
+            }
             "report" => {
                 let task = self
                     .tasks
@@ -167,10 +181,14 @@ impl ServerHandler for Modern {
     }
 }
 
-/// A client that declares tasks and answers every elicitation with yes.
+/// A client that declares tasks and answers every elicitation with yes (the layer's
+/// approval form with `approve`, unless told to decline it).
 #[derive(Clone)]
 struct Agent {
     elicited: Arc<AtomicUsize>,
+    /// The messages of the approval forms the user was shown.
+    approvals: Arc<Mutex<Vec<String>>>,
+    decline: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientHandler for Agent {
@@ -186,10 +204,23 @@ impl ClientHandler for Agent {
 
     async fn create_elicitation(
         &self,
-        _: ElicitRequestParams,
+        request: ElicitRequestParams,
         _: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         self.elicited.fetch_add(1, Ordering::SeqCst);
+        let shown = serde_json::to_value(&request).unwrap();
+        if shown["requestedSchema"]["properties"]["approve"].is_object() {
+            self.approvals
+                .lock()
+                .unwrap()
+                .push(shown["message"].as_str().unwrap().to_owned());
+            if self.decline.load(Ordering::SeqCst) {
+                return Ok(ElicitResult::new(ElicitationAction::Decline));
+            }
+            return Ok(
+                ElicitResult::new(ElicitationAction::Accept).with_content(json!({"approve": true}))
+            );
+        }
         Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"ok": true})))
     }
 }
@@ -208,10 +239,13 @@ impl Drop for Server {
     }
 }
 
-/// The policy: `confirm` once an hour per grant; the rest allowed.
+/// The policy: `confirm` once an hour per grant; `transfer` and `refund` need a
+/// person's approval (a refund's expires in a second); the rest allowed.
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "deploy":{}, "report":{},
-    "confirm":{"limits":[{"counter":"confirm","window":"hour","max":1}]}}}"#;
+    "confirm":{"limits":[{"counter":"confirm","window":"hour","max":1}]},
+    "transfer":{"require_approval":{"reason":"Transfers need a person's approval."}},
+    "refund":{"require_approval":{"timeout":"1s"}}}}"#;
 
 async fn serve() -> Server {
     let ran = Ran::default();
@@ -258,6 +292,8 @@ async fn connect(url: &str, token: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token);
     let agent = Agent {
         elicited: Arc::default(),
+        approvals: Arc::default(),
+        decline: Arc::default(),
     };
     let client = agent
         .serve_with_lifecycle(
@@ -427,6 +463,155 @@ async fn a_task_serves_the_grant_that_created_it_and_nobody_else() {
         .await
         .unwrap();
     assert_eq!(server.ran.task_requests.load(Ordering::SeqCst), before + 1);
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+}
+
+/// The text of a tool result.
+fn said(result: &CallToolResult) -> &str {
+    &result.content[0].as_text().unwrap().text
+}
+
+/// The layer's `InputRequiredResult` for `params`: its approval state.
+async fn asked(client: &Client, params: CallToolRequestParams) -> String {
+    let CallToolResponse::InputRequired(asked) = client.call_tool_once(params).await.unwrap()
+    else {
+        panic!("the layer asks for input");
+    };
+    let requests = serde_json::to_value(asked.input_requests.unwrap()).unwrap();
+    assert_eq!(
+        requests["mcp-policy/approval"]["method"],
+        "elicitation/create"
+    );
+    asked.request_state.unwrap()
+}
+
+/// `params` retried with the approval state and the user's yes.
+fn approved(params: CallToolRequestParams, state: &str) -> CallToolRequestParams {
+    let mut responses = InputResponses::new();
+    responses.insert(
+        "mcp-policy/approval".to_owned(),
+        json!({"action": "accept", "content": {"approve": true}}),
+    );
+    let mut params = params.with_input_responses(responses);
+    params.request_state = Some(state.to_owned());
+    params
+}
+
+async fn refused(client: &Client, params: CallToolRequestParams, because: &str) {
+    let CallToolResponse::Complete(result) = client.call_tool_once(params).await.unwrap() else {
+        panic!("refused outright");
+    };
+    assert_eq!(result.is_error, Some(true));
+    assert!(said(&result).contains(because), "{}", said(&result));
+}
+
+#[tokio::test]
+async fn the_clients_user_approves_exactly_one_call_in_the_client() {
+    let server = serve().await;
+    let alice = connect(&server.url, "alice").await;
+    // rmcp's client drives the round trip: the user is shown the tool, the arguments
+    // and the reason, approves, and the call runs once with those arguments.
+    let args = json!({"amount": 500, "to": "bob"});
+    let result = alice
+        .call_tool(call("transfer", args.clone()))
+        .await
+        .unwrap();
+    assert_eq!(said(&result), r#"transfer {"amount":500,"to":"bob"}"#);
+    let shown = alice.service().approvals.lock().unwrap().clone();
+    assert_eq!(shown.len(), 1);
+    for part in [
+        "Transfers need a person's approval.",
+        "transfer",
+        "\"amount\": 500",
+    ] {
+        assert!(shown[0].contains(part), "{part} in {}", shown[0]);
+    }
+    assert_eq!(
+        server.ran.tools(),
+        [r#"transfer {"amount":500,"to":"bob"}"#]
+    );
+
+    // The next call asks again.
+    alice.call_tool(call("transfer", args)).await.unwrap();
+    assert_eq!(alice.service().approvals.lock().unwrap().len(), 2);
+    assert_eq!(server.ran.tools().len(), 2);
+
+    // Declined: it never runs.
+    alice.service().decline.store(true, Ordering::SeqCst);
+    let declined = alice
+        .call_tool(call("transfer", json!({"amount": 7, "to": "eve"})))
+        .await
+        .unwrap();
+    assert_eq!(declined.is_error, Some(true));
+    assert!(
+        said(&declined).contains("declined in the client"),
+        "{}",
+        said(&declined)
+    );
+    assert_eq!(server.ran.tools().len(), 2, "the declined call never ran");
+    alice.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_replayed_altered_or_expired_approval_state_is_refused() {
+    let server = serve().await;
+    let alice = connect(&server.url, "alice").await;
+    let bob = connect(&server.url, "bob").await;
+    let pay = || call("transfer", json!({"amount": 500, "to": "bob"}));
+    let state = asked(&alice, pay()).await;
+
+    // Other arguments, another caller, a forged seal: the state is not theirs.
+    let altered = call("transfer", json!({"amount": 5000, "to": "bob"}));
+    refused(
+        &alice,
+        approved(altered, &state),
+        "does not belong to this call",
+    )
+    .await;
+    refused(
+        &bob,
+        approved(pay(), &state),
+        "does not belong to this call",
+    )
+    .await;
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    refused(
+        &alice,
+        approved(pay(), &forged),
+        "does not belong to this call",
+    )
+    .await;
+    // Without the user's yes.
+    let mut unanswered = pay();
+    unanswered.request_state = Some(state.clone());
+    let no = asked(&alice, pay()).await;
+    refused(
+        &alice,
+        approved(pay(), &no).with_input_responses(InputResponses::new()),
+        "declined",
+    )
+    .await;
+    assert!(server.ran.tools().is_empty(), "nothing ran");
+
+    // The real one runs once; replayed, it is refused.
+    let CallToolResponse::Complete(ran) =
+        alice.call_tool_once(approved(pay(), &state)).await.unwrap()
+    else {
+        panic!("it runs");
+    };
+    assert_eq!(said(&ran), r#"transfer {"amount":500,"to":"bob"}"#);
+    refused(&alice, approved(pay(), &state), "already used").await;
+    refused(&alice, unanswered, "already used").await;
+
+    // Expired: a refund's approval lasts a second.
+    let refund = || call("refund", json!({}));
+    let state = asked(&alice, refund()).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    refused(&alice, approved(refund(), &state), "expired").await;
+    assert_eq!(server.ran.tools().len(), 1, "only the approved call ran");
     alice.cancel().await.unwrap();
     bob.cancel().await.unwrap();
 }

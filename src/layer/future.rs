@@ -183,6 +183,7 @@ where
     match next {
         Next::Forward(mut forwarded) => {
             let parts = gate.forward(&mut forwarded, parts);
+            let bytes = forwarded.body.take().unwrap_or(bytes);
             State::Calling {
                 future: inner.call(Request::from_parts(parts, PolicyBody::new(bytes))),
                 forwarded: Some(forwarded),

@@ -23,6 +23,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use smallvec::SmallVec;
 
 use super::answer::{self, Outcome};
+use super::approve::{self, Answer, InClient};
 use super::body::ResponseBody;
 use super::config::{Config, Mode, SharedObserver};
 use super::filter::{Filter, PinFilter};
@@ -36,7 +37,7 @@ use super::request::{
 };
 use super::sessions::Sessions;
 use super::tasks::{Owned, Tasks};
-use crate::approval::{self, Ask, Asked, CallKey};
+use crate::approval::{self, Ask, Asked, CallKey, Seal};
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
 use crate::decision::{Decision, Denial, DenialKind};
 use crate::engine::{Call, Engine, PendingCharges, Prepared};
@@ -50,7 +51,7 @@ use crate::scope::{Grant, ScopeKeys, ScopeValue};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-static MCP_PROTOCOL_VERSION: http::HeaderName =
+pub(crate) static MCP_PROTOCOL_VERSION: http::HeaderName =
     http::HeaderName::from_static("mcp-protocol-version");
 /// The first revision whose lists carry a cache scope (SEP-2549). Revisions are dates,
 /// so they compare as text.
@@ -71,6 +72,8 @@ pub(crate) struct Gate<S> {
     tool_headers: Arc<ToolHeaders>,
     /// Gives charges back and reports it.
     ledger: Arc<dyn Ledger>,
+    /// Seals the approval states asked in the client.
+    seal: Seal,
 }
 
 /// StoreLedger through the engine's store, each reported as an event, and task owners
@@ -183,6 +186,9 @@ pub(crate) struct Forwarded {
     sent: Option<Instant>,
     /// The request's ids, in flight until its answer has been delivered.
     claim: Option<Box<Claim>>,
+    /// The body the inner service gets instead of the one received (a call approved
+    /// in the client goes on without the layer's approval state).
+    pub body: Option<Bytes>,
 }
 
 impl Forwarded {
@@ -208,6 +214,7 @@ impl Forwarded {
             allowed: Vec::new(),
             sent: None,
             claim: None,
+            body: None,
         }
     }
 
@@ -215,6 +222,65 @@ impl Forwarded {
     /// still filtered under the caller's policy).
     fn unjudged(caller: &Caller) -> Forwarded {
         Forwarded::judged(caller, Holds::default(), None, Outcome::NotJudged)
+    }
+}
+
+/// Who approves in the client, as events name them.
+const IN_CLIENT: &str = "client";
+
+/// What became of the calls that need a person's approval.
+enum Approval {
+    /// Every one has an approval (now used up): forward, with this body when the
+    /// layer's approval state must be taken out of it.
+    Granted(Option<Bytes>),
+    /// The decision on each call, and the answer that asks the client's user (when it
+    /// asks in the client).
+    Refused(Vec<Decision>, Option<serde_json::Value>),
+}
+
+/// Why a call asked about in the client does not run.
+enum InClientRefusal {
+    /// The client's user is being asked (request `id`).
+    Asked(Arc<str>),
+    /// The user said no (or gave no answer) to request `id`.
+    Declined(Arc<str>),
+    /// The state was already used.
+    Replayed,
+    /// The state is not good for this call.
+    Broken(approval::Broken),
+}
+
+impl InClientRefusal {
+    fn into_denial(self, base: Denial) -> Denial {
+        let (text, id) = match self {
+            InClientRefusal::Asked(id) => (
+                format!(
+                    "{} The client is asked to approve it (approval {id}).",
+                    base.message()
+                ),
+                Some(id),
+            ),
+            InClientRefusal::Declined(id) => (
+                format!(
+                    "{} Approval {id} was declined in the client; calling again asks again.",
+                    base.message()
+                ),
+                Some(id),
+            ),
+            InClientRefusal::Replayed => (
+                format!(
+                    "{} This approval was already used: an approval covers one call. Call again without it to ask for a new one.",
+                    base.message()
+                ),
+                None,
+            ),
+            InClientRefusal::Broken(broken) => {
+                (format!("{} {}", base.message(), broken.explain()), None)
+            }
+        };
+        let mut denial = base.with_message(text);
+        denial.approval = id;
+        denial
     }
 }
 
@@ -228,6 +294,8 @@ struct Inspected<'a> {
     trace: Option<TraceParent>,
     /// The calls that need a person's approval, by their index among the calls.
     asks: Vec<(usize, Ask)>,
+    /// How the one call that needs approval can be asked in the client, if it can.
+    client: Option<InClient>,
 }
 
 impl Inspected<'_> {
@@ -239,6 +307,7 @@ impl Inspected<'_> {
             claim: self.claim,
             trace: self.trace,
             asks: self.asks,
+            client: self.client,
         }
     }
 
@@ -290,6 +359,7 @@ impl<S: CounterStore> Gate<S> {
             engine: engine.clone(),
             observer: config.observer.clone(),
         });
+        let seal = Seal::new(config.hasher.secret());
         Gate {
             engine,
             config,
@@ -298,6 +368,7 @@ impl<S: CounterStore> Gate<S> {
             inflight,
             tool_headers,
             ledger,
+            seal,
         }
     }
 
@@ -413,6 +484,11 @@ impl<S: CounterStore> Gate<S> {
             match self.asks(caller, bytes, &inspected) {
                 Ok(asks) => inspected.asks = asks,
                 Err(answer) => return Next::Answer(answer),
+            }
+            if let [_] = inspected.asks[..]
+                && !inspected.decoded.is_batch()
+            {
+                inspected.client = InClient::of(parts, bytes);
             }
         }
         let claim = inspected.claim.take();
@@ -665,6 +741,7 @@ impl<S: CounterStore> Gate<S> {
             claim,
             trace: headers.trace(),
             asks: Vec::new(),
+            client: None,
         })
     }
 
@@ -685,22 +762,25 @@ impl<S: CounterStore> Gate<S> {
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
         let (mut decided, mut charged) = (decided, charged);
         let mut outcome = Outcome::Forwarded;
-        if decided.is_ok()
-            && !inspected.asks.is_empty()
-            && let Some(decisions) = self.approved(inspected, monitor)
-        {
-            if monitor {
-                // A dry run: reported, and the calls run (and stay charged).
-                let who = (keys, inspected.trace, caller.name.as_ref());
-                report::refused(observer, policy, decoded, who, &decisions, false, false);
-                outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
-            } else {
-                // Limits are charged only for a call that is forwarded.
-                if let Some(charged) = &mut charged {
-                    charged.refund_all(&*self.ledger);
+        let (mut body, mut ask_client) = (None, None);
+        if decided.is_ok() && !inspected.asks.is_empty() {
+            match self.approved(inspected, monitor) {
+                Approval::Granted(forward) => body = forward,
+                Approval::Refused(decisions, _) if monitor => {
+                    // A dry run: reported, and the calls run (and stay charged).
+                    let who = (keys, inspected.trace, caller.name.as_ref());
+                    report::refused(observer, policy, decoded, who, &decisions, false, false);
+                    outcome = Outcome::WouldDeny(Outcome::denials_of(&decisions));
                 }
-                charged = None;
-                decided = Err(decisions);
+                Approval::Refused(decisions, asking) => {
+                    // Limits are charged only for a call that is forwarded.
+                    if let Some(charged) = &mut charged {
+                        charged.refund_all(&*self.ledger);
+                    }
+                    charged = None;
+                    decided = Err(decisions);
+                    ask_client = asking;
+                }
             }
         }
         if let Err(decisions) = &decided {
@@ -717,6 +797,7 @@ impl<S: CounterStore> Gate<S> {
                 let mut forwarded =
                     Forwarded::judged(caller, inspected.holds, charged, outcome.clone());
                 forwarded.claim = claim;
+                forwarded.body = body;
                 // A dry run's call that would need approval is reported as that alone,
                 // like one that would be denied.
                 let would_ask = matches!(outcome, Outcome::WouldDeny(_));
@@ -739,7 +820,11 @@ impl<S: CounterStore> Gate<S> {
             Err(decisions) => {
                 let outcome = Outcome::Denied(Outcome::denials_of(&decisions));
                 let format = self.config.denial_format;
-                let mut response = answer::denied(decoded, decisions, format);
+                let mut response = match ask_client {
+                    // The client asks its user, and comes back with the answer.
+                    Some(asking) => answer::json_response(StatusCode::OK, &asking),
+                    None => answer::denied(decoded, decisions, format),
+                };
                 response.extensions_mut().insert(outcome);
                 Next::Answer(response)
             }
@@ -800,11 +885,11 @@ impl<S: CounterStore> Gate<S> {
     }
 
     /// Whether every call of `inspected` that needs a person's approval has one (then
-    /// they are used up): `None`. Otherwise the decision on each call: a call without
-    /// an approval is refused, with a request for one recorded (or told a person
-    /// declined it), and the others are not executed. A dry run asks nobody: each such
-    /// call is reported as needing approval.
-    fn approved(&self, inspected: &Inspected<'_>, monitor: bool) -> Option<Vec<Decision>> {
+    /// they are used up). A call without one is refused, with a request for approval
+    /// made in the client (when it can ask its user) or recorded for an operator (or
+    /// told a person declined it); the other calls of the request are not executed. A
+    /// dry run asks nobody: each such call is reported as needing approval.
+    fn approved(&self, inspected: &Inspected<'_>, monitor: bool) -> Approval {
         let count = inspected.calls().len();
         let mut decisions = vec![Decision::NotExecuted; count];
         let base = |ask: &Ask| {
@@ -819,21 +904,93 @@ impl<S: CounterStore> Gate<S> {
             for (index, ask) in &inspected.asks {
                 decisions[*index] = Decision::Deny(base(ask));
             }
-            return Some(decisions);
+            return Approval::Refused(decisions, None);
+        }
+        if let (Some(client), [(index, ask)]) = (&inspected.client, &inspected.asks[..])
+            && (client.state.is_some() || client.can_ask)
+        {
+            let mut changes = Vec::new();
+            let asked = self.in_client(inspected, client, ask, &mut changes);
+            approval::report(&*self.config.observer.0, &changes);
+            return match asked {
+                Ok(()) => Approval::Granted(client.forward.clone()),
+                Err((denial, asking)) => {
+                    decisions[*index] = Decision::Deny(denial.into_denial(base(ask)));
+                    Approval::Refused(decisions, asking)
+                }
+            };
         }
         let asks: Vec<Ask> = inspected.asks.iter().map(|(_, ask)| ask.clone()).collect();
         let mut changes = Vec::new();
         let asked = self.engine.source().approvals().ask(&asks, &mut changes);
         approval::report(&*self.config.observer.0, &changes);
         if asked.iter().all(|a| matches!(a, Asked::Approved { .. })) {
-            return None;
+            return Approval::Granted(None);
         }
         for ((index, ask), asked) in inspected.asks.iter().zip(&asked) {
             if !matches!(asked, Asked::Approved { .. }) {
                 decisions[*index] = Decision::Deny(asked.denial(base(ask)));
             }
         }
-        Some(decisions)
+        Approval::Refused(decisions, None)
+    }
+
+    /// Asks the client's user about `ask`, or reads the answer its retry brings (see
+    /// `approve.rs`): `Ok` when the call may run once. Otherwise why not, and the
+    /// answer that asks the user (when this request asks).
+    fn in_client(
+        &self,
+        inspected: &Inspected<'_>,
+        client: &InClient,
+        ask: &Ask,
+        changes: &mut Vec<approval::Change>,
+    ) -> Result<(), (InClientRefusal, Option<serde_json::Value>)> {
+        let now = Instant::now();
+        let approvals = self.engine.source().approvals();
+        let Some(state) = &client.state else {
+            // Ask: the state binds the answer to this call, once, for the rule's timeout.
+            let nonce = crate::scope::random_key();
+            let id: Arc<str> = crate::pins::hex(&nonce).into();
+            let expires = approval::unix_now() + ask.timeout.as_secs().max(1);
+            let sealed = self.seal.seal(&ask.key, expires, nonce);
+            let call = inspected
+                .decoded
+                .messages()
+                .iter()
+                .find(|m| m.tool_call().is_some());
+            let asking = approve::input_required(call.and_then(|m| m.id()), ask, sealed);
+            changes.push(approval::Change::new(
+                ask.request(id.clone(), now),
+                "requested",
+                None,
+            ));
+            return Err((InClientRefusal::Asked(id), Some(asking)));
+        };
+        let opened = self
+            .seal
+            .open(state, &ask.key, approval::unix_now())
+            .map_err(|broken| (InClientRefusal::Broken(broken), None))?;
+        let id: Arc<str> = crate::pins::hex(&opened.nonce).into();
+        if !approvals.spend(opened.nonce, opened.expires) {
+            return Err((InClientRefusal::Replayed, None));
+        }
+        let by: Arc<str> = Arc::from(IN_CLIENT);
+        let request = ask.request(id.clone(), now);
+        match client.answer {
+            Answer::Approved => {
+                changes.push(approval::Change::new(
+                    request.clone(),
+                    "approved",
+                    Some(by.clone()),
+                ));
+                changes.push(approval::Change::new(request, "used", Some(by)));
+                Ok(())
+            }
+            Answer::Declined | Answer::Missing => {
+                changes.push(approval::Change::new(request, "declined", Some(by)));
+                Err((InClientRefusal::Declined(id), None))
+            }
+        }
     }
 
     /// The request's scope keys, and the hash of the session id it carries (issued or
@@ -867,6 +1024,11 @@ impl<S: CounterStore> Gate<S> {
     /// so it could not be filtered.
     pub(crate) fn forward(&self, forwarded: &mut Forwarded, mut parts: Parts) -> Parts {
         forwarded.session = parts.headers.get(&MCP_SESSION_ID).cloned();
+        if let Some(body) = &forwarded.body {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         forwarded.deletes = parts.method == Method::DELETE;
         forwarded.streams = parts.method == Method::GET;
         if let Some(name) = &forwarded.grant_name {

@@ -61,6 +61,7 @@
 //! ```
 
 pub(crate) mod answer;
+mod approve;
 mod body;
 mod bounded;
 pub(crate) mod config;

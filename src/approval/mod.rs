@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::decision::Denial;
 use crate::scope::ScopeValue;
 
+mod seal;
+pub(crate) use seal::{Broken, INPUT_KEY, Seal, unix_now};
+
 /// What an approval is bound to: one grant's call of one tool with exactly these
 /// arguments, under one version of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,6 +171,9 @@ struct State {
     per_owner: HashMap<ScopeValue, usize>,
     /// Answers waiting for the call's retry.
     decided: HashMap<CallKey, Verdict>,
+    /// The nonces of the approval states already used in the client, until they
+    /// expire (a state cannot be used twice).
+    spent: HashMap<[u8; 16], Instant>,
 }
 
 /// What happened to a request, for events.
@@ -177,6 +183,12 @@ pub(crate) struct Change {
     /// `requested`, `approved`, `declined`, `expired`, `used`.
     pub step: &'static str,
     pub by: Option<Arc<str>>,
+}
+
+impl Change {
+    pub(crate) fn new(request: Request, step: &'static str, by: Option<Arc<str>>) -> Change {
+        Change { request, step, by }
+    }
 }
 
 impl Approvals {
@@ -315,6 +327,22 @@ impl Approvals {
     }
 }
 
+impl Approvals {
+    /// Spends the nonce of an approval state that opened (good until `expires`, Unix
+    /// seconds): `false` if it was spent already (the state is being replayed).
+    pub(crate) fn spend(&self, nonce: [u8; 16], expires: u64) -> bool {
+        let now = Instant::now();
+        let left = Duration::from_secs(expires.saturating_sub(unix_now()));
+        let mut state = self.lock();
+        state.spent.retain(|_, expires| *expires > now);
+        if state.spent.contains_key(&nonce) {
+            return false;
+        }
+        state.spent.insert(nonce, now + left);
+        true
+    }
+}
+
 impl State {
     /// Takes the waiting request `id` out of every index.
     fn remove(&mut self, id: &str) -> Option<Request> {
@@ -332,6 +360,7 @@ impl State {
     /// Drops what has expired; expired requests are reported.
     fn expire(&mut self, now: Instant, changes: &mut Vec<Change>) {
         self.decided.retain(|_, verdict| verdict.expires > now);
+        self.spent.retain(|_, expires| *expires > now);
         let expired: Vec<Arc<str>> = self
             .pending
             .values()
@@ -350,7 +379,8 @@ impl State {
 }
 
 impl Ask {
-    fn request(&self, id: Arc<str>, now: Instant) -> Request {
+    /// The request for this call under `id`, as events and the API show it.
+    pub(crate) fn request(&self, id: Arc<str>, now: Instant) -> Request {
         Request {
             id,
             key: self.key,
