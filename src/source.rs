@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::approval::{Approvals, Change};
-use crate::counter::{CounterId, CounterStore};
+use crate::approval::{ApprovalStore, Approvals, Change};
+use crate::counter::{CounterId, CounterStore, StoreError};
 use crate::error::PolicyError;
 use crate::grants::Grants;
 use crate::observe::{Event, Observer};
@@ -27,8 +27,10 @@ pub(crate) struct Source {
     pins: ArcSwapOption<Pins>,
     /// The tool definitions listed through the layer.
     seen: Seen,
-    /// The calls waiting for a person's approval, and the answers given.
+    /// The calls waiting for a person's approval, and the answers given: in this
+    /// process, unless the counter store shares them with other replicas.
     approvals: Approvals,
+    shared_approvals: std::sync::OnceLock<Arc<dyn ApprovalStore>>,
 }
 
 impl Source {
@@ -38,12 +40,22 @@ impl Source {
             pins: ArcSwapOption::empty(),
             seen: Seen::default(),
             approvals: Approvals::default(),
+            shared_approvals: std::sync::OnceLock::new(),
         }
     }
 
     /// The calls waiting for a person's approval, and the answers given.
-    pub fn approvals(&self) -> &Approvals {
-        &self.approvals
+    pub fn approvals(&self) -> &dyn ApprovalStore {
+        match self.shared_approvals.get() {
+            Some(shared) => &**shared,
+            None => &self.approvals,
+        }
+    }
+
+    /// Keeps approvals in `store` (shared by replicas) from now on; set once, before
+    /// any request.
+    pub fn share_approvals(&self, store: Arc<dyn ApprovalStore>) {
+        let _ = self.shared_approvals.set(store);
     }
 
     /// The tool definitions listed through the layer.
@@ -160,11 +172,11 @@ impl PolicyHandle {
     /// let Answer::Denied(denial) = testing::answer(service.clone().oneshot(call()).await?).await?
     /// else { panic!() };
     /// assert_eq!(denial.kind(), DenialKind::Approval);
-    /// let [pending] = &handle.pending_approvals()[..] else { panic!() };
+    /// let [pending] = &handle.pending_approvals().await?[..] else { panic!() };
     /// assert_eq!(pending["arguments"], json!({ "amount": 500 }));
     /// assert!(denial.message().contains(pending["id"].as_str().unwrap()));
     ///
-    /// assert!(handle.approve(pending["id"].as_str().unwrap(), "ops").is_some());
+    /// assert!(handle.approve(pending["id"].as_str().unwrap(), "ops").await?.is_some());
     /// // The same call now runs, once.
     /// let ran = testing::answer(service.clone().oneshot(call()).await?).await?;
     /// assert!(matches!(ran, Answer::Result(_)));
@@ -174,35 +186,49 @@ impl PolicyHandle {
     /// # }
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(doc()).unwrap();
     /// ```
-    pub fn pending_approvals(&self) -> Vec<serde_json::Value> {
-        let mut changes = Vec::new();
-        let pending = self.source.approvals().pending(&mut changes);
+    pub async fn pending_approvals(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let (pending, changes) = self.source.approvals().pending().await?;
         crate::approval::report(&*self.observer, &changes);
-        pending
+        Ok(pending)
     }
 
     /// `approver` approves the call waiting under `id`: the next call of the same
     /// grant, tool and arguments (under the same policy) runs, once, within the rule's
     /// `timeout`. The request as [`PolicyHandle::pending_approvals`] showed it, or
     /// `None` when no call waits under `id` (unknown, expired, or already answered).
-    pub fn approve(&self, id: &str, approver: &str) -> Option<serde_json::Value> {
-        self.decide(id, approver, true)
+    /// An error when the store that shares approvals with other replicas cannot be
+    /// reached.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        self.decide(id, approver, true).await
     }
 
     /// `approver` declines the call waiting under `id`: its next attempt is told so
-    /// (and the one after asks again). `None` as for [`PolicyHandle::approve`].
-    pub fn decline(&self, id: &str, approver: &str) -> Option<serde_json::Value> {
-        self.decide(id, approver, false)
+    /// (and the one after asks again). As for [`PolicyHandle::approve`].
+    pub async fn decline(
+        &self,
+        id: &str,
+        approver: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        self.decide(id, approver, false).await
     }
 
-    fn decide(&self, id: &str, approver: &str, approved: bool) -> Option<serde_json::Value> {
-        let mut changes: Vec<Change> = Vec::new();
-        let decided = self
+    async fn decide(
+        &self,
+        id: &str,
+        approver: &str,
+        approved: bool,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let (decided, changes): (_, Vec<Change>) = self
             .source
             .approvals()
-            .decide(id, approver, approved, &mut changes);
+            .decide(id, approver, approved)
+            .await?;
         crate::approval::report(&*self.observer, &changes);
-        decided
+        Ok(decided)
     }
 
     /// Puts `policy` in force for the next request, for every caller (a set of grants

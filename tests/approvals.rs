@@ -10,6 +10,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
+use tower_mcp_policy::counter::CounterStore;
 use tower_mcp_policy::layer::PolicyBody;
 use tower_mcp_policy::observe::{Event, Observer};
 use tower_mcp_policy::testing::{self, Answer};
@@ -31,7 +32,7 @@ type Ran = Arc<Mutex<Vec<Value>>>;
 type Service = tower::util::BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, String>;
 
 /// A tool server behind the layer; every call it runs is recorded.
-fn service(layer: &PolicyLayer) -> (Service, Ran) {
+fn service<S: CounterStore>(layer: &PolicyLayer<S>) -> (Service, Ran) {
     let ran: Ran = Arc::default();
     let record = ran.clone();
     let server = tower::service_fn(move |request: Request<PolicyBody>| {
@@ -88,8 +89,8 @@ async fn call(service: &Service, credential: &str, tool: &str, args: Value) -> A
 }
 
 /// The id of the only pending request.
-fn only_pending(handle: &PolicyHandle) -> String {
-    let pending = handle.pending_approvals();
+async fn only_pending(handle: &PolicyHandle) -> String {
+    let pending = handle.pending_approvals().await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     pending[0]["id"].as_str().unwrap().to_owned()
 }
@@ -117,7 +118,7 @@ async fn an_approved_call_runs_once_with_exactly_those_arguments() {
     let denial = denied(&asked);
     assert_eq!(denial.kind(), DenialKind::Approval);
     assert_eq!(denial.rule(), "/tools/transfer/require_approval");
-    let id = only_pending(&handle);
+    let id = only_pending(&handle).await;
     assert!(
         denial
             .message()
@@ -127,7 +128,7 @@ async fn an_approved_call_runs_once_with_exactly_those_arguments() {
                 .contains(&format!("Approval {id} is pending")),
         "{denial}"
     );
-    let pending = &handle.pending_approvals()[0];
+    let pending = &handle.pending_approvals().await.unwrap()[0];
     assert_eq!(pending["tool"], "transfer");
     assert_eq!(pending["arguments"], json!({"amount": 500, "to": "bob"}));
     assert_eq!(
@@ -144,12 +145,12 @@ async fn an_approved_call_runs_once_with_exactly_those_arguments() {
         json!({"amount": 500, "to": "bob"}),
     )
     .await;
-    assert_eq!(only_pending(&handle), id);
+    assert_eq!(only_pending(&handle).await, id);
     assert!(ran.lock().unwrap().is_empty());
 
-    let approved = handle.approve(&id, "ops").unwrap();
+    let approved = handle.approve(&id, "ops").await.unwrap().unwrap();
     assert_eq!(approved["id"], id.as_str());
-    assert!(handle.pending_approvals().is_empty());
+    assert!(handle.pending_approvals().await.unwrap().is_empty());
     // An approval is for that call only: another amount asks anew, and does not run.
     let other = call(
         &service,
@@ -207,10 +208,10 @@ async fn a_declined_call_never_runs_and_the_next_attempt_asks_again() {
     let (service, ran) = service(&layer);
     let args = json!({"amount": 900, "to": "eve"});
     call(&service, "Bearer alice", "transfer", args.clone()).await;
-    let id = only_pending(&handle);
-    assert!(handle.decline(&id, "ops").is_some());
+    let id = only_pending(&handle).await;
+    assert!(handle.decline(&id, "ops").await.unwrap().is_some());
     // Answered: it can no longer be approved.
-    assert!(handle.approve(&id, "ops").is_none());
+    assert!(handle.approve(&id, "ops").await.unwrap().is_none());
     let told = call(&service, "Bearer alice", "transfer", args.clone()).await;
     let message = denied(&told).message().to_owned();
     assert!(
@@ -219,9 +220,9 @@ async fn a_declined_call_never_runs_and_the_next_attempt_asks_again() {
     );
     let again = call(&service, "Bearer alice", "transfer", args).await;
     assert!(denied(&again).message().contains("is pending"));
-    assert_ne!(only_pending(&handle), id);
+    assert_ne!(only_pending(&handle).await, id);
     assert!(ran.lock().unwrap().is_empty());
-    assert!(handle.approve("no-such-id", "ops").is_none());
+    assert!(handle.approve("no-such-id", "ops").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -260,7 +261,7 @@ async fn only_calls_the_rule_names_need_approval_and_refusals_come_first() {
             .starts_with("A person must approve this call to \"wire\" before it runs."),
         "{denial}"
     );
-    assert_eq!(handle.pending_approvals().len(), 1);
+    assert_eq!(handle.pending_approvals().await.unwrap().len(), 1);
     assert_eq!(*ran.lock().unwrap(), vec![json!({"amount": 50})]);
 }
 
@@ -274,7 +275,11 @@ async fn limits_are_charged_only_when_the_approved_call_is_forwarded() {
         let asked = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
         assert_eq!(denied(&asked).kind(), DenialKind::Approval);
     }
-    handle.approve(&only_pending(&handle), "ops").unwrap();
+    handle
+        .approve(&only_pending(&handle).await, "ops")
+        .await
+        .unwrap()
+        .unwrap();
     let ran_once = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
     assert!(matches!(ran_once, Answer::Result(_)));
     let small = call(&service, "Bearer alice", "transfer", json!({"amount": 5})).await;
@@ -282,7 +287,7 @@ async fn limits_are_charged_only_when_the_approved_call_is_forwarded() {
     // Now the limit refuses, before asking anyone.
     let limited = call(&service, "Bearer alice", "transfer", json!({"amount": 700})).await;
     assert_eq!(denied(&limited).kind(), DenialKind::Limit);
-    assert!(handle.pending_approvals().is_empty());
+    assert!(handle.pending_approvals().await.unwrap().is_empty());
     assert_eq!(ran.lock().unwrap().len(), 2);
 }
 
@@ -314,15 +319,17 @@ async fn a_batch_runs_only_when_every_call_in_it_is_approved() {
     assert!(ran.lock().unwrap().is_empty());
     let ids: Vec<String> = handle
         .pending_approvals()
+        .await
+        .unwrap()
         .iter()
         .map(|p| p["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 2);
-    handle.approve(&ids[0], "ops").unwrap();
+    handle.approve(&ids[0], "ops").await.unwrap().unwrap();
     // One of two approved: nothing runs, and the approval given is kept.
     service.clone().oneshot(batch()).await.unwrap();
     assert!(ran.lock().unwrap().is_empty());
-    handle.approve(&ids[1], "ops").unwrap();
+    handle.approve(&ids[1], "ops").await.unwrap().unwrap();
     let response = service.clone().oneshot(batch()).await.unwrap();
     let answers: Value = serde_json::from_slice(response.body()).unwrap();
     assert_eq!(answers.as_array().unwrap().len(), 3, "{answers}");
@@ -350,10 +357,18 @@ async fn every_step_of_an_approval_is_an_event() {
     let handle = layer.handle();
     let (service, _ran) = service(&layer);
     call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
-    handle.approve(&only_pending(&handle), "ops").unwrap();
+    handle
+        .approve(&only_pending(&handle).await, "ops")
+        .await
+        .unwrap()
+        .unwrap();
     call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
     call(&service, "Bearer alice", "transfer", json!({"amount": 600})).await;
-    handle.decline(&only_pending(&handle), "ops").unwrap();
+    handle
+        .decline(&only_pending(&handle).await, "ops")
+        .await
+        .unwrap()
+        .unwrap();
     let lines = seen.0.lock().unwrap().clone();
     assert_eq!(
         lines,
@@ -379,7 +394,7 @@ async fn monitor_mode_runs_the_call_and_reports_that_it_would_need_approval() {
     let answer = call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
     assert!(matches!(answer, Answer::Result(_)), "{answer:?}");
     assert_eq!(ran.lock().unwrap().len(), 1);
-    assert!(handle.pending_approvals().is_empty());
+    assert!(handle.pending_approvals().await.unwrap().is_empty());
     let lines = seen.0.lock().unwrap().clone();
     assert_eq!(lines, ["call would_require_approval transfer"]);
 }
@@ -390,7 +405,11 @@ async fn a_new_policy_version_needs_a_new_approval() {
     let handle = layer.handle();
     let (service, ran) = service(&layer);
     call(&service, "Bearer alice", "transfer", json!({"amount": 500})).await;
-    handle.approve(&only_pending(&handle), "ops").unwrap();
+    handle
+        .approve(&only_pending(&handle).await, "ops")
+        .await
+        .unwrap()
+        .unwrap();
     // The policy changes (another reason): what was approved under the old one is not
     // carried over.
     let changed = POLICY.replace("need a person's approval", "need a second look");
@@ -420,7 +439,7 @@ async fn the_denial_names_the_approval_request_for_clients_that_read_it() {
     assert_eq!(details["rule"], "/tools/transfer/require_approval");
     assert_eq!(
         details["approvalId"],
-        only_pending(&handle).as_str(),
+        only_pending(&handle).await.as_str(),
         "{answer}"
     );
 }
@@ -449,9 +468,173 @@ async fn an_agent_cannot_bury_the_operators_in_requests() {
         ),
         "{denial}"
     );
-    assert_eq!(handle.pending_approvals().len(), 20);
+    assert_eq!(handle.pending_approvals().await.unwrap().len(), 20);
     // Another caller is not held up by it.
     let bob = call(&service, "Bearer bob", "transfer", json!({"amount": 999})).await;
     assert!(denied(&bob).message().contains("is pending"));
     assert!(ran.lock().unwrap().is_empty());
 }
+
+/// Two replicas that share one Redis agree on approvals: requests, answers, and the
+/// approval states used in the client. Each replica has its own connection and layer.
+#[cfg(feature = "redis")]
+mod shared {
+    use super::*;
+    use crate::support::redis_server::Redis;
+    use tower_mcp_policy::Engine;
+    use tower_mcp_policy::counter::RedisCounters;
+
+    async fn replica(redis: &Redis) -> PolicyLayer<RedisCounters> {
+        let counters = redis.builder().connect().await.unwrap();
+        PolicyLayer::from_engine(Engine::with_counters(
+            POLICY.parse::<Policy>().unwrap(),
+            counters,
+        ))
+    }
+
+    /// A 2026-07-28 call of a client that can ask its user, as Alice.
+    fn modern_call(args: &Value, state: Option<&str>, approve: bool) -> Request<Full<Bytes>> {
+        let mut params = json!({"name": "transfer", "arguments": args,
+            "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+        if let Some(state) = state {
+            params["requestState"] = json!(state);
+            params["inputResponses"] = json!({"mcp-policy/approval":
+                {"action": "accept", "content": {"approve": approve}}});
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params});
+        Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "transfer")
+            .header("authorization", "Bearer alice")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    async fn answer(service: &Service, request: Request<Full<Bytes>>) -> Value {
+        let response = service.clone().oneshot(request).await.unwrap();
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_approved_through_one_replica_runs_once_through_the_other() {
+        let redis = Redis::start();
+        let (one, two) = (replica(&redis).await, replica(&redis).await);
+        let (a, ran_a) = service(&one);
+        let (b, ran_b) = service(&two);
+        let args = json!({"amount": 500, "to": "bob"});
+
+        let asked = call(&a, "Bearer alice", "transfer", args.clone()).await;
+        assert_eq!(denied(&asked).kind(), DenialKind::Approval);
+        // The other replica lists it, and its operator approves it.
+        let id = only_pending(&two.handle()).await;
+        let pending = &two.handle().pending_approvals().await.unwrap()[0];
+        assert_eq!(pending["arguments"], args);
+        assert!(pending["expires_in_seconds"].as_u64().unwrap() > 590);
+        // Asking again through the other replica names the same request.
+        let again = call(&b, "Bearer alice", "transfer", args.clone()).await;
+        assert!(denied(&again).message().contains(&id), "{}", denied(&again));
+        assert_eq!(
+            two.handle().approve(&id, "ops").await.unwrap().unwrap()["id"],
+            id.as_str()
+        );
+        assert!(one.handle().pending_approvals().await.unwrap().is_empty());
+        assert!(
+            one.handle().approve(&id, "ops").await.unwrap().is_none(),
+            "answered once"
+        );
+
+        // The retry runs once, through either replica.
+        assert!(matches!(
+            call(&a, "Bearer alice", "transfer", args.clone()).await,
+            Answer::Result(_)
+        ));
+        let after = call(&b, "Bearer alice", "transfer", args.clone()).await;
+        assert_eq!(denied(&after).kind(), DenialKind::Approval);
+        assert_eq!(
+            ran_a.lock().unwrap().as_slice(),
+            std::slice::from_ref(&args)
+        );
+        assert!(ran_b.lock().unwrap().is_empty());
+
+        // Declined through one, the other tells the caller.
+        let id = only_pending(&one.handle()).await;
+        one.handle().decline(&id, "ops").await.unwrap().unwrap();
+        let told = call(&b, "Bearer alice", "transfer", args).await;
+        assert!(
+            denied(&told).message().contains("ops declined"),
+            "{}",
+            denied(&told)
+        );
+        assert_eq!(ran_a.lock().unwrap().len() + ran_b.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_approval_state_used_at_one_replica_is_spent_at_the_other() {
+        let redis = Redis::start();
+        let (one, two) = (replica(&redis).await, replica(&redis).await);
+        let (a, ran_a) = service(&one);
+        let (b, ran_b) = service(&two);
+        let args = json!({"amount": 500, "to": "bob"});
+
+        let asked = answer(&a, modern_call(&args, None, false)).await;
+        assert_eq!(asked["result"]["resultType"], "input_required", "{asked}");
+        let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
+        // The replicas share the hashing secret, so the other opens the state.
+        let ran = answer(&b, modern_call(&args, Some(&state), true)).await;
+        assert_eq!(ran["result"]["content"][0]["text"], "ran", "{ran}");
+        let replayed = answer(&a, modern_call(&args, Some(&state), true)).await;
+        let text = replayed["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("already used"), "{text}");
+        assert!(ran_a.lock().unwrap().is_empty());
+        assert_eq!(ran_b.lock().unwrap().clone(), [args]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_has_one_share_of_waiting_requests_across_replicas() {
+        let redis = Redis::start();
+        let (one, two) = (replica(&redis).await, replica(&redis).await);
+        let (a, _) = service(&one);
+        let (b, ran_b) = service(&two);
+        for n in 0..20 {
+            call(&a, "Bearer alice", "transfer", json!({"amount": 200 + n})).await;
+        }
+        let full = call(&b, "Bearer alice", "transfer", json!({"amount": 999})).await;
+        assert!(
+            denied(&full).message().contains("20 calls already wait"),
+            "{}",
+            denied(&full)
+        );
+        assert_eq!(two.handle().pending_approvals().await.unwrap().len(), 20);
+        assert!(ran_b.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_call_that_needs_approval_is_refused() {
+        let mut redis = Redis::start();
+        let layer = replica(&redis).await;
+        let (service, ran) = service(&layer);
+        redis.stop();
+        // `wire` has no limit: only the approval needs Redis.
+        let refused = call(&service, "Bearer alice", "wire", json!({"amount": 500})).await;
+        assert_eq!(denied(&refused).kind(), DenialKind::Approval);
+        assert!(
+            denied(&refused)
+                .message()
+                .contains("Approvals are unavailable"),
+            "{}",
+            denied(&refused)
+        );
+        assert!(layer.handle().pending_approvals().await.is_err());
+        assert!(layer.handle().approve("any", "ops").await.is_err());
+        assert!(ran.lock().unwrap().is_empty(), "nothing ran");
+        // A call that needs no approval (nor a counter) still runs.
+        let price = call(&service, "Bearer alice", "get_price", json!({})).await;
+        assert!(matches!(price, Answer::Result(_)), "{price:?}");
+    }
+}
+
+#[cfg(feature = "redis")]
+mod support;

@@ -214,8 +214,11 @@ async fn run<S: CounterStore + Clone>(layer: PolicyLayer<S>, options: Options) {
             });
     let api = mcp_policy::approvals::Api::new(layer.handle(), approvers);
     let approvals = move |method: http::Method, uri: http::Uri, headers: http::HeaderMap| {
-        let reply = api.answer(&method, uri.path(), &headers);
-        std::future::ready(reply.into_response::<axum::body::Body>())
+        let api = api.clone();
+        async move {
+            let reply = api.answer(&method, uri.path(), &headers).await;
+            reply.into_response::<axum::body::Body>()
+        }
     };
     println!("approvals on http://{address}/approvals");
     // `/metrics` is added after the policy layer, so it is outside it.

@@ -181,7 +181,7 @@ impl Api {
 
     /// The answer to `method path` with `headers`. A browser (`Accept: text/html`)
     /// gets the approvals page, and its forms' POSTs are sent back to it.
-    pub fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+    pub async fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
         let html = headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -220,11 +220,20 @@ impl Api {
             };
         }
         let rest = path.trim_start_matches("/approvals").trim_matches('/');
+        let unavailable = |trouble: tower_mcp_policy::counter::StoreError| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the approvals cannot be reached: {trouble}"),
+            )
+        };
         match (method, rest.split('/').collect::<Vec<_>>().as_slice()) {
             (&Method::GET, [""]) if html => Reply {
                 status: StatusCode::OK,
                 content_type: "text/html; charset=utf-8",
-                body: page(&self.handle.pending_approvals(), approver),
+                body: match self.handle.pending_approvals().await {
+                    Ok(pending) => page(&pending, approver),
+                    Err(error) => return unavailable(error),
+                },
                 headers: vec![
                     (header::CACHE_CONTROL, "no-store".to_owned()),
                     (header::X_FRAME_OPTIONS, "DENY".to_owned()),
@@ -234,11 +243,18 @@ impl Api {
                     ),
                 ],
             },
-            (&Method::GET, [""]) => ok(json!({ "pending": self.handle.pending_approvals() })),
+            (&Method::GET, [""]) => match self.handle.pending_approvals().await {
+                Ok(pending) => ok(json!({ "pending": pending })),
+                Err(error) => unavailable(error),
+            },
             (&Method::POST, [id, verb @ ("approve" | "decline")]) => {
                 let decided = match *verb {
-                    "approve" => self.handle.approve(id, approver),
-                    _ => self.handle.decline(id, approver),
+                    "approve" => self.handle.approve(id, approver).await,
+                    _ => self.handle.decline(id, approver).await,
+                };
+                let decided = match decided {
+                    Ok(decided) => decided,
+                    Err(error) => return unavailable(error),
                 };
                 match decided {
                     Some(_) if html => Reply {

@@ -12,12 +12,15 @@
 //! [`PolicyHandle`]: crate::PolicyHandle
 
 use std::collections::HashMap;
+use std::future::{Future, ready};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::counter::StoreError;
 use crate::decision::Denial;
 use crate::scope::ScopeValue;
 
@@ -39,6 +42,11 @@ impl CallKey {
             hash.update(part.as_bytes());
         }
         CallKey(hash.finalize().into())
+    }
+
+    /// 64 hex digits, as a store shared by replicas names it.
+    pub(crate) fn hex(&self) -> String {
+        crate::pins::hex(&self.0)
     }
 }
 
@@ -78,6 +86,101 @@ impl Request {
             "requested_at": humantime::format_rfc3339_seconds(self.requested).to_string(),
             "expires_in_seconds": self.expires.saturating_duration_since(now).as_secs(),
         })
+    }
+}
+
+impl Request {
+    /// The request as a store shared by replicas keeps it (everything but when it
+    /// expires, which the store keeps).
+    pub(crate) fn to_stored(&self) -> Value {
+        let requested = self
+            .requested
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        json!({
+            "id": &*self.id,
+            "key": self.key.hex(),
+            "owner": format!("{:032x}", self.owner.as_u128()),
+            "tool": &*self.tool,
+            "arguments": &*self.arguments,
+            "grant": self.grant.as_deref(),
+            "reason": &*self.reason,
+            "rule": &*self.rule,
+            "timeout_ms": self.timeout.as_millis() as u64,
+            "requested_ms": requested,
+        })
+    }
+
+    /// A request read back from a store shared by replicas, expiring in `left`.
+    pub(crate) fn from_stored(stored: &str, left: Duration) -> Option<Request> {
+        let value: Value = serde_json::from_str(stored).ok()?;
+        let text = |name: &str| value.get(name).and_then(Value::as_str);
+        let mut key = [0u8; 32];
+        let hex = text("key")?;
+        if hex.len() != 64 {
+            return None;
+        }
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Request {
+            id: text("id")?.into(),
+            key: CallKey(key),
+            owner: ScopeValue::from_u128(u128::from_str_radix(text("owner")?, 16).ok()?),
+            tool: text("tool")?.into(),
+            arguments: text("arguments")?.into(),
+            grant: text("grant").map(Arc::from),
+            reason: text("reason")?.into(),
+            rule: text("rule")?.into(),
+            timeout: Duration::from_millis(value.get("timeout_ms")?.as_u64()?),
+            requested: UNIX_EPOCH + Duration::from_millis(value.get("requested_ms")?.as_u64()?),
+            expires: Instant::now() + left,
+        })
+    }
+}
+
+/// What a store answers, later: a store shared by replicas is asked over the network
+/// (an error refuses the call, fail closed); this process's answers at once.
+pub(crate) type Later<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Where the requests, the answers and the spent nonces live: this process
+/// ([`Approvals`]) or a store the replicas share, so that a call approved through one
+/// replica runs through any other, once. Every method returns what changed, for events.
+pub(crate) trait ApprovalStore: Send + Sync + std::fmt::Debug {
+    /// See [`Approvals::ask`].
+    fn ask(&self, calls: Vec<Ask>) -> Later<(Vec<Asked>, Vec<Change>)>;
+    /// See [`Approvals::pending`].
+    fn pending(&self) -> Later<(Vec<Value>, Vec<Change>)>;
+    /// See [`Approvals::decide`].
+    fn decide(&self, id: &str, by: &str, approved: bool) -> Later<(Option<Value>, Vec<Change>)>;
+    /// See [`Approvals::spend`].
+    fn spend(&self, nonce: [u8; 16], expires: u64) -> Later<(bool, Vec<Change>)>;
+}
+
+impl ApprovalStore for Approvals {
+    fn ask(&self, calls: Vec<Ask>) -> Later<(Vec<Asked>, Vec<Change>)> {
+        let mut changes = Vec::new();
+        let asked = Approvals::ask(self, &calls, &mut changes);
+        Box::pin(ready(Ok((asked, changes))))
+    }
+
+    fn pending(&self) -> Later<(Vec<Value>, Vec<Change>)> {
+        let mut changes = Vec::new();
+        let pending = Approvals::pending(self, &mut changes);
+        Box::pin(ready(Ok((pending, changes))))
+    }
+
+    fn decide(&self, id: &str, by: &str, approved: bool) -> Later<(Option<Value>, Vec<Change>)> {
+        let mut changes = Vec::new();
+        let decided = Approvals::decide(self, id, by, approved, &mut changes);
+        Box::pin(ready(Ok((decided, changes))))
+    }
+
+    fn spend(&self, nonce: [u8; 16], expires: u64) -> Later<(bool, Vec<Change>)> {
+        Box::pin(ready(Ok((
+            Approvals::spend(self, nonce, expires),
+            Vec::new(),
+        ))))
     }
 }
 
@@ -379,6 +482,16 @@ impl State {
 }
 
 impl Ask {
+    /// The denial of this call while it waits, from its rule.
+    pub(crate) fn base(&self) -> Denial {
+        Denial::new(
+            crate::decision::DenialKind::Approval,
+            &self.tool,
+            &self.rule,
+            self.reason.to_string(),
+        )
+    }
+
     /// The request for this call under `id`, as events and the API show it.
     pub(crate) fn request(&self, id: Arc<str>, now: Instant) -> Request {
         Request {
@@ -413,7 +526,7 @@ pub(crate) fn report(observer: &dyn crate::observe::Observer, changes: &[Change]
 }
 
 /// 32 random hex digits.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let key = crate::scope::random_key();
     crate::pins::hex(&key)
 }

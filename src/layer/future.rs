@@ -16,7 +16,10 @@ use tower_service::Service;
 
 use super::body::{Buffer, PolicyBody, ResponseBody};
 use super::deadline::Deadline;
-use super::gate::{BoxError, Charging, Forwarded, Gate, Looked, Looking, Next, Read, TaskLookup};
+use super::gate::{
+    ApprovalFuture, BoxError, Charging, Concluding, Forwarded, Gate, Looked, Looking, Next, Read,
+    TaskLookup,
+};
 use crate::counter::CounterStore;
 use crate::grants::Caller;
 
@@ -64,6 +67,11 @@ pin_project! {
         Looking {
             future: TaskLookup,
             rest: Option<(Looking, Parts, Bytes, Inner, Read)>,
+        },
+        // Waiting for the store that shares approvals with other replicas.
+        Approving {
+            future: ApprovalFuture,
+            rest: Option<(Box<Concluding>, Parts, Bytes, Inner)>,
         },
         // Waiting for the inner service.
         Calling {
@@ -194,6 +202,10 @@ where
             future,
             rest: Some((charging, parts, bytes, inner)),
         },
+        Next::Approve(future, concluding) => State::Approving {
+            future,
+            rest: Some((concluding, parts, bytes, inner)),
+        },
         Next::Look(..) => unreachable!("a task's owner is looked up before any charge"),
     }
 }
@@ -260,6 +272,12 @@ where
                     let caller = this.caller.as_ref().expect("admitted");
                     judged(this.gate, inner, parts, bytes, read, caller, &looked)
                 }
+                StateProj::Approving { future, rest } => {
+                    let approval = ready!(future.as_mut().poll(cx));
+                    let (concluding, parts, bytes, inner) = rest.take().expect("approved once");
+                    let next = this.gate.approval_known(concluding, approval);
+                    step(this.gate, inner, parts, bytes, next)
+                }
                 StateProj::Calling { future, forwarded } => {
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
@@ -293,6 +311,7 @@ where
             State::Reading { .. } => "reading",
             State::Waiting { .. } => "waiting",
             State::Looking { .. } => "looking",
+            State::Approving { .. } => "approving",
             State::Calling { .. } => "calling",
             State::Answered { .. } => "answered",
         };

@@ -115,6 +115,22 @@ pub(crate) enum Next<B, S: CounterStore> {
     /// Wait for the counter store to tell who owns a task, then ask [`Gate::looked`]
     /// and judge the request again.
     Look(TaskLookup, Looking),
+    /// Wait for the store that shares approvals with other replicas, then ask
+    /// [`Gate::approval_known`].
+    Approve(ApprovalFuture, Box<Concluding>),
+}
+
+/// The approval of the calls of a request that need one, from a store that may have to
+/// be asked over the network.
+pub(crate) type ApprovalFuture = Pin<Box<dyn Future<Output = Approval> + Send>>;
+
+/// What a request waiting for its approvals keeps: everything it needs to conclude.
+pub(crate) struct Concluding {
+    caller: Caller,
+    inspected: Inspected<'static>,
+    claim: Option<Box<Claim>>,
+    charged: Option<Charged>,
+    started: Instant,
 }
 
 /// A task's owner and remaining time to live, looked up in a store shared by replicas.
@@ -229,7 +245,7 @@ impl Forwarded {
 const IN_CLIENT: &str = "client";
 
 /// What became of the calls that need a person's approval.
-enum Approval {
+pub(crate) enum Approval {
     /// Every one has an approval (now used up): forward, with this body when the
     /// layer's approval state must be taken out of it.
     Granted(Option<Bytes>),
@@ -284,6 +300,59 @@ impl InClientRefusal {
     }
 }
 
+/// Asks the client's user about `ask`, or reads the answer its retry brings (see
+/// `approve.rs`): `Ok(Ok(()))` when the call may run once. Otherwise why not, and the
+/// answer that asks the user (when this request asks).
+#[allow(clippy::type_complexity)]
+async fn in_client(
+    store: &dyn approval::ApprovalStore,
+    seal: &Seal,
+    client: &InClient,
+    ask: &Ask,
+    id: Option<&jsonrpc::Id>,
+    changes: &mut Vec<approval::Change>,
+) -> Result<Result<(), (InClientRefusal, Option<serde_json::Value>)>, crate::counter::StoreError> {
+    let now = Instant::now();
+    let Some(state) = &client.state else {
+        // Ask: the state binds the answer to this call, once, for the rule's timeout.
+        let nonce = crate::scope::random_key();
+        let request_id: Arc<str> = crate::pins::hex(&nonce).into();
+        let expires = approval::unix_now() + ask.timeout.as_secs().max(1);
+        let sealed = seal.seal(&ask.key, expires, nonce);
+        let asking = approve::input_required(id, ask, sealed);
+        let request = ask.request(request_id.clone(), now);
+        changes.push(approval::Change::new(request, "requested", None));
+        return Ok(Err((InClientRefusal::Asked(request_id), Some(asking))));
+    };
+    let opened = match seal.open(state, &ask.key, approval::unix_now()) {
+        Ok(opened) => opened,
+        Err(broken) => return Ok(Err((InClientRefusal::Broken(broken), None))),
+    };
+    let request_id: Arc<str> = crate::pins::hex(&opened.nonce).into();
+    let (fresh, expired) = store.spend(opened.nonce, opened.expires).await?;
+    changes.extend(expired);
+    if !fresh {
+        return Ok(Err((InClientRefusal::Replayed, None)));
+    }
+    let by: Arc<str> = Arc::from(IN_CLIENT);
+    let request = ask.request(request_id.clone(), now);
+    Ok(match client.answer {
+        Answer::Approved => {
+            changes.push(approval::Change::new(
+                request.clone(),
+                "approved",
+                Some(by.clone()),
+            ));
+            changes.push(approval::Change::new(request, "used", Some(by)));
+            Ok(())
+        }
+        Answer::Declined | Answer::Missing => {
+            changes.push(approval::Change::new(request, "declined", Some(by)));
+            Err((InClientRefusal::Declined(request_id), None))
+        }
+    })
+}
+
 /// A body that decoded and passed the header checks, ready for the engine.
 struct Inspected<'a> {
     decoded: Decoded<'a>,
@@ -299,6 +368,19 @@ struct Inspected<'a> {
 }
 
 impl Inspected<'_> {
+    /// An owned copy, without the claim (which has one owner).
+    fn to_owned(&self) -> Inspected<'static> {
+        Inspected {
+            decoded: self.decoded.clone().into_owned(),
+            keys: self.keys,
+            holds: self.holds,
+            claim: None,
+            trace: self.trace,
+            asks: self.asks.clone(),
+            client: self.client.clone(),
+        }
+    }
+
     fn into_owned(self) -> Inspected<'static> {
         Inspected {
             decoded: self.decoded.into_owned(),
@@ -745,8 +827,8 @@ impl<S: CounterStore> Gate<S> {
         })
     }
 
-    /// Forward, or answer the denials; one event per call of a refused request now,
-    /// and one per allowed call once the server answers.
+    /// Asks about the calls that need approval (when the request is allowed so far),
+    /// then concludes; waits for the store when it must be asked over the network.
     fn conclude<B>(
         &self,
         caller: &Caller,
@@ -756,6 +838,67 @@ impl<S: CounterStore> Gate<S> {
         charged: Option<Charged>,
         started: Instant,
     ) -> Next<B, S> {
+        let mut approval = None;
+        if decided.is_ok() && !inspected.asks.is_empty() {
+            let mut future = self.approval(inspected);
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            match future.as_mut().poll(&mut context) {
+                // This process's store answers at once.
+                std::task::Poll::Ready(done) => approval = Some(done),
+                std::task::Poll::Pending => {
+                    let concluding = Concluding {
+                        caller: caller.clone(),
+                        inspected: inspected.to_owned(),
+                        claim,
+                        charged,
+                        started,
+                    };
+                    return Next::Approve(future, Box::new(concluding));
+                }
+            }
+        }
+        self.finish(
+            caller, inspected, claim, decided, charged, started, approval,
+        )
+    }
+
+    /// The store answered about the approvals of `concluding`.
+    pub(crate) fn approval_known<B>(
+        &self,
+        concluding: Box<Concluding>,
+        approval: Approval,
+    ) -> Next<B, S> {
+        let Concluding {
+            caller,
+            inspected,
+            claim,
+            charged,
+            started,
+        } = *concluding;
+        self.finish(
+            &caller,
+            &inspected,
+            claim,
+            Ok(()),
+            charged,
+            started,
+            Some(approval),
+        )
+    }
+
+    /// Forward, or answer the denials; one event per call of a refused request now,
+    /// and one per allowed call once the server answers.
+    #[allow(clippy::too_many_arguments)]
+    fn finish<B>(
+        &self,
+        caller: &Caller,
+        inspected: &Inspected<'_>,
+        claim: Option<Box<Claim>>,
+        decided: Result<(), Vec<Decision>>,
+        charged: Option<Charged>,
+        started: Instant,
+        approval: Option<Approval>,
+    ) -> Next<B, S> {
         let policy = &caller.policy;
         let monitor = self.config.mode == Mode::Monitor;
         let observer = &*self.config.observer.0;
@@ -763,8 +906,8 @@ impl<S: CounterStore> Gate<S> {
         let (mut decided, mut charged) = (decided, charged);
         let mut outcome = Outcome::Forwarded;
         let (mut body, mut ask_client) = (None, None);
-        if decided.is_ok() && !inspected.asks.is_empty() {
-            match self.approved(inspected, monitor) {
+        if let Some(approval) = approval {
+            match approval {
                 Approval::Granted(forward) => body = forward,
                 Approval::Refused(decisions, _) if monitor => {
                     // A dry run: reported, and the calls run (and stay charged).
@@ -888,109 +1031,78 @@ impl<S: CounterStore> Gate<S> {
     /// they are used up). A call without one is refused, with a request for approval
     /// made in the client (when it can ask its user) or recorded for an operator (or
     /// told a person declined it); the other calls of the request are not executed. A
-    /// dry run asks nobody: each such call is reported as needing approval.
-    fn approved(&self, inspected: &Inspected<'_>, monitor: bool) -> Approval {
+    /// dry run asks nobody: each such call is reported as needing approval. A store
+    /// that cannot be reached refuses them all (fail closed).
+    fn approval(&self, inspected: &Inspected<'_>) -> ApprovalFuture {
         let count = inspected.calls().len();
-        let mut decisions = vec![Decision::NotExecuted; count];
-        let base = |ask: &Ask| {
-            Denial::new(
-                DenialKind::Approval,
-                &ask.tool,
-                &ask.rule,
-                ask.reason.to_string(),
-            )
-        };
-        if monitor {
-            for (index, ask) in &inspected.asks {
-                decisions[*index] = Decision::Deny(base(ask));
+        let asks = inspected.asks.clone();
+        if self.config.mode == Mode::Monitor {
+            let mut decisions = vec![Decision::NotExecuted; count];
+            for (index, ask) in &asks {
+                decisions[*index] = Decision::Deny(ask.base());
             }
-            return Approval::Refused(decisions, None);
+            return Box::pin(std::future::ready(Approval::Refused(decisions, None)));
         }
-        if let (Some(client), [(index, ask)]) = (&inspected.client, &inspected.asks[..])
-            && (client.state.is_some() || client.can_ask)
-        {
+        let source = self.engine.source().clone();
+        let observer = self.config.observer.clone();
+        let client = inspected.client.clone();
+        let seal = self.seal.clone();
+        let id = inspected
+            .decoded
+            .messages()
+            .iter()
+            .find(|m| m.tool_call().is_some())
+            .and_then(|m| m.id().cloned());
+        Box::pin(async move {
+            let mut decisions = vec![Decision::NotExecuted; count];
+            let store = source.approvals();
             let mut changes = Vec::new();
-            let asked = self.in_client(inspected, client, ask, &mut changes);
-            approval::report(&*self.config.observer.0, &changes);
-            return match asked {
-                Ok(()) => Approval::Granted(client.forward.clone()),
-                Err((denial, asking)) => {
-                    decisions[*index] = Decision::Deny(denial.into_denial(base(ask)));
-                    Approval::Refused(decisions, asking)
+            let asked = match (&client, &asks[..]) {
+                (Some(client), [(index, ask)]) if client.state.is_some() || client.can_ask => {
+                    let asked =
+                        in_client(store, &seal, client, ask, id.as_ref(), &mut changes).await;
+                    asked.map(|asked| match asked {
+                        Ok(()) => Approval::Granted(client.forward.clone()),
+                        Err((refusal, asking)) => {
+                            decisions[*index] = Decision::Deny(refusal.into_denial(ask.base()));
+                            Approval::Refused(decisions.clone(), asking)
+                        }
+                    })
+                }
+                _ => {
+                    let calls: Vec<Ask> = asks.iter().map(|(_, ask)| ask.clone()).collect();
+                    store.ask(calls).await.map(|(asked, happened)| {
+                        changes.extend(happened);
+                        if asked.iter().all(|a| matches!(a, Asked::Approved { .. })) {
+                            return Approval::Granted(None);
+                        }
+                        for ((index, ask), asked) in asks.iter().zip(&asked) {
+                            if !matches!(asked, Asked::Approved { .. }) {
+                                decisions[*index] = Decision::Deny(asked.denial(ask.base()));
+                            }
+                        }
+                        Approval::Refused(decisions.clone(), None)
+                    })
                 }
             };
-        }
-        let asks: Vec<Ask> = inspected.asks.iter().map(|(_, ask)| ask.clone()).collect();
-        let mut changes = Vec::new();
-        let asked = self.engine.source().approvals().ask(&asks, &mut changes);
-        approval::report(&*self.config.observer.0, &changes);
-        if asked.iter().all(|a| matches!(a, Asked::Approved { .. })) {
-            return Approval::Granted(None);
-        }
-        for ((index, ask), asked) in inspected.asks.iter().zip(&asked) {
-            if !matches!(asked, Asked::Approved { .. }) {
-                decisions[*index] = Decision::Deny(asked.denial(base(ask)));
-            }
-        }
-        Approval::Refused(decisions, None)
-    }
-
-    /// Asks the client's user about `ask`, or reads the answer its retry brings (see
-    /// `approve.rs`): `Ok` when the call may run once. Otherwise why not, and the
-    /// answer that asks the user (when this request asks).
-    fn in_client(
-        &self,
-        inspected: &Inspected<'_>,
-        client: &InClient,
-        ask: &Ask,
-        changes: &mut Vec<approval::Change>,
-    ) -> Result<(), (InClientRefusal, Option<serde_json::Value>)> {
-        let now = Instant::now();
-        let approvals = self.engine.source().approvals();
-        let Some(state) = &client.state else {
-            // Ask: the state binds the answer to this call, once, for the rule's timeout.
-            let nonce = crate::scope::random_key();
-            let id: Arc<str> = crate::pins::hex(&nonce).into();
-            let expires = approval::unix_now() + ask.timeout.as_secs().max(1);
-            let sealed = self.seal.seal(&ask.key, expires, nonce);
-            let call = inspected
-                .decoded
-                .messages()
-                .iter()
-                .find(|m| m.tool_call().is_some());
-            let asking = approve::input_required(call.and_then(|m| m.id()), ask, sealed);
-            changes.push(approval::Change::new(
-                ask.request(id.clone(), now),
-                "requested",
-                None,
-            ));
-            return Err((InClientRefusal::Asked(id), Some(asking)));
-        };
-        let opened = self
-            .seal
-            .open(state, &ask.key, approval::unix_now())
-            .map_err(|broken| (InClientRefusal::Broken(broken), None))?;
-        let id: Arc<str> = crate::pins::hex(&opened.nonce).into();
-        if !approvals.spend(opened.nonce, opened.expires) {
-            return Err((InClientRefusal::Replayed, None));
-        }
-        let by: Arc<str> = Arc::from(IN_CLIENT);
-        let request = ask.request(id.clone(), now);
-        match client.answer {
-            Answer::Approved => {
-                changes.push(approval::Change::new(
-                    request.clone(),
-                    "approved",
-                    Some(by.clone()),
-                ));
-                changes.push(approval::Change::new(request, "used", Some(by)));
-                Ok(())
-            }
-            Answer::Declined | Answer::Missing => {
-                changes.push(approval::Change::new(request, "declined", Some(by)));
-                Err((InClientRefusal::Declined(id), None))
-            }
-        }
+            approval::report(&*observer.0, &changes);
+            asked.unwrap_or_else(|error| {
+                observer.0.observe(&Event::StoreError {
+                    error: &error,
+                    uncounted: false,
+                    background: false,
+                });
+                for (index, ask) in &asks {
+                    let base = ask.base();
+                    let text = format!(
+                        "{} Approvals are unavailable right now, so the call was not run; try again shortly.",
+                        base.message()
+                    );
+                    decisions[*index] = Decision::Deny(base.with_message(text));
+                }
+                Approval::Refused(decisions, None)
+            })
+        })
     }
 
     /// The request's scope keys, and the hash of the session id it carries (issued or

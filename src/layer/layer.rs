@@ -101,6 +101,13 @@ impl<S: CounterStore> PolicyLayer<S> {
     /// hasher, so every replica counts one caller in one bucket.
     pub fn from_engine(engine: Engine<S>) -> Self {
         let hasher = engine.counters().scope_hasher();
+        #[cfg(feature = "redis")]
+        if let Some(redis) = (engine.counters() as &dyn std::any::Any)
+            .downcast_ref::<crate::counter::RedisCounters>()
+        {
+            // Requests for approval and answers are shared by the replicas too.
+            engine.source().share_approvals(redis.approval_store());
+        }
         PolicyLayer::assemble(engine, hasher)
     }
 

@@ -248,7 +248,7 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         let get = request.method() == http::Method::GET;
         if get && request.uri().path() == "/healthz" {
             return Box::pin(std::future::ready(Ok(plain(StatusCode::OK, "ok\n"))));
@@ -268,9 +268,13 @@ where
         if let Some(api) = &self.2
             && crate::approvals::Api::serves(request.uri().path())
         {
-            let reply = api.answer(request.method(), request.uri().path(), request.headers());
-            let response = reply.into_response::<Full<Bytes>>().map(Either::Left);
-            return Box::pin(std::future::ready(Ok(response)));
+            let (api, method) = (api.clone(), request.method().clone());
+            let path = request.uri().path().to_owned();
+            let headers = std::mem::take(request.headers_mut());
+            return Box::pin(async move {
+                let reply = api.answer(&method, &path, &headers).await;
+                Ok(reply.into_response::<Full<Bytes>>().map(Either::Left))
+            });
         }
         if get && request.uri().path() == "/metrics" {
             let text = serving::metrics().render();

@@ -381,10 +381,13 @@ impl Service<Request<Incoming>> for Servers {
             .filter(|(_, rest)| crate::approvals::Api::serves(&format!("/{rest}")))
             .and_then(|(name, rest)| Some((self.snapshot().get(name)?.approvals.clone()?, rest)));
         if let Some((api, rest)) = approvals {
-            let reply = api.answer(request.method(), &format!("/{rest}"), request.headers());
-            let response = reply.into_response::<http_body_util::Full<Bytes>>();
-            let response = response.map(|body| body.map_err(|never| match never {}).boxed_unsync());
-            return Box::pin(std::future::ready(Ok(response)));
+            let (method, path) = (request.method().clone(), format!("/{rest}"));
+            let headers = std::mem::take(request.headers_mut());
+            return Box::pin(async move {
+                let reply = api.answer(&method, &path, &headers).await;
+                let response = reply.into_response::<http_body_util::Full<Bytes>>();
+                Ok(response.map(|body| body.map_err(|never| match never {}).boxed_unsync()))
+            });
         }
         let found = path
             .strip_prefix('/')

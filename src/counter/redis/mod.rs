@@ -5,6 +5,7 @@
 //! calls, `wire.rs` what a call and its reply look like on the wire, `breaker.rs` the
 //! back-off after failures, and `gcra.lua` the script.
 
+mod approvals;
 mod breaker;
 mod conn;
 mod wire;
@@ -175,6 +176,14 @@ return 1
 "#;
 
 impl RedisCounters {
+    /// The approvals this store shares with the replicas (see `approvals.rs`).
+    pub(crate) fn approval_store(&self) -> Arc<dyn crate::approval::ApprovalStore> {
+        Arc::new(approvals::RedisApprovals {
+            shared: self.inner.shared.clone(),
+            deadline: self.inner.deadline,
+        })
+    }
+
     /// The default prefix of every key the store writes.
     pub const DEFAULT_PREFIX: &'static str = "mcp-policy:";
     /// The default deadline of one charge.
