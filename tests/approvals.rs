@@ -638,3 +638,256 @@ mod shared {
 
 #[cfg(feature = "redis")]
 mod support;
+
+/// Approval asked over the call's own event stream (MCP 2025-06-18 and 2025-11-25,
+/// feature `tokio`): the layer's elicitation request is the stream's first event, and
+/// the client's answer is a POST the layer takes for itself.
+#[cfg(feature = "tokio")]
+mod stream {
+    use super::*;
+    use std::time::Duration;
+
+    type Inner = tower::util::BoxCloneService<Request<PolicyBody>, Response<Full<Bytes>>, String>;
+
+    /// A server that issues session `s1` and records every request it gets.
+    fn server(seen: Arc<Mutex<Vec<Value>>>) -> Inner {
+        let service = tower::service_fn(move |request: Request<PolicyBody>| {
+            let seen = seen.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let message: Value = serde_json::from_slice(&body).unwrap();
+                seen.lock().unwrap().push(message.clone());
+                let result = match message["method"].as_str() {
+                    Some("initialize") => json!({"protocolVersion": "2025-11-25",
+                        "capabilities": {"tools": {}}, "serverInfo": {"name": "t", "version": "1"}}),
+                    _ => json!({"content": [{"type": "text", "text": "ran"}]}),
+                };
+                let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+                let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("mcp-session-id", "s1".parse().unwrap());
+                Ok::<_, String>(response)
+            }
+        });
+        tower::util::BoxCloneService::new(service)
+    }
+
+    fn post(body: Value, credential: &str) -> Request<Full<Bytes>> {
+        Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-session-id", "s1")
+            .header("authorization", credential)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    /// The layer over the server, a session whose client can elicit already open.
+    async fn session(
+        policy: &str,
+    ) -> (
+        tower_mcp_policy::PolicyService<Inner>,
+        Arc<Mutex<Vec<Value>>>,
+    ) {
+        let seen = Arc::default();
+        let layer = PolicyLayer::new(policy.parse::<Policy>().unwrap());
+        let service = layer.layer(server(Arc::clone(&seen)));
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "c", "version": "1"}}});
+        let mut request = post(initialize, "Bearer alice");
+        request.headers_mut().remove("mcp-session-id");
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        (service, seen)
+    }
+
+    fn transfer(amount: u64) -> Value {
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "transfer", "arguments": {"amount": amount}}})
+    }
+
+    fn reply(id: &str, action: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "result": {"action": action, "content": {"approve": true}}})
+    }
+
+    /// The data of one event.
+    fn data(frame: &Bytes) -> Value {
+        let text = std::str::from_utf8(frame).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str(line).unwrap()
+    }
+
+    async fn next_frame<B: http_body::Body<Data = Bytes> + Unpin>(body: &mut B) -> Option<Bytes>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let frame =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await?;
+        Some(frame.unwrap().into_data().unwrap())
+    }
+
+    fn calls(seen: &Mutex<Vec<Value>>) -> usize {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["method"] == "tools/call")
+            .count()
+    }
+
+    const POLICY: &str = r#"{"version":"1","default":"allow","tools":{
+        "transfer":{"require_approval":{"reason":"Transfers need a person.","timeout":"1s"},
+          "limits":[{"counter":"transfers","window":"hour","max":1}]}}}"#;
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_before_answering_is_charged_nothing() {
+        let (service, seen) = session(POLICY).await;
+        for _ in 0..3 {
+            // One transfer an hour: each call that went away gave its charge back, so
+            // the next is asked about again rather than refused over the limit.
+            let response = service
+                .clone()
+                .oneshot(post(transfer(500), "Bearer alice"))
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let asked = data(&next_frame(&mut body).await.unwrap());
+            assert_eq!(asked["method"], "elicitation/create", "{asked}");
+            drop(body);
+        }
+        assert_eq!(calls(&seen), 0);
+    }
+
+    #[tokio::test]
+    async fn the_users_yes_runs_the_call_once_on_the_same_stream() {
+        let (service, seen) = session(POLICY).await;
+        let response = service
+            .clone()
+            .oneshot(post(transfer(500), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let asked = data(&next_frame(&mut body).await.unwrap());
+        assert_eq!(asked["method"], "elicitation/create");
+        assert!(
+            asked["params"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Transfers need a person.")
+        );
+        let id = asked["id"].as_str().unwrap().to_owned();
+        assert_eq!(calls(&seen), 0, "nothing runs while the user is asked");
+
+        let taken = service
+            .clone()
+            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(taken.status(), 202);
+        let answer = data(&next_frame(&mut body).await.unwrap());
+        assert_eq!(answer["id"], 5);
+        assert_eq!(answer["result"]["content"][0]["text"], "ran");
+        assert!(
+            next_frame(&mut body).await.is_none(),
+            "the stream ends with the answer"
+        );
+        assert_eq!(calls(&seen), 1);
+        // The client's answer was the layer's: the server never saw it.
+        assert!(seen.lock().unwrap().iter().all(|m| m["id"] != json!(id)));
+        // Answered once: the same answer again finds nobody waiting.
+        let again = service
+            .clone()
+            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn another_callers_answer_or_none_in_time_never_runs_the_call() {
+        let (service, seen) = session(POLICY).await;
+        let response = service
+            .clone()
+            .oneshot(post(transfer(500), "Bearer alice"))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let id = data(&next_frame(&mut body).await.unwrap())["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Mallory cannot answer Alice's question, nor can anyone answer an unknown one.
+        let foreign = service
+            .clone()
+            .oneshot(post(reply(&id, "accept"), "Bearer mallory"))
+            .await
+            .unwrap();
+        assert_eq!(foreign.status(), 404);
+        let unknown = reply("mcp-policy-approval-0000", "accept");
+        let unknown = service
+            .clone()
+            .oneshot(post(unknown, "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 404);
+        // No answer within the rule's second: refused, and the call never ran.
+        let refused = tokio::time::timeout(Duration::from_secs(5), next_frame(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = data(&refused);
+        assert_eq!(refused["id"], 5);
+        let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("not answered in time"), "{text}");
+        assert_eq!(calls(&seen), 0);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|m| m.get("result").is_none()),
+            "no answer was forwarded"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_users_no_refuses_the_call_and_a_client_that_cannot_elicit_is_asked_out_of_band() {
+        let (service, seen) = session(POLICY).await;
+        let response = service
+            .clone()
+            .oneshot(post(transfer(500), "Bearer alice"))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let id = data(&next_frame(&mut body).await.unwrap())["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let taken = service
+            .clone()
+            .oneshot(post(reply(&id, "decline"), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(taken.status(), 202);
+        let refused = data(&next_frame(&mut body).await.unwrap());
+        let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("declined in the client"), "{text}");
+        assert_eq!(calls(&seen), 0);
+
+        // Without a session whose client declared elicitation: the usual pending denial.
+        let mut request = post(transfer(500), "Bearer alice");
+        request.headers_mut().remove("mcp-session-id");
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let denied: Value = serde_json::from_slice(&body).unwrap();
+        let text = denied["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("is pending"), "{text}");
+        assert_eq!(calls(&seen), 0);
+    }
+}

@@ -102,3 +102,70 @@ async fn the_typescript_client_is_rate_limited_with_a_readable_hint() {
     );
     assert_eq!(demo.executions.of("binance_us_close_listen_key"), 30);
 }
+
+/// The demo under a policy whose `transfer` needs a person's approval, answering with
+/// event streams; the TypeScript client (2025-11-25) declares elicitation and answers
+/// `answer`.
+async fn approval_in_the_typescript_client(answer: &str) -> (Vec<Value>, Demo) {
+    let policy: tower_mcp_policy::Policy = r#"{"version":"1","default":"allow","tools":{
+        "transfer":{"require_approval":{"reason":"Transfers need a person's approval."}}}}"#
+        .parse()
+        .unwrap();
+    let demo = Demo::start(tower_mcp_policy::PolicyLayer::new(policy), false).await;
+    let steps = json!([
+        {"call": "transfer", "args": {"amount": 250, "to": "bob"}},
+        {"call": "get_price", "args": {"symbol": "BTCUSD"}},
+    ]);
+    let args = vec![
+        demo.url(),
+        "ts-token".to_owned(),
+        steps.to_string(),
+        answer.to_owned(),
+    ];
+    let out = servers::demo::node_script("client.mjs", args).await;
+    (out, demo)
+}
+
+#[tokio::test]
+async fn the_typescript_clients_user_approves_the_call_over_its_stream() {
+    let (out, demo) = approval_in_the_typescript_client("accept").await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(
+        out[0]["result"]["content"][0]["text"], r#"transfer ran with {"amount":250.0,"to":"bob"}"#,
+        "{out:?}"
+    );
+    let shown = out[2]["elicited"].as_array().unwrap();
+    assert_eq!(shown.len(), 1, "only the transfer asks: {out:?}");
+    let shown = shown[0].as_str().unwrap();
+    assert!(
+        shown.contains("Transfers need a person's approval.") && shown.contains("\"amount\": 250"),
+        "{shown}"
+    );
+    // The tool ran once (with the arguments its answer names).
+    assert_eq!(demo.executions.of("transfer"), 1);
+}
+
+#[tokio::test]
+async fn a_call_the_typescript_clients_user_declines_never_runs() {
+    let (out, demo) = approval_in_the_typescript_client("decline").await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    let denied = &out[0]["result"];
+    assert_eq!(denied["isError"], true, "{out:?}");
+    let text = denied["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("declined in the client"), "{text}");
+    assert_eq!(
+        denied["_meta"]["tower-mcp-policy/denial"]["kind"],
+        "approval"
+    );
+    // The next call (no approval needed) still runs.
+    assert_eq!(
+        out[1]["result"]["content"][0]["text"],
+        r#"get_price ran with {"symbol":"BTCUSD"}"#
+    );
+    assert_eq!(
+        demo.executions.of("transfer"),
+        0,
+        "the declined call never ran"
+    );
+    assert_eq!(demo.executions.of("get_price"), 1);
+}

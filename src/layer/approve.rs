@@ -27,6 +27,9 @@ const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// What a single call that needs approval says about asking in the client.
 #[derive(Debug, Clone)]
 pub(crate) struct InClient {
+    /// Asked over the call's own event stream (MCP 2025-06-18 and 2025-11-25, see
+    /// `elicit.rs`) rather than by a multi round-trip answer.
+    pub stream: bool,
     /// The client declared it can ask its user (form elicitation).
     pub can_ask: bool,
     /// The approval state the retry echoes (one of ours, by its form).
@@ -77,6 +80,7 @@ impl InClient {
             .filter(|state| Seal::claims(state))
             .map(Box::from);
         let mut client = InClient {
+            stream: false,
             can_ask,
             state,
             answer: Answer::Missing,
@@ -97,8 +101,35 @@ impl InClient {
     }
 }
 
+impl InClient {
+    /// A call of a session whose client declared it can ask its user, on a revision
+    /// that asks over the call's event stream.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stream() -> InClient {
+        InClient {
+            stream: true,
+            can_ask: true,
+            state: None,
+            answer: Answer::Missing,
+            forward: None,
+        }
+    }
+}
+
+/// Whether an `initialize` request (`body`) declares that its client can ask its user
+/// (form elicitation: `elicitation: {}`, or one that names `form`).
+pub(crate) fn declares_elicitation(body: &[u8]) -> bool {
+    let Ok(message) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    message
+        .pointer("/params/capabilities/elicitation")
+        .and_then(Value::as_object)
+        .is_some_and(|modes| modes.is_empty() || modes.contains_key("form"))
+}
+
 /// An elicitation result: approved only by `accept` with `approve: true`.
-fn read(result: Value) -> Answer {
+pub(crate) fn read(result: Value) -> Answer {
     let accepted = result.get("action").and_then(Value::as_str) == Some("accept");
     let approve = result
         .get("content")
@@ -111,8 +142,9 @@ fn read(result: Value) -> Answer {
     }
 }
 
-/// The answer that asks the client's user to approve `ask`, with `state` to echo.
-pub(crate) fn input_required(id: Option<&Id>, ask: &Ask, state: String) -> Value {
+/// The `elicitation/create` request that asks the user to approve `ask`: the reason,
+/// the tool and the arguments, and one boolean to answer.
+pub(crate) fn elicitation(ask: &Ask) -> Value {
     let arguments: Value =
         serde_json::from_str(&ask.arguments).unwrap_or_else(|_| Value::Object(Map::new()));
     let message = format!(
@@ -122,31 +154,34 @@ pub(crate) fn input_required(id: Option<&Id>, ask: &Ask, state: String) -> Value
         serde_json::to_string_pretty(&arguments).unwrap_or_else(|_| ask.arguments.to_string()),
     );
     json!({
+        "method": "elicitation/create",
+        "params": {
+            "mode": "form",
+            "message": message,
+            "requestedSchema": {
+                "type": "object",
+                "properties": {
+                    "approve": {
+                        "type": "boolean",
+                        "title": format!("Approve {}", ask.tool),
+                        "description": "Run this call once, with exactly these arguments.",
+                        "default": false
+                    }
+                },
+                "required": ["approve"]
+            }
+        }
+    })
+}
+
+/// The answer that asks the client's user to approve `ask`, with `state` to echo.
+pub(crate) fn input_required(id: Option<&Id>, ask: &Ask, state: String) -> Value {
+    json!({
         "jsonrpc": "2.0",
         "id": id,
         "result": {
             "resultType": "input_required",
-            "inputRequests": {
-                INPUT_KEY: {
-                    "method": "elicitation/create",
-                    "params": {
-                        "mode": "form",
-                        "message": message,
-                        "requestedSchema": {
-                            "type": "object",
-                            "properties": {
-                                "approve": {
-                                    "type": "boolean",
-                                    "title": format!("Approve {}", ask.tool),
-                                    "description": "Run this call once, with exactly these arguments.",
-                                    "default": false
-                                }
-                            },
-                            "required": ["approve"]
-                        }
-                    }
-                }
-            },
+            "inputRequests": { INPUT_KEY: elicitation(ask) },
             "requestState": state,
         }
     })

@@ -63,10 +63,17 @@ pin_project! {
     }
 }
 
+/// A stream of the layer's own making, frame by frame (it cannot fail).
+pub(crate) trait Stage: Send {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+}
+
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        // The layer's own stream (an approval asked over the call's event stream).
+        Stage { stage: Pin<Box<dyn Stage>> },
         Full { bytes: Option<Bytes> },
         // An event stream, event by event: filtered when `filter` is set, watched for
         // error answers (refunds) when `watch` is.
@@ -103,6 +110,13 @@ impl<B> ResponseBody<B> {
     pub(crate) fn full(bytes: Bytes) -> Self {
         ResponseBody {
             kind: Kind::Full { bytes: Some(bytes) },
+            claim: None,
+        }
+    }
+
+    pub(crate) fn stage(stage: Pin<Box<dyn Stage>>) -> Self {
+        ResponseBody {
+            kind: Kind::Stage { stage },
             claim: None,
         }
     }
@@ -172,6 +186,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
         let kind = match self.kind {
             Kind::Inner { .. } => "inner",
             Kind::Full { .. } => "full",
+            Kind::Stage { .. } => "stage",
             Kind::Sse { .. } => "sse-filtered",
             Kind::Json { .. } => "json-filtered",
         };
@@ -219,6 +234,10 @@ where
         match self.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            KindProj::Stage { stage } => stage
+                .as_mut()
+                .poll_frame(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(b)))),
             KindProj::Sse {
                 mut body,
                 splitter,
@@ -355,6 +374,7 @@ where
         match self {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { bytes } => bytes.is_none(),
+            Kind::Stage { .. } => false,
             Kind::Json { done, .. } => *done,
             Kind::Sse { .. } => false,
         }
@@ -371,7 +391,7 @@ where
             Kind::Json {
                 body, filter: None, ..
             } => body.size_hint(),
-            Kind::Sse { .. } | Kind::Json { .. } => SizeHint::default(),
+            Kind::Sse { .. } | Kind::Json { .. } | Kind::Stage { .. } => SizeHint::default(),
         }
     }
 }

@@ -88,7 +88,9 @@ pin_project! {
 
 impl<Inner, S, ReqBody, ResBody> ResponseFuture<Inner, S, ReqBody, ResBody>
 where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ReqBody: Body,
     S: CounterStore,
 {
@@ -136,7 +138,7 @@ where
 /// The body has been read whole: the gate judges it.
 #[inline]
 fn next<Inner, S, ReqBody, ResBody>(
-    gate: &Gate<S>,
+    gate: &Arc<Gate<S>>,
     inner: Inner,
     parts: Parts,
     bytes: Bytes,
@@ -144,7 +146,9 @@ fn next<Inner, S, ReqBody, ResBody>(
     caller: &Caller,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     S: CounterStore,
 {
     judged(gate, inner, parts, bytes, read, caller, &Looked::new())
@@ -153,7 +157,7 @@ where
 /// The gate judges the body, knowing the owners of the tasks in `looked`.
 #[inline]
 fn judged<Inner, S, ReqBody, ResBody>(
-    gate: &Gate<S>,
+    gate: &Arc<Gate<S>>,
     inner: Inner,
     parts: Parts,
     bytes: Bytes,
@@ -162,7 +166,9 @@ fn judged<Inner, S, ReqBody, ResBody>(
     looked: &Looked,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     S: CounterStore,
 {
     let next = gate.judge(&parts, &bytes, read, caller, looked);
@@ -178,14 +184,16 @@ where
 /// The state for what the gate said happens next.
 #[inline]
 fn step<Inner, S, ReqBody, ResBody>(
-    gate: &Gate<S>,
+    gate: &Arc<Gate<S>>,
     mut inner: Inner,
     parts: Parts,
     bytes: Bytes,
     next: Next<ResBody, S>,
 ) -> State<Inner, S, ReqBody, ResBody>
 where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     S: CounterStore,
 {
     match next {
@@ -206,13 +214,73 @@ where
             future,
             rest: Some((concluding, parts, bytes, inner)),
         },
+        #[cfg(feature = "tokio")]
+        Next::Elicit(forwarded, eliciting) => {
+            answered(elicit(gate, inner, parts, bytes, forwarded, eliciting))
+        }
         Next::Look(..) => unreachable!("a task's owner is looked up before any charge"),
     }
 }
 
+/// The event stream that asks the client's user about the call, then forwards it (or
+/// refuses it) on the same stream.
+#[cfg(feature = "tokio")]
+fn elicit<Inner, S, ResBody>(
+    gate: &Arc<Gate<S>>,
+    mut inner: Inner,
+    parts: Parts,
+    bytes: Bytes,
+    mut forwarded: Forwarded,
+    mut eliciting: Box<super::gate::Eliciting>,
+) -> Response<ResponseBody<ResBody>>
+where
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    S: CounterStore,
+{
+    use super::approve::Answer;
+    let first = std::mem::take(&mut eliciting.event);
+    let (id, timeout) = (eliciting.id.clone(), eliciting.timeout);
+    let answer = std::mem::replace(&mut eliciting.answer, tokio::sync::oneshot::channel().1);
+    let elicitations = gate.elicitations.clone();
+    let gate = gate.clone();
+    let then: super::elicit::Then<ResBody> = Box::new(move |answer: Answer| {
+        if answer != Answer::Approved {
+            let refused = gate.elicitation_refused(forwarded, eliciting, answer);
+            return Box::pin(std::future::ready(refused));
+        }
+        let parts = gate.forward(&mut forwarded, parts);
+        let bytes = forwarded.body.take().unwrap_or(bytes);
+        let call = inner.call(Request::from_parts(parts, PolicyBody::new(bytes)));
+        Box::pin(async move {
+            match call.await {
+                Ok(response) => gate.answered(response, forwarded),
+                Err(_) => {
+                    gate.failed(&mut forwarded);
+                    gate.unreachable_server()
+                }
+            }
+        })
+    });
+    let asking = super::elicit::Asking::new(first, answer, timeout, then, elicitations, id);
+    let mut response = Response::new(ResponseBody::stage(Box::pin(asking)));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
 impl<Inner, S, ReqBody, ResBody> Future for ResponseFuture<Inner, S, ReqBody, ResBody>
 where
-    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<PolicyBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,

@@ -35,7 +35,7 @@ use super::request::{
     JudgedHeaders, MCP_SESSION_ID, Rejection, check_entity_headers, check_routing_headers,
     too_large,
 };
-use super::sessions::Sessions;
+use super::sessions::{Initialize, Sessions};
 use super::tasks::{Owned, Tasks};
 use crate::approval::{self, Ask, Asked, CallKey, Seal};
 use crate::counter::{Charge, ChargeError, CounterStore, MemoryCounters, StoreError};
@@ -74,6 +74,9 @@ pub(crate) struct Gate<S> {
     ledger: Arc<dyn Ledger>,
     /// Seals the approval states asked in the client.
     seal: Seal,
+    /// The approvals asked over a call's event stream, waiting for the client's answer.
+    #[cfg(feature = "tokio")]
+    pub elicitations: Arc<super::elicit::Elicitations>,
 }
 
 /// StoreLedger through the engine's store, each reported as an event, and task owners
@@ -118,6 +121,23 @@ pub(crate) enum Next<B, S: CounterStore> {
     /// Wait for the store that shares approvals with other replicas, then ask
     /// [`Gate::approval_known`].
     Approve(ApprovalFuture, Box<Concluding>),
+    /// Answer at once with an event stream that asks the client's user, then forward
+    /// (or refuse) the call on it.
+    #[cfg(feature = "tokio")]
+    Elicit(Forwarded, Box<Eliciting>),
+}
+
+/// A call asked about over its own event stream (see `elicit.rs`).
+#[cfg(feature = "tokio")]
+pub(crate) struct Eliciting {
+    pub id: Arc<str>,
+    pub answer: tokio::sync::oneshot::Receiver<Answer>,
+    /// The stream's first event: the layer's elicitation request.
+    pub event: Bytes,
+    pub timeout: Duration,
+    ask: Ask,
+    caller: Caller,
+    inspected: Inspected<'static>,
 }
 
 /// The approval of the calls of a request that need one, from a store that may have to
@@ -168,6 +188,9 @@ pub(crate) struct Holds {
     pub about_tasks: bool,
     /// A tasks/list request: other grants' tasks are removed from its answer.
     pub lists_tasks: bool,
+    /// An initialize request whose client declares it can ask its user (form
+    /// elicitation): remembered with the session the server issues.
+    pub elicits: bool,
 }
 
 /// What the layer keeps of a forwarded request to handle its answer.
@@ -252,6 +275,10 @@ pub(crate) enum Approval {
     /// The decision on each call, and the answer that asks the client's user (when it
     /// asks in the client).
     Refused(Vec<Decision>, Option<serde_json::Value>),
+    /// Asked over the call's event stream: the elicitation's id and where its answer
+    /// arrives.
+    #[cfg(feature = "tokio")]
+    Elicit(Arc<str>, tokio::sync::oneshot::Receiver<Answer>),
 }
 
 /// Why a call asked about in the client does not run.
@@ -260,6 +287,9 @@ enum InClientRefusal {
     Asked(Arc<str>),
     /// The user said no (or gave no answer) to request `id`.
     Declined(Arc<str>),
+    /// No answer to request `id` came in time (or the client went away).
+    #[cfg(feature = "tokio")]
+    Unanswered(Arc<str>),
     /// The state was already used.
     Replayed,
     /// The state is not good for this call.
@@ -279,6 +309,14 @@ impl InClientRefusal {
             InClientRefusal::Declined(id) => (
                 format!(
                     "{} Approval {id} was declined in the client; calling again asks again.",
+                    base.message()
+                ),
+                Some(id),
+            ),
+            #[cfg(feature = "tokio")]
+            InClientRefusal::Unanswered(id) => (
+                format!(
+                    "{} Approval {id} was not answered in time; calling again asks again.",
                     base.message()
                 ),
                 Some(id),
@@ -451,6 +489,8 @@ impl<S: CounterStore> Gate<S> {
             tool_headers,
             ledger,
             seal,
+            #[cfg(feature = "tokio")]
+            elicitations: Arc::default(),
         }
     }
 
@@ -553,6 +593,14 @@ impl<S: CounterStore> Gate<S> {
             Ok(inspected) => inspected,
             Err(answer) => return Next::Answer(answer),
         };
+        #[cfg(feature = "tokio")]
+        if let [message] = inspected.decoded.messages()
+            && message.kind() == MessageKind::Response
+            && let Some(jsonrpc::Id::String(id)) = message.id()
+            && id.starts_with(super::elicit::ID_PREFIX)
+        {
+            return Next::Answer(self.elicitation_answered(bytes, inspected.keys.grant));
+        }
         if let Some(next) = self.check_tasks(&inspected, looked) {
             return next;
         }
@@ -571,6 +619,10 @@ impl<S: CounterStore> Gate<S> {
                 && !inspected.decoded.is_batch()
             {
                 inspected.client = InClient::of(parts, bytes);
+                #[cfg(feature = "tokio")]
+                if inspected.client.is_none() && self.streams_elicitation(parts) {
+                    inspected.client = Some(InClient::stream());
+                }
             }
         }
         let claim = inspected.claim.take();
@@ -792,6 +844,9 @@ impl<S: CounterStore> Gate<S> {
                 holds.lists_tasks |= message.method() == Some("tasks/list");
             }
         }
+        if holds.initializes && !decoded.is_batch() {
+            holds.elicits = approve::declares_elicitation(bytes);
+        }
         let requests = decoded
             .messages()
             .iter()
@@ -906,8 +961,23 @@ impl<S: CounterStore> Gate<S> {
         let (mut decided, mut charged) = (decided, charged);
         let mut outcome = Outcome::Forwarded;
         let (mut body, mut ask_client) = (None, None);
+        #[cfg(feature = "tokio")]
+        let mut eliciting = None;
         if let Some(approval) = approval {
             match approval {
+                #[cfg(feature = "tokio")]
+                Approval::Elicit(id, answer) => {
+                    let (_, ask) = inspected.asks[0].clone();
+                    eliciting = Some(Box::new(Eliciting {
+                        event: super::elicit::request_event(&id, &ask),
+                        id,
+                        answer,
+                        timeout: ask.timeout,
+                        ask,
+                        caller: caller.clone(),
+                        inspected: inspected.to_owned(),
+                    }));
+                }
                 Approval::Granted(forward) => body = forward,
                 Approval::Refused(decisions, _) if monitor => {
                     // A dry run: reported, and the calls run (and stay charged).
@@ -941,6 +1011,10 @@ impl<S: CounterStore> Gate<S> {
                     Forwarded::judged(caller, inspected.holds, charged, outcome.clone());
                 forwarded.claim = claim;
                 forwarded.body = body;
+                #[cfg(feature = "tokio")]
+                if let Some(eliciting) = eliciting {
+                    return Next::Elicit(forwarded, eliciting);
+                }
                 // A dry run's call that would need approval is reported as that alone,
                 // like one that would be denied.
                 let would_ask = matches!(outcome, Outcome::WouldDeny(_));
@@ -1043,6 +1117,16 @@ impl<S: CounterStore> Gate<S> {
             }
             return Box::pin(std::future::ready(Approval::Refused(decisions, None)));
         }
+        #[cfg(feature = "tokio")]
+        if let (Some(client), [(_, ask)]) = (&inspected.client, &asks[..])
+            && client.stream
+            && let Some((id, answer)) = self.elicitations.open(ask.owner)
+        {
+            let request = ask.request(id.clone(), Instant::now());
+            let changes = [approval::Change::new(request, "requested", None)];
+            approval::report(&*self.config.observer.0, &changes);
+            return Box::pin(std::future::ready(Approval::Elicit(id, answer)));
+        }
         let source = self.engine.source().clone();
         let observer = self.config.observer.clone();
         let client = inspected.client.clone();
@@ -1058,7 +1142,9 @@ impl<S: CounterStore> Gate<S> {
             let store = source.approvals();
             let mut changes = Vec::new();
             let asked = match (&client, &asks[..]) {
-                (Some(client), [(index, ask)]) if client.state.is_some() || client.can_ask => {
+                (Some(client), [(index, ask)])
+                    if !client.stream && (client.state.is_some() || client.can_ask) =>
+                {
                     let asked =
                         in_client(store, &seal, client, ask, id.as_ref(), &mut changes).await;
                     asked.map(|asked| match asked {
@@ -1103,6 +1189,107 @@ impl<S: CounterStore> Gate<S> {
                 Approval::Refused(decisions, None)
             })
         })
+    }
+
+    /// The client's answer to one of the layer's elicitations: handed to the call that
+    /// waits for it, never forwarded (the server never asked).
+    #[cfg(feature = "tokio")]
+    fn elicitation_answered<B>(
+        &self,
+        bytes: &Bytes,
+        owner: ScopeValue,
+    ) -> Response<ResponseBody<B>> {
+        if let Some((id, answer)) = super::elicit::answer_in(bytes)
+            && self.elicitations.answer(&id, owner, answer)
+        {
+            return answer::accepted();
+        }
+        let rejection = Rejection {
+            status: StatusCode::NOT_FOUND,
+            code: INVALID_REQUEST,
+            message: "no call waits for this answer: it was given already, the call gave up waiting, or it never asked".to_owned(),
+        };
+        self.rejected(rejection, None)
+    }
+
+    /// Whether a call of this request can be asked about over its own event stream: a
+    /// 2025-06-18 or 2025-11-25 request of a session whose client declared it can ask
+    /// its user, that accepts an event stream.
+    #[cfg(feature = "tokio")]
+    fn streams_elicitation(&self, parts: &Parts) -> bool {
+        let version = parts
+            .headers
+            .get(&MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let streams = parts
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
+        let session = parts
+            .headers
+            .get(&MCP_SESSION_ID)
+            .map(|id| self.config.hasher.session(id.as_bytes()));
+        ("2025-06-18"..LISTS_CACHED_SINCE).contains(&version)
+            && streams
+            && session.is_some_and(|session| self.sessions.elicits(session))
+    }
+
+    /// The client's user did not approve the call asked about over its stream
+    /// (`answer`): its charges are given back, the refusal reported, and the denial is
+    /// the stream's last event.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn elicitation_refused<B>(
+        &self,
+        mut forwarded: Forwarded,
+        eliciting: Box<Eliciting>,
+        answer: Answer,
+    ) -> Response<ResponseBody<B>> {
+        if let Some(charged) = &mut forwarded.charged {
+            charged.refund_all(&*self.ledger);
+        }
+        let Eliciting {
+            id,
+            ask,
+            caller,
+            inspected,
+            ..
+        } = *eliciting;
+        let by: Arc<str> = Arc::from(IN_CLIENT);
+        let step = match answer {
+            Answer::Missing => "expired",
+            _ => "declined",
+        };
+        let request = ask.request(id.clone(), Instant::now());
+        let who = (answer != Answer::Missing).then_some(by);
+        approval::report(
+            &*self.config.observer.0,
+            &[approval::Change::new(request, step, who)],
+        );
+        let refusal = match answer {
+            Answer::Missing => InClientRefusal::Unanswered(id),
+            _ => InClientRefusal::Declined(id),
+        };
+        let mut decisions = vec![Decision::NotExecuted; inspected.calls().len()];
+        decisions[inspected.asks[0].0] = Decision::Deny(refusal.into_denial(ask.base()));
+        let who = (inspected.keys, inspected.trace, caller.name.as_ref());
+        let observer = &*self.config.observer.0;
+        report::refused(
+            observer,
+            &caller.policy,
+            &inspected.decoded,
+            who,
+            &decisions,
+            true,
+            false,
+        );
+        let outcome = Outcome::Denied(Outcome::denials_of(&decisions));
+        let format = self.config.denial_format;
+        let mut response = answer::denied(&inspected.decoded, decisions, format);
+        response.extensions_mut().insert(outcome);
+        response
     }
 
     /// The request's scope keys, and the hash of the session id it carries (issued or
@@ -1179,7 +1366,9 @@ impl<S: CounterStore> Gate<S> {
         let counters = self.engine.counters();
         self.sessions.track(
             &self.config.hasher,
-            forwarded.holds.initializes,
+            forwarded.holds.initializes.then_some(Initialize {
+                elicits: forwarded.holds.elicits,
+            }),
             forwarded.session.as_ref(),
             forwarded.deletes,
             &response,
@@ -1336,6 +1525,18 @@ impl<S: CounterStore> Gate<S> {
     }
 
     /// The body could not be read.
+    /// The answer to a call whose forwarding failed after the layer had answered (an
+    /// approval asked over the call's event stream).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn unreachable_server<B>(&self) -> Response<ResponseBody<B>> {
+        answer::http_error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            jsonrpc::INTERNAL_ERROR,
+            "the server could not be reached; the call did not run",
+        )
+    }
+
     pub(crate) fn unreadable<B>(&self, error: BoxError) -> Response<ResponseBody<B>> {
         self.rejected(Rejection::unreadable(&*error), None)
     }

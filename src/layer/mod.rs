@@ -66,6 +66,8 @@ mod body;
 mod bounded;
 pub(crate) mod config;
 mod deadline;
+#[cfg(feature = "tokio")]
+mod elicit;
 mod filter;
 mod future;
 mod gate;

@@ -20,9 +20,17 @@ use crate::scope::{ScopeHasher, ScopeValue};
 /// The default number of sessions remembered: about 7 MB.
 pub(crate) const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
+/// An `initialize` request: whether its client declared it can ask its user.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Initialize {
+    pub elicits: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Sessions {
-    issued: Bounded<()>,
+    /// Each session the server issued, and whether its client declared in `initialize`
+    /// that it can ask its user (form elicitation).
+    issued: Bounded<bool>,
 }
 
 impl Sessions {
@@ -37,9 +45,16 @@ impl Sessions {
         self.issued.get(session).is_some()
     }
 
-    /// The server issued `session`.
+    /// The server issued `session` (to a client that cannot be asked to elicit, as far
+    /// as this replica knows).
     pub fn issue(&self, session: ScopeValue) {
-        self.issued.insert(session, ());
+        self.issued.insert(session, false);
+    }
+
+    /// True when the server issued `session` to a client that declared it can ask its
+    /// user (form elicitation).
+    pub fn elicits(&self, session: ScopeValue) -> bool {
+        self.issued.get(session).unwrap_or(false)
     }
 
     /// Records what the server's answer shows: an `initialize` answered with an id
@@ -49,19 +64,19 @@ impl Sessions {
     pub fn track<B>(
         &self,
         hasher: &ScopeHasher,
-        initializes: bool,
+        initialize: Option<Initialize>,
         session: Option<&HeaderValue>,
         deletes: bool,
         response: &Response<B>,
         mut share: impl FnMut(ScopeValue, bool),
     ) {
         let status = response.status();
-        if initializes
+        if let Some(Initialize { elicits }) = initialize
             && status.is_success()
             && let Some(id) = response.headers().get(&MCP_SESSION_ID)
         {
             let issued = hasher.session(id.as_bytes());
-            self.issue(issued);
+            self.issued.insert(issued, elicits);
             share(issued, true);
         }
         if let Some(id) = session

@@ -9,11 +9,16 @@
 // with "progress": true asks for progress and prints the updates it got beside its
 // result; with "abortAfterMs": N the client gives up on the call after N ms (the SDK then
 // sends notifications/cancelled).
+//
+// An optional fourth argument, "accept" or "decline", declares the elicitation
+// capability and answers every elicitation that way (accept with {"approve": true});
+// the messages shown are printed last as {"elicited": [...]}.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 
-const [url, token, stepsJson] = process.argv.slice(2);
+const [url, token, stepsJson, elicit] = process.argv.slice(2);
 let transport;
 if (url === "stdio") {
   const [command, ...args] = JSON.parse(token);
@@ -23,7 +28,19 @@ if (url === "stdio") {
     requestInit: { headers: { Authorization: `Bearer ${token}` } },
   });
 }
-const client = new Client({ name: "ts-sdk-client", version: "1.0.0" });
+const elicited = [];
+const client = new Client(
+  { name: "ts-sdk-client", version: "1.0.0" },
+  elicit ? { capabilities: { elicitation: {} } } : undefined,
+);
+if (elicit) {
+  client.setRequestHandler(ElicitRequestSchema, async (request) => {
+    elicited.push(request.params.message);
+    return elicit === "accept"
+      ? { action: "accept", content: { approve: true } }
+      : { action: "decline" };
+  });
+}
 await client.connect(transport);
 
 for (const step of JSON.parse(stepsJson)) {
@@ -43,4 +60,5 @@ for (const step of JSON.parse(stepsJson)) {
     console.log(JSON.stringify({ error: { code: error.code ?? null, message: String(error.message) } }));
   }
 }
+if (elicit) console.log(JSON.stringify({ elicited }));
 await client.close();
