@@ -244,6 +244,79 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
     std::fs::remove_file(approvers).unwrap();
 }
 
+/// The approvals page in headless Chromium (Debian's `chromium`, driven by
+/// playwright-core from tests/ts): it lists the pending call, its Approve button
+/// approves it, and the call then runs on retry. Fails when Chromium is missing
+/// (`apt-get install chromium`).
+#[tokio::test]
+async fn an_operator_approves_the_call_in_a_real_browser() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-browser-policy.json", POLICY);
+    let approvers = write_temp("browser-approvers.txt", "ana:ana-token-0123456789abcdef\n");
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url(),
+            "--approver-token-file",
+            approvers.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let client = connect(gateway.url.clone(), "agent-token").await;
+    let args = json!({"amount": 750, "to": "carol"});
+    let asked = call(&client, "transfer", args.clone()).await;
+    assert!(text(&asked).contains("is pending"), "{asked}");
+
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            || std::env::var_os("CHROMIUM").is_some(),
+        "Chromium is needed for this test (apt-get install chromium)"
+    );
+    let page = gateway.url.replace("/mcp", "/approvals");
+    let args_out = vec![
+        page,
+        "ana".to_owned(),
+        "ana-token-0123456789abcdef".to_owned(),
+    ];
+    let out = servers::demo::node_script("approvals_page.mjs", args_out).await;
+    let [seen] = &out[..] else { panic!("{out:?}") };
+    let listed = seen["before"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{seen}");
+    let card = listed[0].as_str().unwrap();
+    for part in [
+        "transfer",
+        "Transfers above 100 need a person's approval.",
+        "carol",
+        "750",
+    ] {
+        assert!(card.contains(part), "{part} in {card}");
+    }
+    let after = seen["after"].as_str().unwrap();
+    assert!(
+        after.contains("No call is waiting for approval."),
+        "{after}"
+    );
+    assert!(
+        seen["url"].as_str().unwrap().ends_with("/approvals"),
+        "{seen}"
+    );
+    assert_eq!(upstream.executions.of("transfer"), 0);
+
+    let ran = call(&client, "transfer", args.clone()).await;
+    assert_eq!(ran["isError"], false, "{ran}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    // Used up: the next one asks again.
+    let again = call(&client, "transfer", args).await;
+    assert!(text(&again).contains("is pending"), "{again}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    client.cancel().await.unwrap();
+    std::fs::remove_file(policy).unwrap();
+    std::fs::remove_file(approvers).unwrap();
+}
+
 #[tokio::test]
 async fn each_new_request_is_posted_to_the_approval_webhook() {
     // A webhook receiver on loopback that keeps what it is sent.

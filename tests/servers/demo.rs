@@ -160,6 +160,7 @@ pub fn ensure_npm_packages() -> PathBuf {
     let installed = [
         "@modelcontextprotocol/sdk/package.json",
         "@modelcontextprotocol/server-everything/package.json",
+        "playwright-core/package.json",
     ]
     .iter()
     .all(|p| dir.join("node_modules").join(p).exists());
