@@ -244,6 +244,54 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
     std::fs::remove_file(approvers).unwrap();
 }
 
+/// Two gateways sharing one Redis (as replicas behind a load balancer): a call asked
+/// through one is approved through the other's API, and runs once through either.
+#[tokio::test]
+async fn two_gateways_on_one_redis_agree_on_approvals() {
+    let redis = support::redis_server::Redis::start();
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-redis-policy.json", POLICY);
+    let start = || {
+        GatewayProcess::start(
+            &[
+                "--policy",
+                policy.to_str().unwrap(),
+                "--upstream",
+                &upstream.url(),
+                "--redis",
+                &redis.url(),
+            ],
+            &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
+        )
+    };
+    let (one, two) = (start(), start());
+    let bearer = format!("Bearer {TOKEN}");
+    let operator = [("authorization", bearer.as_str())];
+    let via_one = connect(one.url.clone(), "agent-token").await;
+    let via_two = connect(two.url.clone(), "agent-token").await;
+    let args = json!({"amount": 500, "to": "bob"});
+
+    let asked = call(&via_one, "transfer", args.clone()).await;
+    assert!(text(&asked).contains("is pending"), "{asked}");
+    let (status, listed) = api(&two, reqwest::Method::GET, "/approvals", &operator).await;
+    assert_eq!(status, 200, "{listed}");
+    let id = listed["pending"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/approvals/{id}/approve");
+    let (status, approved) = api(&two, reqwest::Method::POST, &path, &operator).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(upstream.executions.of("transfer"), 0);
+
+    let ran = call(&via_one, "transfer", args.clone()).await;
+    assert_eq!(ran["isError"], false, "{ran}");
+    let again = call(&via_two, "transfer", args).await;
+    assert!(text(&again).contains("is pending"), "{again}");
+    assert_eq!(upstream.executions.of("transfer"), 1);
+    via_one.cancel().await.unwrap();
+    via_two.cancel().await.unwrap();
+    std::fs::remove_file(policy).unwrap();
+}
+
 /// The approvals page in headless Chromium (Debian's `chromium`, driven by
 /// playwright-core from tests/ts): it lists the pending call, its Approve button
 /// approves it, and the call then runs on retry. Fails when Chromium is missing
