@@ -891,3 +891,85 @@ mod stream {
         assert_eq!(calls(&seen), 0);
     }
 }
+
+/// A client that opens URLs for its user (URL-mode elicitation) but shows no form is
+/// sent to the approvals page when the layer knows it.
+mod url_mode {
+    use super::*;
+
+    fn layer_with_page() -> PolicyLayer {
+        layer().approvals_page("https://gateway.example/approvals")
+    }
+
+    /// A 2026-07-28 call of `transfer` from a client whose capabilities are `elicitation`.
+    fn call_2026(elicitation: Value) -> Request<Full<Bytes>> {
+        let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+            "name": "transfer", "arguments": {"amount": 500, "to": "bob"},
+            "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": elicitation}}}});
+        Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "transfer")
+            .header("authorization", "Bearer alice")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    async fn send(service: &Service, request: Request<Full<Bytes>>) -> Value {
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_for_an_operator_sends_the_user_to_the_approvals_page() {
+        let layer = layer_with_page();
+        let handle = layer.handle();
+        let (service, ran) = service(&layer);
+        let answer = send(&service, call_2026(json!({"url": {}}))).await;
+        let error = &answer["error"];
+        assert_eq!(error["code"], -32042, "{answer}");
+        assert_eq!(answer["id"], 9);
+        let id = only_pending(&handle).await;
+        let elicitation = &error["data"]["elicitations"][0];
+        assert_eq!(elicitation["mode"], "url");
+        assert_eq!(elicitation["elicitationId"], id.as_str());
+        assert_eq!(
+            elicitation["url"],
+            format!("https://gateway.example/approvals#{id}")
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Transfers above 100 need a person's approval."),
+            "{answer}"
+        );
+        assert_eq!(error["data"]["kind"], "approval");
+        assert!(ran.lock().unwrap().is_empty());
+
+        // Approved on the page: the retry runs, once.
+        handle.approve(&id, "ops").await.unwrap().unwrap();
+        let ran_now = send(&service, call_2026(json!({"url": {}}))).await;
+        assert_eq!(ran_now["result"]["content"][0]["text"], "ran", "{ran_now}");
+        assert_eq!(ran.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_page_or_the_capability_the_denial_is_as_before() {
+        // No page configured.
+        let (plain, ran) = service(&layer());
+        let answer = send(&plain, call_2026(json!({"url": {}}))).await;
+        assert_eq!(answer["result"]["isError"], true, "{answer}");
+        // A client that cannot open URLs (and shows no form either).
+        let (paged, ran_paged) = service(&layer_with_page());
+        let answer = send(&paged, call_2026(json!(null))).await;
+        assert_eq!(answer["result"]["isError"], true, "{answer}");
+        // A client that shows forms is asked in the client instead.
+        let answer = send(&paged, call_2026(json!({"form": {}, "url": {}}))).await;
+        assert_eq!(answer["result"]["resultType"], "input_required", "{answer}");
+        assert!(ran.lock().unwrap().is_empty() && ran_paged.lock().unwrap().is_empty());
+    }
+}

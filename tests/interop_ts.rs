@@ -111,7 +111,9 @@ async fn approval_in_the_typescript_client(answer: &str) -> (Vec<Value>, Demo) {
         "transfer":{"require_approval":{"reason":"Transfers need a person's approval."}}}}"#
         .parse()
         .unwrap();
-    let demo = Demo::start(tower_mcp_policy::PolicyLayer::new(policy), false).await;
+    let layer = tower_mcp_policy::PolicyLayer::new(policy)
+        .approvals_page("https://gateway.example/approvals");
+    let demo = Demo::start(layer, false).await;
     let steps = json!([
         {"call": "transfer", "args": {"amount": 250, "to": "bob"}},
         {"call": "get_price", "args": {"symbol": "BTCUSD"}},
@@ -168,4 +170,29 @@ async fn a_call_the_typescript_clients_user_declines_never_runs() {
         "the declined call never ran"
     );
     assert_eq!(demo.executions.of("get_price"), 1);
+}
+
+#[tokio::test]
+async fn a_typescript_client_that_opens_links_is_sent_to_the_approvals_page() {
+    let (out, demo) = approval_in_the_typescript_client("url").await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    // The SDK reads it as its UrlElicitationRequiredError.
+    let error = &out[0]["error"];
+    assert_eq!(error["code"], -32042, "{out:?}");
+    let elicitation = &error["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    let id = elicitation["elicitationId"].as_str().unwrap();
+    assert_eq!(
+        elicitation["url"],
+        format!("https://gateway.example/approvals#{id}")
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("Transfers need a person's approval."),
+        "{out:?}"
+    );
+    assert_eq!(out[2]["elicited"], json!([]), "no form was shown");
+    assert_eq!(demo.executions.of("transfer"), 0);
 }

@@ -68,6 +68,11 @@ pub struct Serving {
     /// incoming webhook: `text`, and the request under `approval`).
     #[arg(long, value_name = "URL", env = "MCP_POLICY_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
+    /// This gateway's address as the agents' users reach it (`https://gateway.example`):
+    /// a client that opens links for its user (URL-mode elicitation) is sent to the
+    /// approvals page there when a call waits for an operator.
+    #[arg(long, value_name = "URL", env = "MCP_POLICY_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Behind a gateway of several servers: this server's name, which labels its
     /// metrics (`server`) and prefixes its Redis keys, so servers never share a counter.
     #[arg(skip)]
@@ -139,12 +144,17 @@ pub async fn build_layer(
         Some(url) => crate::approvals::Webhook::start(url)?,
         None => crate::approvals::Webhook::default(),
     };
+    let page = approvals_page(store)?;
     // Tracing lines as before, and the metrics `GET /metrics` serves.
     metrics();
     let server = store.server.as_deref();
     let Some(url) = &store.redis else {
         let layer = configure(PolicyLayer::new(policy), mode, candidate, server, webhook)
             .list_only_allowed(store.list_only_allowed);
+        let layer = match page {
+            Some(page) => layer.approvals_page(page),
+            None => layer,
+        };
         return Ok(AnyLayer::Memory(with_pins(
             with_grants(layer, grants),
             store,
@@ -170,10 +180,36 @@ pub async fn build_layer(
         webhook,
     )
     .list_only_allowed(store.list_only_allowed);
+    let layer = match page {
+        Some(page) => layer.approvals_page(page),
+        None => layer,
+    };
     Ok(AnyLayer::Redis(with_pins(
         with_grants(layer, grants),
         store,
     )?))
+}
+
+/// The approvals page under `--public-url` (`/NAME/approvals` for server NAME of a
+/// gateway of several).
+fn approvals_page(store: &Serving) -> Result<Option<String>, String> {
+    let Some(url) = &store.public_url else {
+        return Ok(None);
+    };
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|err| format!("--public-url {url}: not a URL ({err})"))?;
+    let web = matches!(parsed.scheme_str(), Some("http" | "https"));
+    if !web || parsed.host().is_none() || parsed.query().is_some() {
+        return Err(format!(
+            "--public-url {url}: must be an http or https URL, like https://gateway.example"
+        ));
+    }
+    let base = url.trim_end_matches('/');
+    Ok(Some(match &store.server {
+        Some(server) => format!("{base}/{server}/approvals"),
+        None => format!("{base}/approvals"),
+    }))
 }
 
 fn with_grants<S: tower_mcp_policy::counter::CounterStore>(

@@ -430,6 +430,87 @@ async fn each_new_request_is_posted_to_the_approval_webhook() {
     std::fs::remove_file(policy).unwrap();
 }
 
+/// `--public-url`: a client that opens links for its user (and shows no form) is sent
+/// to the gateway's approvals page for a call that waits for an operator.
+#[tokio::test]
+async fn a_client_that_opens_links_is_sent_to_the_gateways_approvals_page() {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp("approval-public-url-policy.json", POLICY);
+    let gateway = GatewayProcess::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &upstream.url(),
+            "--public-url",
+            "https://gateway.example/",
+        ],
+        &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
+    );
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "transfer", "arguments": {"amount": 500, "to": "bob"},
+        "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}}}}});
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer agent-token"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "transfer"),
+    ];
+    let answer: Value = raw(
+        reqwest::Method::POST,
+        &gateway.url,
+        &headers,
+        body.to_string(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let bearer = format!("Bearer {TOKEN}");
+    let (_, listed) = api(
+        &gateway,
+        reqwest::Method::GET,
+        "/approvals",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    let id = listed["pending"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        answer["error"]["data"]["elicitations"][0]["url"],
+        format!("https://gateway.example/approvals#{id}")
+    );
+    assert_eq!(upstream.executions.of("transfer"), 0);
+    std::fs::remove_file(policy).unwrap();
+}
+
+#[test]
+fn a_public_url_that_is_not_a_web_address_stops_the_gateway() {
+    let policy = write_temp("approval-bad-public-url-policy.json", POLICY);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
+        .arg("gateway")
+        .arg("--policy")
+        .arg(&policy)
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9/mcp",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--public-url", "gateway.example"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--public-url gateway.example: must be an http or https URL"),
+        "{stderr}"
+    );
+    std::fs::remove_file(policy).unwrap();
+}
+
 #[test]
 fn a_webhook_that_is_not_an_http_url_stops_the_gateway() {
     let policy = write_temp("approval-bad-hook-policy.json", POLICY);

@@ -17,6 +17,7 @@ use http::request::Parts;
 use serde_json::{Map, Value, json};
 
 use super::gate::MCP_PROTOCOL_VERSION;
+use super::sessions::Elicits;
 use crate::approval::{Ask, INPUT_KEY, Seal};
 use crate::jsonrpc::Id;
 
@@ -32,6 +33,8 @@ pub(crate) struct InClient {
     pub stream: bool,
     /// The client declared it can ask its user (form elicitation).
     pub can_ask: bool,
+    /// The client declared it can open a URL for its user (URL-mode elicitation).
+    pub can_open: bool,
     /// The approval state the retry echoes (one of ours, by its form).
     pub state: Option<Box<str>>,
     /// The user's answer to the layer's elicitation.
@@ -67,13 +70,12 @@ impl InClient {
         }
         let mut message: Value = serde_json::from_slice(body).ok()?;
         let params = message.get_mut("params")?.as_object_mut()?;
-        let can_ask = params
-            .get("_meta")
-            .and_then(|meta| meta.get(CAPABILITIES))
-            .and_then(|capabilities| capabilities.get("elicitation"))
-            .and_then(Value::as_object)
-            // `{}` means form elicitation; otherwise `form` must be named.
-            .is_some_and(|modes| modes.is_empty() || modes.contains_key("form"));
+        let declared = elicits(
+            params
+                .get("_meta")
+                .and_then(|meta| meta.get(CAPABILITIES))
+                .and_then(|capabilities| capabilities.get("elicitation")),
+        );
         let state = params
             .get("requestState")
             .and_then(Value::as_str)
@@ -81,7 +83,8 @@ impl InClient {
             .map(Box::from);
         let mut client = InClient {
             stream: false,
-            can_ask,
+            can_ask: declared.form,
+            can_open: declared.url,
             state,
             answer: Answer::Missing,
             forward: None,
@@ -109,6 +112,7 @@ impl InClient {
         InClient {
             stream: true,
             can_ask: true,
+            can_open: false,
             state: None,
             answer: Answer::Missing,
             forward: None,
@@ -116,17 +120,66 @@ impl InClient {
     }
 }
 
-/// Whether an `initialize` request (`body`) declares that its client can ask its user
-/// (form elicitation: `elicitation: {}`, or one that names `form`).
-pub(crate) fn declares_elicitation(body: &[u8]) -> bool {
+/// How an `initialize` request (`body`) declares its client can ask its user.
+pub(crate) fn declares_elicitation(body: &[u8]) -> Elicits {
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
-        return false;
+        return Elicits::default();
     };
-    message
-        .pointer("/params/capabilities/elicitation")
-        .and_then(Value::as_object)
-        .is_some_and(|modes| modes.is_empty() || modes.contains_key("form"))
+    elicits(message.pointer("/params/capabilities/elicitation"))
 }
+
+/// An `elicitation` capability: `{}` is form mode; otherwise the modes it names.
+fn elicits(capability: Option<&Value>) -> Elicits {
+    match capability.and_then(Value::as_object) {
+        None => Elicits::default(),
+        Some(modes) if modes.is_empty() => Elicits {
+            form: true,
+            url: false,
+        },
+        Some(modes) => Elicits {
+            form: modes.contains_key("form"),
+            url: modes.contains_key("url"),
+        },
+    }
+}
+
+/// The answer to a call that waits for an operator (`denial`, request `id`), for a
+/// client that opens URLs for its user: a URL elicitation required error (-32042) to
+/// the approvals `page`, the denial as its message.
+pub(crate) fn url_required(
+    call: Option<&Id>,
+    denial: &crate::Denial,
+    id: &str,
+    page: &str,
+) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": call,
+        "error": {
+            "code": URL_ELICITATION_REQUIRED,
+            "message": denial.message(),
+            "data": {
+                "elicitations": [{
+                    "mode": "url",
+                    "elicitationId": id,
+                    "url": format!("{page}#{id}"),
+                    "message": format!(
+                        "{} Approve or decline it on the approvals page.",
+                        denial.message()
+                    ),
+                }],
+                "rule": denial.rule(),
+                "tool": denial.tool(),
+                "kind": denial.kind().as_str(),
+                "approvalId": id,
+            }
+        }
+    })
+}
+
+/// The JSON-RPC error code of a request that needs the user to open a URL first
+/// (MCP 2025-11-25).
+const URL_ELICITATION_REQUIRED: i64 = -32042;
 
 /// An elicitation result: approved only by `accept` with `approve: true`.
 pub(crate) fn read(result: Value) -> Answer {

@@ -125,6 +125,9 @@ pub(crate) struct Config {
     pub mode: Mode,
     /// Tool lists keep only the tools the caller's policy may allow.
     pub list_only_allowed: bool,
+    /// The approvals page as the agents' users reach it, for clients that can open a
+    /// URL for their user.
+    pub approvals_page: Option<Arc<str>>,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             body_read_timeout: None,
             mode: Mode::Enforce,
             list_only_allowed: false,
+            approvals_page: None,
         }
     }
 }

@@ -188,9 +188,9 @@ pub(crate) struct Holds {
     pub about_tasks: bool,
     /// A tasks/list request: other grants' tasks are removed from its answer.
     pub lists_tasks: bool,
-    /// An initialize request whose client declares it can ask its user (form
-    /// elicitation): remembered with the session the server issues.
-    pub elicits: bool,
+    /// How the client of an initialize request declares it can ask its user:
+    /// remembered with the session the server issues.
+    pub elicits: super::sessions::Elicits,
 }
 
 /// What the layer keeps of a forwarded request to handle its answer.
@@ -403,6 +403,8 @@ struct Inspected<'a> {
     asks: Vec<(usize, Ask)>,
     /// How the one call that needs approval can be asked in the client, if it can.
     client: Option<InClient>,
+    /// The client of the one call that needs approval can open a URL for its user.
+    opens_urls: bool,
 }
 
 impl Inspected<'_> {
@@ -416,6 +418,7 @@ impl Inspected<'_> {
             trace: self.trace,
             asks: self.asks.clone(),
             client: self.client.clone(),
+            opens_urls: self.opens_urls,
         }
     }
 
@@ -428,6 +431,7 @@ impl Inspected<'_> {
             trace: self.trace,
             asks: self.asks,
             client: self.client,
+            opens_urls: self.opens_urls,
         }
     }
 
@@ -619,8 +623,13 @@ impl<S: CounterStore> Gate<S> {
                 && !inspected.decoded.is_batch()
             {
                 inspected.client = InClient::of(parts, bytes);
+                let session = self.session_elicits(parts);
+                inspected.opens_urls = match &inspected.client {
+                    Some(client) => client.can_open && !client.can_ask,
+                    None => session.url && !session.form,
+                };
                 #[cfg(feature = "tokio")]
-                if inspected.client.is_none() && self.streams_elicitation(parts) {
+                if inspected.client.is_none() && session.form && self.streams_elicitation(parts) {
                     inspected.client = Some(InClient::stream());
                 }
             }
@@ -879,6 +888,7 @@ impl<S: CounterStore> Gate<S> {
             trace: headers.trace(),
             asks: Vec::new(),
             client: None,
+            opens_urls: false,
         })
     }
 
@@ -1130,6 +1140,11 @@ impl<S: CounterStore> Gate<S> {
         let source = self.engine.source().clone();
         let observer = self.config.observer.clone();
         let client = inspected.client.clone();
+        let page = self
+            .config
+            .approvals_page
+            .clone()
+            .filter(|_| inspected.opens_urls);
         let seal = self.seal.clone();
         let id = inspected
             .decoded
@@ -1137,6 +1152,7 @@ impl<S: CounterStore> Gate<S> {
             .iter()
             .find(|m| m.tool_call().is_some())
             .and_then(|m| m.id().cloned());
+        let id_of = id.clone();
         Box::pin(async move {
             let mut decisions = vec![Decision::NotExecuted; count];
             let store = source.approvals();
@@ -1167,7 +1183,14 @@ impl<S: CounterStore> Gate<S> {
                                 decisions[*index] = Decision::Deny(asked.denial(ask.base()));
                             }
                         }
-                        Approval::Refused(decisions.clone(), None)
+                        // A client that opens URLs is sent to the approvals page.
+                        let opening = match (&page, &asked[..], &decisions[..]) {
+                            (Some(page), [Asked::Pending { id, .. }], [Decision::Deny(denial)]) => {
+                                Some(approve::url_required(id_of.as_ref(), denial, id, page))
+                            }
+                            _ => None,
+                        };
+                        Approval::Refused(decisions.clone(), opening)
                     })
                 }
             };
@@ -1212,9 +1235,9 @@ impl<S: CounterStore> Gate<S> {
         self.rejected(rejection, None)
     }
 
-    /// Whether a call of this request can be asked about over its own event stream: a
-    /// 2025-06-18 or 2025-11-25 request of a session whose client declared it can ask
-    /// its user, that accepts an event stream.
+    /// Whether a call of this request can be asked about over its own event stream
+    /// (its session's client declared form elicitation): a 2025-06-18 or 2025-11-25
+    /// request that accepts an event stream.
     #[cfg(feature = "tokio")]
     fn streams_elicitation(&self, parts: &Parts) -> bool {
         let version = parts
@@ -1228,13 +1251,19 @@ impl<S: CounterStore> Gate<S> {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/event-stream"));
-        let session = parts
+        ("2025-06-18"..LISTS_CACHED_SINCE).contains(&version) && streams
+    }
+
+    /// How the client of the request's session declared it can ask its user.
+    fn session_elicits(&self, parts: &Parts) -> super::sessions::Elicits {
+        parts
             .headers
             .get(&MCP_SESSION_ID)
-            .map(|id| self.config.hasher.session(id.as_bytes()));
-        ("2025-06-18"..LISTS_CACHED_SINCE).contains(&version)
-            && streams
-            && session.is_some_and(|session| self.sessions.elicits(session))
+            .map(|id| {
+                self.sessions
+                    .elicits(self.config.hasher.session(id.as_bytes()))
+            })
+            .unwrap_or_default()
     }
 
     /// The client's user did not approve the call asked about over its stream

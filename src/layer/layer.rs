@@ -246,6 +246,29 @@ impl<S> PolicyLayer<S> {
         self.configure(|c| c.list_only_allowed = only)
     }
 
+    /// Where operators approve calls (`require_approval`), as the agents' users reach
+    /// it: the approvals page of `mcp-policy gateway`, or your own. A call that waits
+    /// for an operator, from a client that can open a URL for its user (URL-mode
+    /// elicitation, MCP 2025-11-25 and later) and cannot show the layer's own form, is
+    /// answered with a `-32042` error (URL elicitation required) that sends the user to
+    /// `url#ID`, with the readable denial as its message; other clients get the
+    /// denial as before.
+    ///
+    /// ```
+    /// use tower_mcp_policy::{Policy, PolicyLayer};
+    ///
+    /// let policy: Policy = r#"{"version":"1","default":"allow","tools":{
+    ///     "transfer":{"require_approval":{}}}}"#.parse()?;
+    /// let layer = PolicyLayer::new(policy).approvals_page("https://gateway.example/approvals");
+    /// # let _ = layer;
+    /// # Ok::<(), tower_mcp_policy::PolicyError>(())
+    /// ```
+    #[must_use]
+    pub fn approvals_page(self, url: impl Into<String>) -> Self {
+        let url: Arc<str> = url.into().into();
+        self.configure(|c| c.approvals_page = Some(url))
+    }
+
     /// Enforce the policy (the default), or only report what it would do
     /// ([`Mode::Monitor`], a dry run).
     #[must_use]

@@ -23,14 +23,23 @@ pub(crate) const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// An `initialize` request: whether its client declared it can ask its user.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Initialize {
-    pub elicits: bool,
+    pub elicits: Elicits,
 }
 
 #[derive(Debug)]
 pub(crate) struct Sessions {
-    /// Each session the server issued, and whether its client declared in `initialize`
-    /// that it can ask its user (form elicitation).
-    issued: Bounded<bool>,
+    /// Each session the server issued, and what its client declared in `initialize`
+    /// that it can ask its user.
+    issued: Bounded<Elicits>,
+}
+
+/// How a client declared it can ask its user (the `elicitation` capability).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Elicits {
+    /// A form it shows (`{}`, or `form` named).
+    pub form: bool,
+    /// A URL it opens (`url` named).
+    pub url: bool,
 }
 
 impl Sessions {
@@ -48,13 +57,13 @@ impl Sessions {
     /// The server issued `session` (to a client that cannot be asked to elicit, as far
     /// as this replica knows).
     pub fn issue(&self, session: ScopeValue) {
-        self.issued.insert(session, false);
+        self.issued.insert(session, Elicits::default());
     }
 
-    /// True when the server issued `session` to a client that declared it can ask its
-    /// user (form elicitation).
-    pub fn elicits(&self, session: ScopeValue) -> bool {
-        self.issued.get(session).unwrap_or(false)
+    /// How the client of `session` declared it can ask its user (nothing for a session
+    /// the server did not issue, as far as this replica knows).
+    pub fn elicits(&self, session: ScopeValue) -> Elicits {
+        self.issued.get(session).unwrap_or_default()
     }
 
     /// Records what the server's answer shows: an `initialize` answered with an id

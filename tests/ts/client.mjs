@@ -12,7 +12,8 @@
 //
 // An optional fourth argument, "accept" or "decline", declares the elicitation
 // capability and answers every elicitation that way (accept with {"approve": true});
-// the messages shown are printed last as {"elicited": [...]}.
+// the messages shown are printed last as {"elicited": [...]}. "url" declares URL-mode
+// elicitation only (the client opens links for its user, shows no form).
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -31,9 +32,13 @@ if (url === "stdio") {
 const elicited = [];
 const client = new Client(
   { name: "ts-sdk-client", version: "1.0.0" },
-  elicit ? { capabilities: { elicitation: {} } } : undefined,
+  elicit === "url"
+    ? { capabilities: { elicitation: { url: {} } } }
+    : elicit
+      ? { capabilities: { elicitation: {} } }
+      : undefined,
 );
-if (elicit) {
+if (elicit && elicit !== "url") {
   client.setRequestHandler(ElicitRequestSchema, async (request) => {
     elicited.push(request.params.message);
     return elicit === "accept"
@@ -57,7 +62,8 @@ for (const step of JSON.parse(stepsJson)) {
       console.log(JSON.stringify(step.progress ? { result, progress } : { result }));
     }
   } catch (error) {
-    console.log(JSON.stringify({ error: { code: error.code ?? null, message: String(error.message) } }));
+    const data = error.data ?? null;
+    console.log(JSON.stringify({ error: { code: error.code ?? null, message: String(error.message), data } }));
   }
 }
 if (elicit) console.log(JSON.stringify({ elicited }));
