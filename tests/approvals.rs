@@ -745,6 +745,24 @@ mod stream {
           "limits":[{"counter":"transfers","window":"hour","max":1}]}}}"#;
 
     #[tokio::test]
+    async fn a_rule_that_wants_an_operator_is_not_asked_over_the_stream() {
+        let policy = r#"{"version":"1","default":"allow","tools":{
+            "transfer":{"require_approval":{"ask_in_client":false}}}}"#;
+        let (service, seen) = session(policy).await;
+        let response = service
+            .clone()
+            .oneshot(post(transfer(500), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let denied: Value = serde_json::from_slice(&body).unwrap();
+        let text = denied["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("is pending"), "{text}");
+        assert_eq!(calls(&seen), 0);
+    }
+
+    #[tokio::test]
     async fn a_client_that_goes_away_before_answering_is_charged_nothing() {
         let (service, seen) = session(POLICY).await;
         for _ in 0..3 {
@@ -955,6 +973,26 @@ mod url_mode {
         let ran_now = send(&service, call_2026(json!({"url": {}}))).await;
         assert_eq!(ran_now["result"]["content"][0]["text"], "ran", "{ran_now}");
         assert_eq!(ran.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rule_that_wants_an_operator_never_asks_the_clients_user() {
+        let policy: Policy = r#"{"version":"1","default":"allow","tools":{
+            "transfer":{"require_approval":{"ask_in_client":false}}}}"#
+            .parse()
+            .unwrap();
+        let layer = PolicyLayer::new(policy).approvals_page("https://gateway.example/approvals");
+        let handle = layer.handle();
+        let (service, ran) = service(&layer);
+        // A client that shows forms gets the operators' denial, not the layer's form.
+        let answer = send(&service, call_2026(json!({}))).await;
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("is pending"), "{answer}");
+        // One that also opens links is sent to the operators' page.
+        let answer = send(&service, call_2026(json!({"form": {}, "url": {}}))).await;
+        assert_eq!(answer["error"]["code"], -32042, "{answer}");
+        assert_eq!(handle.pending_approvals().await.unwrap().len(), 1);
+        assert!(ran.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -256,6 +256,8 @@ pub(crate) struct Ask {
     pub reason: Box<str>,
     pub rule: Box<str>,
     pub timeout: Duration,
+    /// The client's own user may approve it (the rule's `ask_in_client`).
+    pub in_client: bool,
 }
 
 /// The requests and verdicts of one layer (shared by every service it makes).
@@ -545,6 +547,7 @@ mod tests {
             reason: "Transfers need a person.".into(),
             rule: "/tools/transfer/require_approval".into(),
             timeout: Duration::from_secs(600),
+            in_client: true,
         }
     }
 

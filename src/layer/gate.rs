@@ -619,17 +619,25 @@ impl<S: CounterStore> Gate<S> {
                 Ok(asks) => inspected.asks = asks,
                 Err(answer) => return Next::Answer(answer),
             }
-            if let [_] = inspected.asks[..]
+            if let [(_, ask)] = &inspected.asks[..]
                 && !inspected.decoded.is_batch()
             {
-                inspected.client = InClient::of(parts, bytes);
+                let in_client = ask.in_client;
+                let client = InClient::of(parts, bytes);
                 let session = self.session_elicits(parts);
-                inspected.opens_urls = match &inspected.client {
-                    Some(client) => client.can_open && !client.can_ask,
-                    None => session.url && !session.form,
+                // Where the user would see a form (and may answer), the layer's form is
+                // shown; a client that only opens links is sent to the operators' page.
+                inspected.opens_urls = match &client {
+                    Some(client) => client.can_open && !(client.can_ask && in_client),
+                    None => session.url && !(session.form && in_client),
                 };
+                inspected.client = client.filter(|_| in_client);
                 #[cfg(feature = "tokio")]
-                if inspected.client.is_none() && session.form && self.streams_elicitation(parts) {
+                if in_client
+                    && inspected.client.is_none()
+                    && session.form
+                    && self.streams_elicitation(parts)
+                {
                     inspected.client = Some(InClient::stream());
                 }
             }
@@ -1105,6 +1113,7 @@ impl<S: CounterStore> Gate<S> {
                     reason: denial.message().into(),
                     rule: denial.rule().into(),
                     timeout: approval.timeout,
+                    in_client: approval.in_client,
                 },
             ));
         }

@@ -393,6 +393,7 @@ fn compile_approval(doc: ApprovalDoc, at: &str) -> Result<ApprovalRule, PolicyEr
         when,
         timeout,
         reason: doc.reason.map(Into::into),
+        in_client: doc.ask_in_client.unwrap_or(true),
     })
 }
 

@@ -95,6 +95,11 @@ pub(crate) struct ApprovalDoc {
     /// What the person who approves reads: why this call needs a person.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Whether the client's own user may approve, when the client can ask them
+    /// (elicitation; default `true`). `false`: only an operator, through the approvals
+    /// API, page or webhook, whatever the client can do.
+    #[serde(default)]
+    pub ask_in_client: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

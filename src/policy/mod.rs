@@ -148,6 +148,8 @@ pub(crate) struct ApprovalRule {
     pub when: Vec<Clause>,
     pub timeout: std::time::Duration,
     pub reason: Option<Box<str>>,
+    /// The client's own user may approve (`ask_in_client`, default true).
+    pub in_client: bool,
 }
 
 /// One `deny_if` or `require` item.
