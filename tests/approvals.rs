@@ -592,6 +592,94 @@ mod shared {
         assert_eq!(ran_b.lock().unwrap().clone(), [args]);
     }
 
+    /// A server whose tool asks for input once (its own state `"mine"`), then runs.
+    fn asking_server<S: CounterStore>(layer: &PolicyLayer<S>) -> (Service, Ran) {
+        let ran: Ran = Arc::default();
+        let record = ran.clone();
+        let server = tower::service_fn(move |request: Request<PolicyBody>| {
+            let record = record.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let call: Value = serde_json::from_slice(&body).unwrap();
+                let result = if call["params"]["requestState"] == "mine" {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(call["params"]["arguments"].clone());
+                    json!({"content": [{"type": "text", "text": "ran"}]})
+                } else {
+                    json!({"resultType": "input_required", "requestState": "mine",
+                        "inputRequests": {"q": {"method": "elicitation/create",
+                            "params": {"mode": "form", "message": "Which?", "requestedSchema": {"type": "object"}}}}})
+                };
+                let answer = json!({"jsonrpc": "2.0", "id": call["id"], "result": result});
+                let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let inner = layer.layer(server);
+        let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let inner = inner.clone();
+            async move {
+                let response = inner.oneshot(request).await.map_err(|e| e.to_string())?;
+                let (parts, body) = response.into_parts();
+                let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                Ok::<_, String>(Response::from_parts(parts, bytes))
+            }
+        });
+        (tower::util::BoxCloneService::new(service), ran)
+    }
+
+    #[tokio::test]
+    async fn an_approval_is_taken_and_kept_across_replicas() {
+        let redis = Redis::start();
+        let (one, two) = (replica(&redis).await, replica(&redis).await);
+        let (a, _) = service(&one);
+        let (b, ran_b) = service(&two);
+        let args = json!({"amount": 500, "to": "bob"});
+        // Asked by a client that cannot elicit; approved by an operator.
+        let asked = call(&a, "Bearer alice", "transfer", args.clone()).await;
+        assert_eq!(denied(&asked).kind(), DenialKind::Approval);
+        let id = only_pending(&one.handle()).await;
+        one.handle().approve(&id, "ops").await.unwrap().unwrap();
+        // The same call from a client that could be asked in it runs on that approval,
+        // through the other replica, without asking.
+        let ran = answer(&b, modern_call(&args, None, false)).await;
+        assert_eq!(ran["result"]["content"][0]["text"], "ran", "{ran}");
+        assert_eq!(ran_b.lock().unwrap().len(), 1);
+
+        // A tool that asks for input after its approval: the approval is kept for its
+        // next round, which another replica runs.
+        let (c, ran_c) = asking_server(&one);
+        let (d, ran_d) = asking_server(&two);
+        let asked = answer(&c, modern_call(&args, None, false)).await;
+        let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
+        let round = answer(&c, modern_call(&args, Some(&state), true)).await;
+        assert_eq!(round["result"]["requestState"], "mine", "{round}");
+        let mut retry: Value = serde_json::from_slice(
+            &modern_call(&args, None, false)
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes(),
+        )
+        .unwrap();
+        retry["params"]["requestState"] = json!("mine");
+        let mut request = modern_call(&args, None, false);
+        *request.body_mut() = Full::new(Bytes::from(retry.to_string()));
+        request.headers_mut().remove("content-length");
+        // `keep` is written in the background: give it a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let done = answer(&d, request).await;
+        assert_eq!(done["result"]["content"][0]["text"], "ran", "{done}");
+        assert!(ran_c.lock().unwrap().is_empty());
+        assert_eq!(ran_d.lock().unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn a_caller_has_one_share_of_waiting_requests_across_replicas() {
         let redis = Redis::start();

@@ -100,6 +100,7 @@ impl ServerHandler for Modern {
                 schema(json!({"amount": {"type": "number"}, "to": {"type": "string"}})),
             ),
             Tool::new("refund", "Gives money back", schema(json!({}))),
+            Tool::new("payout", "Asks which account, then pays", schema(json!({}))),
         ]))
     }
 
@@ -123,6 +124,15 @@ impl ServerHandler for Modern {
                     ran.tools.lock().unwrap().push("confirm".into());
                     Ok(text("confirmed").into())
                 }
+            },
+            // Needs a person's approval, then asks for input itself (SEP-2322).
+            "payout" => match request.request_state.as_deref() {
+                None => Ok(elicit("Which account?", "account")),
+                Some("account") => {
+                    ran.tools.lock().unwrap().push("payout".into());
+                    Ok(text("paid").into())
+                }
+                Some(other) => Err(ErrorData::invalid_params(format!("state {other}"), None)),
             },
             "transfer" | "refund" => {
                 let arguments = Value::Object(request.arguments.unwrap_or_default());
@@ -245,7 +255,8 @@ const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "deploy":{}, "report":{},
     "confirm":{"limits":[{"counter":"confirm","window":"hour","max":1}]},
     "transfer":{"require_approval":{"reason":"Transfers need a person's approval."}},
-    "refund":{"require_approval":{"timeout":"1s"}}}}"#;
+    "refund":{"require_approval":{"timeout":"1s"}},
+    "payout":{"require_approval":{}}}}"#;
 
 async fn serve() -> Server {
     let ran = Ran::default();
@@ -614,4 +625,26 @@ async fn a_forged_replayed_altered_or_expired_approval_state_is_refused() {
     assert_eq!(server.ran.tools().len(), 1, "only the approved call ran");
     alice.cancel().await.unwrap();
     bob.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tool_that_asks_for_input_after_its_approval_runs_on_that_approval() {
+    let server = serve().await;
+    let alice = connect(&server.url, "alice").await;
+    // The layer asks the user; the server then asks for input itself: that round
+    // carries the server's state, and runs on the approval already given.
+    let result = alice.call_tool(call("payout", json!({}))).await.unwrap();
+    assert_eq!(said(&result), "paid");
+    assert_eq!(
+        alice.service().approvals.lock().unwrap().len(),
+        1,
+        "asked once"
+    );
+    assert_eq!(alice.service().elicited.load(Ordering::SeqCst), 2);
+    assert_eq!(server.ran.tools(), ["payout"]);
+    // The approval was used by the call that ran: the next one asks again.
+    alice.call_tool(call("payout", json!({}))).await.unwrap();
+    assert_eq!(alice.service().approvals.lock().unwrap().len(), 2);
+    assert_eq!(server.ran.tools(), ["payout", "payout"]);
+    alice.cancel().await.unwrap();
 }

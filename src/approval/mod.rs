@@ -139,6 +139,9 @@ impl Request {
     }
 }
 
+/// An approval given: its request's id, and who approved it.
+pub(crate) type Given = (Arc<str>, Arc<str>);
+
 /// What a store answers, later: a store shared by replicas is asked over the network
 /// (an error refuses the call, fail closed); this process's answers at once.
 pub(crate) type Later<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
@@ -155,6 +158,11 @@ pub(crate) trait ApprovalStore: Send + Sync + std::fmt::Debug {
     fn decide(&self, id: &str, by: &str, approved: bool) -> Later<(Option<Value>, Vec<Change>)>;
     /// See [`Approvals::spend`].
     fn spend(&self, nonce: [u8; 16], expires: u64) -> Later<(bool, Vec<Change>)>;
+    /// See [`Approvals::take`].
+    fn take(&self, call: &Ask) -> Later<(Option<Given>, Vec<Change>)>;
+    /// See [`Approvals::keep`]. Never awaited: a store that must reach a server does
+    /// so in the background.
+    fn keep(&self, call: &Ask, id: Arc<str>, by: Arc<str>);
 }
 
 impl ApprovalStore for Approvals {
@@ -181,6 +189,16 @@ impl ApprovalStore for Approvals {
             Approvals::spend(self, nonce, expires),
             Vec::new(),
         ))))
+    }
+
+    fn take(&self, call: &Ask) -> Later<(Option<Given>, Vec<Change>)> {
+        let mut changes = Vec::new();
+        let taken = Approvals::take(self, call, &mut changes);
+        Box::pin(ready(Ok((taken, changes))))
+    }
+
+    fn keep(&self, call: &Ask, id: Arc<str>, by: Arc<str>) {
+        Approvals::keep(self, call, id, by);
     }
 }
 
@@ -433,6 +451,39 @@ impl Approvals {
 }
 
 impl Approvals {
+    /// Takes the approval given for `call` (by an operator, or kept for its next round),
+    /// if there is one: `(id, by)`, used up. Nothing is recorded otherwise.
+    pub(crate) fn take(&self, call: &Ask, changes: &mut Vec<Change>) -> Option<Given> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.expire(now, changes);
+        if !state.decided.get(&call.key)?.approved {
+            return None;
+        }
+        let verdict = state.decided.remove(&call.key).expect("just found");
+        changes.push(Change::new(
+            call.request(verdict.id.clone(), now),
+            "used",
+            Some(verdict.by.clone()),
+        ));
+        Some((verdict.id, verdict.by))
+    }
+
+    /// The approved `call` (request `id`, approved by `by`) did not run: the server
+    /// asked for input first (MCP 2026-07-28). Its approval is kept, for the rule's
+    /// timeout, for the call's next round, which carries the server's state rather
+    /// than the layer's.
+    pub(crate) fn keep(&self, call: &Ask, id: Arc<str>, by: Arc<str>) {
+        let expires = Instant::now() + call.timeout;
+        let verdict = Verdict {
+            id,
+            by,
+            approved: true,
+            expires,
+        };
+        self.lock().decided.insert(call.key, verdict);
+    }
+
     /// Spends the nonce of an approval state that opened (good until `expires`, Unix
     /// seconds): `false` if it was spent already (the state is being replayed).
     pub(crate) fn spend(&self, nonce: [u8; 16], expires: u64) -> bool {

@@ -228,6 +228,8 @@ pub(crate) struct Forwarded {
     /// The body the inner service gets instead of the one received (a call approved
     /// in the client goes on without the layer's approval state).
     pub body: Option<Bytes>,
+    /// The approval the call runs on, kept again if the server asks for input first.
+    kept: Option<Kept>,
 }
 
 impl Forwarded {
@@ -254,6 +256,7 @@ impl Forwarded {
             sent: None,
             claim: None,
             body: None,
+            kept: None,
         }
     }
 
@@ -270,8 +273,9 @@ const IN_CLIENT: &str = "client";
 /// What became of the calls that need a person's approval.
 pub(crate) enum Approval {
     /// Every one has an approval (now used up): forward, with this body when the
-    /// layer's approval state must be taken out of it.
-    Granted(Option<Bytes>),
+    /// layer's approval state must be taken out of it, and the approval of a single
+    /// call, kept again if the server asks for input before it runs.
+    Granted(Option<Bytes>, Option<Kept>),
     /// The decision on each call, and the answer that asks the client's user (when it
     /// asks in the client).
     Refused(Vec<Decision>, Option<serde_json::Value>),
@@ -279,6 +283,16 @@ pub(crate) enum Approval {
     /// arrives.
     #[cfg(feature = "tokio")]
     Elicit(Arc<str>, tokio::sync::oneshot::Receiver<Answer>),
+}
+
+/// The approval of a forwarded call: if the server answers it by asking for input
+/// (MCP 2026-07-28), the call did not run, and its next round (which carries the
+/// server's state, not the layer's) runs on the same approval.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    ask: Ask,
+    id: Arc<str>,
+    by: Arc<str>,
 }
 
 /// Why a call asked about in the client does not run.
@@ -338,6 +352,30 @@ impl InClientRefusal {
     }
 }
 
+/// The store that keeps approvals cannot be reached: every call that needs one is
+/// refused (fail closed), and the error reported.
+fn unavailable(
+    observer: &dyn crate::observe::Observer,
+    asks: &[(usize, Ask)],
+    mut decisions: Vec<Decision>,
+    error: &crate::counter::StoreError,
+) -> Approval {
+    observer.observe(&Event::StoreError {
+        error,
+        uncounted: false,
+        background: false,
+    });
+    for (index, ask) in asks {
+        let base = ask.base();
+        let text = format!(
+            "{} Approvals are unavailable right now, so the call was not run; try again shortly.",
+            base.message()
+        );
+        decisions[*index] = Decision::Deny(base.with_message(text));
+    }
+    Approval::Refused(decisions, None)
+}
+
 /// Asks the client's user about `ask`, or reads the answer its retry brings (see
 /// `approve.rs`): `Ok(Ok(()))` when the call may run once. Otherwise why not, and the
 /// answer that asks the user (when this request asks).
@@ -349,7 +387,10 @@ async fn in_client(
     ask: &Ask,
     id: Option<&jsonrpc::Id>,
     changes: &mut Vec<approval::Change>,
-) -> Result<Result<(), (InClientRefusal, Option<serde_json::Value>)>, crate::counter::StoreError> {
+) -> Result<
+    Result<Arc<str>, (InClientRefusal, Option<serde_json::Value>)>,
+    crate::counter::StoreError,
+> {
     let now = Instant::now();
     let Some(state) = &client.state else {
         // Ask: the state binds the answer to this call, once, for the rule's timeout.
@@ -382,7 +423,7 @@ async fn in_client(
                 Some(by.clone()),
             ));
             changes.push(approval::Change::new(request, "used", Some(by)));
-            Ok(())
+            Ok(request_id)
         }
         Answer::Declined | Answer::Missing => {
             changes.push(approval::Change::new(request, "declined", Some(by)));
@@ -978,7 +1019,7 @@ impl<S: CounterStore> Gate<S> {
         let (decoded, keys) = (&inspected.decoded, inspected.keys);
         let (mut decided, mut charged) = (decided, charged);
         let mut outcome = Outcome::Forwarded;
-        let (mut body, mut ask_client) = (None, None);
+        let (mut body, mut ask_client, mut kept) = (None, None, None);
         #[cfg(feature = "tokio")]
         let mut eliciting = None;
         if let Some(approval) = approval {
@@ -996,7 +1037,10 @@ impl<S: CounterStore> Gate<S> {
                         inspected: inspected.to_owned(),
                     }));
                 }
-                Approval::Granted(forward) => body = forward,
+                Approval::Granted(forward, approved) => {
+                    body = forward;
+                    kept = approved;
+                }
                 Approval::Refused(decisions, _) if monitor => {
                     // A dry run: reported, and the calls run (and stay charged).
                     let who = (keys, inspected.trace, caller.name.as_ref());
@@ -1029,6 +1073,7 @@ impl<S: CounterStore> Gate<S> {
                     Forwarded::judged(caller, inspected.holds, charged, outcome.clone());
                 forwarded.claim = claim;
                 forwarded.body = body;
+                forwarded.kept = kept;
                 #[cfg(feature = "tokio")]
                 if let Some(eliciting) = eliciting {
                     return Next::Elicit(forwarded, eliciting);
@@ -1137,15 +1182,7 @@ impl<S: CounterStore> Gate<S> {
             return Box::pin(std::future::ready(Approval::Refused(decisions, None)));
         }
         #[cfg(feature = "tokio")]
-        if let (Some(client), [(_, ask)]) = (&inspected.client, &asks[..])
-            && client.stream
-            && let Some((id, answer)) = self.elicitations.open(ask.owner)
-        {
-            let request = ask.request(id.clone(), Instant::now());
-            let changes = [approval::Change::new(request, "requested", None)];
-            approval::report(&*self.config.observer.0, &changes);
-            return Box::pin(std::future::ready(Approval::Elicit(id, answer)));
-        }
+        let elicitations = self.elicitations.clone();
         let source = self.engine.source().clone();
         let observer = self.config.observer.clone();
         let client = inspected.client.clone();
@@ -1166,6 +1203,38 @@ impl<S: CounterStore> Gate<S> {
             let mut decisions = vec![Decision::NotExecuted; count];
             let store = source.approvals();
             let mut changes = Vec::new();
+            // A call about to be asked in the client may hold an approval already: an
+            // operator's, or its own from a round the server answered by asking for
+            // input (then the retry carries the server's state, not the layer's).
+            if let (Some(client), [(_, ask)]) = (&client, &asks[..])
+                && client.state.is_none()
+                && client.can_ask
+            {
+                match store.take(ask).await {
+                    Ok((Some((id, by)), happened)) => {
+                        changes.extend(happened);
+                        approval::report(&*observer.0, &changes);
+                        let kept = Kept {
+                            ask: ask.clone(),
+                            id,
+                            by,
+                        };
+                        return Approval::Granted(None, Some(kept));
+                    }
+                    Ok((None, happened)) => changes.extend(happened),
+                    Err(error) => return unavailable(&*observer.0, &asks, decisions, &error),
+                }
+            }
+            #[cfg(feature = "tokio")]
+            if let (Some(client), [(_, ask)]) = (&client, &asks[..])
+                && client.stream
+                && let Some((id, answer)) = elicitations.open(ask.owner)
+            {
+                let request = ask.request(id.clone(), Instant::now());
+                changes.push(approval::Change::new(request, "requested", None));
+                approval::report(&*observer.0, &changes);
+                return Approval::Elicit(id, answer);
+            }
             let asked = match (&client, &asks[..]) {
                 (Some(client), [(index, ask)])
                     if !client.stream && (client.state.is_some() || client.can_ask) =>
@@ -1173,7 +1242,15 @@ impl<S: CounterStore> Gate<S> {
                     let asked =
                         in_client(store, &seal, client, ask, id.as_ref(), &mut changes).await;
                     asked.map(|asked| match asked {
-                        Ok(()) => Approval::Granted(client.forward.clone()),
+                        Ok(id) => {
+                            let by = Arc::from(IN_CLIENT);
+                            let kept = Kept {
+                                ask: ask.clone(),
+                                id,
+                                by,
+                            };
+                            Approval::Granted(client.forward.clone(), Some(kept))
+                        }
                         Err((refusal, asking)) => {
                             decisions[*index] = Decision::Deny(refusal.into_denial(ask.base()));
                             Approval::Refused(decisions.clone(), asking)
@@ -1185,7 +1262,15 @@ impl<S: CounterStore> Gate<S> {
                     store.ask(calls).await.map(|(asked, happened)| {
                         changes.extend(happened);
                         if asked.iter().all(|a| matches!(a, Asked::Approved { .. })) {
-                            return Approval::Granted(None);
+                            let kept = match (&asks[..], &asked[..]) {
+                                ([(_, ask)], [Asked::Approved { id, by }]) => Some(Kept {
+                                    ask: ask.clone(),
+                                    id: id.clone(),
+                                    by: by.clone(),
+                                }),
+                                _ => None,
+                            };
+                            return Approval::Granted(None, kept);
                         }
                         for ((index, ask), asked) in asks.iter().zip(&asked) {
                             if !matches!(asked, Asked::Approved { .. }) {
@@ -1204,22 +1289,7 @@ impl<S: CounterStore> Gate<S> {
                 }
             };
             approval::report(&*observer.0, &changes);
-            asked.unwrap_or_else(|error| {
-                observer.0.observe(&Event::StoreError {
-                    error: &error,
-                    uncounted: false,
-                    background: false,
-                });
-                for (index, ask) in &asks {
-                    let base = ask.base();
-                    let text = format!(
-                        "{} Approvals are unavailable right now, so the call was not run; try again shortly.",
-                        base.message()
-                    );
-                    decisions[*index] = Decision::Deny(base.with_message(text));
-                }
-                Approval::Refused(decisions, None)
-            })
+            asked.unwrap_or_else(|error| unavailable(&*observer.0, &asks, decisions, &error))
         })
     }
 
@@ -1452,10 +1522,16 @@ impl<S: CounterStore> Gate<S> {
             .filter(|_| forwarded.holds.about_tasks || forwarded.streams)
             .map(|grant| self.owned(grant));
         let charged = charged.filter(|c| !c.is_empty());
-        let watch = (charged.is_some() || bind.is_some()).then(|| Watch {
+        let keep = forwarded.kept.take().map(|kept| {
+            let source = self.engine.source().clone();
+            Box::new(move || source.approvals().keep(&kept.ask, kept.id, kept.by))
+                as Box<dyn FnOnce() + Send>
+        });
+        let watch = (charged.is_some() || bind.is_some() || keep.is_some()).then(|| Watch {
             charged: charged.unwrap_or_default(),
             ledger: self.ledger.clone(),
             bind,
+            keep,
         });
         let limit = self.config.max_filtered_response;
         answer::read_back(response, filter, watch, limit, forwarded.claim)

@@ -142,11 +142,25 @@ pub(crate) struct Watch {
     pub charged: Charged,
     pub ledger: Arc<dyn Ledger>,
     pub bind: Option<Owned>,
+    /// Keeps the approval the call ran on, for its next round, when the server asks
+    /// for input instead of running it.
+    pub keep: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Watch {
     pub fn message(&mut self, data: &[u8]) {
         self.charged.refund_errors(data, &*self.ledger);
+        if self.keep.is_some()
+            && input_required(data)
+            && let Ok(message) = serde_json::from_slice::<Value>(data)
+            && message
+                .pointer("/result/resultType")
+                .and_then(Value::as_str)
+                == Some("input_required")
+            && let Some(keep) = self.keep.take()
+        {
+            keep();
+        }
         if let Some(owned) = &self.bind
             && mentions_task(data)
             && let Ok(message) = serde_json::from_slice::<Value>(data)

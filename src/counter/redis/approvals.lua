@@ -36,6 +36,23 @@ if op == 'spend' then
   return { expired, set and 1 or 0 }
 end
 
+if op == 'take' then
+  -- ARGV: the call's key. An approval waiting for it, used up.
+  local key = p .. 'approval:verdict:' .. ARGV[3]
+  local raw = redis.call('GET', key)
+  if raw and cjson.decode(raw).approved then
+    redis.call('DEL', key)
+    return { expired, raw }
+  end
+  return { expired, false }
+end
+
+if op == 'keep' then
+  -- ARGV: the call's key, the verdict (JSON), how long it lasts (ms).
+  redis.call('SET', p .. 'approval:verdict:' .. ARGV[3], ARGV[4], 'PX', ARGV[5])
+  return { expired, 1 }
+end
+
 if op == 'pending' then
   local list = {}
   local ids = redis.call('ZRANGEBYSCORE', waiting, '(' .. now, '+inf', 'WITHSCORES')

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::conn::Shared;
 use crate::approval::{
-    ApprovalStore, Ask, Asked, Change, Later, MAX_WAITING, MAX_WAITING_PER_CALLER, Request,
+    ApprovalStore, Ask, Asked, Change, Given, Later, MAX_WAITING, MAX_WAITING_PER_CALLER, Request,
     unix_now,
 };
 use crate::counter::StoreError;
@@ -192,6 +192,33 @@ impl ApprovalStore for RedisApprovals {
             changes.push(Change::new(request, step, Some(by)));
             Ok((Some(shown), changes))
         })
+    }
+
+    fn take(&self, call: &Ask) -> Later<(Option<Given>, Vec<Change>)> {
+        let run = self.run::<Option<String>>("take", vec![call.key.hex()]);
+        let call = call.clone();
+        Box::pin(async move {
+            let (mut changes, taken) = run.await?;
+            let Some(raw) = taken else {
+                return Ok((None, changes));
+            };
+            let (_, id, by) = verdict(&raw).ok_or_else(|| unreadable("answer"))?;
+            let request = call.request(id.clone(), Instant::now());
+            changes.push(Change::new(request, "used", Some(by.clone())));
+            Ok((Some((id, by)), changes))
+        })
+    }
+
+    fn keep(&self, call: &Ask, id: Arc<str>, by: Arc<str>) {
+        let stored = serde_json::json!({"approved": true, "id": &*id, "by": &*by}).to_string();
+        let ttl = (call.timeout.as_millis().max(1) as u64).to_string();
+        let run = self.run::<i64>("keep", vec![call.key.hex(), stored, ttl]);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(error) = run.await {
+                shared.report(error);
+            }
+        });
     }
 
     fn spend(&self, nonce: [u8; 16], expires: u64) -> Later<(bool, Vec<Change>)> {
