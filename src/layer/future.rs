@@ -61,7 +61,7 @@ pin_project! {
         Waiting {
             #[pin]
             future: S::Future,
-            rest: Option<(Charging, Parts, Bytes, Inner)>,
+            rest: Option<(Box<Charging>, Parts, Bytes, Inner)>,
         },
         // Waiting for the store to tell who owns a task the request names.
         Looking {

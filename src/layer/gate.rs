@@ -114,7 +114,7 @@ pub(crate) enum Next<B, S: CounterStore> {
     /// Answer it without forwarding.
     Answer(Response<ResponseBody<B>>),
     /// Wait for the counter store to apply the charges, then ask [`Gate::charged`].
-    Wait(S::Future, Charging),
+    Wait(S::Future, Box<Charging>),
     /// Wait for the counter store to tell who owns a task, then ask [`Gate::looked`]
     /// and judge the request again.
     Look(TaskLookup, Looking),
@@ -229,7 +229,7 @@ pub(crate) struct Forwarded {
     /// in the client goes on without the layer's approval state).
     pub body: Option<Bytes>,
     /// The approval the call runs on, kept again if the server asks for input first.
-    kept: Option<Kept>,
+    kept: Option<Box<Kept>>,
 }
 
 impl Forwarded {
@@ -717,19 +717,19 @@ impl<S: CounterStore> Gate<S> {
         drop(calls);
         let mut inspected = inspected.into_owned();
         inspected.claim = claim;
-        let charging = Charging {
+        let charging = Box::new(Charging {
             started,
             inspected,
             pending,
             caller: caller.clone(),
-        };
+        });
         Next::Wait(future, charging)
     }
 
     /// The decision once the store has answered for the charges of `charging`.
     pub(crate) fn charged<B>(
         &self,
-        mut charging: Charging,
+        mut charging: Box<Charging>,
         result: Result<(), ChargeError>,
     ) -> Next<B, S> {
         let claim = charging.inspected.claim.take();
@@ -1073,7 +1073,7 @@ impl<S: CounterStore> Gate<S> {
                     Forwarded::judged(caller, inspected.holds, charged, outcome.clone());
                 forwarded.claim = claim;
                 forwarded.body = body;
-                forwarded.kept = kept;
+                forwarded.kept = kept.map(Box::new);
                 #[cfg(feature = "tokio")]
                 if let Some(eliciting) = eliciting {
                     return Next::Elicit(forwarded, eliciting);

@@ -86,3 +86,20 @@ mod tasks;
 pub use answer::Outcome;
 pub use body::{PolicyBody, ResponseBody};
 pub use future::ResponseFuture;
+#[cfg(test)]
+mod sizes {
+    /// What each request moves from step to step stays small: the gate's next step is
+    /// moved through the response future's states (a state of a few hundred bytes more
+    /// costs a copy at each move).
+    #[test]
+    fn what_a_request_moves_around_stays_small() {
+        type B = http_body_util::Full<bytes::Bytes>;
+        let next = std::mem::size_of::<super::gate::Next<B, crate::counter::MemoryCounters>>();
+        let forwarded = std::mem::size_of::<super::gate::Forwarded>();
+        let answer = std::mem::size_of::<http::Response<super::body::ResponseBody<B>>>();
+        // The largest of the next steps is a forward or an answer, never a wait for
+        // the store (boxed: it keeps the whole decoded request).
+        assert!(next <= forwarded.max(answer) + 16, "Next: {next} bytes");
+        assert!(forwarded <= 512, "Forwarded: {forwarded} bytes");
+    }
+}
