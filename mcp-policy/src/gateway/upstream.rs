@@ -181,6 +181,11 @@ impl Proxy {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none: one pass over the names says so, where a removal by name
+    // costs a hash and a probe for each of the nine.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -204,6 +209,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// A hop-by-hop header of RFC 9110 §7.6.1 (or a name proxies treat as one).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn bad_gateway(upstream: &Upstream, reason: &str) -> Response<ProxyBody> {
