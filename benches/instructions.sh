@@ -52,6 +52,8 @@ done
 # layer; per request, between 200 and 1,200 requests on one keep-alive connection.
 # `layer` wraps the MCP service (the README's composition), `router-layer` the router.
 echo
+echo "whole requests, client included (client and server in one process; the server"
+echo "alone is ./benches/server.sh):"
 printf '%-5s %12s %12s %9s %14s %9s\n' body bare layer added router-layer added
 for size in 200 1k; do
   per_request() {
