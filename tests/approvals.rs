@@ -916,6 +916,42 @@ mod stream {
     }
 
     #[tokio::test]
+    async fn a_2025_06_18_session_is_asked_without_the_later_revisions_mode() {
+        let (service, seen) = session(POLICY).await;
+        let mut request = post(transfer(500), "Bearer alice");
+        request
+            .headers_mut()
+            .insert("mcp-protocol-version", "2025-06-18".parse().unwrap());
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let asked = data(&next_frame(&mut body).await.unwrap());
+        assert_eq!(asked["method"], "elicitation/create");
+        assert!(asked["params"].get("mode").is_none(), "{asked}");
+        assert_eq!(
+            asked["params"]["requestedSchema"]["required"],
+            json!(["approve"])
+        );
+        let id = asked["id"].as_str().unwrap().to_owned();
+        let taken = service
+            .clone()
+            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
+            .await
+            .unwrap();
+        assert_eq!(taken.status(), 202);
+        let answer = data(&next_frame(&mut body).await.unwrap());
+        assert_eq!(answer["result"]["content"][0]["text"], "ran");
+        assert_eq!(calls(&seen), 1);
+        // An earlier revision has no elicitation: asked out of band.
+        let mut old = post(transfer(500), "Bearer alice");
+        old.headers_mut()
+            .insert("mcp-protocol-version", "2025-03-26".parse().unwrap());
+        let response = service.clone().oneshot(old).await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(calls(&seen), 1);
+    }
+
+    #[tokio::test]
     async fn another_callers_answer_or_none_in_time_never_runs_the_call() {
         let (service, seen) = session(POLICY).await;
         let response = service

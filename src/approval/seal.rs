@@ -60,7 +60,7 @@ impl Broken {
         match self {
             Broken::NotOurs => "The call carries no approval.",
             Broken::Forged => {
-                "The approval state does not belong to this call: it was altered, forged, or issued for other arguments, another tool or another caller. Call again without it to ask for approval."
+                "The approval state does not belong to this call: it was altered, forged, or issued for other arguments, another tool, another caller or a policy since replaced. Call again without it to ask for approval."
             }
             Broken::Expired => {
                 "The approval expired before the call came back. Call again to ask for a new one."
