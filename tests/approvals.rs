@@ -782,8 +782,16 @@ mod stream {
         tower_mcp_policy::PolicyService<Inner>,
         Arc<Mutex<Vec<Value>>>,
     ) {
+        session_of(PolicyLayer::new(policy.parse::<Policy>().unwrap())).await
+    }
+
+    async fn session_of(
+        layer: PolicyLayer,
+    ) -> (
+        tower_mcp_policy::PolicyService<Inner>,
+        Arc<Mutex<Vec<Value>>>,
+    ) {
         let seen = Arc::default();
-        let layer = PolicyLayer::new(policy.parse::<Policy>().unwrap());
         let service = layer.layer(server(Arc::clone(&seen)));
         let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
@@ -916,6 +924,53 @@ mod stream {
     }
 
     #[tokio::test]
+    async fn every_step_over_the_stream_is_an_event() {
+        let events = Arc::new(Seen::default());
+        let policy = r#"{"version":"1","default":"allow","tools":{
+            "transfer":{"require_approval":{"reason":"Transfers need a person."}}}}"#;
+        let layer = PolicyLayer::new(policy.parse::<Policy>().unwrap()).observer(events.clone());
+        let (service, _) = session_of(layer).await;
+        for action in ["accept", "decline"] {
+            let response = service
+                .clone()
+                .oneshot(post(transfer(500), "Bearer alice"))
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let id = data(&next_frame(&mut body).await.unwrap())["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            service
+                .clone()
+                .oneshot(post(reply(&id, action), "Bearer alice"))
+                .await
+                .unwrap();
+            while next_frame(&mut body).await.is_some() {}
+        }
+        let lines: Vec<String> = events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("transfer") || line.starts_with("approval"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "approval requested -",
+                "approval approved client",
+                "approval used client",
+                "call allow transfer",
+                "approval requested -",
+                "approval declined client",
+                "call deny transfer",
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_2025_06_18_session_is_asked_without_the_later_revisions_mode() {
         let (service, seen) = session(POLICY).await;
         let mut request = post(transfer(500), "Bearer alice");
@@ -1034,9 +1089,10 @@ mod stream {
     }
 }
 
-/// A client that opens URLs for its user (URL-mode elicitation) but shows no form is
-/// sent to the approvals page when the layer knows it.
-mod url_mode {
+/// 2026-07-28 calls: the round trip's events, and a client that opens URLs for its
+/// user (URL-mode elicitation) but shows no form, sent to the approvals page when the
+/// layer knows it.
+mod modern {
     use super::*;
 
     fn layer_with_page() -> PolicyLayer {
@@ -1117,6 +1173,42 @@ mod url_mode {
         assert_eq!(answer["error"]["code"], -32042, "{answer}");
         assert_eq!(handle.pending_approvals().await.unwrap().len(), 1);
         assert!(ran.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_step_of_a_round_trip_approval_is_an_event() {
+        let events = Arc::new(Seen::default());
+        let (service, ran) = service(&layer().observer(events.clone()));
+        let asked = send(&service, call_2026(json!({}))).await;
+        let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
+        let mut retry: Value = serde_json::from_slice(
+            &call_2026(json!({}))
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes(),
+        )
+        .unwrap();
+        retry["params"]["requestState"] = json!(state);
+        retry["params"]["inputResponses"] =
+            json!({"mcp-policy/approval": {"action": "accept", "content": {"approve": true}}});
+        let mut request = call_2026(json!({}));
+        *request.body_mut() = Full::new(Bytes::from(retry.to_string()));
+        request.headers_mut().remove("content-length");
+        let done = send(&service, request).await;
+        assert_eq!(done["result"]["content"][0]["text"], "ran", "{done}");
+        assert_eq!(ran.lock().unwrap().len(), 1);
+        assert_eq!(
+            events.0.lock().unwrap().clone(),
+            [
+                "approval requested -",
+                "call deny transfer",
+                "approval approved client",
+                "approval used client",
+                "call allow transfer",
+            ]
+        );
     }
 
     #[tokio::test]

@@ -250,6 +250,7 @@ where
             let refused = gate.elicitation_refused(forwarded, eliciting, answer);
             return Box::pin(std::future::ready(refused));
         }
+        gate.elicitation_approved(&eliciting);
         let parts = gate.forward(&mut forwarded, parts);
         let bytes = forwarded.body.take().unwrap_or(bytes);
         let call = inner.call(Request::from_parts(parts, PolicyBody::new(bytes)));

@@ -1074,18 +1074,19 @@ impl<S: CounterStore> Gate<S> {
                 forwarded.claim = claim;
                 forwarded.body = body;
                 forwarded.kept = kept.map(Box::new);
-                #[cfg(feature = "tokio")]
-                if let Some(eliciting) = eliciting {
-                    return Next::Elicit(forwarded, eliciting);
-                }
                 // A dry run's call that would need approval is reported as that alone,
                 // like one that would be denied.
                 let would_ask = matches!(outcome, Outcome::WouldDeny(_));
                 if observer.wants_allowed() && !would_ask {
+                    // Reported once the server answers (an elicited call: if it runs).
                     forwarded.allowed = report::allowed_calls(
                         decoded,
                         (keys, inspected.trace, caller.name.as_ref()),
                     );
+                }
+                #[cfg(feature = "tokio")]
+                if let Some(eliciting) = eliciting {
+                    return Next::Elicit(forwarded, eliciting);
                 }
                 Next::Forward(forwarded)
             }
@@ -1343,6 +1344,19 @@ impl<S: CounterStore> Gate<S> {
                     .elicits(self.config.hasher.session(id.as_bytes()))
             })
             .unwrap_or_default()
+    }
+
+    /// The client's user approved the call asked about over its stream: reported, and
+    /// the call goes on.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn elicitation_approved(&self, eliciting: &Eliciting) {
+        let by: Arc<str> = Arc::from(IN_CLIENT);
+        let request = eliciting.ask.request(eliciting.id.clone(), Instant::now());
+        let changes = [
+            approval::Change::new(request.clone(), "approved", Some(by.clone())),
+            approval::Change::new(request, "used", Some(by)),
+        ];
+        approval::report(&*self.config.observer.0, &changes);
     }
 
     /// The client's user did not approve the call asked about over its stream
