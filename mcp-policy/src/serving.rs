@@ -68,7 +68,7 @@ pub struct Serving {
     /// incoming webhook: `text`, and the request under `approval`).
     #[arg(long, value_name = "URL", env = "MCP_POLICY_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
-    /// This gateway's address as the agents' users reach it (`https://gateway.example`):
+    /// The address the agents' users reach this server at (`https://gateway.example`):
     /// a client that opens links for its user (URL-mode elicitation) is sent to the
     /// approvals page there when a call waits for an operator.
     #[arg(long, value_name = "URL", env = "MCP_POLICY_PUBLIC_URL")]
