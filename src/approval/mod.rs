@@ -24,6 +24,8 @@ use crate::counter::StoreError;
 use crate::decision::Denial;
 use crate::scope::ScopeValue;
 
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 mod seal;
 pub(crate) use seal::{Broken, INPUT_KEY, Seal, unix_now};
 

@@ -21,6 +21,8 @@ use siphasher::sip::SipHasher13;
 
 pub use memory::MemoryCounters;
 #[cfg(feature = "redis")]
+pub(crate) use redis::Shared;
+#[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisCharge, RedisCounters, RedisCountersBuilder};
 

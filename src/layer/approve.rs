@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use serde_json::{Map, Value, json};
 
-use super::gate::MCP_PROTOCOL_VERSION;
+use super::request::MCP_PROTOCOL_VERSION;
 use super::sessions::Elicits;
 use crate::approval::{Ask, INPUT_KEY, Seal};
 use crate::jsonrpc::Id;
@@ -148,7 +148,7 @@ fn elicits(capability: Option<&Value>) -> Elicits {
 /// the approvals `page`, the denial as its message.
 pub(crate) fn url_required(
     call: Option<&Id>,
-    denial: &crate::Denial,
+    denial: &crate::decision::Denial,
     id: &str,
     page: &str,
 ) -> Value {

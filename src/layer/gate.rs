@@ -32,8 +32,8 @@ use super::params::ToolHeaders;
 use super::refund::{Charged, Ledger, Watch};
 use super::report::{self, AllowedCall};
 use super::request::{
-    JudgedHeaders, MCP_SESSION_ID, Rejection, check_entity_headers, check_routing_headers,
-    too_large,
+    JudgedHeaders, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, Rejection, check_entity_headers,
+    check_routing_headers, too_large,
 };
 use super::sessions::{Initialize, Sessions};
 use super::tasks::{Owned, Tasks};
@@ -51,8 +51,6 @@ use crate::scope::{Grant, ScopeKeys, ScopeValue};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub(crate) static MCP_PROTOCOL_VERSION: http::HeaderName =
-    http::HeaderName::from_static("mcp-protocol-version");
 /// The first revision whose lists carry a cache scope (SEP-2549). Revisions are dates,
 /// so they compare as text.
 const LISTS_CACHED_SINCE: &str = "2026-07-28";

@@ -106,7 +106,8 @@ impl<S: CounterStore> PolicyLayer<S> {
             .downcast_ref::<crate::counter::RedisCounters>()
         {
             // Requests for approval and answers are shared by the replicas too.
-            engine.source().share_approvals(redis.approval_store());
+            let shared = crate::approval::redis::RedisApprovals::of(redis);
+            engine.source().share_approvals(Arc::new(shared));
         }
         PolicyLayer::assemble(engine, hasher)
     }

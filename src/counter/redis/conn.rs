@@ -16,12 +16,12 @@ pub(super) type Report = Arc<dyn Fn(&StoreError) + Send + Sync>;
 use super::wire::{hex, unhex};
 
 /// What the requests and the worker both use.
-pub(super) struct Shared {
+pub(crate) struct Shared {
     pub connection: ConnectionManager,
     pub prefix: Arc<str>,
     /// The hasher's key as stored in Redis (32 hex digits).
     pub secret: String,
-    pub breaker: Mutex<Breaker>,
+    pub(super) breaker: Mutex<Breaker>,
     /// Where errors outside a charge go (see `CounterStore::report_errors_to`).
     pub report: Mutex<Option<Report>>,
 }
@@ -111,7 +111,7 @@ impl Shared {
         });
     }
 
-    pub fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+    pub(super) fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

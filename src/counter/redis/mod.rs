@@ -5,7 +5,6 @@
 //! calls, `wire.rs` what a call and its reply look like on the wire, `breaker.rs` the
 //! back-off after failures, and `gcra.lua` the script.
 
-mod approvals;
 mod breaker;
 mod conn;
 mod wire;
@@ -23,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Charge, ChargeError, CounterStore, StoreError};
 use crate::scope::{ScopeHasher, ScopeValue};
 use breaker::Admit;
-use conn::Shared;
+pub(crate) use conn::Shared;
 use wire::{Answer, Mode};
 use worker::{Job, QUEUE, Waiter, queue_error};
 
@@ -176,12 +175,10 @@ return 1
 "#;
 
 impl RedisCounters {
-    /// The approvals this store shares with the replicas (see `approvals.rs`).
-    pub(crate) fn approval_store(&self) -> Arc<dyn crate::approval::ApprovalStore> {
-        Arc::new(approvals::RedisApprovals {
-            shared: self.inner.shared.clone(),
-            deadline: self.inner.deadline,
-        })
+    /// The connection every replica's state goes through, and the deadline of one
+    /// call (what the approvals shared in Redis use too: `approval/redis.rs`).
+    pub(crate) fn shared(&self) -> (Arc<Shared>, Duration) {
+        (self.inner.shared.clone(), self.inner.deadline)
     }
 
     /// The default prefix of every key the store writes.

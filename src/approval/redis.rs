@@ -1,6 +1,6 @@
 //! Approvals shared by the replicas that share the counters: the requests waiting for
 //! a person, the answers waiting for their call, and the spent approval states, all in
-//! Redis, each operation one call of `approvals.lua` (atomic). A call approved through
+//! Redis, each operation one call of `redis.lua` (atomic). A call approved through
 //! one replica's API runs through any replica, once; a state used at one replica is
 //! spent for all. Expiry is on the Redis server's clock.
 
@@ -10,23 +10,30 @@ use std::time::{Duration, Instant};
 use redis::FromRedisValue;
 use serde_json::Value;
 
-use super::conn::Shared;
-use crate::approval::{
+use super::{
     ApprovalStore, Ask, Asked, Change, Given, Later, MAX_WAITING, MAX_WAITING_PER_CALLER, Request,
     unix_now,
 };
-use crate::counter::StoreError;
+use crate::counter::{RedisCounters, Shared, StoreError};
 
 static SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("approvals.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("redis.lua")));
 
 /// The least time an approval operation is given: a person's click or a call that
 /// waited for one can afford more than a charge's deadline.
 const LEAST_DEADLINE: Duration = Duration::from_millis(500);
 
 pub(crate) struct RedisApprovals {
-    pub shared: Arc<Shared>,
-    pub deadline: Duration,
+    shared: Arc<Shared>,
+    deadline: Duration,
+}
+
+impl RedisApprovals {
+    /// The approvals of the replicas that share `counters`.
+    pub(crate) fn of(counters: &RedisCounters) -> RedisApprovals {
+        let (shared, deadline) = counters.shared();
+        RedisApprovals { shared, deadline }
+    }
 }
 
 impl std::fmt::Debug for RedisApprovals {

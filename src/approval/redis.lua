@@ -1,4 +1,4 @@
--- Approvals shared by replicas (see approvals.rs). ARGV[1] is the operation, ARGV[2]
+-- Approvals shared by replicas (see redis.rs). ARGV[1] is the operation, ARGV[2]
 -- the key prefix. Keys, under the prefix:
 --   approval:waiting           ZSET  id -> when it expires (ms, the server's clock)
 --   approval:owner:<owner>     ZSET  the same, for one caller
