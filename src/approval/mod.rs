@@ -52,23 +52,12 @@ impl CallKey {
     }
 }
 
-/// A call waiting for a person.
+/// A call waiting for a person: the call asked about, under an id, since when and
+/// until when.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub id: Arc<str>,
-    pub key: CallKey,
-    /// The caller's grant (hashed), whose waiting requests are bounded.
-    pub owner: ScopeValue,
-    pub tool: Box<str>,
-    /// The canonical arguments (JSON).
-    pub arguments: Box<str>,
-    /// The caller's grant by name, under a grants file.
-    pub grant: Option<Arc<str>>,
-    /// What the person reads.
-    pub reason: Box<str>,
-    /// The rule that asked (`/tools/transfer/require_approval`).
-    pub rule: Box<str>,
-    pub timeout: Duration,
+    pub call: Ask,
     pub requested: SystemTime,
     pub expires: Instant,
 }
@@ -76,15 +65,16 @@ pub(crate) struct Request {
 impl Request {
     /// The request as the approvals API shows it.
     pub(crate) fn to_json(&self, now: Instant) -> Value {
-        let arguments: Value = serde_json::from_str(&self.arguments)
-            .unwrap_or(Value::String(self.arguments.to_string()));
+        let call = &self.call;
+        let arguments: Value = serde_json::from_str(&call.arguments)
+            .unwrap_or(Value::String(call.arguments.to_string()));
         json!({
             "id": &*self.id,
-            "tool": &*self.tool,
+            "tool": &*call.tool,
             "arguments": arguments,
-            "grant": self.grant.as_deref(),
-            "reason": &*self.reason,
-            "rule": &*self.rule,
+            "grant": call.grant.as_deref(),
+            "reason": &*call.reason,
+            "rule": &*call.rule,
             "requested_at": humantime::format_rfc3339_seconds(self.requested).to_string(),
             "expires_in_seconds": self.expires.saturating_duration_since(now).as_secs(),
         })
@@ -99,16 +89,18 @@ impl Request {
             .requested
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let call = &self.call;
         json!({
             "id": &*self.id,
-            "key": self.key.hex(),
-            "owner": format!("{:032x}", self.owner.as_u128()),
-            "tool": &*self.tool,
-            "arguments": &*self.arguments,
-            "grant": self.grant.as_deref(),
-            "reason": &*self.reason,
-            "rule": &*self.rule,
-            "timeout_ms": self.timeout.as_millis() as u64,
+            "key": call.key.hex(),
+            "owner": format!("{:032x}", call.owner.as_u128()),
+            "tool": &*call.tool,
+            "arguments": &*call.arguments,
+            "grant": call.grant.as_deref(),
+            "reason": &*call.reason,
+            "rule": &*call.rule,
+            "timeout_ms": call.timeout.as_millis() as u64,
+            "in_client": call.in_client,
             "requested_ms": requested,
         })
     }
@@ -125,8 +117,7 @@ impl Request {
         for (i, byte) in key.iter_mut().enumerate() {
             *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
         }
-        Some(Request {
-            id: text("id")?.into(),
+        let call = Ask {
             key: CallKey(key),
             owner: ScopeValue::from_u128(u128::from_str_radix(text("owner")?, 16).ok()?),
             tool: text("tool")?.into(),
@@ -135,6 +126,14 @@ impl Request {
             reason: text("reason")?.into(),
             rule: text("rule")?.into(),
             timeout: Duration::from_millis(value.get("timeout_ms")?.as_u64()?),
+            in_client: value
+                .get("in_client")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+        };
+        Some(Request {
+            id: text("id")?.into(),
+            call,
             requested: UNIX_EPOCH + Duration::from_millis(value.get("requested_ms")?.as_u64()?),
             expires: Instant::now() + left,
         })
@@ -269,12 +268,18 @@ impl Asked {
 #[derive(Debug, Clone)]
 pub(crate) struct Ask {
     pub key: CallKey,
+    /// The caller's grant (hashed), whose waiting requests are bounded.
     pub owner: ScopeValue,
     pub tool: Box<str>,
+    /// The canonical arguments (JSON).
     pub arguments: Box<str>,
+    /// The caller's grant by name, under a grants file.
     pub grant: Option<Arc<str>>,
+    /// What the person reads.
     pub reason: Box<str>,
+    /// The rule that asked (`/tools/transfer/require_approval`).
     pub rule: Box<str>,
+    /// How long the request waits, and how long an answer stays usable.
     pub timeout: Duration,
     /// The client's own user may approve it (the rule's `ask_in_client`).
     pub in_client: bool,
@@ -433,13 +438,13 @@ impl Approvals {
         let request = state.remove(id)?;
         let by: Arc<str> = by.into();
         state.decided.insert(
-            request.key,
+            request.call.key,
             Verdict {
                 id: request.id.clone(),
                 by: by.clone(),
                 approved,
                 // An answer is good for as long as the request could wait.
-                expires: now + request.timeout,
+                expires: now + request.call.timeout,
             },
         );
         let shown = request.to_json(now);
@@ -505,11 +510,11 @@ impl State {
     /// Takes the waiting request `id` out of every index.
     fn remove(&mut self, id: &str) -> Option<Request> {
         let request = self.pending.remove(id)?;
-        self.by_call.remove(&request.key);
-        if let Some(count) = self.per_owner.get_mut(&request.owner) {
+        self.by_call.remove(&request.call.key);
+        if let Some(count) = self.per_owner.get_mut(&request.call.owner) {
             *count -= 1;
             if *count == 0 {
-                self.per_owner.remove(&request.owner);
+                self.per_owner.remove(&request.call.owner);
             }
         }
         Some(request)
@@ -551,14 +556,7 @@ impl Ask {
     pub(crate) fn request(&self, id: Arc<str>, now: Instant) -> Request {
         Request {
             id,
-            key: self.key,
-            owner: self.owner,
-            tool: self.tool.clone(),
-            arguments: self.arguments.clone(),
-            grant: self.grant.clone(),
-            reason: self.reason.clone(),
-            rule: self.rule.clone(),
-            timeout: self.timeout,
+            call: self.clone(),
             requested: SystemTime::now(),
             expires: now + self.timeout,
         }
@@ -571,11 +569,11 @@ pub(crate) fn report(observer: &dyn crate::observe::Observer, changes: &[Change]
         observer.observe(&crate::observe::Event::Approval {
             step: change.step,
             id: &change.request.id,
-            tool: &change.request.tool,
-            grant: change.request.grant.as_deref(),
+            tool: &change.request.call.tool,
+            grant: change.request.call.grant.as_deref(),
             by: change.by.as_deref(),
-            arguments: &change.request.arguments,
-            reason: &change.request.reason,
+            arguments: &change.request.call.arguments,
+            reason: &change.request.call.reason,
         });
     }
 }
