@@ -18,6 +18,8 @@
 //! a limit that never runs out, so every request is decoded, judged, charged and
 //! forwarded.
 
+mod inputs;
+
 use std::hint::black_box;
 
 use bytes::Bytes;
@@ -25,18 +27,6 @@ use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
-
-const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
-    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
-
-/// A `tools/call` of `echo` of about `size` bytes.
-fn body(size: usize) -> String {
-    let head = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":""#;
-    let tail = r#""},"_meta":{"progressToken":42}}}"#;
-    let text = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8 ".repeat(size / 48 + 1);
-    let text = &text[..size.saturating_sub(head.len() + tail.len())];
-    format!("{head}{text}{tail}")
-}
 
 fn main() {
     // `cargo bench` adds `--bench`; the rest are ours.
@@ -60,7 +50,7 @@ fn main() {
         "router-layer" => Stack::RouterLayer,
         other => panic!("unknown mode {other}"),
     };
-    runtime.block_on(run(stack, body(size), requests));
+    runtime.block_on(run(stack, inputs::echo_call(size), requests));
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -82,7 +72,12 @@ async fn run(stack: Stack, body: String, requests: usize) {
         );
     // A FakeClock: the monotonic clock's calibration runs for a wall-clock time, so
     // its instruction count varies from run to run.
-    let layer = || PolicyLayer::with_clock(POLICY.parse::<Policy>().unwrap(), FakeClock::new());
+    let layer = || {
+        PolicyLayer::with_clock(
+            inputs::ECHO_POLICY.parse::<Policy>().unwrap(),
+            FakeClock::new(),
+        )
+    };
     let app = match stack {
         Stack::Bare => axum::Router::new().nest_service("/mcp", mcp),
         Stack::Layer => {

@@ -23,6 +23,8 @@
 //! defaults, the real clock included. The policy allows `echo` with a limit that never
 //! runs out, so every call is decoded, judged, charged and forwarded.
 
+mod inputs;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::io::Write as _;
@@ -34,19 +36,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
-
-/// The policy of every layer here (also written to a file for `from-file`).
-pub const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
-    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
-
-/// A `tools/call` of `echo` of about `size` bytes.
-fn body(size: usize) -> String {
-    let head = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":""#;
-    let tail = r#""},"_meta":{"progressToken":42}}}"#;
-    let text = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8 ".repeat(size / 48 + 1);
-    let text = &text[..size.saturating_sub(head.len() + tail.len())];
-    format!("{head}{text}{tail}")
-}
 
 fn main() {
     // `cargo bench` adds `--bench`; the rest are ours.
@@ -66,7 +55,7 @@ fn main() {
         ["client", port, size, requests] => {
             let size = if size == "1k" { 1024 } else { 200 };
             let requests = requests.parse().expect("a number of requests");
-            runtime.block_on(client(port, body(size), requests));
+            runtime.block_on(client(port, inputs::echo_call(size), requests));
         }
         _ => {
             eprintln!(
@@ -90,7 +79,12 @@ fn mcp() -> rmcp::transport::StreamableHttpService<
 }
 
 fn app(mode: &str) -> axum::Router {
-    let layer = || PolicyLayer::with_clock(POLICY.parse::<Policy>().unwrap(), FakeClock::new());
+    let layer = || {
+        PolicyLayer::with_clock(
+            inputs::ECHO_POLICY.parse::<Policy>().unwrap(),
+            FakeClock::new(),
+        )
+    };
     match mode {
         "bare" => axum::Router::new().nest_service("/mcp", mcp()),
         "layer" => axum::Router::new().nest_service("/mcp", tower::Layer::layer(&layer(), mcp())),
@@ -100,7 +94,7 @@ fn app(mode: &str) -> axum::Router {
         "from-file" => {
             let path =
                 std::env::temp_dir().join(format!("server-bench-{}.json", std::process::id()));
-            std::fs::write(&path, POLICY).unwrap();
+            std::fs::write(&path, inputs::ECHO_POLICY).unwrap();
             let layer = PolicyLayer::from_file(&path).unwrap();
             std::fs::remove_file(&path).unwrap();
             axum::Router::new().nest_service("/mcp", tower::Layer::layer(&layer, mcp()))

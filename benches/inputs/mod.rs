@@ -16,6 +16,21 @@ pub const POLICY_B: &str = r#"{"version":"1","default":"deny",
       "deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":1000}],"on_deny":"Transfers above 1000 need a human."}],
       "limits":[{"counter":"transfers","window":"day","max":4000000000}]}}}"#;
 
+/// What the whole-request drivers (`requests`, `server`) send: a `tools/call` of the
+/// demo's `echo` of about `size` bytes.
+pub fn echo_call(size: usize) -> String {
+    let head = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"text":""#;
+    let tail = r#""},"_meta":{"progressToken":42}}}"#;
+    let text = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a8 ".repeat(size / 48 + 1);
+    let text = &text[..size.saturating_sub(head.len() + tail.len())];
+    format!("{head}{text}{tail}")
+}
+
+/// Their policy: `echo` allowed with a limit that never runs out, so every call is
+/// decoded, judged, charged and forwarded.
+pub const ECHO_POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
+    "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
+
 /// A policy of `rules` exact rules (`tool0000`… and `get_price`), `patterns` pattern rules
 /// (`vendor0000_*`…) and `hidden` hide patterns (`hidden0000_*`…): the pattern-scaling
 /// table. Every limit is on one counter that never runs out.
