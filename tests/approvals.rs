@@ -33,30 +33,40 @@ type Service = tower::util::BoxCloneService<Request<Full<Bytes>>, Response<Bytes
 
 /// A tool server behind the layer; every call it runs is recorded.
 fn service<S: CounterStore>(layer: &PolicyLayer<S>) -> (Service, Ran) {
+    behind(layer, |call, ran| {
+        ran.lock()
+            .unwrap()
+            .push(call["params"]["arguments"].clone());
+        json!({"content": [{"type": "text", "text": "ran"}]})
+    })
+}
+
+/// A tool server behind the layer that answers each call (of a batch too) with the
+/// result `answer` gives it, with what the server ran so far.
+fn behind<S, F>(layer: &PolicyLayer<S>, answer: F) -> (Service, Ran)
+where
+    S: CounterStore,
+    F: Fn(&Value, &Ran) -> Value + Clone + Send + Sync + 'static,
+{
     let ran: Ran = Arc::default();
     let record = ran.clone();
     let server = tower::service_fn(move |request: Request<PolicyBody>| {
-        let record = record.clone();
+        let (record, answer) = (record.clone(), answer.clone());
         async move {
             let body = request.into_body().collect().await.unwrap().to_bytes();
             let message: Value = serde_json::from_slice(&body).unwrap();
+            let batch = message.is_array();
             let calls: Vec<Value> = match message {
                 Value::Array(items) => items,
                 one => vec![one],
             };
-            let mut answers = Vec::new();
-            for call in calls {
-                record
-                    .lock()
-                    .unwrap()
-                    .push(call["params"]["arguments"].clone());
-                answers.push(json!({"jsonrpc":"2.0","id":call["id"],
-                    "result":{"content":[{"type":"text","text":"ran"}]}}));
-            }
-            let body = if answers.len() == 1 {
-                answers.pop().unwrap()
-            } else {
-                Value::Array(answers)
+            let mut answers: Vec<Value> = calls
+                .iter()
+                .map(|call| json!({"jsonrpc": "2.0", "id": call["id"], "result": answer(call, &record)}))
+                .collect();
+            let body = match batch {
+                true => Value::Array(answers),
+                false => answers.pop().unwrap(),
             };
             let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
             response
@@ -76,6 +86,42 @@ fn service<S: CounterStore>(layer: &PolicyLayer<S>) -> (Service, Ran) {
         }
     });
     (tower::util::BoxCloneService::new(service), ran)
+}
+
+/// The params of Alice's 2026-07-28 call of `transfer` with `args`, from a client
+/// whose `elicitation` capability is `elicitation`.
+fn params_2026(args: &Value, elicitation: Value) -> Value {
+    json!({"name": "transfer", "arguments": args,
+        "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": elicitation}}})
+}
+
+/// `params` again, with the layer's approval `state` and the user's answer.
+fn retried(mut params: Value, state: &str, approve: bool) -> Value {
+    params["requestState"] = json!(state);
+    params["inputResponses"] =
+        json!({"mcp-policy/approval": {"action": "accept", "content": {"approve": approve}}});
+    params
+}
+
+/// The call with `params`, as Alice, with its 2026-07-28 routing headers.
+fn call_2026(params: Value) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params});
+    Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "transfer")
+        .header("authorization", "Bearer alice")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// The JSON answer to `request`.
+async fn answer_of(service: &Service, request: Request<Full<Bytes>>) -> Value {
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    serde_json::from_slice(response.body()).unwrap()
 }
 
 fn layer() -> PolicyLayer {
@@ -492,30 +538,14 @@ mod shared {
         ))
     }
 
-    /// A 2026-07-28 call of a client that can ask its user, as Alice.
+    /// Alice's 2026-07-28 call of `transfer` from a client that can ask its user, again
+    /// with the layer's `state` and the user's answer when there is one.
     fn modern_call(args: &Value, state: Option<&str>, approve: bool) -> Request<Full<Bytes>> {
-        let mut params = json!({"name": "transfer", "arguments": args,
-            "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
-        if let Some(state) = state {
-            params["requestState"] = json!(state);
-            params["inputResponses"] = json!({"mcp-policy/approval":
-                {"action": "accept", "content": {"approve": approve}}});
-        }
-        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params});
-        Request::post("/mcp")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2026-07-28")
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", "transfer")
-            .header("authorization", "Bearer alice")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
-    }
-
-    async fn answer(service: &Service, request: Request<Full<Bytes>>) -> Value {
-        let response = service.clone().oneshot(request).await.unwrap();
-        serde_json::from_slice(response.body()).unwrap()
+        let params = params_2026(args, json!({}));
+        call_2026(match state {
+            Some(state) => retried(params, state, approve),
+            None => params,
+        })
     }
 
     #[tokio::test]
@@ -579,13 +609,13 @@ mod shared {
         let (b, ran_b) = service(&two);
         let args = json!({"amount": 500, "to": "bob"});
 
-        let asked = answer(&a, modern_call(&args, None, false)).await;
+        let asked = answer_of(&a, modern_call(&args, None, false)).await;
         assert_eq!(asked["result"]["resultType"], "input_required", "{asked}");
         let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
         // The replicas share the hashing secret, so the other opens the state.
-        let ran = answer(&b, modern_call(&args, Some(&state), true)).await;
+        let ran = answer_of(&b, modern_call(&args, Some(&state), true)).await;
         assert_eq!(ran["result"]["content"][0]["text"], "ran", "{ran}");
-        let replayed = answer(&a, modern_call(&args, Some(&state), true)).await;
+        let replayed = answer_of(&a, modern_call(&args, Some(&state), true)).await;
         let text = replayed["result"]["content"][0]["text"].as_str().unwrap();
         assert!(text.contains("already used"), "{text}");
         assert!(ran_a.lock().unwrap().is_empty());
@@ -594,43 +624,17 @@ mod shared {
 
     /// A server whose tool asks for input once (its own state `"mine"`), then runs.
     fn asking_server<S: CounterStore>(layer: &PolicyLayer<S>) -> (Service, Ran) {
-        let ran: Ran = Arc::default();
-        let record = ran.clone();
-        let server = tower::service_fn(move |request: Request<PolicyBody>| {
-            let record = record.clone();
-            async move {
-                let body = request.into_body().collect().await.unwrap().to_bytes();
-                let call: Value = serde_json::from_slice(&body).unwrap();
-                let result = if call["params"]["requestState"] == "mine" {
-                    record
-                        .lock()
-                        .unwrap()
-                        .push(call["params"]["arguments"].clone());
-                    json!({"content": [{"type": "text", "text": "ran"}]})
-                } else {
-                    json!({"resultType": "input_required", "requestState": "mine",
-                        "inputRequests": {"q": {"method": "elicitation/create",
-                            "params": {"mode": "form", "message": "Which?", "requestedSchema": {"type": "object"}}}}})
-                };
-                let answer = json!({"jsonrpc": "2.0", "id": call["id"], "result": result});
-                let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
-                response
-                    .headers_mut()
-                    .insert("content-type", "application/json".parse().unwrap());
-                Ok::<_, std::convert::Infallible>(response)
+        behind(layer, |call, ran| {
+            if call["params"]["requestState"] == "mine" {
+                ran.lock()
+                    .unwrap()
+                    .push(call["params"]["arguments"].clone());
+                return json!({"content": [{"type": "text", "text": "ran"}]});
             }
-        });
-        let inner = layer.layer(server);
-        let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let inner = inner.clone();
-            async move {
-                let response = inner.oneshot(request).await.map_err(|e| e.to_string())?;
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-                Ok::<_, String>(Response::from_parts(parts, bytes))
-            }
-        });
-        (tower::util::BoxCloneService::new(service), ran)
+            json!({"resultType": "input_required", "requestState": "mine",
+                "inputRequests": {"q": {"method": "elicitation/create",
+                    "params": {"mode": "form", "message": "Which?", "requestedSchema": {"type": "object"}}}}})
+        })
     }
 
     #[tokio::test]
@@ -647,7 +651,7 @@ mod shared {
         one.handle().approve(&id, "ops").await.unwrap().unwrap();
         // The same call from a client that could be asked in it runs on that approval,
         // through the other replica, without asking.
-        let ran = answer(&b, modern_call(&args, None, false)).await;
+        let ran = answer_of(&b, modern_call(&args, None, false)).await;
         assert_eq!(ran["result"]["content"][0]["text"], "ran", "{ran}");
         assert_eq!(ran_b.lock().unwrap().len(), 1);
 
@@ -655,26 +659,16 @@ mod shared {
         // next round, which another replica runs.
         let (c, ran_c) = asking_server(&one);
         let (d, ran_d) = asking_server(&two);
-        let asked = answer(&c, modern_call(&args, None, false)).await;
+        let asked = answer_of(&c, modern_call(&args, None, false)).await;
         let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
-        let round = answer(&c, modern_call(&args, Some(&state), true)).await;
+        let round = answer_of(&c, modern_call(&args, Some(&state), true)).await;
         assert_eq!(round["result"]["requestState"], "mine", "{round}");
-        let mut retry: Value = serde_json::from_slice(
-            &modern_call(&args, None, false)
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes(),
-        )
-        .unwrap();
-        retry["params"]["requestState"] = json!("mine");
-        let mut request = modern_call(&args, None, false);
-        *request.body_mut() = Full::new(Bytes::from(retry.to_string()));
-        request.headers_mut().remove("content-length");
+        // The server's own round: its state, not the layer's.
+        let mut params = params_2026(&args, json!({}));
+        params["requestState"] = json!("mine");
         // `keep` is written in the background: give it a moment.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let done = answer(&d, request).await;
+        let done = answer_of(&d, call_2026(params)).await;
         assert_eq!(done["result"]["content"][0]["text"], "ran", "{done}");
         assert!(ran_c.lock().unwrap().is_empty());
         assert_eq!(ran_d.lock().unwrap().len(), 1);
@@ -828,6 +822,34 @@ mod stream {
         Some(frame.unwrap().into_data().unwrap())
     }
 
+    type Session = tower_mcp_policy::PolicyService<Inner>;
+
+    /// `body` POSTed in the session as `credential`.
+    async fn send(
+        service: &Session,
+        body: Value,
+        credential: &str,
+    ) -> Response<tower_mcp_policy::layer::ResponseBody<Full<Bytes>>> {
+        service
+            .clone()
+            .oneshot(post(body, credential))
+            .await
+            .unwrap()
+    }
+
+    /// Alice's transfer of 500, asked about over its stream: the stream, past the
+    /// layer's elicitation request, and that request's id.
+    async fn ask(
+        service: &Session,
+    ) -> (tower_mcp_policy::layer::ResponseBody<Full<Bytes>>, String) {
+        let mut body = send(service, transfer(500), "Bearer alice")
+            .await
+            .into_body();
+        let asked = data(&next_frame(&mut body).await.unwrap());
+        assert_eq!(asked["method"], "elicitation/create", "{asked}");
+        (body, asked["id"].as_str().unwrap().to_owned())
+    }
+
     fn calls(seen: &Mutex<Vec<Value>>) -> usize {
         seen.lock()
             .unwrap()
@@ -845,11 +867,7 @@ mod stream {
         let policy = r#"{"version":"1","default":"allow","tools":{
             "transfer":{"require_approval":{"ask_in_client":false}}}}"#;
         let (service, seen) = session(policy).await;
-        let response = service
-            .clone()
-            .oneshot(post(transfer(500), "Bearer alice"))
-            .await
-            .unwrap();
+        let response = send(&service, transfer(500), "Bearer alice").await;
         assert_eq!(response.headers()["content-type"], "application/json");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let denied: Value = serde_json::from_slice(&body).unwrap();
@@ -864,11 +882,7 @@ mod stream {
         for _ in 0..3 {
             // One transfer an hour: each call that went away gave its charge back, so
             // the next is asked about again rather than refused over the limit.
-            let response = service
-                .clone()
-                .oneshot(post(transfer(500), "Bearer alice"))
-                .await
-                .unwrap();
+            let response = send(&service, transfer(500), "Bearer alice").await;
             let mut body = response.into_body();
             let asked = data(&next_frame(&mut body).await.unwrap());
             assert_eq!(asked["method"], "elicitation/create", "{asked}");
@@ -880,11 +894,7 @@ mod stream {
     #[tokio::test]
     async fn the_users_yes_runs_the_call_once_on_the_same_stream() {
         let (service, seen) = session(POLICY).await;
-        let response = service
-            .clone()
-            .oneshot(post(transfer(500), "Bearer alice"))
-            .await
-            .unwrap();
+        let response = send(&service, transfer(500), "Bearer alice").await;
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         let mut body = response.into_body();
         let asked = data(&next_frame(&mut body).await.unwrap());
@@ -898,11 +908,7 @@ mod stream {
         let id = asked["id"].as_str().unwrap().to_owned();
         assert_eq!(calls(&seen), 0, "nothing runs while the user is asked");
 
-        let taken = service
-            .clone()
-            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
-            .await
-            .unwrap();
+        let taken = send(&service, reply(&id, "accept"), "Bearer alice").await;
         assert_eq!(taken.status(), 202);
         let answer = data(&next_frame(&mut body).await.unwrap());
         assert_eq!(answer["id"], 5);
@@ -915,11 +921,7 @@ mod stream {
         // The client's answer was the layer's: the server never saw it.
         assert!(seen.lock().unwrap().iter().all(|m| m["id"] != json!(id)));
         // Answered once: the same answer again finds nobody waiting.
-        let again = service
-            .clone()
-            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
-            .await
-            .unwrap();
+        let again = send(&service, reply(&id, "accept"), "Bearer alice").await;
         assert_eq!(again.status(), 404);
     }
 
@@ -931,21 +933,8 @@ mod stream {
         let layer = PolicyLayer::new(policy.parse::<Policy>().unwrap()).observer(events.clone());
         let (service, _) = session_of(layer).await;
         for action in ["accept", "decline"] {
-            let response = service
-                .clone()
-                .oneshot(post(transfer(500), "Bearer alice"))
-                .await
-                .unwrap();
-            let mut body = response.into_body();
-            let id = data(&next_frame(&mut body).await.unwrap())["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            service
-                .clone()
-                .oneshot(post(reply(&id, action), "Bearer alice"))
-                .await
-                .unwrap();
+            let (mut body, id) = ask(&service).await;
+            send(&service, reply(&id, action), "Bearer alice").await;
             while next_frame(&mut body).await.is_some() {}
         }
         let lines: Vec<String> = events
@@ -988,11 +977,7 @@ mod stream {
             json!(["approve"])
         );
         let id = asked["id"].as_str().unwrap().to_owned();
-        let taken = service
-            .clone()
-            .oneshot(post(reply(&id, "accept"), "Bearer alice"))
-            .await
-            .unwrap();
+        let taken = send(&service, reply(&id, "accept"), "Bearer alice").await;
         assert_eq!(taken.status(), 202);
         let answer = data(&next_frame(&mut body).await.unwrap());
         assert_eq!(answer["result"]["content"][0]["text"], "ran");
@@ -1009,29 +994,12 @@ mod stream {
     #[tokio::test]
     async fn another_callers_answer_or_none_in_time_never_runs_the_call() {
         let (service, seen) = session(POLICY).await;
-        let response = service
-            .clone()
-            .oneshot(post(transfer(500), "Bearer alice"))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let id = data(&next_frame(&mut body).await.unwrap())["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (mut body, id) = ask(&service).await;
         // Mallory cannot answer Alice's question, nor can anyone answer an unknown one.
-        let foreign = service
-            .clone()
-            .oneshot(post(reply(&id, "accept"), "Bearer mallory"))
-            .await
-            .unwrap();
+        let foreign = send(&service, reply(&id, "accept"), "Bearer mallory").await;
         assert_eq!(foreign.status(), 404);
         let unknown = reply("mcp-policy-approval-0000", "accept");
-        let unknown = service
-            .clone()
-            .oneshot(post(unknown, "Bearer alice"))
-            .await
-            .unwrap();
+        let unknown = send(&service, unknown, "Bearer alice").await;
         assert_eq!(unknown.status(), 404);
         // No answer within the rule's second: refused, and the call never ran.
         let refused = tokio::time::timeout(Duration::from_secs(5), next_frame(&mut body))
@@ -1055,21 +1023,8 @@ mod stream {
     #[tokio::test]
     async fn the_users_no_refuses_the_call_and_a_client_that_cannot_elicit_is_asked_out_of_band() {
         let (service, seen) = session(POLICY).await;
-        let response = service
-            .clone()
-            .oneshot(post(transfer(500), "Bearer alice"))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let id = data(&next_frame(&mut body).await.unwrap())["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let taken = service
-            .clone()
-            .oneshot(post(reply(&id, "decline"), "Bearer alice"))
-            .await
-            .unwrap();
+        let (mut body, id) = ask(&service).await;
+        let taken = send(&service, reply(&id, "decline"), "Bearer alice").await;
         assert_eq!(taken.status(), 202);
         let refused = data(&next_frame(&mut body).await.unwrap());
         let text = refused["result"]["content"][0]["text"].as_str().unwrap();
@@ -1099,26 +1054,13 @@ mod modern {
         layer().approvals_page("https://gateway.example/approvals")
     }
 
-    /// A 2026-07-28 call of `transfer` from a client whose capabilities are `elicitation`.
-    fn call_2026(elicitation: Value) -> Request<Full<Bytes>> {
-        let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
-            "name": "transfer", "arguments": {"amount": 500, "to": "bob"},
-            "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": elicitation}}}});
-        Request::post("/mcp")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2026-07-28")
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", "transfer")
-            .header("authorization", "Bearer alice")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
-    }
-
-    async fn send(service: &Service, request: Request<Full<Bytes>>) -> Value {
-        let response = service.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        serde_json::from_slice(response.body()).unwrap()
+    /// Alice's 2026-07-28 transfer of 500 from a client whose `elicitation` capability
+    /// is `elicitation`.
+    fn transfer_2026(elicitation: Value) -> Request<Full<Bytes>> {
+        call_2026(params_2026(
+            &json!({"amount": 500, "to": "bob"}),
+            elicitation,
+        ))
     }
 
     #[tokio::test]
@@ -1126,7 +1068,7 @@ mod modern {
         let layer = layer_with_page();
         let handle = layer.handle();
         let (service, ran) = service(&layer);
-        let answer = send(&service, call_2026(json!({"url": {}}))).await;
+        let answer = answer_of(&service, transfer_2026(json!({"url": {}}))).await;
         let error = &answer["error"];
         assert_eq!(error["code"], -32042, "{answer}");
         assert_eq!(answer["id"], 9);
@@ -1150,7 +1092,7 @@ mod modern {
 
         // Approved on the page: the retry runs, once.
         handle.approve(&id, "ops").await.unwrap().unwrap();
-        let ran_now = send(&service, call_2026(json!({"url": {}}))).await;
+        let ran_now = answer_of(&service, transfer_2026(json!({"url": {}}))).await;
         assert_eq!(ran_now["result"]["content"][0]["text"], "ran", "{ran_now}");
         assert_eq!(ran.lock().unwrap().len(), 1);
     }
@@ -1165,11 +1107,11 @@ mod modern {
         let handle = layer.handle();
         let (service, ran) = service(&layer);
         // A client that shows forms gets the operators' denial, not the layer's form.
-        let answer = send(&service, call_2026(json!({}))).await;
+        let answer = answer_of(&service, transfer_2026(json!({}))).await;
         let text = answer["result"]["content"][0]["text"].as_str().unwrap();
         assert!(text.contains("is pending"), "{answer}");
         // One that also opens links is sent to the operators' page.
-        let answer = send(&service, call_2026(json!({"form": {}, "url": {}}))).await;
+        let answer = answer_of(&service, transfer_2026(json!({"form": {}, "url": {}}))).await;
         assert_eq!(answer["error"]["code"], -32042, "{answer}");
         assert_eq!(handle.pending_approvals().await.unwrap().len(), 1);
         assert!(ran.lock().unwrap().is_empty());
@@ -1179,24 +1121,10 @@ mod modern {
     async fn every_step_of_a_round_trip_approval_is_an_event() {
         let events = Arc::new(Seen::default());
         let (service, ran) = service(&layer().observer(events.clone()));
-        let asked = send(&service, call_2026(json!({}))).await;
+        let asked = answer_of(&service, transfer_2026(json!({}))).await;
         let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
-        let mut retry: Value = serde_json::from_slice(
-            &call_2026(json!({}))
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes(),
-        )
-        .unwrap();
-        retry["params"]["requestState"] = json!(state);
-        retry["params"]["inputResponses"] =
-            json!({"mcp-policy/approval": {"action": "accept", "content": {"approve": true}}});
-        let mut request = call_2026(json!({}));
-        *request.body_mut() = Full::new(Bytes::from(retry.to_string()));
-        request.headers_mut().remove("content-length");
-        let done = send(&service, request).await;
+        let params = params_2026(&json!({"amount": 500, "to": "bob"}), json!({}));
+        let done = answer_of(&service, call_2026(retried(params, &state, true))).await;
         assert_eq!(done["result"]["content"][0]["text"], "ran", "{done}");
         assert_eq!(ran.lock().unwrap().len(), 1);
         assert_eq!(
@@ -1215,14 +1143,14 @@ mod modern {
     async fn without_a_page_or_the_capability_the_denial_is_as_before() {
         // No page configured.
         let (plain, ran) = service(&layer());
-        let answer = send(&plain, call_2026(json!({"url": {}}))).await;
+        let answer = answer_of(&plain, transfer_2026(json!({"url": {}}))).await;
         assert_eq!(answer["result"]["isError"], true, "{answer}");
         // A client that cannot open URLs (and shows no form either).
         let (paged, ran_paged) = service(&layer_with_page());
-        let answer = send(&paged, call_2026(json!(null))).await;
+        let answer = answer_of(&paged, transfer_2026(json!(null))).await;
         assert_eq!(answer["result"]["isError"], true, "{answer}");
         // A client that shows forms is asked in the client instead.
-        let answer = send(&paged, call_2026(json!({"form": {}, "url": {}}))).await;
+        let answer = answer_of(&paged, transfer_2026(json!({"form": {}, "url": {}}))).await;
         assert_eq!(answer["result"]["resultType"], "input_required", "{answer}");
         assert!(ran.lock().unwrap().is_empty() && ran_paged.lock().unwrap().is_empty());
     }

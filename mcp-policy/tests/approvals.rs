@@ -486,54 +486,43 @@ async fn a_client_that_opens_links_is_sent_to_the_gateways_approvals_page() {
     std::fs::remove_file(policy).unwrap();
 }
 
-#[test]
-fn a_public_url_that_is_not_a_web_address_stops_the_gateway() {
-    let policy = write_temp("approval-bad-public-url-policy.json", POLICY);
+/// What `mcp-policy gateway` with the approvals policy and `flags` prints as it stops
+/// at start-up (it must exit with 1).
+fn refused_at_start(name: &str, flags: [&str; 2]) -> String {
+    let policy = write_temp(name, POLICY);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
         .arg("gateway")
         .arg("--policy")
         .arg(&policy)
-        .args([
-            "--upstream",
-            "http://127.0.0.1:9/mcp",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--public-url", "gateway.example"])
+        .args(["--upstream", "http://127.0.0.1:9/mcp"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(flags)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    std::fs::remove_file(policy).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_public_url_that_is_not_a_web_address_stops_the_gateway() {
+    let flags = ["--public-url", "gateway.example"];
+    let stderr = refused_at_start("approval-bad-public-url-policy.json", flags);
     assert!(
         stderr.contains("--public-url gateway.example: must be an http or https URL"),
         "{stderr}"
     );
-    std::fs::remove_file(policy).unwrap();
 }
 
 #[test]
 fn a_webhook_that_is_not_an_http_url_stops_the_gateway() {
-    let policy = write_temp("approval-bad-hook-policy.json", POLICY);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-policy"))
-        .arg("gateway")
-        .arg("--policy")
-        .arg(&policy)
-        .args([
-            "--upstream",
-            "http://127.0.0.1:9/mcp",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--approval-webhook", "ftp://example/hook"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let flags = ["--approval-webhook", "ftp://example/hook"];
+    let stderr = refused_at_start("approval-bad-hook-policy.json", flags);
     assert!(
         stderr.contains("expected an http:// or https:// URL"),
         "{stderr}"
     );
-    std::fs::remove_file(policy).unwrap();
 }
 
 #[tokio::test]
