@@ -20,6 +20,36 @@ const POLICY: &str = r#"{"version":"1","default":"allow","tools":{
         "when":[{"conditions":[{"path":"args.amount","op":"gt","value":100}]}],
         "reason":"Transfers above 100 need a person's approval."}}}}"#;
 
+/// The demo exchange (allowing everything) behind a gateway under the approvals policy,
+/// started with `flags` and `env`. The policy file goes with it.
+struct Behind {
+    upstream: Demo,
+    gateway: GatewayProcess,
+    policy: std::path::PathBuf,
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.policy);
+    }
+}
+
+async fn behind_gateway(name: &str, flags: &[&str], env: &[(&str, &str)]) -> Behind {
+    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
+    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
+    let policy = write_temp(name, POLICY);
+    let mut args = vec!["--policy", policy.to_str().unwrap()];
+    let url = upstream.url();
+    args.extend(["--upstream", url.as_str()]);
+    args.extend(flags);
+    let gateway = GatewayProcess::start(&args, env);
+    Behind {
+        upstream,
+        gateway,
+        policy,
+    }
+}
+
 async fn api(
     gateway: &GatewayProcess,
     method: reqwest::Method,
@@ -38,18 +68,13 @@ async fn api(
 
 #[tokio::test]
 async fn an_operator_approves_one_call_through_the_gateway_api() {
-    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
-    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
-    let policy = write_temp("approval-policy.json", POLICY);
-    let gateway = GatewayProcess::start(
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &upstream.url(),
-        ],
+    let setup = behind_gateway(
+        "approval-policy.json",
+        &[],
         &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
-    );
+    )
+    .await;
+    let (upstream, gateway) = (&setup.upstream, &setup.gateway);
     let bearer = format!("Bearer {TOKEN}");
     let operator = [("authorization", bearer.as_str())];
     let client = connect(gateway.url.clone(), "agent-token").await;
@@ -63,14 +88,11 @@ async fn an_operator_approves_one_call_through_the_gateway_api() {
     // Only an approver sees or answers requests; the agent's own token is not one.
     let get = reqwest::Method::GET;
     let post = reqwest::Method::POST;
-    let (status, _) = api(&gateway, get.clone(), "/approvals", &[]).await;
+    let (status, _) = api(gateway, get.clone(), "/approvals", &[]).await;
     assert_eq!(status, 401);
     let agent = [("authorization", "Bearer agent-token")];
-    assert_eq!(
-        api(&gateway, get.clone(), "/approvals", &agent).await.0,
-        401
-    );
-    let (status, listed) = api(&gateway, get.clone(), "/approvals", &operator).await;
+    assert_eq!(api(gateway, get.clone(), "/approvals", &agent).await.0, 401);
+    let (status, listed) = api(gateway, get.clone(), "/approvals", &operator).await;
     assert_eq!(status, 200, "{listed}");
     let pending = listed["pending"].as_array().unwrap();
     assert_eq!(pending.len(), 1, "{listed}");
@@ -82,16 +104,16 @@ async fn an_operator_approves_one_call_through_the_gateway_api() {
     // A page of another site cannot make the operator's browser approve.
     let path = format!("/approvals/{id}/approve");
     let forged = [operator[0], ("origin", "https://evil.example")];
-    assert_eq!(api(&gateway, post.clone(), &path, &forged).await.0, 403);
-    let (status, unknown) = api(&gateway, post.clone(), "/approvals/nope/approve", &operator).await;
+    assert_eq!(api(gateway, post.clone(), &path, &forged).await.0, 403);
+    let (status, unknown) = api(gateway, post.clone(), "/approvals/nope/approve", &operator).await;
     assert_eq!(status, 404, "{unknown}");
 
-    let (status, approved) = api(&gateway, post.clone(), &path, &operator).await;
+    let (status, approved) = api(gateway, post.clone(), &path, &operator).await;
     assert_eq!(status, 200, "{approved}");
     assert_eq!(approved["by"], "operator");
     assert_eq!(upstream.executions.of("transfer"), 0);
     // Answered once only.
-    assert_eq!(api(&gateway, post.clone(), &path, &operator).await.0, 404);
+    assert_eq!(api(gateway, post.clone(), &path, &operator).await.0, 404);
 
     let ran = call(&client, "transfer", args.clone()).await;
     assert_eq!(ran["isError"], false, "{ran}");
@@ -101,10 +123,10 @@ async fn an_operator_approves_one_call_through_the_gateway_api() {
     assert_eq!(upstream.executions.of("transfer"), 1);
 
     // Declined: told so, and it never runs.
-    let (_, listed) = api(&gateway, get, "/approvals", &operator).await;
+    let (_, listed) = api(gateway, get, "/approvals", &operator).await;
     let id = listed["pending"][0]["id"].as_str().unwrap().to_owned();
     let (status, _) = api(
-        &gateway,
+        gateway,
         post,
         &format!("/approvals/{id}/decline"),
         &operator,
@@ -122,29 +144,21 @@ async fn an_operator_approves_one_call_through_the_gateway_api() {
     assert_eq!(small["isError"], false, "{small}");
     assert_eq!(upstream.executions.of("transfer"), 2);
     client.cancel().await.unwrap();
-    std::fs::remove_file(policy).unwrap();
 }
 
 #[tokio::test]
 async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
-    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
-    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
-    let policy = write_temp("approval-page-policy.json", POLICY);
     let approvers = write_temp(
         "approvers.txt",
         "# who may approve\nana:ana-token-0123456789abcdef\n",
     );
-    let gateway = GatewayProcess::start(
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &upstream.url(),
-            "--approver-token-file",
-            approvers.to_str().unwrap(),
-        ],
+    let setup = behind_gateway(
+        "approval-page-policy.json",
+        &["--approver-token-file", approvers.to_str().unwrap()],
         &[],
-    );
+    )
+    .await;
+    let (upstream, gateway) = (&setup.upstream, &setup.gateway);
     let client = connect(gateway.url.clone(), "agent-token").await;
     let args = json!({"amount": 750, "to": "<b>carol</b>"});
     let asked = call(&client, "transfer", args.clone()).await;
@@ -240,7 +254,6 @@ async fn the_approvals_page_lists_the_call_and_its_button_approves_it() {
     assert_eq!(slash.status(), 303);
     assert_eq!(slash.headers()["location"], "../approvals");
     client.cancel().await.unwrap();
-    std::fs::remove_file(policy).unwrap();
     std::fs::remove_file(approvers).unwrap();
 }
 
@@ -298,21 +311,14 @@ async fn two_gateways_on_one_redis_agree_on_approvals() {
 /// (`apt-get install chromium`).
 #[tokio::test]
 async fn an_operator_approves_the_call_in_a_real_browser() {
-    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
-    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
-    let policy = write_temp("approval-browser-policy.json", POLICY);
     let approvers = write_temp("browser-approvers.txt", "ana:ana-token-0123456789abcdef\n");
-    let gateway = GatewayProcess::start(
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &upstream.url(),
-            "--approver-token-file",
-            approvers.to_str().unwrap(),
-        ],
+    let setup = behind_gateway(
+        "approval-browser-policy.json",
+        &["--approver-token-file", approvers.to_str().unwrap()],
         &[],
-    );
+    )
+    .await;
+    let (upstream, gateway) = (&setup.upstream, &setup.gateway);
     let client = connect(gateway.url.clone(), "agent-token").await;
     let args = json!({"amount": 750, "to": "carol"});
     let asked = call(&client, "transfer", args.clone()).await;
@@ -361,7 +367,6 @@ async fn an_operator_approves_the_call_in_a_real_browser() {
     assert!(text(&again).contains("is pending"), "{again}");
     assert_eq!(upstream.executions.of("transfer"), 1);
     client.cancel().await.unwrap();
-    std::fs::remove_file(policy).unwrap();
     std::fs::remove_file(approvers).unwrap();
 }
 
@@ -383,20 +388,13 @@ async fn each_new_request_is_posted_to_the_approval_webhook() {
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
 
-    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
-    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
-    let policy = write_temp("approval-hook-policy.json", POLICY);
-    let gateway = GatewayProcess::start(
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &upstream.url(),
-            "--approval-webhook",
-            &hook,
-        ],
+    let setup = behind_gateway(
+        "approval-hook-policy.json",
+        &["--approval-webhook", &hook],
         &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
-    );
+    )
+    .await;
+    let (upstream, gateway) = (&setup.upstream, &setup.gateway);
     let client = connect(gateway.url.clone(), "agent-token").await;
     let args = json!({"amount": 300, "to": "dan"});
     call(&client, "transfer", args.clone()).await;
@@ -427,27 +425,19 @@ async fn each_new_request_is_posted_to_the_approval_webhook() {
     );
     assert_eq!(upstream.executions.of("transfer"), 0);
     client.cancel().await.unwrap();
-    std::fs::remove_file(policy).unwrap();
 }
 
 /// `--public-url`: a client that opens links for its user (and shows no form) is sent
 /// to the gateway's approvals page for a call that waits for an operator.
 #[tokio::test]
 async fn a_client_that_opens_links_is_sent_to_the_gateways_approvals_page() {
-    let allow_all: Policy = r#"{"version":"1","default":"allow"}"#.parse().unwrap();
-    let upstream = Demo::start(PolicyLayer::new(allow_all), true).await;
-    let policy = write_temp("approval-public-url-policy.json", POLICY);
-    let gateway = GatewayProcess::start(
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &upstream.url(),
-            "--public-url",
-            "https://gateway.example/",
-        ],
+    let setup = behind_gateway(
+        "approval-public-url-policy.json",
+        &["--public-url", "https://gateway.example/"],
         &[("MCP_POLICY_APPROVER_TOKEN", TOKEN)],
-    );
+    )
+    .await;
+    let (upstream, gateway) = (&setup.upstream, &setup.gateway);
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "transfer", "arguments": {"amount": 500, "to": "bob"},
         "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}}}}});
@@ -471,7 +461,7 @@ async fn a_client_that_opens_links_is_sent_to_the_gateways_approvals_page() {
     assert_eq!(answer["error"]["code"], -32042, "{answer}");
     let bearer = format!("Bearer {TOKEN}");
     let (_, listed) = api(
-        &gateway,
+        gateway,
         reqwest::Method::GET,
         "/approvals",
         &[("authorization", &bearer)],
@@ -483,7 +473,6 @@ async fn a_client_that_opens_links_is_sent_to_the_gateways_approvals_page() {
         format!("https://gateway.example/approvals#{id}")
     );
     assert_eq!(upstream.executions.of("transfer"), 0);
-    std::fs::remove_file(policy).unwrap();
 }
 
 /// What `mcp-policy gateway` with the approvals policy and `flags` prints as it stops
