@@ -20,12 +20,6 @@
 
 mod inputs;
 
-use std::hint::black_box;
-
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tower_mcp_policy::{FakeClock, Policy, PolicyLayer};
 
 fn main() {
@@ -89,30 +83,5 @@ async fn run(stack: Stack, body: String, requests: usize) {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let body = Bytes::from(body);
-    let uri = format!("http://{address}/mcp");
-    for _ in 0..requests {
-        let request = Request::post(&uri)
-            .header(header::HOST, address.to_string())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::AUTHORIZATION, "Bearer bench")
-            .body(Full::new(body.clone()))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let answer = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(
-            answer.starts_with(b"{") && !answer.windows(6).any(|w| w == b"DENIED"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
-        black_box(answer);
-    }
+    inputs::send_calls(&address.to_string(), body, requests).await;
 }

@@ -26,7 +26,6 @@
 mod inputs;
 
 use std::convert::Infallible;
-use std::hint::black_box;
 use std::io::Write as _;
 
 use bytes::Bytes;
@@ -169,33 +168,5 @@ async fn upstream() {
 /// Sends `requests` calls to `127.0.0.1:PORT/mcp` over one connection; each must be
 /// answered 200 with a result.
 async fn client(port: &str, body: String, requests: usize) {
-    let address = format!("127.0.0.1:{port}");
-    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let body = Bytes::from(body);
-    let uri = format!("http://{address}/mcp");
-    for _ in 0..requests {
-        let request = Request::post(&uri)
-            .header(header::HOST, &address)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::AUTHORIZATION, "Bearer bench")
-            .body(Full::new(body.clone()))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let answer = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(
-            answer.starts_with(b"{") && !answer.windows(6).any(|w| w == b"DENIED"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
-        black_box(answer);
-    }
-    drop(sender);
-    let _ = connection.await;
+    inputs::send_calls(&format!("127.0.0.1:{port}"), body, requests).await;
 }

@@ -31,6 +31,39 @@ pub fn echo_call(size: usize) -> String {
 pub const ECHO_POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{
     "limits":[{"counter":"rate","window":"day","max":4000000000,"scope":"grant"}]}}}"#;
 
+/// Sends `requests` calls with `body` to `http://ADDRESS/mcp` over one keep-alive
+/// connection, each answered 200 with a result (never a denial), then closes it.
+pub async fn send_calls(address: &str, body: String, requests: usize) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let body = bytes::Bytes::from(body);
+    let uri = format!("http://{address}/mcp");
+    for _ in 0..requests {
+        let request = http::Request::post(&uri)
+            .header(http::header::HOST, address)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(http::header::AUTHORIZATION, "Bearer bench")
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            answer.starts_with(b"{") && !answer.windows(6).any(|w| w == b"DENIED"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        std::hint::black_box(answer);
+    }
+    drop(sender);
+    let _ = connection.await;
+}
+
 /// A policy of `rules` exact rules (`tool0000`… and `get_price`), `patterns` pattern rules
 /// (`vendor0000_*`…) and `hidden` hide patterns (`hidden0000_*`…): the pattern-scaling
 /// table. Every limit is on one counter that never runs out.
