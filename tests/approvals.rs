@@ -538,6 +538,17 @@ mod shared {
         ))
     }
 
+    /// Two replicas on `redis`, each with a tool server behind it.
+    async fn pair(redis: &Redis) -> [(PolicyLayer<RedisCounters>, Service, Ran); 2] {
+        let mut pair = Vec::new();
+        for _ in 0..2 {
+            let layer = replica(redis).await;
+            let (service, ran) = service(&layer);
+            pair.push((layer, service, ran));
+        }
+        pair.try_into().unwrap()
+    }
+
     /// Alice's 2026-07-28 call of `transfer` from a client that can ask its user, again
     /// with the layer's `state` and the user's answer when there is one.
     fn modern_call(args: &Value, state: Option<&str>, approve: bool) -> Request<Full<Bytes>> {
@@ -551,9 +562,7 @@ mod shared {
     #[tokio::test]
     async fn a_call_approved_through_one_replica_runs_once_through_the_other() {
         let redis = Redis::start();
-        let (one, two) = (replica(&redis).await, replica(&redis).await);
-        let (a, ran_a) = service(&one);
-        let (b, ran_b) = service(&two);
+        let [(one, a, ran_a), (two, b, ran_b)] = pair(&redis).await;
         let args = json!({"amount": 500, "to": "bob"});
 
         let asked = call(&a, "Bearer alice", "transfer", args.clone()).await;
@@ -604,9 +613,7 @@ mod shared {
     #[tokio::test]
     async fn an_approval_state_used_at_one_replica_is_spent_at_the_other() {
         let redis = Redis::start();
-        let (one, two) = (replica(&redis).await, replica(&redis).await);
-        let (a, ran_a) = service(&one);
-        let (b, ran_b) = service(&two);
+        let [(_, a, ran_a), (_, b, ran_b)] = pair(&redis).await;
         let args = json!({"amount": 500, "to": "bob"});
 
         let asked = answer_of(&a, modern_call(&args, None, false)).await;
@@ -640,9 +647,7 @@ mod shared {
     #[tokio::test]
     async fn an_approval_is_taken_and_kept_across_replicas() {
         let redis = Redis::start();
-        let (one, two) = (replica(&redis).await, replica(&redis).await);
-        let (a, _) = service(&one);
-        let (b, ran_b) = service(&two);
+        let [(one, a, _), (two, b, ran_b)] = pair(&redis).await;
         let args = json!({"amount": 500, "to": "bob"});
         // Asked by a client that cannot elicit; approved by an operator.
         let asked = call(&a, "Bearer alice", "transfer", args.clone()).await;
@@ -677,9 +682,7 @@ mod shared {
     #[tokio::test]
     async fn a_caller_has_one_share_of_waiting_requests_across_replicas() {
         let redis = Redis::start();
-        let (one, two) = (replica(&redis).await, replica(&redis).await);
-        let (a, _) = service(&one);
-        let (b, ran_b) = service(&two);
+        let [(_, a, _), (two, b, ran_b)] = pair(&redis).await;
         for n in 0..20 {
             call(&a, "Bearer alice", "transfer", json!({"amount": 200 + n})).await;
         }
